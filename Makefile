@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine (see README):
+#   make test   install the pinned CPU toolchain and the package, lint, run the test suite
+#   make train  install the data and the package, run a real Fashion-MNIST training
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+PRESET ?= fmnist-flip2-40
+
+.PHONY: test setup-test lint train setup-train
+
+setup-test:
+	$(PIP) install -q -r requirements-ci.txt
+	$(PIP) install -q -e ".[test]"
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+test: setup-test lint
+	$(PYTHON) -m pytest
+
+setup-train:
+	command -v apt-get >/dev/null && (apt-get install -y -q dataset-fashion-mnist || \
+		(apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) || true
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[train]"
+
+train: setup-train
+	mwnet train --preset $(PRESET)

@@ -1,0 +1,344 @@
+"""One Meta-Weight-Net iteration for any ``nn.Module`` and optimizer."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from mwnet.core.checks import check_batch, check_labels, check_per_sample, raise_if_not_finite
+from mwnet.core.hypergrad import HYPERGRAD_MODES, HYPERGRADIENTS, HypergradMode, MetaProblem
+from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
+from mwnet.core.weight_net import WeightNet
+
+Normalization = Literal["sum", "mean", "none"]
+NORMALIZATIONS: tuple[str, ...] = ("sum", "mean", "none")
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The default training loss: cross-entropy, one value per sample."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def normalize_weights(weights: torch.Tensor, mode: str) -> torch.Tensor:
+    """Turn raw weights w_i into the coefficients c_i of the training loss Σ_i c_i L_i.
+
+    ``"sum"`` (paper appendix): c = w / Σw, left at 0 if Σw == 0 (checked without a host
+    sync). ``"mean"`` (the authors' "stable" script): c = w / n. ``"none"``: c = w, so the
+    step size grows with the batch size.
+    """
+    if mode == "sum":
+        total = weights.sum()
+        return weights / torch.where(total == 0, torch.ones_like(total), total)
+    if mode == "mean":
+        return weights / weights.numel()
+    if mode == "none":
+        return weights
+    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one :meth:`MetaReweighter.step` did, detached, for logging."""
+
+    losses: torch.Tensor
+    """Per-sample training losses L_i(θ) before the update, shape (n,)."""
+    weights: torch.Tensor
+    """Raw weights V(L_i) in (0, 1) from the weighting net used for the real update."""
+    coefficients: torch.Tensor
+    """Normalised weights c_i actually applied: the update minimises Σ_i c_i L_i."""
+    loss: torch.Tensor
+    """The weighted training loss Σ_i c_i L_i (scalar)."""
+    meta_loss: torch.Tensor | None
+    """Meta loss after the virtual step, L_meta(θ̂); None when the weighting net was not
+    updated this step (see ``meta_interval``)."""
+    step: int
+    """Index of this step, counted from 0."""
+
+
+@dataclass
+class _Snapshot:
+    """Model state just before the real forward, for the passes that must not touch it."""
+
+    buffers: dict[str, torch.Tensor]
+    cpu_rng: torch.Tensor
+    cuda_rng: tuple[int, torch.Tensor] | None
+
+    @contextmanager
+    def replaying_rng(self):
+        """Run a block with the RNG as it was, so dropout draws the same masks again."""
+        devices = [self.cuda_rng[0]] if self.cuda_rng else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu_rng)
+            if self.cuda_rng:
+                torch.cuda.set_rng_state(self.cuda_rng[1], self.cuda_rng[0])
+            yield
+
+    def buffer_copies(self) -> dict[str, torch.Tensor]:
+        return {k: b.clone() for k, b in self.buffers.items()}
+
+
+class MetaReweighter:
+    """Trains ``model`` on a weighted loss whose weights a :class:`WeightNet` learns.
+
+    Each :meth:`step` is one iteration of Meta-Weight-Net (Shu et al., 2019), as the
+    authors implement it: per-sample losses L_i(θ); weights w_i = V(L_i; Θ); a virtual
+    step θ̂(Θ) on Σ c_i L_i; the meta loss of θ̂ on a clean batch; a step of the weighting
+    net on ∂L_meta/∂Θ; finally the real optimizer step on Σ c_i L_i with the *updated*
+    weighting net. The model is used as it is, through ``torch.func.functional_call``.
+
+    State guarantees: the virtual and meta passes never change the model's parameters,
+    buffers (BatchNorm running statistics, counters) or the optimizer's state; running
+    statistics move once per step, in the real forward. Every forward runs in the
+    module's own mode (the paper trains in ``train()`` mode: BatchNorm on batch statistics).
+
+    Args:
+        model: any module mapping a batch of inputs to what ``loss_fn`` takes.
+        optimizer: the model's optimizer. Only trainable parameters it holds take part
+            in the virtual step, each at its param group's current learning rate.
+        weight_net: the weighting network, called on losses of shape (n, 1); default
+            :class:`WeightNet` (1-100-1). Its input is detached from the model's graph,
+            as in the authors' noisy-label scripts.
+        weight_optimizer: optimizer of ``weight_net``; default Adam(lr=1e-3,
+            weight_decay=1e-4), the authors' setting for flip noise.
+        loss_fn: per-sample training loss ``(output, labels) -> (n,)``; default
+            cross-entropy.
+        meta_loss_fn: scalar loss on the meta batch; default the mean of ``loss_fn``.
+        normalize: ``"sum"`` (paper) | ``"mean"`` (authors' stable script) | ``"none"``,
+            see :func:`normalize_weights`.
+        virtual_step: ``"sgd"`` (paper: plain SGD at the current lr) | ``"optimizer"``
+            (one torch.optim.SGD step: momentum, Nesterov, weight decay).
+        hypergrad: ``"fast"`` (forward-mode JVP; default) | ``"reverse"`` (second-order
+            backward, the authors' method). Both give the same gradient.
+        meta_interval: update the weighting net every k-th step only; steps in between
+            use the current weighting net and cost about a plain step.
+        checks: validate batches and labels and stop on NaN/Inf (one or two host syncs
+            per step on a GPU).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        weight_net: nn.Module | None = None,
+        weight_optimizer: torch.optim.Optimizer | None = None,
+        *,
+        loss_fn: LossFn | None = None,
+        meta_loss_fn: LossFn | None = None,
+        normalize: Normalization = "sum",
+        virtual_step: VirtualStepKind = "sgd",
+        hypergrad: HypergradMode = "fast",
+        meta_interval: int = 1,
+        checks: bool = True,
+    ) -> None:
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        if hypergrad not in HYPERGRAD_MODES:
+            raise ValueError(f"hypergrad must be one of {HYPERGRAD_MODES}, got {hypergrad!r}")
+        check_virtual_step(virtual_step, optimizer)
+        if not isinstance(meta_interval, int) or meta_interval < 1:
+            raise ValueError(f"meta_interval must be an integer >= 1, got {meta_interval!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.weight_net = weight_net if weight_net is not None else WeightNet()
+        self._weight_params = [p for p in self.weight_net.parameters() if p.requires_grad]
+        if not self._weight_params:
+            raise ValueError("weight_net has no trainable parameters")
+        self.weight_optimizer = weight_optimizer or torch.optim.Adam(
+            self._weight_params, lr=1e-3, weight_decay=1e-4
+        )
+        self._default_loss = loss_fn is None
+        self.loss_fn: LossFn = loss_fn or per_sample_cross_entropy
+        self.meta_loss_fn: LossFn = meta_loss_fn or (lambda out, y: self.loss_fn(out, y).mean())
+        self.normalize = normalize
+        self.virtual_step = virtual_step
+        self.hypergrad = hypergrad
+        self.meta_interval = meta_interval
+        self.checks = checks
+        self.steps_done = 0
+        self._names, self._params, self._groups = self._virtual_parameters()
+
+    def _virtual_parameters(self) -> tuple[list[str], list[torch.Tensor], list[dict]]:
+        """The (name, parameter, param group) triples the virtual step moves."""
+        group_of = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError(
+                "model has no trainable parameters (none, or all requires_grad=False); "
+                "MetaReweighter needs at least one parameter to train"
+            )
+        chosen = [(n, p) for n, p in trainable if id(p) in group_of]
+        left_out = [n for n, p in trainable if id(p) not in group_of]
+        if not chosen:
+            raise ValueError(
+                "the optimizer holds none of the model's trainable parameters; build it "
+                "from model.parameters()"
+            )
+        if left_out:
+            warnings.warn(
+                f"{len(left_out)} trainable model parameters are not in the optimizer and are "
+                f"left out of the virtual step (first: {left_out[0]!r})",
+                stacklevel=3,
+            )
+        return (
+            [n for n, _ in chosen],
+            [p for _, p in chosen],
+            [group_of[id(p)] for _, p in chosen],
+        )
+
+    def weights(self, losses: torch.Tensor) -> torch.Tensor:
+        """Raw weights V(L) in (0, 1) for per-sample losses of shape (n,)."""
+        out = self.weight_net(losses.reshape(-1, 1))
+        if out.numel() != losses.numel():
+            raise ValueError(
+                f"weight_net must return one weight per loss: got {tuple(out.shape)} for "
+                f"{losses.numel()} losses"
+            )
+        return out.reshape(-1)
+
+    def _per_sample(self, output: Any, y: torch.Tensor, which: str) -> torch.Tensor:
+        if self.checks and self._default_loss and isinstance(output, torch.Tensor):
+            check_labels(y, output.shape[-1], which)
+        losses = self.loss_fn(output, y)
+        check_per_sample(losses, y.shape[0], which)
+        return losses
+
+    def _snapshot(self, device: torch.device) -> _Snapshot:
+        cuda = None
+        if device.type == "cuda":
+            cuda = (device.index or 0, torch.cuda.get_rng_state(device))
+        return _Snapshot(
+            buffers={k: b.clone() for k, b in self.model.named_buffers()},
+            cpu_rng=torch.get_rng_state(),
+            cuda_rng=cuda,
+        )
+
+    def _problem(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        losses: torch.Tensor,
+        snapshot: _Snapshot,
+        x_meta: torch.Tensor,
+        y_meta: torch.Tensor,
+    ) -> MetaProblem:
+        def meta_loss_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x_meta,))
+            if self.checks and self._default_loss and isinstance(out, torch.Tensor):
+                check_labels(y_meta, out.shape[-1], "meta")
+            meta_loss = self.meta_loss_fn(out, y_meta)
+            if meta_loss.dim() != 0:
+                raise ValueError(
+                    f"meta_loss_fn must return a scalar, got shape {tuple(meta_loss.shape)}"
+                )
+            return meta_loss
+
+        def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            with snapshot.replaying_rng():
+                out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
+            return self.loss_fn(out, y)
+
+        return MetaProblem(
+            names=self._names,
+            params=self._params,
+            losses=losses,
+            coefficients=normalize_weights(self.weights(losses.detach()), self.normalize),
+            step=affine_step(self.virtual_step, self._params, self._groups, self.optimizer),
+            meta_loss_at=meta_loss_at,
+            losses_at=losses_at,
+            weight_params=self._weight_params,
+        )
+
+    def meta_gradient(
+        self, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor, y_meta: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """∂L_meta/∂Θ and the meta loss for one iteration, changing no state at all.
+
+        The gradients follow the order of the weighting net's trainable parameters. Useful
+        to inspect or test the hypergradient; :meth:`step` computes the same internally.
+        """
+        self._check_batches(x, y, x_meta, y_meta)
+        snapshot = self._snapshot(x.device)
+        output = functional_call(self.model, snapshot.buffer_copies(), (x,))
+        losses = self._per_sample(output, y, "training")
+        problem = self._problem(x, y, losses, snapshot, x_meta, y_meta)
+        return HYPERGRADIENTS[self.hypergrad](problem)
+
+    def _check_batches(self, x, y, x_meta, y_meta) -> None:
+        if self.checks:
+            check_batch(x, y, "training")
+            check_batch(x_meta, y_meta, "meta")
+
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor, y_meta: torch.Tensor
+    ) -> StepResult:
+        """One iteration: virtual step, weighting-net update, real update.
+
+        Raises FloatingPointError (naming the step) instead of applying an update computed
+        from a non-finite loss or gradient.
+        """
+        meta_update = self.steps_done % self.meta_interval == 0
+        if meta_update:
+            self._check_batches(x, y, x_meta, y_meta)
+            snapshot = self._snapshot(x.device)
+        elif self.checks:
+            check_batch(x, y, "training")
+        losses = self._per_sample(self.model(x), y, "training")
+        meta_loss = None
+        if meta_update:
+            problem = self._problem(x, y, losses, snapshot, x_meta, y_meta)
+            hyper, meta_loss = HYPERGRADIENTS[self.hypergrad](problem)
+            if self.checks:
+                raise_if_not_finite(
+                    self.steps_done,
+                    training_loss=losses.detach(),
+                    meta_loss=meta_loss,
+                    weight_net_gradient=torch.cat([g.reshape(-1) for g in hyper]),
+                )
+            self.weight_optimizer.zero_grad(set_to_none=True)
+            for p, g in zip(self._weight_params, hyper, strict=True):
+                p.grad = g
+            self.weight_optimizer.step()
+        elif self.checks:
+            raise_if_not_finite(self.steps_done, training_loss=losses.detach())
+        with torch.no_grad():
+            weights = self.weights(losses.detach())
+            coefficients = normalize_weights(weights, self.normalize)
+        loss = torch.dot(coefficients, losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        result = StepResult(
+            losses=losses.detach(),
+            weights=weights,
+            coefficients=coefficients,
+            loss=loss.detach(),
+            meta_loss=meta_loss,
+            step=self.steps_done,
+        )
+        self.steps_done += 1
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reweighter's own state: step count, weighting net and its optimizer.
+
+        The model and its optimizer belong to the caller and are saved by the caller.
+        """
+        return {
+            "steps_done": self.steps_done,
+            "weight_net": self.weight_net.state_dict(),
+            "weight_optimizer": self.weight_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state["steps_done"])
+        self.weight_net.load_state_dict(state["weight_net"])
+        self.weight_optimizer.load_state_dict(state["weight_optimizer"])

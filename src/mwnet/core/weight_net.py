@@ -1,0 +1,49 @@
+"""The weighting network (V-Net): a tiny MLP from a sample's loss to its weight."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class WeightNet(nn.Module):
+    """MLP ``1 -> hidden -> ... -> 1`` with ReLU hidden layers and a sigmoid output.
+
+    The paper's V-Net is ``WeightNet()`` (one hidden layer of 100 units, PyTorch's
+    default ``nn.Linear`` initialisation). Width and depth matter little for
+    accuracy (the paper reports 1-50-1 ... 1-100-100-1 within about one point),
+    so both are configurable but rarely worth tuning.
+
+    Args:
+        hidden: width of each hidden layer.
+        depth: number of hidden layers (``depth=0`` gives a logistic map of the loss).
+
+    Input is a vector of per-sample losses, shape ``(n,)`` or ``(n, 1)``; the
+    output has the same shape and lies in (0, 1).
+    """
+
+    def __init__(self, hidden: int = 100, depth: int = 1) -> None:
+        super().__init__()
+        if hidden < 1:
+            raise ValueError(f"WeightNet hidden width must be >= 1, got {hidden}")
+        if depth < 0:
+            raise ValueError(f"WeightNet depth must be >= 0, got {depth}")
+        widths: Sequence[int] = [1, *([hidden] * depth), 1]
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
+            layers.append(nn.Linear(fan_in, fan_out))
+            if i < len(widths) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+        if losses.dim() == 1:
+            return torch.sigmoid(self.net(losses.unsqueeze(1))).squeeze(1)
+        if losses.dim() == 2 and losses.shape[1] == 1:
+            return torch.sigmoid(self.net(losses))
+        raise ValueError(
+            f"WeightNet takes per-sample losses of shape (n,) or (n, 1), got {tuple(losses.shape)}"
+        )

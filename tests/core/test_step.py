@@ -1,0 +1,250 @@
+"""Invariants of MetaReweighter.step: exactness, no leaks, determinism, any model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from nets import BnCnn, Mlp, WithBuffers, reference_iteration
+from torch import nn
+
+import mwnet
+
+
+def _batches(shape, classes, dtype=torch.float32, seed=0, n=12, m=10):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(n, *shape, generator=g, dtype=dtype),
+        torch.randint(0, classes, (n,), generator=g),
+        torch.randn(m, *shape, generator=g, dtype=dtype),
+        torch.randint(0, classes, (m,), generator=g),
+    )
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _assert_same(a: dict, b: dict, **tol) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **tol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("hypergrad", ["reverse", "fast"])
+@pytest.mark.parametrize("virtual_step", ["sgd", "optimizer"])
+@pytest.mark.parametrize("normalize", ["sum", "mean"])
+def test_steps_match_independent_reference(hypergrad, virtual_step, normalize):
+    """Three iterations against a hand-written functional re-implementation of the
+    authors' algorithm (separate meta-model forward, second-order virtual step,
+    fresh real forward, SGD with momentum and weight decay spelled out)."""
+    torch.manual_seed(0)
+    model, vnet = BnCnn().double(), mwnet.WeightNet(hidden=10).double()
+    cfg = {"lr": 0.2, "momentum": 0.9, "nesterov": True, "wd": 5e-4, "vlr": 0.5}
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    theta = [p.detach().clone() for p in vnet.parameters()]
+    momentum = {}
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg["lr"],
+        momentum=cfg["momentum"],
+        nesterov=True,
+        weight_decay=cfg["wd"],
+    )
+    rw = mwnet.MetaReweighter(
+        model,
+        opt,
+        vnet,
+        torch.optim.SGD(vnet.parameters(), lr=cfg["vlr"]),
+        hypergrad=hypergrad,
+        normalize=normalize,
+        virtual_step=virtual_step,
+    )
+    for i in range(3):
+        batch = _batches((3, 8, 8), 5, torch.float64, seed=i)
+        rw.step(*batch)
+        params, theta = reference_iteration(
+            params, buffers, momentum, theta, batch, cfg, normalize, virtual_step
+        )
+    _assert_same(dict(model.named_parameters()), params, rtol=1e-9, atol=1e-12)
+    _assert_same(dict(model.named_buffers()), buffers, rtol=1e-9, atol=1e-12)
+    for got, want in zip(vnet.parameters(), theta, strict=True):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-9, atol=1e-12)
+    assert not torch.equal(theta[0], mwnet.WeightNet(hidden=10).double().net[0].weight)
+
+
+@pytest.mark.parametrize("hypergrad", ["reverse", "fast"])
+def test_buffers_move_exactly_once_per_step(hypergrad):
+    torch.manual_seed(0)
+    model = BnCnn(dropout=0.2)
+    expected = copy.deepcopy(model)
+    rw = mwnet.MetaReweighter(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), hypergrad=hypergrad
+    )
+    x, y, xm, ym = _batches((3, 8, 8), 5)
+    rw.step(x, y, xm, ym)
+    with torch.no_grad():
+        expected(x)  # one real forward in train mode
+    _assert_same(dict(model.named_buffers()), dict(expected.named_buffers()), rtol=0, atol=0)
+    assert int(model.bn.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("hypergrad", ["reverse", "fast"])
+def test_meta_gradient_changes_no_state(hypergrad):
+    torch.manual_seed(0)
+    model = BnCnn(dropout=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    rw = mwnet.MetaReweighter(model, opt, hypergrad=hypergrad, virtual_step="optimizer")
+    rw.step(*_batches((3, 8, 8), 5, seed=1))
+    before_model, before_v = _state(model), _state(rw.weight_net)
+    before_opt = copy.deepcopy(opt.state_dict())
+    before_vopt = copy.deepcopy(rw.weight_optimizer.state_dict())
+    rw.meta_gradient(*_batches((3, 8, 8), 5, seed=2))
+    _assert_same(_state(model), before_model, rtol=0, atol=0)
+    _assert_same(_state(rw.weight_net), before_v, rtol=0, atol=0)
+    after_opt = opt.state_dict()
+    for k, s in before_opt["state"].items():
+        torch.testing.assert_close(
+            after_opt["state"][k]["momentum_buffer"], s["momentum_buffer"], rtol=0, atol=0
+        )
+    after_vopt = rw.weight_optimizer.state_dict()["state"]
+    for k, s in before_vopt["state"].items():
+        _assert_same(after_vopt[k], s, rtol=0, atol=0)
+
+
+class _Constant(nn.Module):
+    """A weighting "net" whose output is a constant (its parameter only has zero gradient)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.p = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(losses, self.value) + 0 * self.p
+
+
+@pytest.mark.parametrize(("normalize", "value"), [("mean", 1.0), ("sum", 0.3)])
+@pytest.mark.parametrize("hypergrad", ["reverse", "fast"])
+def test_constant_weights_give_the_plain_step(normalize, value, hypergrad):
+    torch.manual_seed(0)
+    model = BnCnn().double()
+    plain = copy.deepcopy(model)
+    kw = {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+    rw = mwnet.MetaReweighter(
+        model,
+        torch.optim.SGD(model.parameters(), **kw),
+        _Constant(value),
+        normalize=normalize,
+        hypergrad=hypergrad,
+    )
+    plain_opt = torch.optim.SGD(plain.parameters(), **kw)
+    for i in range(3):
+        x, y, xm, ym = _batches((3, 8, 8), 5, torch.float64, seed=i)
+        rw.step(x, y, xm, ym)
+        plain_opt.zero_grad()
+        F.cross_entropy(plain(x), y).backward()
+        plain_opt.step()
+    _assert_same(_state(model), _state(plain), rtol=1e-12, atol=1e-14)
+
+
+def test_same_seed_gives_bitwise_identical_parameters():
+    def run():
+        torch.manual_seed(123)
+        model = BnCnn(dropout=0.3)
+        rw = mwnet.MetaReweighter(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+            virtual_step="optimizer",
+        )
+        for i in range(4):
+            rw.step(*_batches((3, 8, 8), 5, seed=i))
+        return _state(model), _state(rw.weight_net)
+
+    (m1, v1), (m2, v2) = run(), run()
+    _assert_same(m1, m2, rtol=0, atol=0)
+    _assert_same(v1, v2, rtol=0, atol=0)
+
+
+def _frozen_first_layer() -> nn.Module:
+    model = Mlp()
+    model.body[0].requires_grad_(False)
+    return model
+
+
+MODELS = {
+    "mlp": (Mlp, (6,), 4),
+    "cnn_bn_dropout": (lambda: BnCnn(dropout=0.3), (3, 8, 8), 5),
+    "non_bn_buffers": (WithBuffers, (6,), 4),
+    "frozen_layer": (_frozen_first_layer, (6,), 4),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_any_model_trains_and_fast_matches_reverse(name):
+    make, shape, classes = MODELS[name]
+    torch.manual_seed(0)
+    model = make()
+    frozen = {k: v.clone() for k, v in model.named_parameters() if not v.requires_grad}
+    before = _state(model)
+    vbase = mwnet.WeightNet()
+    grads = {}
+    for mode in ("reverse", "fast"):
+        rw = mwnet.MetaReweighter(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), copy.deepcopy(vbase), hypergrad=mode
+        )
+        torch.manual_seed(5)
+        grads[mode] = torch.cat(
+            [g.flatten() for g in rw.meta_gradient(*_batches(shape, classes))[0]]
+        )
+    torch.testing.assert_close(grads["fast"], grads["reverse"], rtol=1e-4, atol=1e-7)
+    for i in range(3):
+        result = rw.step(*_batches(shape, classes, seed=i))
+        assert torch.isfinite(result.loss) and result.meta_loss is not None
+        assert result.weights.shape == (12,) and bool(
+            ((result.weights > 0) & (result.weights < 1)).all()
+        )
+    changed = [k for k, v in model.named_parameters() if not torch.equal(v, before[k])]
+    assert set(changed) == {k for k, v in model.named_parameters() if v.requires_grad}
+    for k, v in frozen.items():
+        assert torch.equal(dict(model.named_parameters())[k], v)
+    if name == "non_bn_buffers":
+        assert int(model.calls) == 3  # meta_gradient and virtual passes never count
+
+
+def test_meta_interval_updates_weight_net_every_kth_step():
+    torch.manual_seed(0)
+    model = Mlp()
+    rw = mwnet.MetaReweighter(model, torch.optim.SGD(model.parameters(), lr=0.1), meta_interval=3)
+    snapshots, metas = [], []
+    for i in range(7):
+        snapshots.append(_state(rw.weight_net))
+        metas.append(rw.step(*_batches((6,), 4, seed=i)).meta_loss)
+    snapshots.append(_state(rw.weight_net))
+    updated = [
+        not torch.equal(snapshots[i]["net.0.weight"], snapshots[i + 1]["net.0.weight"])
+        for i in range(7)
+    ]
+    assert updated == [True, False, False, True, False, False, True]
+    assert [m is not None for m in metas] == updated
+
+
+def test_state_dict_round_trip_continues_identically():
+    torch.manual_seed(0)
+    model = Mlp()
+    rw = mwnet.MetaReweighter(model, torch.optim.SGD(model.parameters(), lr=0.1), meta_interval=2)
+    rw.step(*_batches((6,), 4, seed=0))
+    saved_model, saved_rw = copy.deepcopy(model.state_dict()), copy.deepcopy(rw.state_dict())
+    rw.step(*_batches((6,), 4, seed=1))
+    expected = _state(model)
+    model.load_state_dict(saved_model)
+    fresh = mwnet.MetaReweighter(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), meta_interval=2
+    )
+    fresh.load_state_dict(saved_rw)
+    assert fresh.steps_done == 1
+    fresh.step(*_batches((6,), 4, seed=1))
+    _assert_same(_state(model), expected, rtol=0, atol=0)

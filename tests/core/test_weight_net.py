@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mwnet import WeightNet, normalize_weights
+
+
+def test_default_is_the_papers_1_100_1_vnet():
+    net = WeightNet()
+    assert [tuple(p.shape) for p in net.parameters()] == [(100, 1), (100,), (1, 100), (1,)]
+
+
+@pytest.mark.parametrize(("hidden", "depth", "count"), [(50, 1, 151), (100, 2, 10401), (5, 0, 2)])
+def test_width_and_depth(hidden, depth, count):
+    assert sum(p.numel() for p in WeightNet(hidden, depth).parameters()) == count
+
+
+def test_output_shape_follows_input_and_lies_in_unit_interval():
+    net = WeightNet()
+    losses = torch.linspace(0, 20, 50)
+    w = net(losses)
+    assert w.shape == (50,) and net(losses[:, None]).shape == (50, 1)
+    assert bool(((w > 0) & (w < 1)).all())
+
+
+def test_bad_input_shape():
+    with pytest.raises(ValueError, match=r"shape \(n,\) or \(n, 1\), got \(4, 2\)"):
+        WeightNet()(torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize(("kw", "msg"), [({"hidden": 0}, "hidden width"), ({"depth": -1}, "depth")])
+def test_bad_sizes(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        WeightNet(**kw)
+
+
+def test_normalizations():
+    w = torch.tensor([0.2, 0.3, 0.5, 1.0])
+    torch.testing.assert_close(normalize_weights(w, "sum"), w / 2.0)
+    torch.testing.assert_close(normalize_weights(w, "mean"), w / 4)
+    assert normalize_weights(w, "none") is w
+    assert torch.equal(normalize_weights(torch.zeros(3), "sum"), torch.zeros(3))
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        normalize_weights(w, "l2")
