@@ -248,3 +248,17 @@ def test_state_dict_round_trip_continues_identically():
     assert fresh.steps_done == 1
     fresh.step(*_batches((6,), 4, seed=1))
     _assert_same(_state(model), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hypergrad", ["reverse", "fast"])
+def test_step_under_bf16_autocast(hypergrad):
+    """Under autocast the weighting net stays in float32 and its weights match the losses."""
+    torch.manual_seed(0)
+    model = BnCnn()
+    rw = mwnet.MetaReweighter(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), hypergrad=hypergrad
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = rw.step(*_batches((3, 8, 8), 5))
+    assert torch.isfinite(result.loss) and result.meta_loss is not None
+    assert result.weights.dtype == torch.float32

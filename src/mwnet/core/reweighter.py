@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +13,8 @@ from torch.func import functional_call
 
 from mwnet.core.checks import check_batch, check_labels, check_per_sample, raise_if_not_finite
 from mwnet.core.hypergrad import HYPERGRAD_MODES, HYPERGRADIENTS, HypergradMode, MetaProblem
+from mwnet.core.parameters import virtual_parameters
+from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
 from mwnet.core.weight_net import WeightNet
 
@@ -62,28 +62,6 @@ class StepResult:
     updated this step (see ``meta_interval``)."""
     step: int
     """Index of this step, counted from 0."""
-
-
-@dataclass
-class _Snapshot:
-    """Model state just before the real forward, for the passes that must not touch it."""
-
-    buffers: dict[str, torch.Tensor]
-    cpu_rng: torch.Tensor
-    cuda_rng: tuple[int, torch.Tensor] | None
-
-    @contextmanager
-    def replaying_rng(self):
-        """Run a block with the RNG as it was, so dropout draws the same masks again."""
-        devices = [self.cuda_rng[0]] if self.cuda_rng else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self.cpu_rng)
-            if self.cuda_rng:
-                torch.cuda.set_rng_state(self.cuda_rng[1], self.cuda_rng[0])
-            yield
-
-    def buffer_copies(self) -> dict[str, torch.Tensor]:
-        return {k: b.clone() for k, b in self.buffers.items()}
 
 
 class MetaReweighter:
@@ -164,39 +142,17 @@ class MetaReweighter:
         self.meta_interval = meta_interval
         self.checks = checks
         self.steps_done = 0
-        self._names, self._params, self._groups = self._virtual_parameters()
-
-    def _virtual_parameters(self) -> tuple[list[str], list[torch.Tensor], list[dict]]:
-        """The (name, parameter, param group) triples the virtual step moves."""
-        group_of = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
-        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if not trainable:
-            raise ValueError(
-                "model has no trainable parameters (none, or all requires_grad=False); "
-                "MetaReweighter needs at least one parameter to train"
-            )
-        chosen = [(n, p) for n, p in trainable if id(p) in group_of]
-        left_out = [n for n, p in trainable if id(p) not in group_of]
-        if not chosen:
-            raise ValueError(
-                "the optimizer holds none of the model's trainable parameters; build it "
-                "from model.parameters()"
-            )
-        if left_out:
-            warnings.warn(
-                f"{len(left_out)} trainable model parameters are not in the optimizer and are "
-                f"left out of the virtual step (first: {left_out[0]!r})",
-                stacklevel=3,
-            )
-        return (
-            [n for n, _ in chosen],
-            [p for _, p in chosen],
-            [group_of[id(p)] for _, p in chosen],
-        )
+        self._names, self._params, self._groups = virtual_parameters(model, optimizer)
 
     def weights(self, losses: torch.Tensor) -> torch.Tensor:
-        """Raw weights V(L) in (0, 1) for per-sample losses of shape (n,)."""
-        out = self.weight_net(losses.reshape(-1, 1))
+        """Raw weights V(L) in (0, 1) for per-sample losses of shape (n,).
+
+        The weighting net always runs in its own precision, outside autocast: it is tiny,
+        and its output must match the dtype of the losses it multiplies.
+        """
+        dtype = self._weight_params[0].dtype
+        with torch.autocast(losses.device.type, enabled=False):
+            out = self.weight_net(losses.reshape(-1, 1).to(dtype))
         if out.numel() != losses.numel():
             raise ValueError(
                 f"weight_net must return one weight per loss: got {tuple(out.shape)} for "
@@ -211,22 +167,12 @@ class MetaReweighter:
         check_per_sample(losses, y.shape[0], which)
         return losses
 
-    def _snapshot(self, device: torch.device) -> _Snapshot:
-        cuda = None
-        if device.type == "cuda":
-            cuda = (device.index or 0, torch.cuda.get_rng_state(device))
-        return _Snapshot(
-            buffers={k: b.clone() for k, b in self.model.named_buffers()},
-            cpu_rng=torch.get_rng_state(),
-            cuda_rng=cuda,
-        )
-
     def _problem(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
         losses: torch.Tensor,
-        snapshot: _Snapshot,
+        snapshot: ForwardSnapshot,
         x_meta: torch.Tensor,
         y_meta: torch.Tensor,
     ) -> MetaProblem:
@@ -250,7 +196,9 @@ class MetaReweighter:
             names=self._names,
             params=self._params,
             losses=losses,
-            coefficients=normalize_weights(self.weights(losses.detach()), self.normalize),
+            coefficients=normalize_weights(self.weights(losses.detach()), self.normalize).to(
+                losses.dtype
+            ),
             step=affine_step(self.virtual_step, self._params, self._groups, self.optimizer),
             meta_loss_at=meta_loss_at,
             losses_at=losses_at,
@@ -266,7 +214,7 @@ class MetaReweighter:
         to inspect or test the hypergradient; :meth:`step` computes the same internally.
         """
         self._check_batches(x, y, x_meta, y_meta)
-        snapshot = self._snapshot(x.device)
+        snapshot = ForwardSnapshot.capture(self.model, x.device)
         output = functional_call(self.model, snapshot.buffer_copies(), (x,))
         losses = self._per_sample(output, y, "training")
         problem = self._problem(x, y, losses, snapshot, x_meta, y_meta)
@@ -288,7 +236,7 @@ class MetaReweighter:
         meta_update = self.steps_done % self.meta_interval == 0
         if meta_update:
             self._check_batches(x, y, x_meta, y_meta)
-            snapshot = self._snapshot(x.device)
+            snapshot = ForwardSnapshot.capture(self.model, x.device)
         elif self.checks:
             check_batch(x, y, "training")
         losses = self._per_sample(self.model(x), y, "training")
@@ -311,7 +259,7 @@ class MetaReweighter:
             raise_if_not_finite(self.steps_done, training_loss=losses.detach())
         with torch.no_grad():
             weights = self.weights(losses.detach())
-            coefficients = normalize_weights(weights, self.normalize)
+            coefficients = normalize_weights(weights, self.normalize).to(losses.dtype)
         loss = torch.dot(coefficients, losses)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
