@@ -1,0 +1,206 @@
+"""Label noise models: rates, structure, reproducibility, and argument errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mwnet.data import (
+    ASYMMETRIC_MAPS,
+    NOISE_TYPES,
+    DataError,
+    corrupt_labels,
+    transition_matrix,
+)
+
+FAST = settings(max_examples=40, deadline=None)
+N = 3000
+
+
+def _labels(k: int, n: int = N, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, k, n))
+
+
+def _within(observed: float, expected: float, n: int, sigmas: float = 5.0) -> bool:
+    sd = math.sqrt(max(expected * (1 - expected), 1e-12) / n)
+    return abs(observed - expected) <= sigmas * sd + 1e-12
+
+
+@FAST
+@given(k=st.integers(2, 20), rate=st.floats(0, 1), seed=st.integers(0, 2**32 - 1))
+def test_uniform_realised_rate(k, rate, seed):
+    y = _labels(k)
+    c = corrupt_labels(y, k, "uniform", rate, seed)
+    assert _within(c.realized_rate, rate * (k - 1) / k, N)
+    assert torch.equal(c.corrupted, c.labels != y)
+    assert c.labels.dtype == torch.int64 and c.corrupted.dtype == torch.bool
+
+
+@FAST
+@given(k=st.integers(2, 20), rate=st.floats(0, 1), seed=st.integers(0, 2**32 - 1))
+def test_uniform_exclusive(k, rate, seed):
+    y = _labels(k)
+    c = corrupt_labels(y, k, "uniform-exclusive", rate, seed)
+    assert _within(c.realized_rate, rate, N)
+    assert torch.all(torch.diagonal(c.expected_transition) == 1 - rate)
+    every = corrupt_labels(y, k, "uniform-exclusive", 1.0, seed)
+    assert every.corrupted.all()  # never keeps the true label once chosen to flip
+
+
+@FAST
+@given(k=st.integers(3, 15), rate=st.floats(0.05, 1), seed=st.integers(0, 2**32 - 1))
+def test_flip2_two_distinct_other_classes(k, rate, seed):
+    y = _labels(k)
+    c = corrupt_labels(y, k, "flip2", rate, seed)
+    t = c.expected_transition
+    for cls in range(k):
+        targets = [j for j in range(k) if j != cls and t[cls, j] > 0]
+        assert len(targets) == 2
+        assert torch.allclose(t[cls, targets], torch.tensor([rate / 2, rate / 2], dtype=t.dtype))
+        observed = set(c.labels[(y == cls) & c.corrupted].tolist())
+        assert observed <= set(targets)
+    assert _within(c.realized_rate, rate, N)
+
+
+@FAST
+@given(k=st.integers(2, 20), rate=st.floats(0, 1), seed=st.integers(0, 2**32 - 1))
+def test_pair_goes_to_next_class(k, rate, seed):
+    y = _labels(k)
+    c = corrupt_labels(y, k, "pair", rate, seed)
+    assert torch.equal(c.labels[c.corrupted], (y[c.corrupted] + 1) % k)
+    assert _within(c.realized_rate, rate, N)
+
+
+@pytest.mark.parametrize("noise", list(ASYMMETRIC_MAPS))
+def test_asymmetric_maps(noise):
+    y = _labels(10, 5000)
+    c = corrupt_labels(y, 10, noise, 0.4, seed=3)
+    mapping = ASYMMETRIC_MAPS[noise]
+    for src in range(10):
+        moved = c.labels[(y == src) & c.corrupted]
+        if src in mapping:
+            assert set(moved.tolist()) == {mapping[src]}
+        else:
+            assert moved.numel() == 0
+    mapped_share = float(np.isin(y.numpy(), list(mapping)).mean())
+    assert _within(c.realized_rate, 0.4 * mapped_share, 5000)
+
+
+def test_asymmetric_cifar10_pairs():
+    assert ASYMMETRIC_MAPS["asymmetric-cifar10"] == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+    with pytest.raises(DataError, match="defined for 10 classes"):
+        corrupt_labels([0, 1], 5, "asymmetric-cifar10", 0.2, 0)
+
+
+def test_empirical_transition_matches_expected():
+    y = _labels(5, 50000)
+    c = corrupt_labels(y, 5, "flip2", 0.4, seed=1)
+    assert torch.allclose(c.transition, c.expected_transition, atol=0.02)
+    assert torch.allclose(c.transition.sum(1), torch.ones(5, dtype=torch.float64))
+    assert torch.equal(c.expected_transition, transition_matrix("flip2", 5, 0.4, seed=1))
+
+
+def test_empty_class_row_is_zero():
+    c = corrupt_labels([0, 0, 2], 4, "uniform", 0.5, 0)
+    assert c.transition[1].sum() == 0 and c.transition[3].sum() == 0
+
+
+@FAST
+@given(
+    noise=st.sampled_from(["uniform", "uniform-exclusive", "flip2", "pair"]),
+    rate=st.floats(0.2, 0.9),
+    seed=st.integers(0, 2**31),
+)
+def test_seed_reproducibility(noise, rate, seed):
+    y = _labels(10, 500)
+    a = corrupt_labels(y, 10, noise, rate, seed)
+    b = corrupt_labels(y, 10, noise, rate, seed)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.transition, b.transition)
+    other = corrupt_labels(y, 10, noise, rate, seed + 1)
+    assert not torch.equal(a.labels, other.labels)
+
+
+def test_input_is_not_modified():
+    y = _labels(10, 100)
+    before = y.clone()
+    corrupt_labels(y, 10, "uniform", 1.0, 0)
+    assert torch.equal(y, before)
+
+
+def test_rate_zero_is_identity_for_all_models(tmp_path):
+    y = _labels(10, 200)
+    for noise in NOISE_TYPES:
+        extra = {"matrix": np.full((10, 10), 0.1)} if noise == "matrix" else {}
+        c = corrupt_labels(y, 10, noise, 0.0, 7, **extra)
+        assert torch.equal(c.labels, y) and c.realized_rate == 0.0
+
+
+def test_user_matrix_from_array_npy_csv(tmp_path):
+    m = np.eye(3)[[1, 2, 0]]  # a deterministic cycle 0->1->2->0
+    np.save(tmp_path / "m.npy", m)
+    np.savetxt(tmp_path / "m.csv", m, delimiter=",")
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    for source in (m, torch.from_numpy(m), tmp_path / "m.npy", str(tmp_path / "m.csv")):
+        c = corrupt_labels(y, 3, "matrix", 1.0, 0, matrix=source)
+        assert c.labels.tolist() == [1, 2, 0, 0, 2, 1] and c.realized_rate == 1.0
+    half = transition_matrix("matrix", 3, 0.5, matrix=m)
+    assert torch.allclose(half, torch.from_numpy(0.5 * np.eye(3) + 0.5 * m))
+
+
+def test_user_matrix_tolerance():
+    m = np.full((2, 2), 0.5)
+    m[0] += [5e-7, 0]
+    corrupt_labels([0, 1], 2, "matrix", 1.0, 0, matrix=m)  # within 1e-6: accepted
+    m[0] += [1e-5, 0]
+    with pytest.raises(DataError, match=r"rows must sum to 1 \(within 1e-06\); row 0 sums to"):
+        corrupt_labels([0, 1], 2, "matrix", 1.0, 0, matrix=m)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rate": 1.5}, r"noise rate must be in \[0, 1\], got 1.5"),
+        ({"rate": -0.1}, r"noise rate must be in \[0, 1\]"),
+        ({"rate": float("nan")}, r"noise rate must be in \[0, 1\]"),
+        (
+            {"noise": "gaussian"},
+            "unknown noise 'gaussian'; expected one of uniform, "
+            "uniform-exclusive, flip2, pair, asymmetric-cifar10, "
+            "asymmetric-fashion-mnist, matrix",
+        ),
+        ({"labels": [0, 1, 10]}, r"labels out of range: expected values in \[0, 10\), got \[0, 10"),
+        ({"labels": [0, -1]}, r"labels out of range"),
+        ({"labels": [[0, 1]]}, "labels must be 1-d"),
+        ({"labels": [0.5, 1.0]}, "labels must be integers"),
+        ({"noise": "matrix"}, "needs the matrix argument"),
+        ({"noise": "matrix", "matrix": np.eye(3)}, r"must be 10 x 10, got shape \(3, 3\)"),
+        ({"noise": "matrix", "matrix": -np.eye(10)}, "non-negative"),
+        ({"matrix": np.eye(10)}, "use noise='matrix'"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"num_classes": 0, "labels": []}, "num_classes must be a positive integer"),
+    ],
+)
+def test_errors(kwargs, message):
+    args = {"labels": [0, 1, 2], "num_classes": 10, "noise": "uniform", "rate": 0.2, "seed": 0}
+    args.update(kwargs)
+    with pytest.raises(DataError, match=message):
+        corrupt_labels(**args)
+
+
+def test_small_class_counts_and_bad_matrix_files(tmp_path):
+    with pytest.raises(DataError, match="flip2 noise needs at least 3 classes"):
+        corrupt_labels([0, 1], 2, "flip2", 0.2, 0)
+    with pytest.raises(DataError, match=r"m\.txt: transition matrix file must end in \.npy or"):
+        transition_matrix("matrix", 2, 1.0, matrix=tmp_path / "m.txt")
+    with pytest.raises(DataError, match=r"gone\.npy: cannot read transition matrix"):
+        transition_matrix("matrix", 2, 1.0, matrix=tmp_path / "gone.npy")
+
+
+def test_errors_are_value_errors():
+    with pytest.raises(ValueError):
+        corrupt_labels([0], 2, "uniform", 2.0, 0)
