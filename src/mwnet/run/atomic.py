@@ -1,0 +1,64 @@
+"""Atomic file replacement: a reader sees the old file or the new one, never half of one.
+
+Every file in a run directory is rewritten this way (write a temporary file next to the
+target, flush and fsync it, ``os.replace`` it over the target, fsync the directory),
+because a run is often killed mid-write: by Ctrl-C, a scheduler's time limit, or a full
+disk. The temporary file lives in the target's directory so that the rename never
+crosses a file system, which is what makes it atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Make a rename inside ``directory`` durable across a power loss.
+
+    Without it the new name may still point at the old file after a crash. Windows
+    cannot open a directory for syncing; there the rename is as durable as the OS makes it.
+    """
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Yield a file to write; on a clean exit it replaces ``path`` in one step.
+
+    ``mode`` is ``"w"`` (text, UTF-8, ``\\n`` line ends) or ``"wb"``. If the block raises
+    (including ``KeyboardInterrupt``), the temporary file is removed and ``path`` is
+    left exactly as it was.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
+    path = Path(path)
+    # Not tempfile.mkstemp: it creates files readable by the owner only, and run
+    # directories are often shared. os.open applies the umask like a plain open() would.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        if mode == "wb":
+            f: IO[Any] = os.fdopen(fd, "wb")
+        else:
+            f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)

@@ -1,0 +1,189 @@
+"""Training checkpoints that are written atomically and loaded without running code.
+
+A checkpoint is written with ``torch.save`` inside a small envelope,
+``{"format": "mwnet-checkpoint", "version": 1, "state": state}``, so that loading can tell
+our files from any other torch file and refuse a format it does not understand instead
+of resuming from half-matching state. Loading always uses ``weights_only=True``: a
+checkpoint is a pickle, and an unrestricted unpickle of a file someone handed you can
+run arbitrary code. Every way loading can fail becomes one :class:`CheckpointError`
+whose single-line message names the file, the cause and the fix, because a resume that
+fails is read by a person at a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import pickletools
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mwnet.run.atomic import atomic_write
+from mwnet.run.interrupt import interrupt_deferred
+
+CHECKPOINT_FORMAT = "mwnet-checkpoint"
+CHECKPOINT_VERSION = 1
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "interrupt_deferred",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+# Pickle opcodes that name a Python object to import or call: the only way a pickle can
+# run code. A bare pickle containing them is not data we would ever write.
+_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be loaded; the message says which file, why, and what to do."""
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: a crash leaves the previous checkpoint whole.
+
+    ``state`` must hold only tensors, (nested) dicts, lists and tuples, and plain
+    ``int``/``float``/``str``/``bool``/``None``, i.e. what ``torch.load(weights_only=True)``
+    accepts; convert anything else (numpy or Python RNG states, say) to tensors first.
+    Wrap the call in :func:`interrupt_deferred` to keep Ctrl-C from discarding the epoch.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"checkpoint state must be a dict, not {type(state).__name__}")
+    envelope = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "state": state}
+    with atomic_write(path, "wb") as f:
+        torch.save(envelope, f)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the ``state`` dict saved by :func:`save_checkpoint`, with all tensors on CPU.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, truncated or corrupt, not an
+            mwnet checkpoint, of an unsupported format version, or contains objects other
+            than tensors and plain containers (a pickle that would run code).
+    """
+    path = Path(path)
+    _check_readable(path)
+    if zipfile.is_zipfile(path):
+        _check_zip_integrity(path)
+    try:
+        with warnings.catch_warnings():
+            # torch warns about unusual pickle protocols before rejecting such files;
+            # the CheckpointError below is the message that matters.
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise _classify_load_failure(path, exc) from exc
+    return _unwrap(path, obj)
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no such checkpoint; check the path, or start the run without resuming"
+        )
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({exc.strerror or exc}); "
+            "check that it is a file and that you may read it"
+        ) from exc
+
+
+def _check_zip_integrity(path: Path) -> None:
+    """Verify every member's CRC, which ``torch.load`` does not do.
+
+    Without this a flipped bit in the tensor data loads silently as wrong weights.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise _corrupt(path, f"damaged zip archive: {_one_line(exc)}") from exc
+    if bad_member is not None:
+        raise _corrupt(path, f"checksum mismatch in {bad_member!r}")
+
+
+def _classify_load_failure(path: Path, exc: Exception) -> CheckpointError:
+    # torch's restricted unpickler names the rejected import: "Unsupported global: GLOBAL
+    # posix.system ..." (plain pickles fail earlier, on an opcode, and are scanned instead).
+    if "GLOBAL" in str(exc):
+        return _refused(path)
+    if not zipfile.is_zipfile(path) and _bare_pickle_names_code(path):
+        return _refused(path)
+    return _corrupt(path, _one_line(exc))
+
+
+def _bare_pickle_names_code(path: Path) -> bool:
+    """True if ``path`` is a well-formed plain pickle that imports or calls something.
+
+    ``pickletools.genops`` only decodes opcodes; it never imports or calls anything.
+    """
+    try:
+        with path.open("rb") as f:
+            return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(f))
+    except Exception:
+        return False
+
+
+def _unwrap(path: Path, obj: object) -> dict[str, Any]:
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        what = "a dict without" if isinstance(obj, dict) else f"a {type(obj).__name__}, not"
+        raise CheckpointError(
+            f"{path}: not an mwnet checkpoint (a valid torch file, but {what} the "
+            f"{CHECKPOINT_FORMAT!r} marker, e.g. a bare state_dict); load it with torch.load, "
+            "or point at a checkpoint written by mwnet"
+        )
+    version = obj.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r} is not supported (this mwnet "
+            f"reads version {CHECKPOINT_VERSION}); use the mwnet version that wrote it, "
+            "or restart the run"
+        )
+    state = obj.get("state")
+    if not isinstance(state, dict):
+        raise _corrupt(path, f"its state is a {type(state).__name__}, not a dict")
+    return state
+
+
+def _refused(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: refused to load: it contains objects that are not plain tensors/containers "
+        "(possible tampering); only load checkpoints from a source you trust, "
+        "or restart the run"
+    )
+
+
+def _corrupt(path: Path, cause: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: checkpoint is truncated or corrupt ({cause}); delete it and resume from "
+        "an earlier checkpoint, or restart the run"
+    )
+
+
+_NOISE_PREFIXES = ("weights only load failed", "please file an issue", "check the documentation")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The informative part of an exception message, on one short line.
+
+    torch's messages span many lines of generic advice around the one line that says
+    what is wrong; that line is what goes into the CheckpointError.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.lower().startswith(_NOISE_PREFIXES)]
+    detail = lines[0].split(". This is an internal miniz error")[0] if lines else ""
+    detail = detail.removeprefix("WeightsUnpickler error:").strip()
+    if len(detail) > 120:
+        detail = detail[:117] + "..."
+    name = type(exc).__name__
+    return f"{name}: {detail}" if detail else f"{name}: file ends early"

@@ -1,0 +1,236 @@
+"""The run directory's data files: metrics as JSON lines, JSON documents, per-sample CSVs.
+
+The training loop owns the directory and decides what goes in it; this module only makes
+each file safe to write while a run may be killed at any moment. JSON lines are appended
+one complete line per call and fsynced, so a kill can cost at most the line being
+written, which readers ignore; every other file is replaced atomically. The CSVs are
+plain text with a fixed header so that a spreadsheet or pandas reads them as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mwnet.run.atomic import atomic_write, fsync_dir
+
+SAMPLE_WEIGHT_COLUMNS = ("index", "label", "true_label", "corrupted", "loss", "weight")
+WEIGHT_FUNCTION_COLUMNS = ("loss", "weight")
+_INT_COLUMNS = ("index", "label", "true_label")
+_TAIL_CHUNK = 1 << 16
+
+
+# --- JSON lines ---------------------------------------------------------------------
+
+
+def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line and fsync it, so a kill loses at most this line.
+
+    numpy and torch scalars or arrays are stored as plain numbers or lists. If an earlier
+    process died mid-line, that partial line is dropped first; otherwise the new record
+    would be glued onto it and both would be lost.
+    """
+    path = Path(path)
+    line = (_dumps(record) + "\n").encode("utf-8")
+    created = not path.exists()
+    with path.open("a+b") as f:
+        _drop_partial_last_line(f)
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    if created:
+        fsync_dir(path.parent)
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Return the records of a JSON-lines file, ignoring a trailing partial line.
+
+    A line counts only once its newline is written; anything after the last newline is
+    the remains of a write that was interrupted.
+
+    Raises:
+        ValueError: a complete line is not a JSON object (names the file and line).
+    """
+    path = Path(path)
+    *complete, _partial = path.read_bytes().split(b"\n")
+    records = []
+    for number, raw in enumerate(complete, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}:{number}: not a valid JSON line ({exc})") from exc
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {raw[:40]!r}")
+        records.append(record)
+    return records
+
+
+def truncate_jsonl(path: str | os.PathLike[str], keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Atomically rewrite ``path`` with only the records for which ``keep`` is true.
+
+    On resume this drops what was logged after the checkpoint being resumed from, so the
+    replayed epochs are not recorded twice. A missing file is left missing.
+
+    Returns:
+        The number of records dropped (a trailing partial line is dropped uncounted).
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    records = read_jsonl(path)
+    kept = [record for record in records if keep(record)]
+    with atomic_write(path) as f:
+        for record in kept:
+            f.write(_dumps(record) + "\n")
+    return len(records) - len(kept)
+
+
+def _drop_partial_last_line(f: io.BufferedRandom) -> None:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    end = size
+    while end > 0:
+        start = max(0, end - _TAIL_CHUNK)
+        f.seek(start)
+        newline = f.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            f.truncate(start + newline + 1)
+            return
+        end = start
+    f.truncate(0)
+
+
+# --- JSON documents -----------------------------------------------------------------
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (config, summary): never half a file."""
+    with atomic_write(path) as f:
+        f.write(_dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON document written by :func:`write_json`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _dumps(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(obj, indent=indent, default=_to_builtin)
+
+
+def _to_builtin(obj: Any) -> Any:
+    """Turn numpy/torch scalars and arrays (and paths) into what JSON can hold."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"cannot store a {type(obj).__name__} in JSON")
+
+
+# --- CSV tables ---------------------------------------------------------------------
+
+
+def write_sample_weights(
+    path: str | os.PathLike[str],
+    index: Any,
+    label: Any,
+    true_label: Any,
+    corrupted: Any,
+    loss: Any,
+    weight: Any,
+) -> None:
+    """Atomically write one CSV row per training sample: what MW-Net made of it.
+
+    Columns ``index,label,true_label,corrupted,loss,weight``: the sample's index in the
+    training set, the (possibly corrupted) label trained on, the original label, 1 if the
+    two differ by corruption, the sample's final loss and its weight. Arrays or tensors,
+    all 1-d and of one length; floats keep 6 significant digits.
+    """
+    columns = _columns(SAMPLE_WEIGHT_COLUMNS, (index, label, true_label, corrupted, loss, weight))
+    flags = columns["corrupted"]
+    if not np.isin(flags, (0, 1)).all():
+        raise ValueError("corrupted must hold only 0/1 or booleans")
+    rows = zip(
+        *(columns[name].astype(np.int64).tolist() for name in (*_INT_COLUMNS, "corrupted")),
+        columns["loss"].astype(np.float64).tolist(),
+        columns["weight"].astype(np.float64).tolist(),
+        strict=True,
+    )
+    with atomic_write(path) as f:
+        f.write(",".join(SAMPLE_WEIGHT_COLUMNS) + "\n")
+        f.writelines(f"{i},{y},{t},{c},{lo:.6g},{w:.6g}\n" for i, y, t, c, lo, w in rows)
+
+
+def read_sample_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read :func:`write_sample_weights` output: int64 ids/labels, bool ``corrupted``."""
+    table = _read_csv(path, SAMPLE_WEIGHT_COLUMNS)
+    out = {name: table[:, k] for k, name in enumerate(SAMPLE_WEIGHT_COLUMNS)}
+    for name in _INT_COLUMNS:
+        out[name] = out[name].astype(np.int64)
+    out["corrupted"] = out["corrupted"] != 0
+    return out
+
+
+def write_weight_function(path: str | os.PathLike[str], losses: Any, weights: Any) -> None:
+    """Atomically write the learned weighting function sampled at ``losses`` (CSV)."""
+    columns = _columns(WEIGHT_FUNCTION_COLUMNS, (losses, weights))
+    rows = zip(columns["loss"].tolist(), columns["weight"].tolist(), strict=True)
+    with atomic_write(path) as f:
+        f.write(",".join(WEIGHT_FUNCTION_COLUMNS) + "\n")
+        f.writelines(f"{lo:.6g},{w:.6g}\n" for lo, w in rows)
+
+
+def read_weight_function(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read :func:`write_weight_function` output as ``(losses, weights)``."""
+    table = _read_csv(path, WEIGHT_FUNCTION_COLUMNS)
+    return table[:, 0], table[:, 1]
+
+
+def _columns(names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, np.ndarray]:
+    columns = {name: _as_1d_array(name, value) for name, value in zip(names, values, strict=True)}
+    lengths = {name: len(column) for name, column in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"columns must have one length, got {lengths}")
+    return columns
+
+
+def _as_1d_array(name: str, values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, possibly on an accelerator
+        values = values.detach().cpu()
+        if values.is_floating_point():
+            values = values.double()
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-d, got shape {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.int64)
+    return array
+
+
+def _read_csv(path: str | os.PathLike[str], header: tuple[str, ...]) -> np.ndarray:
+    path = Path(path)
+    first, _, body = path.read_text(encoding="utf-8").partition("\n")
+    if tuple(first.strip().split(",")) != header:
+        raise ValueError(f"{path}: expected the header {','.join(header)!r}, got {first!r}")
+    if not body.strip():
+        return np.empty((0, len(header)))
+    try:
+        table = np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"{path}: malformed row ({exc})") from exc
+    if table.shape[1] != len(header):
+        raise ValueError(f"{path}: rows have {table.shape[1]} fields, expected {len(header)}")
+    return table
