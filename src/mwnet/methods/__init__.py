@@ -1,0 +1,29 @@
+"""Training methods behind one interface: the paper's baselines and Meta-Weight-Net.
+
+The training loop builds one with :func:`build_method` and calls ``method.step(x, y)`` per
+batch, asking ``method.source(epoch)`` which batches each epoch uses; everything a method
+needs beyond the model and optimizer (a meta-batch stream, class counts, its own
+hyperparameters) is handed over once, at construction.
+"""
+
+from mwnet.methods.base import Method, StepOutput
+from mwnet.methods.ce import CrossEntropy
+from mwnet.methods.class_balanced import ClassBalanced
+from mwnet.methods.finetune import Finetune
+from mwnet.methods.focal import Focal
+from mwnet.methods.l2rw import L2RW
+from mwnet.methods.meta_weight_net import MetaWeightNet
+from mwnet.methods.registry import METHODS, build_method
+
+__all__ = [
+    "L2RW",
+    "METHODS",
+    "ClassBalanced",
+    "CrossEntropy",
+    "Finetune",
+    "Focal",
+    "MetaWeightNet",
+    "Method",
+    "StepOutput",
+    "build_method",
+]

@@ -1,0 +1,190 @@
+"""Learning to Reweight Examples (Ren et al., 2018): per-step weights from one meta gradient.
+
+The ancestor of Meta-Weight-Net and its main baseline. Each step asks how the meta loss
+would change if sample i's weight ε_i in a plain SGD step were raised from 0:
+
+    θ̂(ε) = θ − α ∇_θ Σ_i ε_i L_i(θ),   g_i = ∂L_meta(θ̂(ε))/∂ε_i at ε = 0
+         = −α ⟨∇_θ L_meta(θ), ∇_θ L_i(θ)⟩          (θ̂ = θ at ε = 0),
+
+keeps the samples whose gradient agrees with the meta gradient, w̃_i = max(−g_i, 0),
+normalises w = w̃ / Σ w̃ (all 0 if the sum is 0) and takes the real step on Σ_i w_i L_i.
+No weighting net is learned; the weights are recomputed from scratch every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.autograd.forward_ad as fwad
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from mwnet.core import normalize_weights
+from mwnet.core.checks import check_batch, check_labels, raise_if_not_finite
+from mwnet.core.hypergrad import HYPERGRAD_MODES
+from mwnet.core.parameters import virtual_parameters
+from mwnet.core.snapshot import ForwardSnapshot
+from mwnet.methods.base import Method, StepOutput, next_meta_batch
+
+
+class L2RW(Method):
+    """Learning to Reweight Examples on any model, without rewriting it.
+
+    The inner products g_i cost one reverse pass (∇_θ L_meta on the meta batch at θ) and
+    one forward-mode Jacobian-vector product of the per-sample training losses in the
+    direction −α ∇_θ L_meta (``hypergrad="fast"``), instead of n per-sample gradients.
+    ``hypergrad="reverse"`` differentiates the meta loss through the virtual step, as Ren et
+    al. do: the same numbers, for models forward-mode AD cannot run. α is the current
+    learning rate of each parameter's param group; only trainable parameters the optimizer
+    holds take part. The real update reuses the real forward's graph, and that forward is
+    the only pass that moves BatchNorm running statistics or other buffers; the extra passes
+    run on copies, the replayed one with the real forward's dropout masks.
+
+    Args:
+        meta_batches: endless iterator of clean (x_meta, y_meta) on the model's device; one
+            batch is drawn per step.
+        hypergrad: ``"fast"`` (forward-mode JVP) or ``"reverse"`` (second order).
+        checks: validate batches and labels and stop on NaN/Inf before updating.
+    """
+
+    name = "l2rw"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        meta_batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        hypergrad: Literal["fast", "reverse"] = "fast",
+        checks: bool = True,
+    ) -> None:
+        super().__init__()
+        if hypergrad not in HYPERGRAD_MODES:
+            raise ValueError(f"hypergrad must be one of {HYPERGRAD_MODES}, got {hypergrad!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.meta_batches = meta_batches
+        self.hypergrad = hypergrad
+        self.checks = checks
+        virtual_parameters(model, optimizer)  # fail at construction, not at the first step
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        x_meta, y_meta = next_meta_batch(self.meta_batches)
+        self._check_batches(x, y, x_meta, y_meta)
+        state = ForwardSnapshot.capture(self.model, x.device)
+        losses = self._losses(self.model(x), y, "training")
+        scores, meta_loss = self._scores(x, y, losses, state, x_meta, y_meta)
+        with torch.no_grad():
+            weights = normalize_weights((-scores).clamp_min(0), "sum")
+        if self.checks:
+            raise_if_not_finite(
+                self.steps_done,
+                training_loss=losses.detach(),
+                meta_loss=meta_loss,
+                example_weights=weights,
+            )
+        loss = torch.dot(weights, losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps_done += 1
+        return StepOutput(
+            loss=loss.detach(), losses=losses.detach(), weights=weights, meta_loss=meta_loss
+        )
+
+    def meta_gradient(
+        self, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor, y_meta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """g = ∂L_meta(θ̂(ε))/∂ε at ε = 0, shape (n,), and L_meta(θ), changing no state.
+
+        :meth:`step` computes the same internally (its weights are ``max(−g, 0)``,
+        normalised); exposed to inspect and test the scores.
+        """
+        self._check_batches(x, y, x_meta, y_meta)
+        state = ForwardSnapshot.capture(self.model, x.device)
+        output = functional_call(self.model, state.buffer_copies(), (x,))
+        losses = self._losses(output, y, "training")
+        return self._scores(x, y, losses, state, x_meta, y_meta)
+
+    def _check_batches(self, x, y, x_meta, y_meta) -> None:
+        if self.checks:
+            check_batch(x, y, "training")
+            check_batch(x_meta, y_meta, "meta")
+
+    def _losses(self, output: torch.Tensor, y: torch.Tensor, which: str) -> torch.Tensor:
+        if self.checks:
+            check_labels(y, output.shape[-1], which)
+        return F.cross_entropy(output, y, reduction="none")
+
+    def _scores(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        losses: torch.Tensor,
+        state: ForwardSnapshot,
+        x_meta: torch.Tensor,
+        y_meta: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        names, params, groups = virtual_parameters(self.model, self.optimizer)
+        lrs = [float(g["lr"]) for g in groups]
+
+        def meta_loss_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = functional_call(self.model, {**theta, **state.buffer_copies()}, (x_meta,))
+            return self._losses(out, y_meta, "meta").mean()
+
+        if self.hypergrad == "reverse":
+            eps = torch.zeros_like(losses, requires_grad=True)
+            grads = torch.autograd.grad(
+                torch.dot(eps, losses),
+                params,
+                create_graph=True,
+                retain_graph=True,
+                allow_unused=True,
+            )
+            theta_hat = {
+                n: p if g is None else p - lr * g
+                for n, p, g, lr in zip(names, params, grads, lrs, strict=True)
+            }
+            meta_loss = meta_loss_at(theta_hat)
+            (scores,) = torch.autograd.grad(meta_loss, eps, allow_unused=True)
+            scores = torch.zeros_like(losses) if scores is None else scores
+            return scores.detach(), meta_loss.detach()
+
+        meta_loss = meta_loss_at({})
+        meta_grads = torch.autograd.grad(meta_loss, params, allow_unused=True)
+        duals = {
+            n: (p, torch.zeros_like(p) if g is None else -lr * g)
+            for n, p, g, lr in zip(names, params, meta_grads, lrs, strict=True)
+        }
+        scores = _losses_jvp(self.model, state, x, y, duals)
+        return (torch.zeros_like(losses) if scores is None else scores), meta_loss.detach()
+
+
+def _losses_jvp(
+    model: nn.Module,
+    state: ForwardSnapshot,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    directions: dict[str, tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor | None:
+    """Per-sample ⟨∇_θ L_i, t⟩ for ``directions[name] = (θ_name, t_name)``.
+
+    Replays the real forward in forward mode: same dropout masks, buffers on copies.
+    """
+    try:
+        with fwad.dual_level():
+            duals = {n: fwad.make_dual(p.detach(), t) for n, (p, t) in directions.items()}
+            with state.replaying_rng():
+                out = functional_call(model, {**duals, **state.buffer_copies()}, (x,))
+            losses = F.cross_entropy(out, y, reduction="none")
+            return fwad.unpack_dual(losses).tangent
+    except (NotImplementedError, RuntimeError) as err:
+        if "forward" not in str(err).lower() and "jvp" not in str(err).lower():
+            raise
+        raise NotImplementedError(
+            f"l2rw with hypergrad='fast' needs forward-mode AD through the model, which failed: "
+            f"{err}. Use hypergrad='reverse' for this model (same weights, slower)."
+        ) from err

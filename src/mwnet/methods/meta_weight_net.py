@@ -1,0 +1,147 @@
+"""Meta-Weight-Net behind the methods interface: the core's MetaReweighter, configured by name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from mwnet.core import MetaReweighter, WeightNet
+from mwnet.core.hypergrad import HypergradMode
+from mwnet.core.reweighter import Normalization
+from mwnet.core.virtual_step import VirtualStepKind
+from mwnet.methods.base import Method, StepOutput, next_meta_batch
+
+WeightOptimizer = Literal["adam", "sgd"]
+WEIGHT_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+
+
+def make_weight_optimizer(
+    params: list[nn.Parameter],
+    kind: str = "adam",
+    *,
+    lr: float = 1e-3,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 1e-4,
+) -> torch.optim.Optimizer:
+    """The weighting net's optimizer as the paper's settings name it.
+
+    ``"adam"`` (flip noise: Adam 1e-3, wd 1e-4) ignores ``momentum`` and ``nesterov``;
+    ``"sgd"`` (uniform noise, imbalance: SGD with Nesterov momentum) uses Nesterov only when
+    there is momentum, since torch.optim.SGD rejects Nesterov without it.
+    """
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=momentum,
+            nesterov=bool(nesterov) and momentum > 0,
+            weight_decay=weight_decay,
+        )
+    raise ValueError(f"weight_optimizer must be one of {WEIGHT_OPTIMIZERS}, got {kind!r}")
+
+
+class MetaWeightNet(Method):
+    """Meta-Weight-Net (Shu et al., 2019): a weighting net learned on the meta batches.
+
+    All the work is :class:`mwnet.MetaReweighter`'s; this adapter builds the weighting net
+    on the model's device and dtype, draws a meta batch only on the steps that update the
+    weighting net (``meta_interval``), and reports the step in the common form.
+    ``StepOutput.weights`` are the raw weights V(L_i) in (0, 1); the update uses them
+    normalised as ``normalize`` says.
+    """
+
+    name = "mwnet"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        meta_batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        hypergrad: HypergradMode = "fast",
+        normalize: Normalization = "sum",
+        virtual_step: VirtualStepKind = "sgd",
+        meta_interval: int = 1,
+        weight_hidden: int = 100,
+        weight_depth: int = 1,
+        weight_optimizer: WeightOptimizer = "adam",
+        weight_lr: float = 1e-3,
+        weight_momentum: float = 0.9,
+        weight_nesterov: bool = True,
+        weight_decay: float = 1e-4,
+        checks: bool = True,
+    ) -> None:
+        param = next(model.parameters())
+        net = WeightNet(hidden=weight_hidden, depth=weight_depth)
+        net = net.to(device=param.device, dtype=_float_dtype(model))
+        net_optimizer = make_weight_optimizer(
+            list(net.parameters()),
+            weight_optimizer,
+            lr=weight_lr,
+            momentum=weight_momentum,
+            nesterov=weight_nesterov,
+            weight_decay=weight_decay,
+        )
+        self.reweighter = MetaReweighter(
+            model,
+            optimizer,
+            net,
+            net_optimizer,
+            normalize=normalize,
+            virtual_step=virtual_step,
+            hypergrad=hypergrad,
+            meta_interval=meta_interval,
+            checks=checks,
+        )
+        self.meta_batches = meta_batches
+        super().__init__()
+
+    @property
+    def steps_done(self) -> int:
+        """The reweighter's step count (it decides which steps update the weighting net)."""
+        return self.reweighter.steps_done
+
+    @steps_done.setter
+    def steps_done(self, value: int) -> None:
+        self.reweighter.steps_done = value
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        rw = self.reweighter
+        if rw.steps_done % rw.meta_interval == 0:
+            x_meta, y_meta = next_meta_batch(self.meta_batches)
+        else:  # the reweighter ignores the meta batch on these steps; draw none
+            x_meta, y_meta = x, y
+        result = rw.step(x, y, x_meta, y_meta)
+        return StepOutput(
+            loss=result.loss,
+            losses=result.losses,
+            weights=result.weights,
+            meta_loss=result.meta_loss,
+        )
+
+    def weighting_function(self, losses: torch.Tensor) -> torch.Tensor:
+        """The current weighting net's V(L) in (0, 1) for losses of shape (n,)."""
+        net = self.reweighter.weight_net
+        param = next(net.parameters())
+        with torch.no_grad():
+            return self.reweighter.weights(losses.to(device=param.device, dtype=param.dtype))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.reweighter.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reweighter.load_state_dict(state)
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The model's floating-point dtype, for a weighting net that computes alongside it."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()

@@ -1,0 +1,61 @@
+"""Methods whose update is one forward and one backward of a loss of the batch alone."""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mwnet.core.checks import check_batch, check_labels, raise_if_not_finite
+from mwnet.methods.base import Method, StepOutput
+
+
+class PlainMethod(Method):
+    """Cross-entropy-like baselines: no meta batch, no second pass.
+
+    Subclasses only say how the per-sample cross-entropies turn into the minimised loss
+    (:meth:`objective`); the checks, the update and the output are the same for all, which
+    keeps the baselines comparable with each other and with the meta-learning methods.
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, checks: bool = True
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer = optimizer
+        self.checks = checks
+
+    @abc.abstractmethod
+    def objective(
+        self, logits: torch.Tensor, losses: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scalar loss to minimise from per-sample CE ``losses``, and the weights used."""
+
+    def batch_kind(self) -> str:
+        """How error messages name the batch being trained on."""
+        return "training"
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        which = self.batch_kind()
+        if self.checks:
+            check_batch(x, y, which)
+        logits = self.model(x)
+        if self.checks:
+            check_labels(y, logits.shape[-1], which)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        loss, weights = self.objective(logits, losses, y)
+        if self.checks:
+            raise_if_not_finite(self.steps_done, training_loss=losses.detach(), loss=loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps_done += 1
+        return StepOutput(
+            loss=loss.detach(),
+            losses=losses.detach(),
+            weights=None if weights is None else weights.detach(),
+            meta_loss=None,
+        )

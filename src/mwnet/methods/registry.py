@@ -1,0 +1,98 @@
+"""Methods by name, built from one flat options mapping, so configs and the CLI stay simple."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from mwnet.methods.base import Method
+from mwnet.methods.ce import CrossEntropy
+from mwnet.methods.class_balanced import ClassBalanced
+from mwnet.methods.finetune import Finetune
+from mwnet.methods.focal import Focal
+from mwnet.methods.l2rw import L2RW
+from mwnet.methods.meta_weight_net import MetaWeightNet
+
+METHODS: tuple[str, ...] = ("ce", "focal", "class-balanced", "l2rw", "finetune", "mwnet")
+
+_MWNET_OPTIONS: tuple[str, ...] = (
+    "hypergrad",
+    "normalize",
+    "virtual_step",
+    "meta_interval",
+    "weight_hidden",
+    "weight_depth",
+    "weight_optimizer",
+    "weight_lr",
+    "weight_momentum",
+    "weight_nesterov",
+    "weight_decay",
+)
+
+
+def build_method(
+    name: str,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta_batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    class_counts: torch.Tensor,
+    options: Mapping[str, Any],
+) -> Method:
+    """The training method ``name`` (one of :data:`METHODS`) for ``model`` and ``optimizer``.
+
+    Args:
+        meta_batches: endless iterator of clean ``(x_meta, y_meta)`` on the model's device;
+            drawn from by ``l2rw`` and ``mwnet`` only.
+        class_counts: training-set sample count per class, shape (K,); used by
+            ``class-balanced`` only.
+        options: method hyperparameters, each method reading its own and ignoring the rest
+            (the config layer validates names): ``focal_gamma``; ``cb_beta``, ``cb_loss``;
+            ``epochs`` (required by ``finetune``), ``finetune_epochs``, ``finetune_lr``;
+            ``hypergrad`` (also ``l2rw``); ``normalize``, ``virtual_step``,
+            ``meta_interval``, ``weight_hidden``, ``weight_depth``, ``weight_optimizer``,
+            ``weight_lr``, ``weight_momentum``, ``weight_nesterov``, ``weight_decay``;
+            ``checks`` (all; default True).
+
+    Raises:
+        ValueError: for an unknown name (listing the known ones) or a bad option value.
+    """
+    checks = bool(options.get("checks", True))
+    if name == "ce":
+        return CrossEntropy(model, optimizer, checks=checks)
+    if name == "focal":
+        return Focal(model, optimizer, gamma=options.get("focal_gamma", 1.0), checks=checks)
+    if name == "class-balanced":
+        return ClassBalanced(
+            model,
+            optimizer,
+            class_counts,
+            beta=options.get("cb_beta", 0.9999),
+            base_loss=options.get("cb_loss", "ce"),
+            gamma=options.get("focal_gamma", 1.0),
+            checks=checks,
+        )
+    if name == "l2rw":
+        return L2RW(
+            model,
+            optimizer,
+            meta_batches,
+            hypergrad=options.get("hypergrad", "fast"),
+            checks=checks,
+        )
+    if name == "finetune":
+        return Finetune(
+            model,
+            optimizer,
+            epochs=options.get("epochs"),
+            finetune_epochs=options.get("finetune_epochs", 10),
+            finetune_lr=options.get("finetune_lr", 1e-3),
+            checks=checks,
+        )
+    if name == "mwnet":
+        chosen = {k: options[k] for k in _MWNET_OPTIONS if k in options}
+        return MetaWeightNet(model, optimizer, meta_batches, **chosen, checks=checks)
+    raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")

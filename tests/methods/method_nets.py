@@ -1,0 +1,99 @@
+"""Tiny models, batches and a builder shared by the methods tests."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mwnet.methods import Method, build_method
+
+CLASSES = 5
+
+
+class TinyMlp(nn.Module):
+    def __init__(self, d_in: int = 6) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(d_in, 8)
+        self.out = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.hidden(x)))
+
+
+class TinyBnCnn(nn.Module):
+    """conv -> BatchNorm -> ReLU -> dropout -> linear on 3x6x6 inputs."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(4 * 4 * 4, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(F.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+SHAPES = {"mlp": (6,), "cnn": (3, 6, 6)}
+
+
+def make_model(kind: str, dtype: torch.dtype = torch.float32, dropout: float = 0.0) -> nn.Module:
+    model = TinyMlp() if kind == "mlp" else TinyBnCnn(dropout)
+    return model.to(dtype)
+
+
+def batch(
+    kind: str, seed: int, n: int = 10, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *SHAPES[kind], generator=g, dtype=dtype)
+    return x, torch.randint(0, CLASSES, (n,), generator=g)
+
+
+def meta_stream(
+    kind: str, dtype: torch.dtype = torch.float32, start: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless, deterministic meta batches; ``start`` skips ahead (a resumed iterator)."""
+    for i in itertools.count(start):
+        yield batch(kind, 1000 + i, n=8, dtype=dtype)
+
+
+def counts() -> torch.Tensor:
+    return torch.tensor([50, 20, 10, 5, 2])
+
+
+def build(
+    name: str,
+    model: nn.Module,
+    kind: str,
+    options: dict | None = None,
+    *,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    meta_start: int = 0,
+) -> tuple[torch.optim.Optimizer, Method]:
+    dtype = next(model.parameters()).dtype
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    method = build_method(
+        name,
+        model=model,
+        optimizer=optimizer,
+        meta_batches=meta_stream(kind, dtype, meta_start),
+        class_counts=counts(),
+        options={"epochs": 3, **(options or {})},
+    )
+    return optimizer, method
+
+
+def state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict, **tol) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **tol, msg=lambda m, k=k: f"{k}: {m}")

@@ -1,0 +1,158 @@
+"""Every method through build_method: it trains, reports the right shapes, and resumes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from method_nets import CLASSES, assert_same, batch, build, make_model, state
+
+from mwnet.methods import METHODS, Method, StepOutput, build_method
+
+WEIGHTED = {"class-balanced", "l2rw", "mwnet"}
+META_LOSS = {"l2rw", "mwnet"}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", METHODS)
+def test_three_steps_train_and_report(name, kind):
+    torch.manual_seed(0)
+    model = make_model(kind, dropout=0.2)
+    before = state(model)
+    _, method = build(name, model, kind)
+    assert isinstance(method, Method) and method.name == name
+    assert method.source(0) == "train"
+    for i in range(3):
+        x, y = batch(kind, i)
+        out = method.step(x, y)
+        assert isinstance(out, StepOutput)
+        assert out.loss.shape == () and torch.isfinite(out.loss)
+        assert out.losses.shape == (10,) and bool(torch.isfinite(out.losses).all())
+        assert not out.loss.requires_grad and not out.losses.requires_grad
+        if name in WEIGHTED:
+            assert out.weights is not None and out.weights.shape == (10,)
+            assert bool((out.weights >= 0).all()) and not out.weights.requires_grad
+        else:
+            assert out.weights is None
+        assert (out.meta_loss is not None) == (name in META_LOSS)
+    assert method.steps_done == 3
+    for k, v in model.named_parameters():
+        assert not torch.equal(v, before[k]), f"{name}: {k} did not change"
+    if kind == "cnn":
+        assert int(model.bn.num_batches_tracked) == 3
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_state_dict_round_trip_continues_identically(name):
+    options = {"meta_interval": 2, "weight_optimizer": "adam"}
+    torch.manual_seed(0)
+    model = make_model("cnn", dropout=0.2)
+    optimizer, method = build(name, model, "cnn", options)
+    method.step(*batch("cnn", 0))
+    saved = copy.deepcopy((model.state_dict(), optimizer.state_dict(), method.state_dict()))
+    for i in (1, 2):
+        torch.manual_seed(10 + i)
+        method.step(*batch("cnn", i))
+    expected = state(model), method.state_dict()
+
+    torch.manual_seed(99)  # a fresh process: different initialisation, then the checkpoint
+    fresh = make_model("cnn", dropout=0.2)
+    fresh_opt, resumed = build(name, fresh, "cnn", options, meta_start=1)
+    fresh.load_state_dict(saved[0])
+    fresh_opt.load_state_dict(saved[1])
+    resumed.load_state_dict(saved[2])
+    assert resumed.steps_done == 1
+    for i in (1, 2):
+        torch.manual_seed(10 + i)
+        resumed.step(*batch("cnn", i))
+    assert_same(state(fresh), expected[0], rtol=0, atol=0)
+    assert resumed.steps_done == 3
+    if name == "mwnet":
+        got = resumed.state_dict()
+        assert_same(got["weight_net"], expected[1]["weight_net"], rtol=0, atol=0)
+
+
+def test_unknown_method_lists_the_names():
+    model = make_model("mlp")
+    with pytest.raises(ValueError, match="unknown method 'erm'") as err:
+        build_method(
+            "erm",
+            model=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            meta_batches=iter(()),
+            class_counts=torch.ones(CLASSES),
+            options={},
+        )
+    for name in METHODS:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_labels_out_of_range_give_the_core_error(name):
+    torch.manual_seed(0)
+    model = make_model("mlp")
+    _, method = build(name, model, "mlp")
+    x, y = batch("mlp", 0)
+    y[3] = CLASSES
+    before = state(model)
+    with pytest.raises(ValueError, match=r"training labels out of range: label 5 at position 3"):
+        method.step(x, y)
+    assert_same(state(model), before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="training batch: 10 inputs but labels of shape"):
+        method.step(x, y[:4])
+
+
+@pytest.mark.parametrize("name", ["l2rw", "mwnet"])
+def test_meta_labels_out_of_range_give_the_core_error(name):
+    torch.manual_seed(0)
+    model = make_model("mlp")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    xm, ym = batch("mlp", 7, n=8)
+    ym[0] = -1
+    method = build_method(
+        name,
+        model=model,
+        optimizer=optimizer,
+        meta_batches=iter([(xm, ym)]),
+        class_counts=torch.ones(CLASSES),
+        options={},
+    )
+    with pytest.raises(ValueError, match="meta labels out of range: label -1 at position 0"):
+        method.step(*batch("mlp", 0))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_non_finite_inputs_stop_before_updating(name):
+    torch.manual_seed(0)
+    model = make_model("mlp")
+    _, method = build(name, model, "mlp")
+    x, y = batch("mlp", 0)
+    x[2, 0] = float("nan")
+    before = state(model)
+    with pytest.raises(FloatingPointError, match="non-finite training loss at step 0"):
+        method.step(x, y)
+    assert_same(state(model), before, rtol=0, atol=0)
+
+
+def test_only_mwnet_has_a_weighting_function():
+    losses = torch.linspace(0, 5, 7)
+    for name in METHODS:
+        _, method = build(name, make_model("mlp"), "mlp")
+        got = method.weighting_function(losses)
+        assert (got is None) == (name != "mwnet")
+
+
+@pytest.mark.parametrize("name", ["l2rw", "mwnet"])
+def test_an_exhausted_meta_stream_is_a_clear_error(name):
+    model = make_model("mlp")
+    method = build_method(
+        name,
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        meta_batches=iter(()),
+        class_counts=torch.ones(CLASSES),
+        options={},
+    )
+    with pytest.raises(RuntimeError, match="meta_batches ran out"):
+        method.step(*batch("mlp", 0))

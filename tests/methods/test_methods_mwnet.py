@@ -1,0 +1,114 @@
+"""The mwnet method is MetaReweighter, configured by name, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from method_nets import assert_same, batch, build, make_model, meta_stream, state
+
+import mwnet
+from mwnet.methods import MetaWeightNet
+
+CASES = [
+    ({}, lambda net: torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4), {}),
+    (
+        {
+            "hypergrad": "reverse",
+            "normalize": "mean",
+            "virtual_step": "optimizer",
+            "weight_hidden": 7,
+            "weight_depth": 2,
+            "weight_optimizer": "sgd",
+            "weight_lr": 0.05,
+            "weight_momentum": 0.8,
+            "weight_nesterov": True,
+            "weight_decay": 5e-4,
+        },
+        lambda net: torch.optim.SGD(
+            net.parameters(), lr=0.05, momentum=0.8, nesterov=True, weight_decay=5e-4
+        ),
+        {"hypergrad": "reverse", "normalize": "mean", "virtual_step": "optimizer"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("options", "make_vopt", "core_kw"), CASES)
+def test_equals_using_the_reweighter_directly(options, make_vopt, core_kw):
+    def via_method():
+        torch.manual_seed(0)
+        model = make_model("cnn", dropout=0.2)
+        _, method = build("mwnet", model, "cnn", options)
+        outs = [method.step(*batch("cnn", i)) for i in range(3)]
+        return model, method.reweighter.weight_net, outs
+
+    def direct():
+        torch.manual_seed(0)
+        model = make_model("cnn", dropout=0.2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        net = mwnet.WeightNet(options.get("weight_hidden", 100), options.get("weight_depth", 1))
+        rw = mwnet.MetaReweighter(model, opt, net, make_vopt(net), **core_kw)
+        meta = meta_stream("cnn")
+        outs = [rw.step(*batch("cnn", i), *next(meta)) for i in range(3)]
+        return model, net, outs
+
+    (m1, v1, o1), (m2, v2, o2) = via_method(), direct()
+    assert_same(state(m1), state(m2), rtol=0, atol=0)
+    assert_same(state(v1), state(v2), rtol=0, atol=0)
+    for a, b in zip(o1, o2, strict=True):
+        assert torch.equal(a.loss, b.loss) and torch.equal(a.losses, b.losses)
+        assert torch.equal(a.weights, b.weights) and torch.equal(a.meta_loss, b.meta_loss)
+
+
+def test_options_reach_the_core():
+    _, method = build(
+        "mwnet",
+        make_model("mlp"),
+        "mlp",
+        {
+            "hypergrad": "reverse",
+            "normalize": "none",
+            "meta_interval": 3,
+            "weight_optimizer": "sgd",
+            "weight_momentum": 0.0,
+        },
+    )
+    rw = method.reweighter
+    assert (rw.hypergrad, rw.normalize, rw.meta_interval) == ("reverse", "none", 3)
+    group = rw.weight_optimizer.param_groups[0]
+    assert isinstance(rw.weight_optimizer, torch.optim.SGD)
+    assert (group["momentum"], group["nesterov"]) == (0.0, False)  # no Nesterov without momentum
+
+
+def test_meta_batches_are_drawn_only_for_weight_net_updates():
+    drawn = []
+
+    def stream():
+        for i, b in enumerate(meta_stream("mlp")):
+            drawn.append(i)
+            yield b
+
+    model = make_model("mlp")
+    method = MetaWeightNet(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), stream(), meta_interval=3
+    )
+    metas = [method.step(*batch("mlp", i)).meta_loss for i in range(7)]
+    assert [m is not None for m in metas] == [True, False, False, True, False, False, True]
+    assert drawn == [0, 1, 2]
+
+
+def test_weight_net_follows_the_model_dtype_and_gives_the_weighting_function():
+    model = make_model("mlp", torch.float64)
+    _, method = build("mwnet", model, "mlp")
+    net = method.reweighter.weight_net
+    assert next(net.parameters()).dtype == torch.float64
+    losses = torch.linspace(0, 4, 9)
+    got = method.weighting_function(losses)
+    assert got.dtype == torch.float64 and got.shape == (9,) and not got.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(got, net(losses.double()), rtol=0, atol=0)
+    assert bool(((got > 0) & (got < 1)).all())
+
+
+def test_unknown_weight_optimizer_is_named():
+    with pytest.raises(ValueError, match="weight_optimizer must be one of"):
+        build("mwnet", make_model("mlp"), "mlp", {"weight_optimizer": "lamb"})
