@@ -262,3 +262,24 @@ def test_step_under_bf16_autocast(hypergrad):
         result = rw.step(*_batches((3, 8, 8), 5))
     assert torch.isfinite(result.loss) and result.meta_loss is not None
     assert result.weights.dtype == torch.float32
+
+
+def test_virtual_step_reads_the_lr_after_optimizer_load_state_dict():
+    """load_state_dict replaces the optimizer's group dicts; the lr a schedule then sets in
+    the new dicts must reach the virtual step (a resumed run depends on it)."""
+    torch.manual_seed(0)
+    batch = _batches((6,), 4)
+    model = Mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rw = mwnet.MetaReweighter(model, opt, hypergrad="reverse")
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    opt.param_groups[0]["lr"] = 0.7
+    fresh = mwnet.MetaReweighter(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.7),
+        copy.deepcopy(rw.weight_net),
+        hypergrad="reverse",
+    )
+    torch.testing.assert_close(
+        rw.meta_gradient(*batch)[0], fresh.meta_gradient(*batch)[0], rtol=0, atol=0
+    )

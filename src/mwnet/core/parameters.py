@@ -10,15 +10,16 @@ from torch import nn
 
 def virtual_parameters(
     model: nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[list[str], list[torch.Tensor], list[dict]]:
-    """Names, tensors and param groups of the trainable parameters ``optimizer`` holds.
+) -> tuple[list[str], list[torch.Tensor], list[int]]:
+    """Names, tensors and param-group indices of the trainable parameters ``optimizer`` holds.
 
     A parameter the optimizer does not update would not move in a real step either, so it
     takes no virtual step (a warning names it); frozen parameters (requires_grad=False)
-    are left out silently. Groups are returned by reference, so schedules that change a
-    group's lr are seen on every step.
+    are left out silently. Groups are named by index, not held by reference:
+    ``optimizer.load_state_dict`` replaces the group dicts, and a virtual step must read the
+    learning rate a schedule sets in the current ones.
     """
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(

@@ -142,7 +142,12 @@ class MetaReweighter:
         self.meta_interval = meta_interval
         self.checks = checks
         self.steps_done = 0
-        self._names, self._params, self._groups = virtual_parameters(model, optimizer)
+        self._names, self._params, self._group_index = virtual_parameters(model, optimizer)
+
+    def _groups(self) -> list[dict]:
+        """Each virtual parameter's current param group (with the lr a schedule set)."""
+        groups = self.optimizer.param_groups
+        return [groups[i] for i in self._group_index]
 
     def weights(self, losses: torch.Tensor) -> torch.Tensor:
         """Raw weights V(L) in (0, 1) for per-sample losses of shape (n,).
@@ -199,7 +204,7 @@ class MetaReweighter:
             coefficients=normalize_weights(self.weights(losses.detach()), self.normalize).to(
                 losses.dtype
             ),
-            step=affine_step(self.virtual_step, self._params, self._groups, self.optimizer),
+            step=affine_step(self.virtual_step, self._params, self._groups(), self.optimizer),
             meta_loss_at=meta_loss_at,
             losses_at=losses_at,
             weight_params=self._weight_params,

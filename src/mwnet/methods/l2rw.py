@@ -128,8 +128,8 @@ class L2RW(Method):
         x_meta: torch.Tensor,
         y_meta: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        names, params, groups = virtual_parameters(self.model, self.optimizer)
-        lrs = [float(g["lr"]) for g in groups]
+        names, params, group_index = virtual_parameters(self.model, self.optimizer)
+        lrs = [float(self.optimizer.param_groups[i]["lr"]) for i in group_index]
 
         def meta_loss_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             out = functional_call(self.model, {**theta, **state.buffer_copies()}, (x_meta,))
