@@ -1,0 +1,119 @@
+"""``mwnet train | presets | eval | plot``: thin wrappers that print and exit cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model with a preset (paper settings) and key=value overrides",
+        description="Train with a preset and overrides, e.g. `mwnet train --preset "
+        "fmnist-flip2-40 method.name=ce optim.epochs=5`. `mwnet presets` lists presets; "
+        "any config key can be overridden (a wrong key lists the valid ones).",
+    )
+    p.add_argument("--preset", help="preset name (see `mwnet presets`)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        type=Path,
+        help="continue a run after its last finished epoch",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar: one log line per epoch")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mwnet.train import loop
+    from mwnet.train.config import load_config
+
+    if args.resume is not None:
+        if args.preset or args.overrides:
+            raise ValueError("--resume takes no --preset or overrides: the run keeps its config")
+        trainer = loop.resume(args.resume, quiet=args.quiet)
+        print(f"resuming {args.resume} after epoch {trainer.epoch}", file=sys.stderr)
+    else:
+        if not args.preset and not args.overrides:
+            raise ValueError("give --preset NAME (see `mwnet presets`) and/or key=value overrides")
+        cfg = load_config(args.preset, args.overrides)
+        trainer, run_dir = loop.start(cfg, quiet=args.quiet)
+        print(loop.to_yaml(cfg), file=sys.stderr)
+        print(f"run directory: {run_dir}", file=sys.stderr)
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; finished epochs are saved. Continue with: "
+            f"mwnet train --resume {trainer.run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    print(json.dumps(summary, indent=2))
+    run_dir = trainer.run_dir
+    print(f"summary: {run_dir / 'summary.json'}", file=sys.stderr)
+    pngs = sorted(run_dir.glob("*.png"))
+    if pngs:
+        print(f"plots:   {', '.join(str(p) for p in pngs)}", file=sys.stderr)
+    return 0
+
+
+def add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the shipped presets, one line each")
+    p.set_defaults(func=run_presets)
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from mwnet.train.config import preset_description, preset_names
+
+    names = preset_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {preset_description(name)}")
+    return 0
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on its test set")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--checkpoint", type=Path, help="default: RUN_DIR/checkpoint.pt")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from mwnet.run import load_checkpoint
+    from mwnet.train import loop
+    from mwnet.train.config import load_config_file
+    from mwnet.train.experiment import build_experiment
+
+    config = args.run_dir / loop.CONFIG
+    if not config.is_file():
+        raise FileNotFoundError(f"{args.run_dir} is not a run directory (no {loop.CONFIG} in it)")
+    trainer = loop.Trainer(build_experiment(load_config_file(config)), args.run_dir, quiet=True)
+    trainer.load_state_dict(load_checkpoint(args.checkpoint or args.run_dir / loop.CHECKPOINT))
+    scores = {"epoch": trainer.epoch, **trainer.evaluate()}
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="redraw a run directory's plots")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=run_plot)
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from mwnet.run import plot_run
+
+    if not args.run_dir.is_dir():
+        raise FileNotFoundError(f"no run directory at {args.run_dir}")
+    written = plot_run(args.run_dir)
+    for path in written:
+        print(path)
+    if not written:
+        print(f"nothing to plot in {args.run_dir} (no metrics.jsonl yet)", file=sys.stderr)
+    return 0

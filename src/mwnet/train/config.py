@@ -1,0 +1,257 @@
+"""The training configuration: typed schemas, presets and ``key=value`` overrides.
+
+OmegaConf structured configs give typed fields and reject unknown keys; this module adds
+what OmegaConf cannot know: which string values are valid, and error messages that list
+the valid keys or values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A preset, override or value that cannot be used, with the valid choices."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    """fashion-mnist | mnist | cifar10 | cifar100 | folder | list"""
+    root: str | None = None
+    """Where the files are; None searches $MWNET_DATA, system locations and the cache."""
+    download: bool = True
+    train_list: str | None = None
+    """For dataset=list: the "relative/path label" file of the training set."""
+    test_list: str | None = None
+    meta_list: str | None = None
+    """For dataset=list: a clean list file used as the meta set instead of a carved split."""
+    image_size: int = 32
+    """For dataset=folder|list: images are resized and centre-cropped to this size."""
+    noise: str = "none"
+    noise_rate: float = 0.0
+    noise_matrix: str | None = None
+    """For noise=matrix: a .npy or .csv row-stochastic K x K matrix."""
+    imbalance_factor: float = 1.0
+    imbalance_profile: str = "exp"
+    meta_per_class: int | None = None
+    """Clean meta images per class; None: 1000 in all for noise, 10 per class for imbalance."""
+    subset: int | None = None
+    """Keep only this many training images (seeded), for quick runs."""
+    normalize: str = "auto"
+    """auto (CIFAR constants for CIFAR, training-set statistics otherwise) | imagenet | none"""
+    augment: bool = True
+    padding: int = 4
+    pad_mode: str = "reflect"
+    flip: bool = True
+    batch_size: int = 100
+    meta_batch_size: int = 100
+    eval_batch_size: int = 500
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet32"
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the model builder (e.g. dropout, weights_path)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    epochs: int = 60
+    schedule: str = "multistep"
+    """multistep (the paper's) | cosine | constant"""
+    milestones: list[int] = field(default_factory=lambda: [40, 50])
+    gamma: float = 0.1
+
+
+@dataclass
+class MethodConfig:
+    name: str = "mwnet"
+    hypergrad: str = "fast"
+    normalize: str = "sum"
+    virtual_step: str = "sgd"
+    meta_interval: int = 1
+    weight_hidden: int = 100
+    weight_depth: int = 1
+    weight_optimizer: str = "adam"
+    weight_lr: float = 1e-3
+    weight_momentum: float = 0.9
+    weight_nesterov: bool = True
+    weight_decay: float = 1e-4
+    focal_gamma: float = 1.0
+    cb_beta: float = 0.9999
+    cb_loss: str = "ce"
+    finetune_epochs: int = 10
+    finetune_lr: float = 1e-3
+
+
+@dataclass
+class TrainConfig:
+    description: str = ""
+    name: str | None = None
+    """Run directory name under out_dir; None: <preset>-<method>-seed<seed>."""
+    preset: str | None = None
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    """auto (cuda if available) | cpu | cuda | cuda:N"""
+    amp: str = "none"
+    """none | bf16 | fp16 (CUDA only): autocast of the forward passes"""
+    threads: int | None = None
+    eval_train: bool = True
+    """Each epoch, measure accuracy on the clean vs corrupted training samples."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.dataset": ("fashion-mnist", "mnist", "cifar10", "cifar100", "folder", "list"),
+    "data.noise": (
+        "none",
+        "uniform",
+        "uniform-exclusive",
+        "flip2",
+        "pair",
+        "asymmetric-cifar10",
+        "asymmetric-fashion-mnist",
+        "matrix",
+    ),
+    "data.imbalance_profile": ("exp", "step"),
+    "data.normalize": ("auto", "imagenet", "none"),
+    "data.pad_mode": ("reflect", "zero"),
+    "optim.schedule": ("multistep", "cosine", "constant"),
+    "method.name": ("ce", "focal", "class-balanced", "l2rw", "finetune", "mwnet"),
+    "method.hypergrad": ("fast", "reverse"),
+    "method.normalize": ("sum", "mean", "none"),
+    "method.virtual_step": ("sgd", "optimizer"),
+    "method.weight_optimizer": ("adam", "sgd"),
+    "method.cb_loss": ("ce", "focal"),
+    "amp": ("none", "bf16", "fp16"),
+}
+
+
+def _presets_dir():
+    return resources.files("mwnet") / "presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets (files starting with "_" are shared bases)."""
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in _presets_dir().iterdir()
+        if p.name.endswith(".yaml") and not p.name.startswith("_")
+    )
+
+
+def _read_preset(name: str, seen: tuple[str, ...] = ()) -> DictConfig:
+    """A preset's YAML, merged onto the preset named by its ``base`` key, if any."""
+    path = _presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown preset {name!r}; run `mwnet presets` to list them (e.g. {preset_names()[:3]})"
+        )
+    raw = OmegaConf.create(path.read_text())
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if base in seen:
+        raise ConfigError(f"preset {name!r}: circular base {base!r}")
+    return OmegaConf.merge(_read_preset(base, (*seen, name)), raw)
+
+
+def valid_keys(node: Any = None, prefix: str = "") -> list[str]:
+    """Every settable dotted key, for error messages and documentation."""
+    node = OmegaConf.structured(TrainConfig) if node is None else node
+    keys = []
+    for key in node:
+        value = node[key] if not OmegaConf.is_missing(node, key) else None
+        dotted = f"{prefix}{key}"
+        if isinstance(value, DictConfig) and key != "options":
+            keys.extend(valid_keys(value, dotted + "."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Resolve a preset plus ``key=value`` overrides into a validated :class:`TrainConfig`."""
+    schema = OmegaConf.structured(TrainConfig)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad[0]!r}")
+    try:
+        layers = [schema]
+        if preset is not None:
+            layers.append(_read_preset(preset))
+            layers.append(OmegaConf.create({"preset": preset}))
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
+    validate(cfg)
+    return cfg
+
+
+def load_config_file(path: Path) -> Any:
+    """A resolved config saved in a run directory."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
+    validate(cfg)
+    return cfg
+
+
+def _explain(err: OmegaConfBaseException) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0]
+    if msg.startswith("Key '") and "not in" in msg:
+        return ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+    return ConfigError(f"bad value for {key!r}: {msg}")
+
+
+def validate(cfg: Any) -> None:
+    """Check the values OmegaConf's types cannot: choices, ranges, consistency."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
+    d, o, m = cfg.data, cfg.optim, cfg.method
+    checks = [
+        (0.0 <= d.noise_rate <= 1.0, "data.noise_rate must lie in [0, 1]"),
+        (d.imbalance_factor >= 1.0, "data.imbalance_factor must be >= 1 (1 means balanced)"),
+        (d.batch_size >= 1 and d.meta_batch_size >= 1, "batch sizes must be >= 1"),
+        (d.subset is None or d.subset >= 1, "data.subset must be >= 1 or null"),
+        (d.meta_per_class is None or d.meta_per_class >= 1, "data.meta_per_class must be >= 1"),
+        (o.epochs >= 1, "optim.epochs must be >= 1"),
+        (o.lr > 0, "optim.lr must be > 0"),
+        (m.meta_interval >= 1, "method.meta_interval must be >= 1"),
+        (d.noise != "matrix" or d.noise_matrix, "data.noise=matrix needs data.noise_matrix=PATH"),
+        (d.dataset != "list" or d.train_list, "data.dataset=list needs data.train_list=PATH"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if d.noise == "none" and d.noise_rate > 0:
+        raise ConfigError("data.noise_rate > 0 needs a noise type (data.noise=uniform, flip2, ...)")
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def preset_description(name: str) -> str:
+    return str(_read_preset(name).get("description", ""))

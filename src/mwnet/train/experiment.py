@@ -1,0 +1,293 @@
+"""Turn a resolved config into data on the device, a model, its optimizer and a method.
+
+The order of the data steps is the paper's: the clean meta set is carved from the
+training set first, then the rest is subsampled into a long tail (if asked), then its
+labels are corrupted. Every step is seeded by ``cfg.seed``, so methods compared under the
+same seed see identical data, split and noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mwnet import models
+from mwnet.data import (
+    CIFAR_NORMALIZE,
+    Augment,
+    DeviceBatches,
+    EndlessBatches,
+    ImageDataset,
+    Normalize,
+    corrupt_labels,
+    default_meta_per_class,
+    load_dataset,
+    load_image_folder,
+    load_image_list,
+    long_tail_counts,
+    long_tail_indices,
+    meta_split,
+)
+from mwnet.methods import Method, build_method
+from mwnet.train.config import ConfigError
+
+IMAGENET_NORMALIZE = Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@dataclass
+class TrainData:
+    """The three sets of a run, in memory as uint8, with the record of what was corrupted."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    """Observed (possibly corrupted) labels: what the methods train on."""
+    true_labels: torch.Tensor
+    corrupted: torch.Tensor
+    meta_images: torch.Tensor
+    meta_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    realized_noise_rate: float
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.train_labels, minlength=self.num_classes)
+
+
+def _list_path(cfg_data: Any, name: str) -> Path:
+    path = Path(getattr(cfg_data, name))
+    return path if path.is_absolute() else Path(cfg_data.root) / path
+
+
+def _load_sources(d: Any) -> tuple[ImageDataset, ImageDataset, ImageDataset | None]:
+    """(train, test, explicit meta set or None) for the configured dataset."""
+    if d.dataset in ("folder", "list") and not d.root:
+        raise ConfigError(
+            f"data.dataset={d.dataset} needs data.root=PATH (the folder holding the images)"
+        )
+    if d.dataset == "folder":
+        root = Path(d.root)
+        missing = [s for s in ("train", "test") if not (root / s).is_dir()]
+        if missing:
+            raise ConfigError(
+                f"data.dataset=folder expects {root}/train/<class>/... and {root}/test/<class>/..."
+                f"; missing: {', '.join(missing)}"
+            )
+        return (
+            load_image_folder(root / "train", d.image_size),
+            load_image_folder(root / "test", d.image_size),
+            None,
+        )
+    if d.dataset == "list":
+        if not d.test_list:
+            raise ConfigError("data.dataset=list needs data.test_list=PATH as well")
+        train = load_image_list(_list_path(d, "train_list"), d.root, d.image_size)
+        test = load_image_list(_list_path(d, "test_list"), d.root, d.image_size, train.classes)
+        meta = None
+        if d.meta_list:
+            meta = load_image_list(_list_path(d, "meta_list"), d.root, d.image_size, train.classes)
+        return train, test, meta
+    return (
+        load_dataset(d.dataset, "train", root=d.root, download=d.download),
+        load_dataset(d.dataset, "test", root=d.root, download=d.download),
+        None,
+    )
+
+
+def prepare_data(cfg: Any) -> TrainData:
+    """Load, split, subsample and corrupt as configured (see the module docstring)."""
+    d, seed = cfg.data, int(cfg.seed)
+    train, test, meta = _load_sources(d)
+    num_classes = len(train.classes)
+    labels = train.labels
+    if meta is None:
+        setting = "imbalance" if d.imbalance_factor > 1 else "noise"
+        per_class = d.meta_per_class or default_meta_per_class(setting, num_classes)
+        train_idx, meta_idx = meta_split(labels, num_classes, per_class, seed)
+        meta_images, meta_labels = train.images[meta_idx], labels[meta_idx]
+    else:
+        train_idx = torch.arange(len(labels))
+        meta_images, meta_labels = meta.images, meta.labels
+    if d.imbalance_factor > 1:
+        n_max = int(torch.bincount(labels[train_idx], minlength=num_classes).min())
+        counts = long_tail_counts(
+            n_max, num_classes, float(d.imbalance_factor), d.imbalance_profile
+        )
+        train_idx = train_idx[long_tail_indices(labels[train_idx], counts, seed)]
+    if d.subset is not None and d.subset < len(train_idx):
+        keep = np.sort(np.random.default_rng(seed).choice(len(train_idx), d.subset, replace=False))
+        train_idx = train_idx[torch.from_numpy(keep)]
+    true_labels = labels[train_idx]
+    if d.noise == "none":
+        observed, corrupted, rate = (
+            true_labels.clone(),
+            torch.zeros_like(true_labels, dtype=torch.bool),
+            0.0,
+        )
+    else:
+        matrix = d.noise_matrix if d.noise == "matrix" else None
+        c = corrupt_labels(true_labels, num_classes, d.noise, float(d.noise_rate), seed, matrix)
+        observed, corrupted, rate = c.labels, c.corrupted, float(c.realized_rate)
+    return TrainData(
+        train_images=train.images[train_idx],
+        train_labels=observed,
+        true_labels=true_labels,
+        corrupted=corrupted,
+        meta_images=meta_images,
+        meta_labels=meta_labels,
+        test_images=test.images,
+        test_labels=test.labels,
+        classes=list(train.classes),
+        realized_noise_rate=rate,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or auto")
+    return device
+
+
+def _normalization(cfg: Any, data: TrainData) -> Normalize | None:
+    mode = cfg.data.normalize
+    if mode == "none":
+        return None
+    if mode == "imagenet":
+        return IMAGENET_NORMALIZE
+    if cfg.data.dataset in ("cifar10", "cifar100"):
+        return CIFAR_NORMALIZE
+    return Normalize.from_images(data.train_images)
+
+
+def build_model(cfg: Any, data: TrainData) -> nn.Module:
+    c, h, _ = data.train_images.shape[1:]
+    options = dict(cfg.model.options)
+    if cfg.model.name in ("cnn_small", "mlp"):
+        options.setdefault("image_size", h)
+    try:
+        return models.build(cfg.model.name, num_classes=data.num_classes, in_channels=c, **options)
+    except TypeError as err:
+        raise ConfigError(f"model.options do not fit model {cfg.model.name!r}: {err}") from None
+
+
+def build_schedule(
+    cfg: Any, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule; the virtual step always reads the current lr."""
+    o = cfg.optim
+    if o.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs)
+    milestones = list(o.milestones) if o.schedule == "multistep" else []
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=o.gamma)
+
+
+@dataclass
+class Experiment:
+    """Everything a training loop touches, built from one config."""
+
+    cfg: Any
+    device: torch.device
+    data: TrainData
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    method: Method
+    train_batches: DeviceBatches
+    meta_batches: EndlessBatches
+    meta_epochs: DeviceBatches
+    """The meta set as epochs, for methods that train on it (finetune)."""
+    normalize: Normalize | None
+
+    @property
+    def total_epochs(self) -> int:
+        return int(self.cfg.optim.epochs) + int(self.method.extra_epochs)
+
+
+def build_experiment(cfg: Any, data: TrainData | None = None) -> Experiment:
+    """Data, model, optimizer, schedule, method and batch iterators for ``cfg``."""
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    if cfg.amp != "none" and device.type != "cuda":
+        raise ConfigError(f"amp={cfg.amp} needs a CUDA device; use amp=none on {device.type}")
+    torch.manual_seed(int(cfg.seed))
+    data = data if data is not None else prepare_data(cfg)
+    model = build_model(cfg, data).to(device)
+    o = cfg.optim
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=o.lr,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        weight_decay=o.weight_decay,
+    )
+    normalize = _normalization(cfg, data)
+    d = cfg.data
+    augment = Augment(d.padding, d.pad_mode, d.flip) if d.augment else None
+    seed = int(cfg.seed)
+    train_batches = DeviceBatches(
+        data.train_images,
+        data.train_labels,
+        d.batch_size,
+        device,
+        shuffle=True,
+        augment=augment,
+        seed=seed,
+        indices_too=True,
+        normalize=normalize,
+    )
+    meta_batches = EndlessBatches(
+        data.meta_images,
+        data.meta_labels,
+        d.meta_batch_size,
+        device,
+        shuffle=True,
+        augment=augment,
+        seed=seed + 1,
+        normalize=normalize,
+    )
+    meta_epochs = DeviceBatches(
+        data.meta_images,
+        data.meta_labels,
+        d.meta_batch_size,
+        device,
+        shuffle=True,
+        augment=augment,
+        seed=seed + 2,
+        indices_too=True,
+        normalize=normalize,
+    )
+    options = {**dict(cfg.method), "epochs": int(o.epochs)}
+    method = build_method(
+        cfg.method.name,
+        model=model,
+        optimizer=optimizer,
+        meta_batches=meta_batches,
+        class_counts=data.class_counts(),
+        options=options,
+    )
+    return Experiment(
+        cfg=cfg,
+        device=device,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        schedule=build_schedule(cfg, optimizer),
+        method=method,
+        train_batches=train_batches,
+        meta_batches=meta_batches,
+        meta_epochs=meta_epochs,
+        normalize=normalize,
+    )
