@@ -15,7 +15,7 @@ model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 rw = mwnet.MetaReweighter(model, optimizer)  # default: 1-100-1 WeightNet, Adam 1e-3
 
-for step in range(300):
+for _ in range(300):
     i = torch.randint(100, 2000, (100,))
     j = torch.randint(0, 100, (100,))
     info = rw.step(x[i], noisy[i], x_meta[j], y_meta[j])

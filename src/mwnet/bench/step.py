@@ -1,0 +1,341 @@
+"""Time and memory of one training step: plain SGD vs MW-Net with each hypergradient mode.
+
+All modes run in one process, interleaved round-robin (each round runs every mode once,
+in a rotating order), so clock drift, thermal throttling and noisy neighbours hit every
+mode alike; the reported ratios compare medians from the same run. Each mode owns its
+model copy and optimizers, so no state leaks from one mode into another. An interval
+mode (weighting-net update every K steps) is timed over K consecutive steps per round,
+divided by K: the amortised cost, not the median of mostly cheap steps.
+
+Peak memory is the extra memory a step needs above the resident model and data. On
+CUDA it is ``max_memory_allocated`` during a step minus the allocation before it. On CPU
+the process's peak RSS can only grow, so each mode is measured in a fresh subprocess
+(:mod:`mwnet.bench.step_memory`) that builds the same setup.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mwnet.core import MetaReweighter, WeightNet
+from mwnet.models import build, input_shape
+
+PLAIN = "plain"
+HYPERGRAD_MODES = ("reverse", "fast")
+MODES = (PLAIN, *HYPERGRAD_MODES)
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    """One benchmarked variant: ``hypergrad=None`` is the plain step."""
+
+    name: str
+    hypergrad: str | None = None
+    meta_interval: int = 1
+
+
+def mode_specs(modes: Sequence[str], meta_interval: int = 1) -> list[ModeSpec]:
+    """The variants to run: always ``plain`` first (the ratios' baseline), then each
+    requested hypergradient mode, then ``<mode>+interval(K)`` for each when K > 1."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    if meta_interval < 1:
+        raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
+    wanted = [m for m in HYPERGRAD_MODES if m in modes]
+    specs = [ModeSpec(PLAIN)] + [ModeSpec(m, m) for m in wanted]
+    if meta_interval > 1:
+        specs += [ModeSpec(f"{m}+interval({meta_interval})", m, meta_interval) for m in wanted]
+    return specs
+
+
+@dataclass(frozen=True)
+class StepBenchConfig:
+    """What to benchmark; the defaults are the paper's ResNet-32 setting (batch 100)."""
+
+    model: str = "resnet32"
+    batch: int = 100
+    meta_batch: int = 100
+    repeats: int = 20
+    warmup: int = 3
+    modes: tuple[str, ...] = MODES
+    meta_interval: int = 1
+    device: str = "auto"
+    threads: int | None = None
+    memory: bool = True
+    num_classes: int = 10
+    seed: int = 0
+
+
+@dataclass
+class BenchRow:
+    """One mode's result; ``asdict`` of it is one object of the ``--json`` output."""
+
+    mode: str
+    model: str
+    batch: int
+    meta_batch: int
+    hypergrad: str | None
+    meta_interval: int
+    repeats: int
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    ratio_to_plain: float
+    peak_mem_mb: float | None
+    peak_mem_ratio: float | None
+    device: str
+    device_name: str
+    torch_version: str
+    threads: int
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without it is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return resolved
+
+
+def device_name(device: torch.device) -> str:
+    """A human name for the machine: the GPU's name, or the CPU model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Runner:
+    """A ready-to-run mode. ``run()`` takes ``steps`` optimizer steps (K for interval modes,
+    so that every call contains exactly one meta update and times are per-step averages)."""
+
+    spec: ModeSpec
+    run: Callable[[], None]
+    steps: int
+
+
+def make_runner(
+    spec: ModeSpec,
+    model: torch.nn.Module,
+    batches: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> Runner:
+    """Optimizers and the step closure for one mode, on a model the runner now owns."""
+    x, y, x_meta, y_meta = batches
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    if spec.hypergrad is None:
+
+        def plain_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        return Runner(spec, plain_step, 1)
+
+    weight_net = WeightNet().to(x.device)
+    reweighter = MetaReweighter(
+        model,
+        optimizer,
+        weight_net,
+        hypergrad=spec.hypergrad,  # type: ignore[arg-type]
+        meta_interval=spec.meta_interval,
+    )
+
+    def mwnet_steps() -> None:
+        for _ in range(spec.meta_interval):
+            reweighter.step(x, y, x_meta, y_meta)
+
+    return Runner(spec, mwnet_steps, spec.meta_interval)
+
+
+def make_inputs(
+    config: StepBenchConfig, device: torch.device
+) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The seeded model and random batches: the same in the parent and in every subprocess."""
+    torch.manual_seed(config.seed)
+    shape = input_shape(config.model)
+    model = build(config.model, config.num_classes, in_channels=shape[0]).to(device)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    x = torch.randn(config.batch, *shape, generator=gen)
+    y = torch.randint(0, config.num_classes, (config.batch,), generator=gen)
+    x_meta = torch.randn(config.meta_batch, *shape, generator=gen)
+    y_meta = torch.randint(0, config.num_classes, (config.meta_batch,), generator=gen)
+    return model, tuple(t.to(device) for t in (x, y, x_meta, y_meta))  # type: ignore[return-value]
+
+
+def time_modes(
+    runners: list[Runner], device: torch.device, repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per step for each mode, ``repeats`` samples after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {r.spec.name: [] for r in runners}
+    for round_ in range(warmup + repeats):
+        shift = round_ % len(runners)
+        for runner in runners[shift:] + runners[:shift]:
+            _sync(device)
+            start = time.perf_counter()
+            runner.run()
+            _sync(device)
+            elapsed = (time.perf_counter() - start) / runner.steps
+            if round_ >= warmup:
+                times[runner.spec.name].append(elapsed)
+    return times
+
+
+def cuda_peak_bytes(runner: Runner, device: torch.device) -> int:
+    """Extra CUDA memory one call of ``runner`` allocates above what was allocated before."""
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    runner.run()
+    _sync(device)
+    return max(0, torch.cuda.max_memory_allocated(device) - before)
+
+
+def cpu_peak_bytes(config: StepBenchConfig, specs: list[ModeSpec]) -> dict[str, int | None]:
+    """Peak extra RSS per mode, each from its own fresh subprocess (run concurrently: a
+    process's RSS is its own, and the parent's timing is already done)."""
+    if sys.platform == "win32":  # no getrusage: leave memory unmeasured
+        return {spec.name: None for spec in specs}
+    src = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    procs = {}
+    for spec in specs:
+        cmd = [
+            sys.executable, "-m", "mwnet.bench.step_memory",
+            "--model", config.model,
+            "--batch", str(config.batch),
+            "--meta-batch", str(config.meta_batch),
+            "--mode", spec.hypergrad or PLAIN,
+            "--meta-interval", str(spec.meta_interval),
+            "--threads", str(torch.get_num_threads()),
+            "--num-classes", str(config.num_classes),
+            "--seed", str(config.seed),
+        ]  # fmt: skip
+        procs[spec.name] = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+    peaks: dict[str, int | None] = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory measurement for {name!r} failed:\n{err.strip()}")
+        peaks[name] = json.loads(out)["peak_bytes"]
+    return peaks
+
+
+def run_step_bench(config: StepBenchConfig) -> list[BenchRow]:
+    """Run the benchmark described by ``config``; one row per mode, ``plain`` first.
+
+    ``config.threads`` sets torch's CPU thread count for the run only; it is restored after.
+    """
+    if config.repeats < 1 or config.warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    threads_before = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(config: StepBenchConfig) -> list[BenchRow]:
+    device = resolve_device(config.device)
+    specs = mode_specs(config.modes, config.meta_interval)
+    model, batches = make_inputs(config, device)
+    runners = [make_runner(spec, copy.deepcopy(model), batches) for spec in specs]
+    del model
+    times = time_modes(runners, device, config.repeats, config.warmup)
+
+    peaks: dict[str, int | None] = {s.name: None for s in specs}
+    if config.memory:
+        if device.type == "cuda":
+            peaks = {r.spec.name: cuda_peak_bytes(r, device) for r in runners}
+        else:
+            peaks = cpu_peak_bytes(config, specs)
+
+    def quantile(xs: list[float], q: float) -> float:
+        return statistics.quantiles(xs, n=4, method="inclusive")[q] if len(xs) > 1 else xs[0]
+
+    plain_median = statistics.median(times[PLAIN])
+    plain_peak = peaks[PLAIN]
+    name = device_name(device)
+    rows = []
+    for spec in specs:
+        median = statistics.median(times[spec.name])
+        peak = peaks[spec.name]
+        rows.append(
+            BenchRow(
+                mode=spec.name,
+                model=config.model,
+                batch=config.batch,
+                meta_batch=config.meta_batch,
+                hypergrad=spec.hypergrad,
+                meta_interval=spec.meta_interval,
+                repeats=config.repeats,
+                median_ms=median * 1e3,
+                p25_ms=quantile(times[spec.name], 0) * 1e3,
+                p75_ms=quantile(times[spec.name], 2) * 1e3,
+                ratio_to_plain=median / plain_median,
+                peak_mem_mb=None if peak is None else peak / 2**20,
+                peak_mem_ratio=None if peak is None or not plain_peak else peak / plain_peak,
+                device=device.type,
+                device_name=name,
+                torch_version=torch.__version__,
+                threads=torch.get_num_threads(),
+            )
+        )
+    return rows
+
+
+def rows_to_json(rows: list[BenchRow]) -> str:
+    """The ``--json`` output: a list of objects, one per mode."""
+    return json.dumps([asdict(r) for r in rows], indent=2)
+
+
+def format_table(rows: list[BenchRow], warmup: int) -> str:
+    """A human-readable table with the machine it was measured on."""
+    first = rows[0]
+    lines = [
+        f"mwnet bench step: {first.model}, batch {first.batch}, meta batch {first.meta_batch}, "
+        f"median of {first.repeats} steps after {warmup} warm-up rounds",
+        f"machine: {first.device} ({first.device_name}), torch {first.torch_version}, "
+        f"threads {first.threads}",
+        "",
+        f"{'mode':<22}{'median ms':>10}{'x plain':>9}{'peak MB':>10}{'x plain':>9}",
+    ]
+    for r in rows:
+        peak = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}"
+        mem_ratio = "-" if r.peak_mem_ratio is None else f"{r.peak_mem_ratio:.2f}"
+        lines.append(
+            f"{r.mode:<22}{r.median_ms:>10.1f}{r.ratio_to_plain:>9.2f}{peak:>10}{mem_ratio:>9}"
+        )
+    return "\n".join(lines)

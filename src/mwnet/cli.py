@@ -1,0 +1,168 @@
+"""The ``mwnet`` command line.
+
+Each subcommand is one function that adds its parser to the subcommand group and sets
+``func`` (called with the parsed arguments, returns the exit code), registered with
+:func:`command`. Keep the work itself in the library; here only argument wiring lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+CommandAdder = Callable[..., None]
+
+_COMMANDS: list[CommandAdder] = []
+
+
+def command(add: CommandAdder) -> CommandAdder:
+    """Register ``add(subparsers)``, which adds one subcommand to ``mwnet``."""
+    _COMMANDS.append(add)
+    return add
+
+
+def _print_help_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """For a command group called without a subcommand: show its help, exit 2."""
+
+    def show(_: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mwnet import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mwnet",
+        description="Meta-Weight-Net: learned sample weighting for noisy labels and class "
+        "imbalance.",
+    )
+    parser.add_argument("--version", action="version", version=f"mwnet {__version__}")
+    parser.set_defaults(func=_print_help_of(parser))
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the input (config, data, files), shown as one line, not a traceback."""
+    from mwnet.run import CheckpointError
+
+    return (ValueError, FileNotFoundError, FileExistsError, ImportError, CheckpointError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mwnet`` console script and ``python -m mwnet``.
+
+    Input errors print ``mwnet: error: ...`` and exit 2; set MWNET_DEBUG=1 for the traceback.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        if os.environ.get("MWNET_DEBUG"):
+            raise
+        print(f"mwnet: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `mwnet presets | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
+
+
+@command
+def _add_training(sub) -> None:
+    from mwnet.train import commands
+
+    for add in (commands.add_train, commands.add_presets, commands.add_eval, commands.add_plot):
+        add(sub)
+
+
+# --- bench -------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _mode_list(text: str) -> tuple[str, ...]:
+    from mwnet.bench.step import MODES
+
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"modes must be a comma list of {', '.join(MODES)}")
+    return modes
+
+
+def _run_bench_step(args: argparse.Namespace) -> int:
+    from mwnet.bench.step import (
+        StepBenchConfig,
+        format_table,
+        mode_specs,
+        rows_to_json,
+        run_step_bench,
+    )
+
+    config = StepBenchConfig(
+        model=args.model,
+        batch=args.batch,
+        meta_batch=args.meta_batch,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        modes=args.modes,
+        meta_interval=args.meta_interval,
+        device=args.device,
+        threads=args.threads,
+        memory=not args.no_memory,
+    )
+    n_modes = len(mode_specs(config.modes, config.meta_interval))
+    rounds = config.warmup + config.repeats
+    print(f"timing {config.model}: {n_modes} modes x {rounds} rounds...", file=sys.stderr)
+    rows = run_step_bench(config)
+    print(rows_to_json(rows) if args.json else format_table(rows, config.warmup))
+    return 0
+
+
+@command
+def _add_bench(sub) -> None:
+    bench = sub.add_parser("bench", help="measure what MW-Net costs", description="Benchmarks.")
+    bench.set_defaults(func=_print_help_of(bench))
+    benches = bench.add_subparsers(title="benchmarks", metavar="BENCHMARK")
+
+    step = benches.add_parser(
+        "step",
+        help="time and peak memory of one training step, plain vs MW-Net",
+        description="Median wall time and peak extra memory of a plain SGD step and of an "
+        "MW-Net step per hypergradient mode, interleaved in one process, on random data.",
+    )
+    step.add_argument("--model", default="resnet32", help="model name (default resnet32)")
+    step.add_argument("--batch", type=_positive_int, default=100, help="training batch size")
+    step.add_argument("--meta-batch", type=_positive_int, default=100, help="meta batch size")
+    step.add_argument("--repeats", type=_positive_int, default=20, help="timed rounds")
+    step.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    step.add_argument(
+        "--modes",
+        type=_mode_list,
+        default=("plain", "reverse", "fast"),
+        help="comma list of plain,reverse,fast (plain always runs: it is the baseline)",
+    )
+    step.add_argument(
+        "--meta-interval",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="K > 1 also times '<mode>+interval(K)': a weighting-net update every K steps",
+    )
+    step.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    step.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    step.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    step.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    step.set_defaults(func=_run_bench_step)
