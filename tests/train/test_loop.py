@@ -71,7 +71,7 @@ def test_run_directory_has_every_artifact(fmnist_root, tmp_path):
         "wall_time",
     ):
         assert records[-1][key] is not None, key
-    assert records[0]["lr"] == pytest.approx(0.05) and records[2]["lr"] == pytest.approx(0.005)
+    assert records[0]["lr"] == pytest.approx(0.01) and records[2]["lr"] == pytest.approx(0.001)
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved == summary
     assert saved["last_test_acc"] == records[-1]["test_acc"]
