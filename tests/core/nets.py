@@ -113,3 +113,14 @@ def reference_iteration(params, buffers, momentum_bufs, theta, batch, opt, mode,
     for (k, v), g in zip(p.items(), grads, strict=True):
         new_params[k] = (v - opt["lr"] * _sgd_direction(k, g, v, momentum_bufs, opt, True)).detach()
     return new_params, new_theta
+
+
+def random_batches(shape, classes, dtype=torch.float32, seed=0, n=12, m=10):
+    """A seeded (x, y, x_meta, y_meta) of random inputs and labels."""
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(n, *shape, generator=g, dtype=dtype),
+        torch.randint(0, classes, (n,), generator=g),
+        torch.randn(m, *shape, generator=g, dtype=dtype),
+        torch.randint(0, classes, (m,), generator=g),
+    )

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from nets import BnCnn, Mlp
+from nets import BnCnn, Mlp, random_batches
 
 import mwnet
 
@@ -19,23 +19,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def _batches(shape, classes, dtype, seed=0, n=12, m=10):
-    g = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(n, *shape, generator=g, dtype=dtype),
-        torch.randint(0, classes, (n,), generator=g),
-        torch.randn(m, *shape, generator=g, dtype=dtype),
-        torch.randint(0, classes, (m,), generator=g),
-    )
-
-
 @pytest.mark.parametrize("normalize", ["sum", "mean", "none"])
 def test_reverse_matches_central_finite_differences(normalize):
     torch.manual_seed(0)
     model, vnet = Mlp().double(), mwnet.WeightNet(hidden=6).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     rw = mwnet.MetaReweighter(model, opt, vnet, hypergrad="reverse", normalize=normalize)
-    batch = _batches((6,), 4, torch.float64)
+    batch = random_batches((6,), 4, torch.float64)
     analytic = _flat(rw.meta_gradient(*batch)[0])
     eps, numeric = 1e-6, []
     for p in vnet.parameters():
@@ -57,7 +47,7 @@ def _hypergrads(dtype, normalize, virtual_step, dropout, nesterov=True, dampenin
     momentum buffer exists and the virtual step must read it)."""
     torch.manual_seed(0)
     base, vbase = BnCnn(dropout).to(dtype), mwnet.WeightNet(hidden=10).to(dtype)
-    batch = _batches((3, 8, 8), 5, dtype)
+    batch = random_batches((3, 8, 8), 5, dtype)
     out = {}
     for mode in ("reverse", "fast"):
         model, vnet = copy.deepcopy(base), copy.deepcopy(vbase)

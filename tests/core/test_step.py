@@ -7,20 +7,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import BnCnn, Mlp, WithBuffers, reference_iteration
+from nets import BnCnn, Mlp, WithBuffers, random_batches, reference_iteration
 from torch import nn
 
 import mwnet
-
-
-def _batches(shape, classes, dtype=torch.float32, seed=0, n=12, m=10):
-    g = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(n, *shape, generator=g, dtype=dtype),
-        torch.randint(0, classes, (n,), generator=g),
-        torch.randn(m, *shape, generator=g, dtype=dtype),
-        torch.randint(0, classes, (m,), generator=g),
-    )
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -64,7 +54,7 @@ def test_steps_match_independent_reference(hypergrad, virtual_step, normalize):
         virtual_step=virtual_step,
     )
     for i in range(3):
-        batch = _batches((3, 8, 8), 5, torch.float64, seed=i)
+        batch = random_batches((3, 8, 8), 5, torch.float64, seed=i)
         rw.step(*batch)
         params, theta = reference_iteration(
             params, buffers, momentum, theta, batch, cfg, normalize, virtual_step
@@ -84,7 +74,7 @@ def test_buffers_move_exactly_once_per_step(hypergrad):
     rw = mwnet.MetaReweighter(
         model, torch.optim.SGD(model.parameters(), lr=0.1), hypergrad=hypergrad
     )
-    x, y, xm, ym = _batches((3, 8, 8), 5)
+    x, y, xm, ym = random_batches((3, 8, 8), 5)
     rw.step(x, y, xm, ym)
     with torch.no_grad():
         expected(x)  # one real forward in train mode
@@ -98,11 +88,11 @@ def test_meta_gradient_changes_no_state(hypergrad):
     model = BnCnn(dropout=0.2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     rw = mwnet.MetaReweighter(model, opt, hypergrad=hypergrad, virtual_step="optimizer")
-    rw.step(*_batches((3, 8, 8), 5, seed=1))
+    rw.step(*random_batches((3, 8, 8), 5, seed=1))
     before_model, before_v = _state(model), _state(rw.weight_net)
     before_opt = copy.deepcopy(opt.state_dict())
     before_vopt = copy.deepcopy(rw.weight_optimizer.state_dict())
-    rw.meta_gradient(*_batches((3, 8, 8), 5, seed=2))
+    rw.meta_gradient(*random_batches((3, 8, 8), 5, seed=2))
     _assert_same(_state(model), before_model, rtol=0, atol=0)
     _assert_same(_state(rw.weight_net), before_v, rtol=0, atol=0)
     after_opt = opt.state_dict()
@@ -143,7 +133,7 @@ def test_constant_weights_give_the_plain_step(normalize, value, hypergrad):
     )
     plain_opt = torch.optim.SGD(plain.parameters(), **kw)
     for i in range(3):
-        x, y, xm, ym = _batches((3, 8, 8), 5, torch.float64, seed=i)
+        x, y, xm, ym = random_batches((3, 8, 8), 5, torch.float64, seed=i)
         rw.step(x, y, xm, ym)
         plain_opt.zero_grad()
         F.cross_entropy(plain(x), y).backward()
@@ -161,7 +151,7 @@ def test_same_seed_gives_bitwise_identical_parameters():
             virtual_step="optimizer",
         )
         for i in range(4):
-            rw.step(*_batches((3, 8, 8), 5, seed=i))
+            rw.step(*random_batches((3, 8, 8), 5, seed=i))
         return _state(model), _state(rw.weight_net)
 
     (m1, v1), (m2, v2) = run(), run()
@@ -198,11 +188,11 @@ def test_any_model_trains_and_fast_matches_reverse(name):
         )
         torch.manual_seed(5)
         grads[mode] = torch.cat(
-            [g.flatten() for g in rw.meta_gradient(*_batches(shape, classes))[0]]
+            [g.flatten() for g in rw.meta_gradient(*random_batches(shape, classes))[0]]
         )
     torch.testing.assert_close(grads["fast"], grads["reverse"], rtol=1e-4, atol=1e-7)
     for i in range(3):
-        result = rw.step(*_batches(shape, classes, seed=i))
+        result = rw.step(*random_batches(shape, classes, seed=i))
         assert torch.isfinite(result.loss) and result.meta_loss is not None
         assert result.weights.shape == (12,) and bool(
             ((result.weights > 0) & (result.weights < 1)).all()
@@ -222,7 +212,7 @@ def test_meta_interval_updates_weight_net_every_kth_step():
     snapshots, metas = [], []
     for i in range(7):
         snapshots.append(_state(rw.weight_net))
-        metas.append(rw.step(*_batches((6,), 4, seed=i)).meta_loss)
+        metas.append(rw.step(*random_batches((6,), 4, seed=i)).meta_loss)
     snapshots.append(_state(rw.weight_net))
     updated = [
         not torch.equal(snapshots[i]["net.0.weight"], snapshots[i + 1]["net.0.weight"])
@@ -236,9 +226,9 @@ def test_state_dict_round_trip_continues_identically():
     torch.manual_seed(0)
     model = Mlp()
     rw = mwnet.MetaReweighter(model, torch.optim.SGD(model.parameters(), lr=0.1), meta_interval=2)
-    rw.step(*_batches((6,), 4, seed=0))
+    rw.step(*random_batches((6,), 4, seed=0))
     saved_model, saved_rw = copy.deepcopy(model.state_dict()), copy.deepcopy(rw.state_dict())
-    rw.step(*_batches((6,), 4, seed=1))
+    rw.step(*random_batches((6,), 4, seed=1))
     expected = _state(model)
     model.load_state_dict(saved_model)
     fresh = mwnet.MetaReweighter(
@@ -246,7 +236,7 @@ def test_state_dict_round_trip_continues_identically():
     )
     fresh.load_state_dict(saved_rw)
     assert fresh.steps_done == 1
-    fresh.step(*_batches((6,), 4, seed=1))
+    fresh.step(*random_batches((6,), 4, seed=1))
     _assert_same(_state(model), expected, rtol=0, atol=0)
 
 
@@ -259,7 +249,7 @@ def test_step_under_bf16_autocast(hypergrad):
         model, torch.optim.SGD(model.parameters(), lr=0.1), hypergrad=hypergrad
     )
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        result = rw.step(*_batches((3, 8, 8), 5))
+        result = rw.step(*random_batches((3, 8, 8), 5))
     assert torch.isfinite(result.loss) and result.meta_loss is not None
     assert result.weights.dtype == torch.float32
 
@@ -268,7 +258,7 @@ def test_virtual_step_reads_the_lr_after_optimizer_load_state_dict():
     """load_state_dict replaces the optimizer's group dicts; the lr a schedule then sets in
     the new dicts must reach the virtual step (a resumed run depends on it)."""
     torch.manual_seed(0)
-    batch = _batches((6,), 4)
+    batch = random_batches((6,), 4)
     model = Mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rw = mwnet.MetaReweighter(model, opt, hypergrad="reverse")

@@ -237,38 +237,14 @@ def build_experiment(cfg: Any, data: TrainData | None = None) -> Experiment:
     d = cfg.data
     augment = Augment(d.padding, d.pad_mode, d.flip) if d.augment else None
     seed = int(cfg.seed)
+    # The meta batches get the training augmentation too, as in the paper.
+    shared = {"device": device, "shuffle": True, "augment": augment, "normalize": normalize}
+    meta_set = (data.meta_images, data.meta_labels, d.meta_batch_size)
     train_batches = DeviceBatches(
-        data.train_images,
-        data.train_labels,
-        d.batch_size,
-        device,
-        shuffle=True,
-        augment=augment,
-        seed=seed,
-        indices_too=True,
-        normalize=normalize,
+        data.train_images, data.train_labels, d.batch_size, seed=seed, indices_too=True, **shared
     )
-    meta_batches = EndlessBatches(
-        data.meta_images,
-        data.meta_labels,
-        d.meta_batch_size,
-        device,
-        shuffle=True,
-        augment=augment,
-        seed=seed + 1,
-        normalize=normalize,
-    )
-    meta_epochs = DeviceBatches(
-        data.meta_images,
-        data.meta_labels,
-        d.meta_batch_size,
-        device,
-        shuffle=True,
-        augment=augment,
-        seed=seed + 2,
-        indices_too=True,
-        normalize=normalize,
-    )
+    meta_batches = EndlessBatches(*meta_set, seed=seed + 1, **shared)
+    meta_epochs = DeviceBatches(*meta_set, seed=seed + 2, indices_too=True, **shared)
     options = {**dict(cfg.method), "epochs": int(o.epochs)}
     method = build_method(
         cfg.method.name,
