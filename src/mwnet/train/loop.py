@@ -87,6 +87,7 @@ class Trainer:
         self.wall_time = 0.0
         self.loss_range = [float("inf"), float("-inf")]
         self.best = {"epoch": None, "test_acc": float("-inf")}
+        self.last_test_acc: float | None = None
         n = len(exp.data.train_labels)
         self.last_loss = torch.full((n,), float("nan"))
         self.last_weight = torch.full((n,), float("nan"))
@@ -171,7 +172,10 @@ class Trainer:
                     stats.n_corrupted += int(bad.sum())
                     stats.weight_clean += float(w[~bad].sum())
                     stats.n_clean += int((~bad).sum())
-            bar.set_postfix(loss=f"{stats.loss_sum / stats.steps:.3f}", refresh=False)
+            postfix = {"loss": f"{stats.loss_sum / stats.steps:.3f}"}
+            if self.last_test_acc is not None:
+                postfix["test_acc"] = f"{self.last_test_acc:.2f}%"
+            bar.set_postfix(postfix, refresh=False)
         return stats
 
     def evaluate(self) -> dict[str, float | None]:
@@ -234,6 +238,7 @@ class Trainer:
             if self.epoch < int(e.cfg.optim.epochs):
                 e.schedule.step()
             scores = self.evaluate()
+            self.last_test_acc = scores["test_acc"]
             seconds = time.perf_counter() - start
             self.wall_time += seconds
             self.loss_range = [
