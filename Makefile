@@ -25,4 +25,4 @@ setup-train:
 	$(PIP) install -q -e ".[train]"
 
 train: setup-train
-	mwnet train --preset $(PRESET)
+	$(PYTHON) -m mwnet train --preset $(PRESET)
