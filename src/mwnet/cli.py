@@ -152,7 +152,7 @@ def _add_bench(sub) -> None:
         "--modes",
         type=_mode_list,
         default=("plain", "reverse", "fast"),
-        help="comma list of plain,reverse,fast (plain always runs: it is the baseline)",
+        help="comma list of plain,reverse,fast,head (plain always runs: it is the baseline)",
     )
     step.add_argument(
         "--meta-interval",

@@ -34,7 +34,7 @@ from mwnet.core import MetaReweighter, WeightNet
 from mwnet.models import build, input_shape
 
 PLAIN = "plain"
-HYPERGRAD_MODES = ("reverse", "fast")
+HYPERGRAD_MODES = ("reverse", "fast", "head")
 MODES = (PLAIN, *HYPERGRAD_MODES)
 
 

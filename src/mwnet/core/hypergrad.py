@@ -9,6 +9,11 @@ Both functions compute the same quantity, ∂L_meta(θ̂(Θ))/∂Θ, where
   forward-mode Jacobian-vector product of the per-sample loss vector at θ in the
   direction −s·∇_θ̂ L_meta, followed by a backward through the tiny weighting network.
   No second-order reverse pass is built.
+
+The ``head`` mode (:mod:`mwnet.core.head`) is not a third way to compute this quantity
+but the same quantity for a smaller problem: only the final linear layer takes the
+virtual step. Its problem lives in head space, where :func:`reverse_hypergradient` is
+tiny, so it uses that (exact for the restricted problem, any twice-differentiable loss).
 """
 
 from __future__ import annotations
@@ -22,8 +27,12 @@ import torch.autograd.forward_ad as fwad
 
 from mwnet.core.virtual_step import AffineStep
 
-HypergradMode = Literal["reverse", "fast"]
+HypergradMode = Literal["reverse", "fast", "head"]
 HYPERGRAD_MODES: tuple[str, ...] = ("reverse", "fast")
+"""The exact modes: ∂L_meta/∂Θ with every trainable parameter in the virtual step."""
+HEAD_MODE = "head"
+REWEIGHTER_MODES: tuple[str, ...] = (*HYPERGRAD_MODES, HEAD_MODE)
+"""What :class:`mwnet.MetaReweighter` accepts: the exact modes plus the head approximation."""
 
 
 @dataclass
@@ -108,4 +117,5 @@ def _loss_jvp(problem: MetaProblem, tangents: list[torch.Tensor]) -> torch.Tenso
 HYPERGRADIENTS: dict[str, Callable[[MetaProblem], tuple[list[torch.Tensor], torch.Tensor]]] = {
     "reverse": reverse_hypergradient,
     "fast": fast_hypergradient,
+    HEAD_MODE: reverse_hypergradient,
 }

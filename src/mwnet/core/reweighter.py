@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -12,7 +13,14 @@ from torch import nn
 from torch.func import functional_call
 
 from mwnet.core.checks import check_batch, check_labels, check_per_sample, raise_if_not_finite
-from mwnet.core.hypergrad import HYPERGRAD_MODES, HYPERGRADIENTS, HypergradMode, MetaProblem
+from mwnet.core.head import HeadCall, LinearHead, head_problem
+from mwnet.core.hypergrad import (
+    HEAD_MODE,
+    HYPERGRADIENTS,
+    REWEIGHTER_MODES,
+    HypergradMode,
+    MetaProblem,
+)
 from mwnet.core.parameters import virtual_parameters
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
@@ -95,7 +103,20 @@ class MetaReweighter:
         virtual_step: ``"sgd"`` (paper: plain SGD at the current lr) | ``"optimizer"``
             (one torch.optim.SGD step: momentum, Nesterov, weight decay).
         hypergrad: ``"fast"`` (forward-mode JVP; default) | ``"reverse"`` (second-order
-            backward, the authors' method). Both give the same gradient.
+            backward, the authors' method) | ``"head"``. ``fast`` and ``reverse`` give the
+            same, exact gradient. ``head`` is an approximation at about the cost of a plain
+            step plus one no-grad forward of the meta batch: only the final ``nn.Linear``
+            takes the virtual step, on the features the real forward already computed
+            (the body is frozen for the meta step, not for the real update, which trains
+            every parameter as usual); its gradient is exact for that restricted problem.
+            See :mod:`mwnet.core.head`.
+        head: ``hypergrad="head"`` only: the module name (as in ``model.named_modules()``)
+            of the final ``nn.Linear``, whose output is then taken as what ``loss_fn``
+            receives. Default: detected at the first meta update as the last
+            ``nn.Linear`` that ran, which must produce the model's output itself (else a
+            ValueError asks for this name). The head must be trainable and in
+            ``optimizer``. Hooks capture its input only during the reweighter's own
+            forwards and are removed after each.
         meta_interval: update the weighting net every k-th step only; steps in between
             use the current weighting net and cost about a plain step.
         checks: validate batches and labels and stop on NaN/Inf (one or two host syncs
@@ -114,13 +135,19 @@ class MetaReweighter:
         normalize: Normalization = "sum",
         virtual_step: VirtualStepKind = "sgd",
         hypergrad: HypergradMode = "fast",
+        head: str | None = None,
         meta_interval: int = 1,
         checks: bool = True,
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-        if hypergrad not in HYPERGRAD_MODES:
-            raise ValueError(f"hypergrad must be one of {HYPERGRAD_MODES}, got {hypergrad!r}")
+        if hypergrad not in REWEIGHTER_MODES:
+            raise ValueError(f"hypergrad must be one of {REWEIGHTER_MODES}, got {hypergrad!r}")
+        if head is not None and hypergrad != HEAD_MODE:
+            raise ValueError(
+                f"head={head!r} is used by hypergrad='head' only, but hypergrad={hypergrad!r}; "
+                "drop head= or set hypergrad='head'"
+            )
         check_virtual_step(virtual_step, optimizer)
         if not isinstance(meta_interval, int) or meta_interval < 1:
             raise ValueError(f"meta_interval must be an integer >= 1, got {meta_interval!r}")
@@ -143,6 +170,9 @@ class MetaReweighter:
         self.checks = checks
         self.steps_done = 0
         self._names, self._params, self._group_index = virtual_parameters(model, optimizer)
+        self._head = (
+            LinearHead(model, self._names, self._params, head) if hypergrad == HEAD_MODE else None
+        )
 
     def _groups(self) -> list[dict]:
         """Each virtual parameter's current param group (with the lr a schedule set)."""
@@ -172,25 +202,44 @@ class MetaReweighter:
         check_per_sample(losses, y.shape[0], which)
         return losses
 
+    def _meta_loss(self, out: Any, y_meta: torch.Tensor) -> torch.Tensor:
+        if self.checks and self._default_loss and isinstance(out, torch.Tensor):
+            check_labels(y_meta, out.shape[-1], "meta")
+        meta_loss = self.meta_loss_fn(out, y_meta)
+        if meta_loss.dim() != 0:
+            raise ValueError(
+                f"meta_loss_fn must return a scalar, got shape {tuple(meta_loss.shape)}"
+            )
+        return meta_loss
+
+    def _watching(self, meta_update: bool) -> AbstractContextManager[HeadCall | None]:
+        """Around the training forward: records the head's input when the head mode will
+        need it (a meta update), and installs nothing otherwise."""
+        if self._head is None or not meta_update:
+            return nullcontext()
+        return self._head.watching()
+
     def _problem(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
+        output: Any,
         losses: torch.Tensor,
         snapshot: ForwardSnapshot,
         x_meta: torch.Tensor,
         y_meta: torch.Tensor,
+        call: HeadCall | None,
     ) -> MetaProblem:
+        coefficients = normalize_weights(self.weights(losses.detach()), self.normalize).to(
+            losses.dtype
+        )
+        if self._head is not None:
+            assert call is not None
+            return self._head_problem(output, y, coefficients, snapshot, x_meta, y_meta, call)
+
         def meta_loss_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x_meta,))
-            if self.checks and self._default_loss and isinstance(out, torch.Tensor):
-                check_labels(y_meta, out.shape[-1], "meta")
-            meta_loss = self.meta_loss_fn(out, y_meta)
-            if meta_loss.dim() != 0:
-                raise ValueError(
-                    f"meta_loss_fn must return a scalar, got shape {tuple(meta_loss.shape)}"
-                )
-            return meta_loss
+            return self._meta_loss(out, y_meta)
 
         def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             with snapshot.replaying_rng():
@@ -201,12 +250,50 @@ class MetaReweighter:
             names=self._names,
             params=self._params,
             losses=losses,
-            coefficients=normalize_weights(self.weights(losses.detach()), self.normalize).to(
-                losses.dtype
-            ),
+            coefficients=coefficients,
             step=affine_step(self.virtual_step, self._params, self._groups(), self.optimizer),
             meta_loss_at=meta_loss_at,
             losses_at=losses_at,
+            weight_params=self._weight_params,
+        )
+
+    def _head_problem(
+        self,
+        output: Any,
+        y: torch.Tensor,
+        coefficients: torch.Tensor,
+        snapshot: ForwardSnapshot,
+        x_meta: torch.Tensor,
+        y_meta: torch.Tensor,
+        call: HeadCall,
+    ) -> MetaProblem:
+        """The meta problem of ``hypergrad="head"``: the head's parameters only, on the
+        features of the real forward and of one no-grad forward of the meta batch."""
+        head = self._head
+        assert head is not None
+        features = head.features(call, output)  # detects the head on the first meta update
+        meta_features = head.meta_features(snapshot, x_meta)
+        groups = self._groups()
+        params = [self._params[i] for i in head.indices]
+
+        def losses_fn(logits: torch.Tensor) -> torch.Tensor:
+            losses = self.loss_fn(logits, y)
+            check_per_sample(losses, y.shape[0], "training")
+            return losses
+
+        return head_problem(
+            head,
+            names=[self._names[i] for i in head.indices],
+            params=params,
+            features=features,
+            y=y,
+            meta_features=meta_features,
+            coefficients=coefficients,
+            step=affine_step(
+                self.virtual_step, params, [groups[i] for i in head.indices], self.optimizer
+            ),
+            losses_fn=losses_fn,
+            meta_loss_fn=lambda logits: self._meta_loss(logits, y_meta),
             weight_params=self._weight_params,
         )
 
@@ -220,9 +307,10 @@ class MetaReweighter:
         """
         self._check_batches(x, y, x_meta, y_meta)
         snapshot = ForwardSnapshot.capture(self.model, x.device)
-        output = functional_call(self.model, snapshot.buffer_copies(), (x,))
+        with self._watching(True) as call:
+            output = functional_call(self.model, snapshot.buffer_copies(), (x,))
         losses = self._per_sample(output, y, "training")
-        problem = self._problem(x, y, losses, snapshot, x_meta, y_meta)
+        problem = self._problem(x, y, output, losses, snapshot, x_meta, y_meta, call)
         return HYPERGRADIENTS[self.hypergrad](problem)
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
@@ -244,10 +332,12 @@ class MetaReweighter:
             snapshot = ForwardSnapshot.capture(self.model, x.device)
         elif self.checks:
             check_batch(x, y, "training")
-        losses = self._per_sample(self.model(x), y, "training")
+        with self._watching(meta_update) as call:
+            output = self.model(x)
+        losses = self._per_sample(output, y, "training")
         meta_loss = None
         if meta_update:
-            problem = self._problem(x, y, losses, snapshot, x_meta, y_meta)
+            problem = self._problem(x, y, output, losses, snapshot, x_meta, y_meta, call)
             hyper, meta_loss = HYPERGRADIENTS[self.hypergrad](problem)
             if self.checks:
                 raise_if_not_finite(

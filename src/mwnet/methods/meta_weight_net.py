@@ -65,6 +65,7 @@ class MetaWeightNet(Method):
         meta_batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
         *,
         hypergrad: HypergradMode = "fast",
+        head: str | None = None,
         normalize: Normalization = "sum",
         virtual_step: VirtualStepKind = "sgd",
         meta_interval: int = 1,
@@ -96,6 +97,7 @@ class MetaWeightNet(Method):
             normalize=normalize,
             virtual_step=virtual_step,
             hypergrad=hypergrad,
+            head=head,
             meta_interval=meta_interval,
             checks=checks,
         )

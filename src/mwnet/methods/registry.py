@@ -20,6 +20,7 @@ METHODS: tuple[str, ...] = ("ce", "focal", "class-balanced", "l2rw", "finetune",
 
 _MWNET_OPTIONS: tuple[str, ...] = (
     "hypergrad",
+    "head",
     "normalize",
     "virtual_step",
     "meta_interval",
@@ -52,7 +53,7 @@ def build_method(
         options: method hyperparameters, each method reading its own and ignoring the rest
             (the config layer validates names): ``focal_gamma``; ``cb_beta``, ``cb_loss``;
             ``epochs`` (required by ``finetune``), ``finetune_epochs``, ``finetune_lr``;
-            ``hypergrad`` (also ``l2rw``); ``normalize``, ``virtual_step``,
+            ``hypergrad`` (also ``l2rw``); ``head``, ``normalize``, ``virtual_step``,
             ``meta_interval``, ``weight_hidden``, ``weight_depth``, ``weight_optimizer``,
             ``weight_lr``, ``weight_momentum``, ``weight_nesterov``, ``weight_decay``;
             ``checks`` (all; default True).

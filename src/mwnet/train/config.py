@@ -79,6 +79,8 @@ class OptimConfig:
 class MethodConfig:
     name: str = "mwnet"
     hypergrad: str = "fast"
+    head: str | None = None
+    """hypergrad=head only: module name of the final nn.Linear; None: detected"""
     normalize: str = "sum"
     virtual_step: str = "sgd"
     meta_interval: int = 1
@@ -134,7 +136,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.pad_mode": ("reflect", "zero"),
     "optim.schedule": ("multistep", "cosine", "constant"),
     "method.name": ("ce", "focal", "class-balanced", "l2rw", "finetune", "mwnet"),
-    "method.hypergrad": ("fast", "reverse"),
+    "method.hypergrad": ("fast", "reverse", "head"),
     "method.normalize": ("sum", "mean", "none"),
     "method.virtual_step": ("sgd", "optimizer"),
     "method.weight_optimizer": ("adam", "sgd"),
