@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import struct
 import zipfile
 from pathlib import Path
@@ -130,9 +131,10 @@ def test_flipped_bit_in_tensor_data_is_caught(tmp_path: Path) -> None:
     assert "truncated or corrupt" in message and "checksum" in message
 
 
-def test_random_bytes_are_reported_as_corrupt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed", range(8))
+def test_random_bytes_are_reported_as_corrupt(tmp_path: Path, seed: int) -> None:
     path = tmp_path / "c.pt"
-    path.write_bytes(os.urandom(4096))
+    path.write_bytes(random.Random(seed).randbytes(4096))
     assert "truncated or corrupt" in load_error(path)
 
 

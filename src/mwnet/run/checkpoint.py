@@ -125,13 +125,16 @@ def _classify_load_failure(path: Path, exc: Exception) -> CheckpointError:
 def _bare_pickle_names_code(path: Path) -> bool:
     """True if ``path`` is a well-formed plain pickle that imports or calls something.
 
-    ``pickletools.genops`` only decodes opcodes; it never imports or calls anything.
+    ``pickletools.genops`` only decodes opcodes; it never imports or calls anything. All
+    opcodes are decoded before judging, so random bytes that happen to start like a
+    GLOBAL opcode are reported as corrupt, not as tampering.
     """
     try:
         with path.open("rb") as f:
-            return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(f))
+            names = [op.name for op, _, _ in pickletools.genops(f)]
     except Exception:
         return False
+    return any(name in _CODE_OPCODES for name in names)
 
 
 def _unwrap(path: Path, obj: object) -> dict[str, Any]:
