@@ -82,6 +82,13 @@ def _add_training(sub) -> None:
         add(sub)
 
 
+@command
+def _add_suite(sub) -> None:
+    from mwnet.suite.command import add_suite
+
+    add_suite(sub)
+
+
 # --- bench -------------------------------------------------------------------------------
 
 

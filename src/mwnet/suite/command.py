@@ -1,0 +1,93 @@
+"""``mwnet suite``: run (or resume) the Fashion-MNIST suite, then write its report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from mwnet.suite.grid import FULL, METHOD_NAMES, QUICK, SETTING_NAMES
+
+
+def _names(choices: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {bad[0] if bad else 'empty list'!r}; choose from {', '.join(choices)}"
+            )
+        return names
+
+    return parse
+
+
+def add_suite(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "suite",
+        help="run the Fashion-MNIST evidence suite (methods x settings x seeds) and report",
+        description="Train every method on every setting and seed (each cell an ordinary run "
+        "directory under --out), skipping finished cells and resuming interrupted ones, then "
+        "write RESULTS.md and plots to --docs. The full suite takes under 2 hours on a 2-core "
+        "CPU; --quick is a tiny version for smoke tests.",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny cells: one seed, 2 epochs")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="runs in parallel, one CPU thread each (default: 2, or 1 on a 1-core machine)",
+    )
+    p.add_argument("--out", type=Path, help="run directories (default runs/suite[-quick])")
+    p.add_argument("--docs", type=Path, default=Path("docs"), help="where RESULTS.md goes")
+    p.add_argument(
+        "--readme", type=Path, help="also refresh this README's suite-headline table block"
+    )
+    p.add_argument("--settings", type=_names(SETTING_NAMES), default=SETTING_NAMES)
+    p.add_argument("--methods", type=_names(METHOD_NAMES), default=METHOD_NAMES)
+    p.add_argument("--report-only", action="store_true", help="train nothing, only report")
+    p.set_defaults(func=run_suite)
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    from mwnet.run.records import read_json, write_json
+    from mwnet.suite.grid import cells
+    from mwnet.suite.report import write_report
+    from mwnet.suite.runner import SUITE_FILE, run_cells
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    scale = QUICK if args.quick else FULL
+    out = args.out or Path("runs") / ("suite-quick" if args.quick else "suite")
+    todo = cells(scale, args.settings, args.methods)
+    info_file = out / SUITE_FILE
+    info = read_json(info_file) if info_file.is_file() else {"elapsed_seconds": 0.0}
+    if not args.report_only:
+        print(f"{len(todo)} runs under {out}, {args.jobs} at a time", file=sys.stderr)
+        start = time.perf_counter()
+
+        def report(i: int, n: int, r) -> None:
+            if r.status == "done":
+                return
+            print(
+                f"[{i}/{n}] {r.label}: best {r.best_test_acc:.2f} %, last "
+                f"{r.last_test_acc:.2f} % ({r.wall_time:.0f} s, {r.status})",
+                file=sys.stderr,
+            )
+
+        results = run_cells(todo, out, args.jobs, report)
+        if any(r.status != "done" for r in results):
+            info["elapsed_seconds"] = info["elapsed_seconds"] + time.perf_counter() - start
+            info["jobs"] = args.jobs
+            info["scale"] = scale.name
+            write_json(info_file, info)
+    command = "mwnet suite" + (" --quick" if args.quick else "")
+    if args.readme:
+        command += f" --readme {shlex.quote(str(args.readme))}"
+    written = write_report(out, args.docs, command, scale, info, args.readme)
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,143 @@
+"""The Fashion-MNIST suite: its grid, the AUROC it reports, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_data import write_idx
+
+from mwnet.cli import main
+from mwnet.run import read_jsonl
+from mwnet.suite.grid import FULL, METHOD_NAMES, QUICK, SETTING_NAMES, cells
+from mwnet.suite.report import HEADLINE_END, HEADLINE_START, READING_END, READING_START, auroc
+from mwnet.suite.runner import run_cell, run_dir_of
+from mwnet.train import loop
+from mwnet.train.config import load_config
+
+
+def test_full_grid_has_every_method_setting_and_seed() -> None:
+    grid = cells(FULL)
+    # clean labels: seed 0 only; the 7 noisy or long-tailed settings: seeds 0-2
+    assert len(grid) == len(METHOD_NAMES) * (1 + 3 * (len(SETTING_NAMES) - 1))
+    assert {(c.setting.name, c.method.name) for c in grid} == {
+        (s, m) for s in SETTING_NAMES for m in METHOD_NAMES
+    }
+    costs = [c.method.cost for c in grid]
+    assert costs == sorted(costs, reverse=True)
+
+
+@pytest.mark.parametrize("scale", [FULL, QUICK], ids=["full", "quick"])
+def test_every_cell_is_a_valid_config(scale) -> None:
+    for cell in cells(scale):
+        cfg = load_config(None, list(cell.overrides))
+        assert cfg.seed == cell.seed
+        assert cfg.method.name == cell.method.overrides[0].split("=")[1]
+
+
+def test_pure_imbalance_uses_the_papers_weighting_net_optimizer() -> None:
+    by_setting = {c.setting.name: c for c in cells(FULL, methods=("mwnet-fast",))}
+    lt = load_config(None, list(by_setting["lt-100"].overrides))
+    noisy_lt = load_config(None, list(by_setting["lt-100-flip2-20"].overrides))
+    assert (lt.method.weight_optimizer, lt.method.weight_lr) == ("sgd", 1e-5)
+    assert (noisy_lt.method.weight_optimizer, noisy_lt.method.weight_lr) == ("adam", 1e-3)
+
+
+def test_unknown_setting_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="flip2-40"):
+        cells(FULL, settings=("flip-40",))
+
+
+def _pairwise_auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    pos, neg = scores[positives], scores[~positives]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_matches_the_pairwise_definition_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, size=60).astype(np.float64)  # many ties
+    positives = rng.random(60) < 0.3
+    assert auroc(scores, positives) == pytest.approx(_pairwise_auroc(scores, positives))
+
+
+def test_auroc_extremes_and_empty_class() -> None:
+    positives = np.array([True, True, False, False])
+    assert auroc(np.array([3.0, 4.0, 1.0, 2.0]), positives) == 1.0
+    assert auroc(np.array([1.0, 2.0, 3.0, 4.0]), positives) == 0.0
+    assert auroc(np.ones(4), positives) == 0.5
+    assert auroc(np.arange(4.0), np.zeros(4, dtype=bool)) is None
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = write_idx(tmp_path / "fmnist", per_class=30, test_per_class=5)
+    monkeypatch.setenv("MWNET_DATA", str(root))
+    return root
+
+
+def _checkpoint_times(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
+
+
+def test_quick_suite_writes_the_report_and_reruns_train_nothing(
+    fake_fmnist: Path, tmp_path: Path
+) -> None:
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{HEADLINE_START}\nold table\n{HEADLINE_END}\noutro\n")
+    args = ["suite", "--quick", "--jobs", "1", "--out", str(out), "--docs", str(docs)]
+    args += ["--settings", "flip2-40,lt-100", "--readme", str(readme)]
+    assert main(args) == 0
+
+    results = (docs / "RESULTS.md").read_text()
+    for title in ("flip2 noise 40 %", "long tail IF 100", "MW-Net (fast)", "MW-Net (head)"):
+        assert title in results
+    assert "AUROC" in results
+    for png in ("weighting_functions", "weight_histograms", "auroc", "accuracy_vs_time"):
+        assert (docs / "results" / f"{png}.png").stat().st_size > 0
+    text = readme.read_text()
+    assert "old table" not in text and "| flip2 noise 40 % |" in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    assert len(list(out.glob("*/*/summary.json"))) == 2 * len(METHOD_NAMES)
+
+    # A hand-written reading survives; finished cells are not trained again.
+    (docs / "RESULTS.md").write_text(
+        results.replace("_No reading written yet._", "MW-Net helps here because ...")
+    )
+    before = _checkpoint_times(out)
+    assert main(args) == 0
+    assert _checkpoint_times(out) == before
+    assert "MW-Net helps here because ..." in (docs / "RESULTS.md").read_text()
+    assert results.count(READING_START) == 1 and results.count(READING_END) == 1
+
+
+def test_an_interrupted_cell_resumes_after_its_last_epoch(fake_fmnist: Path, tmp_path: Path):
+    cell = cells(QUICK, settings=("flip2-40",), methods=("mwnet-fast",))[0]
+    out = tmp_path / "out"
+    cfg = load_config(
+        None, [*cell.overrides, f"out_dir={out / cell.setting.name}", f"name={cell.run_name}"]
+    )
+    trainer, run_dir = loop.start(cfg, quiet=True)
+    trainer.fit(stop_after=1)
+    assert run_dir == run_dir_of(out, cell)
+
+    result = run_cell(cell, out)
+    assert result.status == "resumed"
+    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    assert run_cell(cell, out).status == "done"
+
+
+def test_a_directory_with_another_config_is_refused(fake_fmnist: Path, tmp_path: Path) -> None:
+    cell = cells(QUICK, settings=("clean",), methods=("ce",))[0]
+    out = tmp_path / "out"
+    run_dir = run_dir_of(out, cell)
+    cfg = load_config(None, [*cell.overrides, "optim.lr=0.5", f"out_dir={run_dir.parent}"])
+    cfg.name = cell.run_name
+    loop.start(cfg, quiet=True)
+    with pytest.raises(FileExistsError, match="different configuration"):
+        run_cell(cell, out)
+    assert os.path.isdir(run_dir)
