@@ -11,7 +11,7 @@ from fake_data import write_idx
 
 from mwnet.cli import main
 from mwnet.run import read_jsonl
-from mwnet.suite.grid import FULL, METHOD_NAMES, QUICK, SETTING_NAMES, cells
+from mwnet.suite.grid import DEFAULT_METHODS, FULL, QUICK, SETTING_NAMES, cells
 from mwnet.suite.report import HEADLINE_END, HEADLINE_START, READING_END, READING_START, auroc
 from mwnet.suite.runner import run_cell, run_dir_of
 from mwnet.train import loop
@@ -21,9 +21,9 @@ from mwnet.train.config import load_config
 def test_full_grid_has_every_method_setting_and_seed() -> None:
     grid = cells(FULL)
     # clean labels: seed 0 only; the 7 noisy or long-tailed settings: seeds 0-2
-    assert len(grid) == len(METHOD_NAMES) * (1 + 3 * (len(SETTING_NAMES) - 1))
+    assert len(grid) == len(DEFAULT_METHODS) * (1 + 3 * (len(SETTING_NAMES) - 1))
     assert {(c.setting.name, c.method.name) for c in grid} == {
-        (s, m) for s in SETTING_NAMES for m in METHOD_NAMES
+        (s, m) for s in SETTING_NAMES for m in DEFAULT_METHODS
     }
     costs = [c.method.cost for c in grid]
     assert costs == sorted(costs, reverse=True)
@@ -43,6 +43,13 @@ def test_pure_imbalance_uses_the_papers_weighting_net_optimizer() -> None:
     noisy_lt = load_config(None, list(by_setting["lt-100-flip2-20"].overrides))
     assert (lt.method.weight_optimizer, lt.method.weight_lr) == ("sgd", 1e-5)
     assert (noisy_lt.method.weight_optimizer, noisy_lt.method.weight_lr) == ("adam", 1e-3)
+
+
+def test_the_interval_modes_run_only_when_asked_for() -> None:
+    assert "mwnet-head-k5" not in {c.method.name for c in cells(FULL)}
+    chosen = cells(FULL, settings=("flip2-40",), methods=("mwnet-head-k5",))
+    assert [c.seed for c in chosen] == [0, 1, 2]
+    assert "method.meta_interval=5" in chosen[0].overrides
 
 
 def test_unknown_setting_names_the_valid_ones() -> None:
@@ -102,7 +109,7 @@ def test_quick_suite_writes_the_report_and_reruns_train_nothing(
     text = readme.read_text()
     assert "old table" not in text and "| flip2 noise 40 % |" in text
     assert text.startswith("intro\n") and text.endswith("outro\n")
-    assert len(list(out.glob("*/*/summary.json"))) == 2 * len(METHOD_NAMES)
+    assert len(list(out.glob("*/*/summary.json"))) == 2 * len(DEFAULT_METHODS)
 
     # A hand-written reading survives; finished cells are not trained again.
     (docs / "RESULTS.md").write_text(

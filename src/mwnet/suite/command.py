@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mwnet.suite.grid import FULL, METHOD_NAMES, QUICK, SETTING_NAMES
+from mwnet.suite.grid import DEFAULT_METHODS, FULL, METHOD_NAMES, QUICK, SETTING_NAMES
 
 
 def _names(choices: tuple[str, ...]):
@@ -46,8 +46,19 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--readme", type=Path, help="also refresh this README's suite-headline table block"
     )
-    p.add_argument("--settings", type=_names(SETTING_NAMES), default=SETTING_NAMES)
-    p.add_argument("--methods", type=_names(METHOD_NAMES), default=METHOD_NAMES)
+    p.add_argument(
+        "--settings",
+        type=_names(SETTING_NAMES),
+        default=SETTING_NAMES,
+        help=f"comma list (default all: {','.join(SETTING_NAMES)})",
+    )
+    p.add_argument(
+        "--methods",
+        type=_names(METHOD_NAMES),
+        default=DEFAULT_METHODS,
+        help=f"comma list (default {','.join(DEFAULT_METHODS)}; also: "
+        f"{','.join(m for m in METHOD_NAMES if m not in DEFAULT_METHODS)})",
+    )
     p.add_argument("--report-only", action="store_true", help="train nothing, only report")
     p.set_defaults(func=run_suite)
 

@@ -175,7 +175,7 @@ def setting_table(runs: Sequence[Run], setting: Setting) -> str:
 
 def headline_table(runs: Sequence[Run]) -> str:
     """Settings x methods, last-epoch test accuracy (mean ± std), best mean in bold."""
-    methods = [m for m in METHODS if any(r.method == m.name for r in runs)]
+    methods = [m for m in METHODS if m.default and any(r.method == m.name for r in runs)]
     lines = [
         "| setting | " + " | ".join(m.title for m in methods) + " |",
         "|---|" + "---|" * len(methods),
@@ -206,6 +206,28 @@ def _compare(a: Sequence[float], b: Sequence[float]) -> tuple[float, str]:
     if abs(diff) <= spread:
         return diff, "within the seeds' spread"
     return diff, "beyond the seeds' spread"
+
+
+def cost_table(runs: Sequence[Run], setting: str = "flip2-40") -> str:
+    """Accuracy against training time on one setting, time as a multiple of CE's."""
+    ce = _select(runs, setting, "ce")
+    if not ce:
+        return ""
+    ce_time = float(np.mean([r.summary["wall_time"] for r in ce]))
+    lines = [
+        "| method | last-epoch acc % | wall time / run | x CE |",
+        "|---|---|---|---|",
+    ]
+    for method in METHODS:
+        rs = _select(runs, setting, method.name)
+        if not rs:
+            continue
+        wall = float(np.mean([r.summary["wall_time"] for r in rs]))
+        lines.append(
+            f"| {method.title} | {_fmt([r.last for r in rs])} | {wall:.0f} s "
+            f"| {wall / ce_time:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def computed_findings(runs: Sequence[Run]) -> list[str]:
@@ -337,7 +359,7 @@ def plot_accuracy_vs_time(runs: Sequence[Run], path: Path) -> Path | None:
         return None
     fig, axes = _figure(1, len(shown), (4.2 * len(shown), 3.2))
     for ax, setting in zip(axes.flat, shown, strict=True):
-        for method in ("ce", *MWNET_METHODS):
+        for method in ("ce", *MWNET_METHODS, "mwnet-fast-k5", "mwnet-head-k5"):
             rs = _select(runs, setting.name, method)
             if not rs:
                 continue
@@ -473,7 +495,7 @@ def render(
         "wherever labels are noisy or clean, SGD 1e-5 (momentum 0.9, Nesterov, weight decay "
         "5e-4) for pure class imbalance.",
         "- Methods (overrides on top of the shared ones):",
-        *[_method_line(m) for m in METHODS],
+        *[_method_line(m) for m in METHODS if any(r.method == m.name for r in runs)],
         f"- {n_runs} finished runs; {wall / 3600:.2f} h of training summed over runs"
         + (
             f"; the suite took {elapsed / 3600:.2f} h of wall-clock time with "
@@ -497,6 +519,13 @@ def render(
         "## Computed findings",
         "",
         *computed_findings(runs),
+        "",
+        "## Cost: accuracy against training time (flip2 noise 40 %)",
+        "",
+        "Runs shared the machine two at a time, so the times are comparable with each "
+        "other, not with a quiet machine's.",
+        "",
+        cost_table(runs),
         "",
         "## Per setting",
         "",
