@@ -31,6 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mwnet.core.hypergrad import MetaProblem
+from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.virtual_step import AffineStep
 
@@ -214,6 +215,7 @@ def head_problem(
     losses_fn: Callable[[torch.Tensor], torch.Tensor],
     meta_loss_fn: Callable[[torch.Tensor], torch.Tensor],
     weight_params: list[torch.Tensor],
+    reducer: GradientReducer | None = None,
 ) -> MetaProblem:
     """The meta problem restricted to the head, in head space.
 
@@ -239,4 +241,5 @@ def head_problem(
         meta_loss_at=meta_loss_at,
         losses_at=losses_at,
         weight_params=weight_params,
+        reducer=reducer,
     )

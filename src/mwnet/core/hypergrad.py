@@ -10,6 +10,14 @@ Both functions compute the same quantity, ∂L_meta(θ̂(Θ))/∂Θ, where
   direction −s·∇_θ̂ L_meta, followed by a backward through the tiny weighting network.
   No second-order reverse pass is built.
 
+With a :class:`~mwnet.core.reducer.GradientReducer` in the problem (data parallelism),
+each rank holds a shard of the training batch and an equal shard of the meta batch, and
+both functions return the global gradient on every rank: the virtual-step gradient is
+summed over ranks (every c_i is already normalised globally), the meta loss is the mean of
+the ranks' shard means, and the weighting net's gradient is summed over ranks, since each
+rank differentiates through its own samples' weights only. The single-process code path
+is unchanged.
+
 The ``head`` mode (:mod:`mwnet.core.head`) is not a third way to compute this quantity
 but the same quantity for a smaller problem: only the final linear layer takes the
 virtual step. Its problem lives in head space, where :func:`reverse_hypergradient` is
@@ -25,6 +33,7 @@ from typing import Literal
 import torch
 import torch.autograd.forward_ad as fwad
 
+from mwnet.core.reducer import GradientReducer
 from mwnet.core.virtual_step import AffineStep
 
 HypergradMode = Literal["reverse", "fast", "head"]
@@ -52,6 +61,10 @@ class MetaProblem:
     losses_at: Callable[[dict[str, torch.Tensor]], torch.Tensor]
     """Replays the first forward (same dropout draws, real buffers untouched)."""
     weight_params: list[torch.Tensor]
+    reducer: GradientReducer | None = None
+    """Set under data parallelism: the losses and coefficients are this rank's shard,
+    the coefficients normalised over the global batch, and ``meta_loss_at`` the mean over
+    this rank's (equal) shard of the meta batch."""
 
 
 def _grads_or_zeros(
@@ -62,6 +75,8 @@ def _grads_or_zeros(
 
 def reverse_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Second-order reverse mode through the virtual step (the reference)."""
+    if problem.reducer is not None:
+        return _reverse_data_parallel(problem, problem.reducer)
     weighted = torch.dot(problem.coefficients, problem.losses)
     grads = torch.autograd.grad(
         weighted, problem.params, create_graph=True, retain_graph=True, allow_unused=True
@@ -72,25 +87,62 @@ def reverse_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], tor
     return _grads_or_zeros(hyper, problem.weight_params), meta_loss.detach()
 
 
+def _reverse_data_parallel(
+    problem: MetaProblem, reducer: GradientReducer
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """:func:`reverse_hypergradient` with the batches split over ranks.
+
+    The virtual-step gradient is a differentiable sum over ranks, so backpropagating this
+    rank's share of the meta loss (its shard mean / world size) through it delivers the
+    meta gradient of the whole meta batch to every rank's own samples; the weighting net's
+    gradients, each from one rank's samples, are then summed.
+    """
+    weighted = torch.dot(problem.coefficients, problem.losses)
+    grads = torch.autograd.grad(
+        weighted, problem.params, create_graph=True, retain_graph=True, allow_unused=True
+    )
+    grads = reducer.sum_differentiable(
+        _grads_or_zeros(grads, problem.params), "virtual_grad", "meta_grad"
+    )
+    theta_hat = problem.step.apply(grads)
+    meta_loss = problem.meta_loss_at(dict(zip(problem.names, theta_hat, strict=True)))
+    share = meta_loss / reducer.world_size
+    hyper = torch.autograd.grad(share, problem.weight_params, allow_unused=True)
+    *hyper, meta_loss = reducer.sum(
+        [*_grads_or_zeros(hyper, problem.weight_params), share.detach()], "weight_net_grad"
+    )
+    return hyper, meta_loss
+
+
 def fast_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The same gradient from first-order passes and one forward-mode JVP."""
+    reducer = problem.reducer
     coefficients = problem.coefficients.detach()
     grads = torch.autograd.grad(
         problem.losses, problem.params, coefficients, retain_graph=True, allow_unused=True
     )
+    grads = _grads_or_zeros(grads, problem.params)
+    if reducer is not None:
+        grads = reducer.sum(grads, "virtual_grad")
     with torch.no_grad():
-        theta_hat = problem.step.apply(_grads_or_zeros(grads, problem.params))
+        theta_hat = problem.step.apply(grads)
     theta_hat = [t.requires_grad_() for t in theta_hat]
     meta_loss = problem.meta_loss_at(dict(zip(problem.names, theta_hat, strict=True)))
     meta_grads = _grads_or_zeros(
         torch.autograd.grad(meta_loss, theta_hat, allow_unused=True), theta_hat
     )
+    if reducer is not None:  # the mean over the global meta batch: equal shards
+        shares = torch._foreach_div([*meta_grads, meta_loss.detach()], reducer.world_size)
+        *meta_grads, meta_loss = reducer.sum(shares, "meta_grad")
     tangents = torch._foreach_mul(meta_grads, [-s for s in problem.step.scales])
     dmeta_dc = _loss_jvp(problem, tangents)
     hyper = torch.autograd.grad(
         problem.coefficients, problem.weight_params, dmeta_dc, allow_unused=True
     )
-    return _grads_or_zeros(hyper, problem.weight_params), meta_loss.detach()
+    hyper = _grads_or_zeros(hyper, problem.weight_params)
+    if reducer is not None:  # each rank differentiated through its own samples' weights
+        hyper = reducer.sum(hyper, "weight_net_grad")
+    return hyper, meta_loss.detach()
 
 
 def _loss_jvp(problem: MetaProblem, tangents: list[torch.Tensor]) -> torch.Tensor:

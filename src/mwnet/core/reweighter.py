@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mwnet.core.checks import check_batch, check_labels, check_per_sample, raise_if_not_finite
+from mwnet.core.data_parallel import global_coefficients, weighted_backward
 from mwnet.core.head import HeadCall, LinearHead, head_problem
 from mwnet.core.hypergrad import (
     HEAD_MODE,
@@ -22,6 +23,7 @@ from mwnet.core.hypergrad import (
     MetaProblem,
 )
 from mwnet.core.parameters import virtual_parameters
+from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
 from mwnet.core.weight_net import WeightNet
@@ -121,6 +123,14 @@ class MetaReweighter:
             use the current weighting net and cost about a plain step.
         checks: validate batches and labels and stop on NaN/Inf (one or two host syncs
             per step on a GPU).
+        reducer: data parallelism over the ranks of a ``torch.distributed`` process group
+            (see :mod:`mwnet.core.data_parallel`). Every rank then passes its own contiguous
+            shard of the training batch and an equal-sized shard of the meta batch, and all
+            ranks end each step with the same model and weighting net, equal to one
+            process's step on the whole batches (BatchNorm aside: it normalises each shard
+            by its own statistics unless the model uses ``nn.SyncBatchNorm``). Losses,
+            weights and coefficients in :class:`StepResult` are this rank's; ``loss`` and
+            ``meta_loss`` are global. None (the default): one process, no communication.
     """
 
     def __init__(
@@ -138,6 +148,7 @@ class MetaReweighter:
         head: str | None = None,
         meta_interval: int = 1,
         checks: bool = True,
+        reducer: GradientReducer | None = None,
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
@@ -168,6 +179,7 @@ class MetaReweighter:
         self.hypergrad = hypergrad
         self.meta_interval = meta_interval
         self.checks = checks
+        self.reducer = reducer
         self.steps_done = 0
         self._names, self._params, self._group_index = virtual_parameters(model, optimizer)
         self._head = (
@@ -230,9 +242,7 @@ class MetaReweighter:
         y_meta: torch.Tensor,
         call: HeadCall | None,
     ) -> MetaProblem:
-        coefficients = normalize_weights(self.weights(losses.detach()), self.normalize).to(
-            losses.dtype
-        )
+        coefficients = self._coefficients(self.weights(losses.detach())).to(losses.dtype)
         if self._head is not None:
             assert call is not None
             return self._head_problem(output, y, coefficients, snapshot, x_meta, y_meta, call)
@@ -255,7 +265,14 @@ class MetaReweighter:
             meta_loss_at=meta_loss_at,
             losses_at=losses_at,
             weight_params=self._weight_params,
+            reducer=self.reducer,
         )
+
+    def _coefficients(self, weights: torch.Tensor) -> torch.Tensor:
+        """c_i from raw weights, normalised over the global batch under data parallelism."""
+        if self.reducer is None:
+            return normalize_weights(weights, self.normalize)
+        return global_coefficients(weights, self.normalize, self.reducer)
 
     def _head_problem(
         self,
@@ -295,6 +312,7 @@ class MetaReweighter:
             losses_fn=losses_fn,
             meta_loss_fn=lambda logits: self._meta_loss(logits, y_meta),
             weight_params=self._weight_params,
+            reducer=self.reducer,
         )
 
     def meta_gradient(
@@ -354,10 +372,16 @@ class MetaReweighter:
             raise_if_not_finite(self.steps_done, training_loss=losses.detach())
         with torch.no_grad():
             weights = self.weights(losses.detach())
-            coefficients = normalize_weights(weights, self.normalize).to(losses.dtype)
-        loss = torch.dot(coefficients, losses)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.reducer is None:
+            with torch.no_grad():
+                coefficients = normalize_weights(weights, self.normalize).to(losses.dtype)
+            loss = torch.dot(coefficients, losses)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            coefficients, loss, _ = weighted_backward(
+                losses, weights, self.normalize, self.optimizer, self.reducer
+            )
         self.optimizer.step()
         result = StepResult(
             losses=losses.detach(),

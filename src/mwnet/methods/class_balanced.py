@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mwnet.core.reducer import GradientReducer
 from mwnet.methods.losses import check_focal_gamma, class_balanced_weights, focal_losses
 from mwnet.methods.plain import PlainMethod
 
@@ -34,8 +35,9 @@ class ClassBalanced(PlainMethod):
         base_loss: BaseLoss = "ce",
         gamma: float = 1.0,
         checks: bool = True,
+        reducer: GradientReducer | None = None,
     ) -> None:
-        super().__init__(model, optimizer, checks=checks)
+        super().__init__(model, optimizer, checks=checks, reducer=reducer)
         if base_loss not in BASE_LOSSES:
             raise ValueError(f"cb_loss must be one of {BASE_LOSSES}, got {base_loss!r}")
         param = next(model.parameters())

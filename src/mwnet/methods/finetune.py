@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import StepOutput
 from mwnet.methods.plain import PlainMethod
 
@@ -39,8 +40,9 @@ class Finetune(PlainMethod):
         finetune_epochs: int = 10,
         finetune_lr: float = 1e-3,
         checks: bool = True,
+        reducer: GradientReducer | None = None,
     ) -> None:
-        super().__init__(model, optimizer, checks=checks)
+        super().__init__(model, optimizer, checks=checks, reducer=reducer)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(
                 f"finetune needs options['epochs'], the configured number of training epochs "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mwnet.core.reducer import GradientReducer
 from mwnet.methods.losses import check_focal_gamma, focal_losses
 from mwnet.methods.plain import PlainMethod
 
@@ -26,8 +27,9 @@ class Focal(PlainMethod):
         *,
         gamma: float = 1.0,
         checks: bool = True,
+        reducer: GradientReducer | None = None,
     ) -> None:
-        super().__init__(model, optimizer, checks=checks)
+        super().__init__(model, optimizer, checks=checks, reducer=reducer)
         self.gamma = check_focal_gamma(gamma)
 
     def objective(

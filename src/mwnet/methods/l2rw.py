@@ -13,7 +13,7 @@ No weighting net is learned; the weights are recomputed from scratch every step.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -24,8 +24,10 @@ from torch.func import functional_call
 
 from mwnet.core import normalize_weights
 from mwnet.core.checks import check_batch, check_labels, raise_if_not_finite
+from mwnet.core.data_parallel import weighted_backward
 from mwnet.core.hypergrad import HYPERGRAD_MODES
 from mwnet.core.parameters import virtual_parameters
+from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
 
@@ -48,6 +50,9 @@ class L2RW(Method):
             batch is drawn per step.
         hypergrad: ``"fast"`` (forward-mode JVP) or ``"reverse"`` (second order).
         checks: validate batches and labels and stop on NaN/Inf before updating.
+        reducer: data parallelism, as for :class:`mwnet.MetaReweighter`: each rank passes its
+            shards of the batches; the meta gradient is averaged over ranks, the weights are
+            normalised over the global batch and the real gradient is summed.
     """
 
     name = "l2rw"
@@ -60,6 +65,7 @@ class L2RW(Method):
         *,
         hypergrad: Literal["fast", "reverse"] = "fast",
         checks: bool = True,
+        reducer: GradientReducer | None = None,
     ) -> None:
         super().__init__()
         if hypergrad not in HYPERGRAD_MODES:
@@ -69,6 +75,7 @@ class L2RW(Method):
         self.meta_batches = meta_batches
         self.hypergrad = hypergrad
         self.checks = checks
+        self.reducer = reducer
         virtual_parameters(model, optimizer)  # fail at construction, not at the first step
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
@@ -77,6 +84,8 @@ class L2RW(Method):
         state = ForwardSnapshot.capture(self.model, x.device)
         losses = self._losses(self.model(x), y, "training")
         scores, meta_loss = self._scores(x, y, losses, state, x_meta, y_meta)
+        if self.reducer is not None:
+            return self._data_parallel_update(losses, scores, meta_loss, self.reducer)
         with torch.no_grad():
             weights = normalize_weights((-scores).clamp_min(0), "sum")
         if self.checks:
@@ -95,6 +104,32 @@ class L2RW(Method):
             loss=loss.detach(), losses=losses.detach(), weights=weights, meta_loss=meta_loss
         )
 
+    def _data_parallel_update(
+        self,
+        losses: torch.Tensor,
+        scores: torch.Tensor,
+        meta_share: torch.Tensor,
+        reducer: GradientReducer,
+    ) -> StepOutput:
+        """The real step with the weights normalised over the global batch; the ranks'
+        shares of the meta loss are summed in the same all-reduce as the gradients."""
+        raw = (-scores).clamp_min(0)
+        if self.checks:
+            raise_if_not_finite(
+                self.steps_done,
+                training_loss=losses.detach(),
+                meta_loss=meta_share,
+                example_weights=raw,
+            )
+        weights, loss, (meta_loss,) = weighted_backward(
+            losses, raw, "sum", self.optimizer, reducer, extras=[meta_share]
+        )
+        self.optimizer.step()
+        self.steps_done += 1
+        return StepOutput(
+            loss=loss.detach(), losses=losses.detach(), weights=weights, meta_loss=meta_loss
+        )
+
     def meta_gradient(
         self, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor, y_meta: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +142,10 @@ class L2RW(Method):
         state = ForwardSnapshot.capture(self.model, x.device)
         output = functional_call(self.model, state.buffer_copies(), (x,))
         losses = self._losses(output, y, "training")
-        return self._scores(x, y, losses, state, x_meta, y_meta)
+        scores, meta_loss = self._scores(x, y, losses, state, x_meta, y_meta)
+        if self.reducer is not None:
+            (meta_loss,) = self.reducer.sum([meta_loss], "meta_loss")
+        return scores, meta_loss
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
         if self.checks:
@@ -135,6 +173,10 @@ class L2RW(Method):
             out = functional_call(self.model, {**theta, **state.buffer_copies()}, (x_meta,))
             return self._losses(out, y_meta, "meta").mean()
 
+        if self.reducer is not None:
+            return self._scores_data_parallel(
+                x, y, losses, state, names, params, lrs, meta_loss_at, self.reducer
+            )
         if self.hypergrad == "reverse":
             eps = torch.zeros_like(losses, requires_grad=True)
             grads = torch.autograd.grad(
@@ -161,6 +203,59 @@ class L2RW(Method):
         }
         scores = _losses_jvp(self.model, state, x, y, duals)
         return (torch.zeros_like(losses) if scores is None else scores), meta_loss.detach()
+
+    def _scores_data_parallel(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        losses: torch.Tensor,
+        state: ForwardSnapshot,
+        names: list[str],
+        params: list[torch.Tensor],
+        lrs: list[float],
+        meta_loss_at: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+        reducer: GradientReducer,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_scores` for this rank's samples when the batches are split over ranks.
+
+        The meta loss is the mean over the global meta batch (equal shards), so each rank
+        contributes its shard mean / world size; that share is returned with the scores.
+        ``reverse`` differentiates through a virtual step whose gradient is summed over
+        ranks; ``fast`` sums the ranks' shares of the meta gradient before its JVP.
+        """
+        world = reducer.world_size
+        if self.hypergrad == "reverse":
+            eps = torch.zeros_like(losses, requires_grad=True)
+            grads = torch.autograd.grad(
+                torch.dot(eps, losses),
+                params,
+                create_graph=True,
+                retain_graph=True,
+                allow_unused=True,
+            )
+            grads = _or_zeros(grads, params)
+            grads = reducer.sum_differentiable(grads, "virtual_grad", "meta_grad")
+            theta_hat = {
+                n: p - lr * g for n, p, g, lr in zip(names, params, grads, lrs, strict=True)
+            }
+            share = meta_loss_at(theta_hat) / world
+            (scores,) = torch.autograd.grad(share, eps, allow_unused=True)
+            scores = torch.zeros_like(losses) if scores is None else scores
+            return scores.detach(), share.detach()
+        share = meta_loss_at({}) / world
+        meta_grads = torch.autograd.grad(share, params, allow_unused=True)
+        meta_grads = reducer.sum(_or_zeros(meta_grads, params), "meta_grad")
+        duals = {
+            n: (p, -lr * g) for n, p, g, lr in zip(names, params, meta_grads, lrs, strict=True)
+        }
+        scores = _losses_jvp(self.model, state, x, y, duals)
+        return (torch.zeros_like(losses) if scores is None else scores), share.detach()
+
+
+def _or_zeros(
+    grads: tuple[torch.Tensor | None, ...], params: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
 
 
 def _losses_jvp(

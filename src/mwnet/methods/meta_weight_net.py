@@ -10,6 +10,7 @@ from torch import nn
 
 from mwnet.core import MetaReweighter, WeightNet
 from mwnet.core.hypergrad import HypergradMode
+from mwnet.core.reducer import GradientReducer
 from mwnet.core.reweighter import Normalization
 from mwnet.core.virtual_step import VirtualStepKind
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
@@ -53,7 +54,8 @@ class MetaWeightNet(Method):
     on the model's device and dtype, draws a meta batch only on the steps that update the
     weighting net (``meta_interval``), and reports the step in the common form.
     ``StepOutput.weights`` are the raw weights V(L_i) in (0, 1); the update uses them
-    normalised as ``normalize`` says.
+    normalised as ``normalize`` says. With a ``reducer`` the meta batches must be this
+    rank's shards (see :class:`mwnet.MetaReweighter`).
     """
 
     name = "mwnet"
@@ -77,6 +79,7 @@ class MetaWeightNet(Method):
         weight_nesterov: bool = True,
         weight_decay: float = 1e-4,
         checks: bool = True,
+        reducer: GradientReducer | None = None,
     ) -> None:
         param = next(model.parameters())
         net = WeightNet(hidden=weight_hidden, depth=weight_depth)
@@ -100,6 +103,7 @@ class MetaWeightNet(Method):
             head=head,
             meta_interval=meta_interval,
             checks=checks,
+            reducer=reducer,
         )
         self.meta_batches = meta_batches
         super().__init__()

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mwnet.core.checks import check_batch, check_labels, raise_if_not_finite
+from mwnet.core.data_parallel import mean_backward
+from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import Method, StepOutput
 
 
@@ -18,15 +20,25 @@ class PlainMethod(Method):
     Subclasses only say how the per-sample cross-entropies turn into the minimised loss
     (:meth:`objective`); the checks, the update and the output are the same for all, which
     keeps the baselines comparable with each other and with the meta-learning methods.
+
+    Every objective is a mean over the batch, so with a ``reducer`` (data parallelism, each
+    rank passing its shard of the batch) the update uses the gradient of the mean over the
+    global batch: the ranks' shard sums, summed, divided by the global count.
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, checks: bool = True
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        checks: bool = True,
+        reducer: GradientReducer | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.optimizer = optimizer
         self.checks = checks
+        self.reducer = reducer
 
     @abc.abstractmethod
     def objective(
@@ -49,8 +61,11 @@ class PlainMethod(Method):
         loss, weights = self.objective(logits, losses, y)
         if self.checks:
             raise_if_not_finite(self.steps_done, training_loss=losses.detach(), loss=loss.detach())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.reducer is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            loss = mean_backward(loss, len(losses), self.optimizer, self.reducer)
         self.optimizer.step()
         self.steps_done += 1
         return StepOutput(

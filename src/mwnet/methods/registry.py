@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import Method
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
@@ -42,6 +43,7 @@ def build_method(
     meta_batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     class_counts: torch.Tensor,
     options: Mapping[str, Any],
+    reducer: GradientReducer | None = None,
 ) -> Method:
     """The training method ``name`` (one of :data:`METHODS`) for ``model`` and ``optimizer``.
 
@@ -57,15 +59,18 @@ def build_method(
             ``meta_interval``, ``weight_hidden``, ``weight_depth``, ``weight_optimizer``,
             ``weight_lr``, ``weight_momentum``, ``weight_nesterov``, ``weight_decay``;
             ``checks`` (all; default True).
+        reducer: data parallelism over a process group (every method); the batches passed
+            to ``step`` and drawn from ``meta_batches`` must then be this rank's shards.
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
     """
     checks = bool(options.get("checks", True))
+    common = {"checks": checks, "reducer": reducer}
     if name == "ce":
-        return CrossEntropy(model, optimizer, checks=checks)
+        return CrossEntropy(model, optimizer, **common)
     if name == "focal":
-        return Focal(model, optimizer, gamma=options.get("focal_gamma", 1.0), checks=checks)
+        return Focal(model, optimizer, gamma=options.get("focal_gamma", 1.0), **common)
     if name == "class-balanced":
         return ClassBalanced(
             model,
@@ -74,7 +79,7 @@ def build_method(
             beta=options.get("cb_beta", 0.9999),
             base_loss=options.get("cb_loss", "ce"),
             gamma=options.get("focal_gamma", 1.0),
-            checks=checks,
+            **common,
         )
     if name == "l2rw":
         return L2RW(
@@ -82,7 +87,7 @@ def build_method(
             optimizer,
             meta_batches,
             hypergrad=options.get("hypergrad", "fast"),
-            checks=checks,
+            **common,
         )
     if name == "finetune":
         return Finetune(
@@ -91,9 +96,9 @@ def build_method(
             epochs=options.get("epochs"),
             finetune_epochs=options.get("finetune_epochs", 10),
             finetune_lr=options.get("finetune_lr", 1e-3),
-            checks=checks,
+            **common,
         )
     if name == "mwnet":
         chosen = {k: options[k] for k in _MWNET_OPTIONS if k in options}
-        return MetaWeightNet(model, optimizer, meta_batches, **chosen, checks=checks)
+        return MetaWeightNet(model, optimizer, meta_batches, **chosen, **common)
     raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mwnet.distributed import DataParallel
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -29,30 +34,72 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from mwnet import distributed
     from mwnet.train import loop
     from mwnet.train.config import load_config
 
     if args.resume is not None:
         if args.preset or args.overrides:
             raise ValueError("--resume takes no --preset or overrides: the run keeps its config")
-        trainer = loop.resume(args.resume, quiet=args.quiet)
-        print(f"resuming {args.resume} after epoch {trainer.epoch}", file=sys.stderr)
+        cfg = loop.run_config(args.resume)
     else:
         if not args.preset and not args.overrides:
             raise ValueError("give --preset NAME (see `mwnet presets`) and/or key=value overrides")
         cfg = load_config(args.preset, args.overrides)
-        trainer, run_dir = loop.start(cfg, quiet=args.quiet)
-        print(loop.to_yaml(cfg), file=sys.stderr)
-        print(f"run directory: {run_dir}", file=sys.stderr)
+    if not distributed.launched_with_several_ranks():
+        return _train(args, cfg, None)
+    d = cfg.distributed
+    parallel = distributed.start(cfg.device, d.backend, float(d.timeout))
+    try:
+        code = _train(args, cfg, parallel)
+    except Exception as err:
+        if not distributed.lost_contact(err):
+            raise
+        print(_lost_contact_message(parallel.rank, err), file=sys.stderr)
+        return 1
+    parallel.close()
+    return code
+
+
+def _lost_contact_message(rank: int, err: BaseException) -> str:
+    """One line for a collective that failed: which rank noticed, and what to read next."""
+    lines = str(err).strip().splitlines()
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else type(err).__name__
+    detail = re.split(r"(?<=\.)\s", detail, maxsplit=1)[0]  # the first sentence
+    return (
+        f"mwnet: error: rank {rank} lost contact with the other ranks ({detail}): another "
+        "rank failed or stopped responding; its own error is in its log and in torchrun's "
+        "summary. Finished epochs are saved: continue with mwnet train --resume RUN_DIR"
+    )
+
+
+def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) -> int:
+    """Start or resume the run and train it; only rank 0 (or the only process) prints."""
+    from mwnet.train import loop
+
+    main = parallel is None or parallel.is_main
+    if args.resume is not None:
+        trainer = loop.resume(args.resume, quiet=args.quiet, parallel=parallel)
+        if main:
+            ranks = f" on {parallel.world_size} ranks" if parallel is not None else ""
+            print(f"resuming {args.resume} after epoch {trainer.epoch}{ranks}", file=sys.stderr)
+    else:
+        trainer, run_dir = loop.start(cfg, quiet=args.quiet, parallel=parallel)
+        if main:
+            print(loop.to_yaml(cfg), file=sys.stderr)
+            print(f"run directory: {run_dir}", file=sys.stderr)
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; finished epochs are saved. Continue with: "
-            f"mwnet train --resume {trainer.run_dir}",
-            file=sys.stderr,
-        )
+        if main:
+            print(
+                f"\ninterrupted; finished epochs are saved. Continue with: "
+                f"mwnet train --resume {trainer.run_dir}",
+                file=sys.stderr,
+            )
         return 130
+    if not main:
+        return 0
     print(json.dumps(summary, indent=2))
     run_dir = trainer.run_dir
     print(f"summary: {run_dir / 'summary.json'}", file=sys.stderr)

@@ -99,6 +99,20 @@ class MethodConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Used only under torchrun with two or more processes (see the README)."""
+
+    backend: str = "auto"
+    """auto (nccl on GPUs, gloo on the CPU) | nccl | gloo"""
+    timeout: float = 300.0
+    """Seconds a rank waits for the others in any collective before the job fails with an
+    error naming the lost rank (a rank that crashed is noticed at once)."""
+    sync_bn: bool = False
+    """BatchNorm over the global batch (torch.nn.SyncBatchNorm: CUDA and nccl only) instead
+    of over each rank's shard."""
+
+
+@dataclass
 class TrainConfig:
     description: str = ""
     name: str | None = None
@@ -117,6 +131,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -142,6 +157,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "method.weight_optimizer": ("adam", "sgd"),
     "method.cb_loss": ("ce", "focal"),
     "amp": ("none", "bf16", "fp16"),
+    "distributed.backend": ("auto", "nccl", "gloo"),
 }
 
 
@@ -241,6 +257,7 @@ def validate(cfg: Any) -> None:
         (o.epochs >= 1, "optim.epochs must be >= 1"),
         (o.lr > 0, "optim.lr must be > 0"),
         (m.meta_interval >= 1, "method.meta_interval must be >= 1"),
+        (cfg.distributed.timeout > 0, "distributed.timeout must be > 0 seconds"),
         (d.noise != "matrix" or d.noise_matrix, "data.noise=matrix needs data.noise_matrix=PATH"),
         (d.dataset != "list" or d.train_list, "data.dataset=list needs data.train_list=PATH"),
     ]
@@ -249,6 +266,23 @@ def validate(cfg: Any) -> None:
             raise ConfigError(message)
     if d.noise == "none" and d.noise_rate > 0:
         raise ConfigError("data.noise_rate > 0 needs a noise type (data.noise=uniform, flip2, ...)")
+    check_sync_bn_method(cfg)
+
+
+def check_sync_bn_method(cfg: Any) -> None:
+    """torch's SyncBatchNorm has neither a forward-mode derivative (``fast``) nor a
+    second-order one (``reverse``), which the exact meta gradients differentiate through."""
+    m = cfg.method
+    if not cfg.distributed.sync_bn:
+        return
+    if m.name == "l2rw" or (m.name == "mwnet" and m.hypergrad != "head"):
+        mode = f"method.name={m.name} with method.hypergrad={m.hypergrad}"
+        raise ConfigError(
+            f"distributed.sync_bn=true cannot be used with {mode}: that meta gradient "
+            "differentiates through BatchNorm in forward mode (fast) or twice (reverse), which "
+            "torch.nn.SyncBatchNorm does not support. Use method.hypergrad=head (mwnet), a "
+            "plain method, or drop distributed.sync_bn (each rank normalises its own shard)"
+        )
 
 
 def to_yaml(cfg: Any) -> str:

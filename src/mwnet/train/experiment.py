@@ -33,6 +33,7 @@ from mwnet.data import (
     long_tail_indices,
     meta_split,
 )
+from mwnet.distributed import DataParallel, ShardedStream
 from mwnet.methods import Method, build_method
 from mwnet.train.config import ConfigError
 
@@ -193,6 +194,46 @@ def build_schedule(
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=o.gamma)
 
 
+def check_shards(cfg: Any, data: TrainData, world_size: int) -> None:
+    """Every rank needs a share of every batch: batch sizes divisible by the number of
+    ranks, and no epoch-final partial batch smaller than it."""
+    d = cfg.data
+    for key, size in (
+        ("data.batch_size", d.batch_size),
+        ("data.meta_batch_size", d.meta_batch_size),
+    ):
+        if size % world_size:
+            raise ConfigError(
+                f"{key}={size} is not divisible by the {world_size} ranks; each rank trains on "
+                f"an equal share of every batch. Choose a multiple of {world_size}"
+            )
+    sets = [("training", len(data.train_labels), "data.batch_size", d.batch_size)]
+    if cfg.method.name == "finetune":
+        sets.append(("meta", len(data.meta_labels), "data.meta_batch_size", d.meta_batch_size))
+    for name, n, key, size in sets:
+        last = n % size
+        if 0 < last < world_size:
+            raise ConfigError(
+                f"the last {name} batch of each epoch has {last} sample(s), fewer than the "
+                f"{world_size} ranks; change {key} (or data.subset) so that {n} samples leave "
+                f"no remainder or one of at least {world_size}"
+            )
+
+
+def use_sync_bn(cfg: Any, model: nn.Module, parallel: DataParallel | None) -> nn.Module:
+    """BatchNorm over the global batch when ``distributed.sync_bn`` asks for it."""
+    if not cfg.distributed.sync_bn or parallel is None:
+        return model
+    if parallel.device.type != "cuda" or parallel.backend != "nccl":
+        raise ConfigError(
+            "distributed.sync_bn=true needs CUDA devices and the nccl backend (torch's "
+            f"SyncBatchNorm runs on GPUs only), but this job uses {parallel.device.type} with "
+            f"{parallel.backend}; drop distributed.sync_bn (each rank then normalises over "
+            "its own shard of the batch)"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 @dataclass
 class Experiment:
     """Everything a training loop touches, built from one config."""
@@ -215,16 +256,24 @@ class Experiment:
         return int(self.cfg.optim.epochs) + int(self.method.extra_epochs)
 
 
-def build_experiment(cfg: Any, data: TrainData | None = None) -> Experiment:
-    """Data, model, optimizer, schedule, method and batch iterators for ``cfg``."""
+def build_experiment(
+    cfg: Any, data: TrainData | None = None, parallel: DataParallel | None = None
+) -> Experiment:
+    """Data, model, optimizer, schedule, method and batch iterators for ``cfg``.
+
+    With ``parallel`` every rank builds the same experiment (same seeds: same model, same
+    global batches) on its own device, and the method trains on this rank's shards.
+    """
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if parallel is None else parallel.device
     if cfg.amp != "none" and device.type != "cuda":
         raise ConfigError(f"amp={cfg.amp} needs a CUDA device; use amp=none on {device.type}")
     torch.manual_seed(int(cfg.seed))
     data = data if data is not None else prepare_data(cfg)
-    model = build_model(cfg, data).to(device)
+    if parallel is not None:
+        check_shards(cfg, data, parallel.world_size)
+    model = use_sync_bn(cfg, build_model(cfg, data), parallel).to(device)
     o = cfg.optim
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -250,9 +299,10 @@ def build_experiment(cfg: Any, data: TrainData | None = None) -> Experiment:
         cfg.method.name,
         model=model,
         optimizer=optimizer,
-        meta_batches=meta_batches,
+        meta_batches=meta_batches if parallel is None else ShardedStream(meta_batches, parallel),
         class_counts=data.class_counts(),
         options=options,
+        reducer=None if parallel is None else parallel.reducer,
     )
     return Experiment(
         cfg=cfg,

@@ -6,6 +6,13 @@ directory's checkpoint), trains epoch by epoch, and after every epoch appends on
 at most the epoch in progress. On CPU a resumed run ends with the same metrics as an
 uninterrupted one: the checkpoint holds the model, method, optimizers, schedule, global RNG
 and the batch iterators' generators.
+
+Data-parallel (a :class:`~mwnet.distributed.DataParallel` given): every rank runs this
+same loop on the same global batches, trains on its shard of each and holds the same model;
+per-sample losses and weights are gathered so every rank keeps the same records. Rank 0
+alone writes the run directory and prints; every rank evaluates (identical models), so
+no rank ever reads a file another is writing. The checkpoint has no per-rank state: a run
+resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mwnet.distributed import DataParallel, FaultHook
 from mwnet.run import (
     append_jsonl,
     interrupt_deferred,
@@ -76,13 +85,28 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed per (run seed, epoch, rank): ranks draw different dropout masks, and a resumed
+    run draws the ones it would have drawn, whatever RNG state rank 0 saved."""
+    return zlib.crc32(f"{seed}/{epoch}/{rank}".encode())
+
+
 class Trainer:
     """One run directory: trains, checkpoints, resumes."""
 
-    def __init__(self, exp: Experiment, run_dir: Path, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        exp: Experiment,
+        run_dir: Path,
+        quiet: bool = False,
+        parallel: DataParallel | None = None,
+    ) -> None:
         self.exp = exp
         self.run_dir = run_dir
-        self.quiet = quiet
+        self.parallel = parallel
+        self.main = parallel is None or parallel.is_main
+        self.quiet = quiet or not self.main
+        self.fault = FaultHook.from_env() if parallel is not None else None
         self.epoch = 0
         self.wall_time = 0.0
         self.loss_range = [float("inf"), float("-inf")]
@@ -130,7 +154,9 @@ class Trainer:
         self.last_weight = state["last_weight"]
 
     def _save(self, record: dict[str, Any]) -> None:
-        """Metrics line, checkpoint, summary: written together, Ctrl-C deferred."""
+        """Metrics line, checkpoint, summary: written together, Ctrl-C deferred; rank 0 only."""
+        if not self.main:
+            return
         with interrupt_deferred():
             append_jsonl(self.run_dir / "metrics.jsonl", record)
             save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
@@ -138,7 +164,9 @@ class Trainer:
 
     # -- one epoch -----------------------------------------------------------------
     def _train_epoch(self) -> EpochStats:
-        e, stats = self.exp, EpochStats()
+        e, stats, parallel = self.exp, EpochStats(), self.parallel
+        if parallel is not None:
+            torch.manual_seed(_rank_seed(int(e.cfg.seed), self.epoch, parallel.rank))
         from_meta = e.method.source(self.epoch) == "meta"
         batches = e.meta_epochs if from_meta else e.train_batches
         corrupted = e.data.corrupted.to(e.device)
@@ -153,20 +181,28 @@ class Trainer:
         )
         e.model.train()
         for x, y, idx in bar:
-            with _autocast(e):
-                out = e.method.step(x, y)
+            if parallel is None:
+                with _autocast(e):
+                    out = e.method.step(x, y)
+                losses, weights = out.losses, out.weights
+            else:
+                if self.fault is not None:
+                    self.fault.at(parallel.rank, e.method.steps_done)
+                with _autocast(e):
+                    out = e.method.step(parallel.shard(x), parallel.shard(y))
+                losses, weights = self._gather(out.losses, out.weights, len(y))
             stats.loss_sum += float(out.loss)
             stats.steps += 1
-            stats.loss_min = min(stats.loss_min, float(out.losses.min()))
-            stats.loss_max = max(stats.loss_max, float(out.losses.max()))
+            stats.loss_min = min(stats.loss_min, float(losses.min()))
+            stats.loss_max = max(stats.loss_max, float(losses.max()))
             if out.meta_loss is not None:
                 stats.meta_loss_sum += float(out.meta_loss)
                 stats.meta_steps += 1
             if not from_meta:
                 cpu_idx = idx.cpu()
-                self.last_loss[cpu_idx] = out.losses.float().cpu()
-                if out.weights is not None:
-                    w, bad = out.weights.float(), corrupted[idx]
+                self.last_loss[cpu_idx] = losses.float().cpu()
+                if weights is not None:
+                    w, bad = weights.float(), corrupted[idx]
                     self.last_weight[cpu_idx] = w.cpu()
                     stats.weight_corrupted += float(w[bad].sum())
                     stats.n_corrupted += int(bad.sum())
@@ -177,6 +213,17 @@ class Trainer:
                 postfix["test_acc"] = f"{self.last_test_acc:.2f}%"
             bar.set_postfix(postfix, refresh=False)
         return stats
+
+    def _gather(
+        self, losses: torch.Tensor, weights: torch.Tensor | None, total: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The global batch's per-sample losses and weights from every rank's shard."""
+        assert self.parallel is not None
+        columns = [losses.detach()]
+        if weights is not None:
+            columns.append(weights.detach().to(losses.dtype))
+        both = self.parallel.gather(torch.stack(columns, 1), total)
+        return both[:, 0], (both[:, 1] if weights is not None else None)
 
     def evaluate(self) -> dict[str, float | None]:
         e, d = self.exp, self.exp.data
@@ -223,6 +270,7 @@ class Trainer:
             "realized_noise_rate": d.realized_noise_rate,
             "wall_time": self.wall_time,
             "device": str(e.device),
+            "ranks": 1 if self.parallel is None else self.parallel.world_size,
         }
 
     # -- the run -------------------------------------------------------------------
@@ -237,6 +285,8 @@ class Trainer:
             stats = self._train_epoch()
             if self.epoch < int(e.cfg.optim.epochs):
                 e.schedule.step()
+            if self.parallel is not None:
+                self.parallel.average_buffers(e.model)
             scores = self.evaluate()
             self.last_test_acc = scores["test_acc"]
             seconds = time.perf_counter() - start
@@ -251,8 +301,10 @@ class Trainer:
                 self.best = {"epoch": self.epoch, "test_acc": scores["test_acc"]}
             self._save(record)
             self._log(record)
-        if self.epoch == e.total_epochs:
+        if self.epoch == e.total_epochs and self.main:
             self.finish()
+        if self.parallel is not None:  # the job ends when rank 0 has written everything
+            self.parallel.barrier()
         return self.summary(record or self._last_record())
 
     def _last_record(self) -> dict[str, Any]:
@@ -260,6 +312,8 @@ class Trainer:
         return records[-1] if records else {}
 
     def _log(self, r: dict[str, Any]) -> None:
+        if not self.main:
+            return
         parts = [f"epoch {r['epoch']}/{self.exp.total_epochs}", f"loss {r['train_loss']:.4f}"]
         parts.append(f"test acc {r['test_acc']:.2f}%")
         clean, corrupted = r.get("mean_weight_clean"), r.get("mean_weight_corrupted")
@@ -312,26 +366,56 @@ def new_run_dir(cfg: Any) -> Path:
     return run_dir
 
 
-def start(cfg: Any, quiet: bool = False) -> tuple[Trainer, Path]:
+def _agreed_run_dir(cfg: Any, parallel: DataParallel | None) -> Path:
+    """Rank 0 picks the run directory (or the error) and every rank gets the same answer."""
+    if parallel is None:
+        return new_run_dir(cfg)
+    choice: tuple[str, str | None] = ("", None)
+    if parallel.is_main:
+        try:
+            choice = (str(new_run_dir(cfg)), None)
+        except FileExistsError as err:
+            choice = ("", str(err))
+    path, error = parallel.broadcast(choice)
+    if error is not None:
+        raise FileExistsError(error)
+    return Path(path)
+
+
+def start(
+    cfg: Any, quiet: bool = False, parallel: DataParallel | None = None
+) -> tuple[Trainer, Path]:
     """A new run: creates the run directory and saves the resolved config in it."""
-    run_dir = new_run_dir(cfg)
-    exp = build_experiment(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(to_yaml(cfg))
-    return Trainer(exp, run_dir, quiet), run_dir
+    run_dir = _agreed_run_dir(cfg, parallel)
+    exp = build_experiment(cfg, parallel=parallel)
+    if parallel is None or parallel.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG).write_text(to_yaml(cfg))
+    return Trainer(exp, run_dir, quiet, parallel), run_dir
 
 
-def resume(run_dir: Path, quiet: bool = False) -> Trainer:
-    """Rebuild a run from its saved config and continue after its last finished epoch."""
+def run_config(run_dir: Path) -> Any:
+    """The saved config of the run directory ``run_dir``."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG} in it)")
-    cfg = load_config_file(run_dir / CONFIG)
-    trainer = Trainer(build_experiment(cfg), run_dir, quiet)
+    return load_config_file(run_dir / CONFIG)
+
+
+def resume(run_dir: Path, quiet: bool = False, parallel: DataParallel | None = None) -> Trainer:
+    """Rebuild a run from its saved config and continue after its last finished epoch.
+
+    Under data parallelism every rank loads the same checkpoint, on any number of ranks.
+    """
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    trainer = Trainer(build_experiment(cfg, parallel=parallel), run_dir, quiet, parallel)
     if (run_dir / CHECKPOINT).exists():
         trainer.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
     done = trainer.epoch
+    if parallel is not None:  # every rank has read the checkpoint before rank 0 writes again
+        parallel.barrier()
     metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
+    if metrics.exists() and trainer.main:
         truncate_jsonl(metrics, lambda r: int(r.get("epoch", 0)) <= done)
     return trainer

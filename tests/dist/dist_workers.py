@@ -1,0 +1,170 @@
+"""Training runs that the equivalence tests execute once on W ranks and once in one process.
+
+The functions here run in processes started with the ``spawn`` method, so they live in a
+module of their own (importable by name in the children), not in a test file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import mwnet
+from mwnet import MetaReweighter, WeightNet
+from mwnet.core.reducer import GradientReducer
+from mwnet.methods import L2RW, CrossEntropy
+
+STEPS = 3
+CLASSES = 4
+FEATURES = 6
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training setting: a method and its options, ``batch`` samples per step."""
+
+    name: str
+    method: str = "mwnet"
+    hypergrad: str = "fast"
+    normalize: str = "sum"
+    virtual_step: str = "sgd"
+    meta_interval: int = 1
+    batch: int = 100
+    meta_batch: int = 100
+
+
+class Mlp(nn.Module):
+    """Without BatchNorm, so that W shards compute exactly what one batch computes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(FEATURES, 16), nn.Tanh())
+        self.head = nn.Linear(16, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _batches(case: Case) -> list[tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(STEPS):
+        y = torch.randint(0, CLASSES, (case.batch,), generator=g)
+        x = torch.randn(case.batch, FEATURES, generator=g, dtype=torch.float64)
+        x[torch.arange(case.batch), y] += 1.5  # learnable, so losses differ between samples
+        ym = torch.randint(0, CLASSES, (case.meta_batch,), generator=g)
+        xm = torch.randn(case.meta_batch, FEATURES, generator=g, dtype=torch.float64)
+        xm[torch.arange(case.meta_batch), ym] += 1.5
+        out.append((x, y, xm, ym))
+    return out
+
+
+def train(case: Case, reducer: GradientReducer | None) -> dict:
+    """``STEPS`` steps of ``case``; with a reducer, on this rank's shards of the batches."""
+    rank, world = (0, 1) if reducer is None else (reducer.rank, reducer.world_size)
+
+    def shard(t: torch.Tensor) -> torch.Tensor:
+        return t.tensor_split(world)[rank]
+
+    torch.manual_seed(0)
+    model = Mlp().double()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.5, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    batches = _batches(case)
+    meta = iter([(shard(xm), shard(ym)) for _, _, xm, ym in batches])
+    weight_net = None
+    if case.method == "mwnet":
+        weight_net = WeightNet().double()
+        method = MetaReweighter(
+            model,
+            optimizer,
+            weight_net,
+            torch.optim.Adam(weight_net.parameters(), lr=0.05, weight_decay=1e-4),
+            normalize=case.normalize,  # type: ignore[arg-type]
+            virtual_step=case.virtual_step,  # type: ignore[arg-type]
+            hypergrad=case.hypergrad,  # type: ignore[arg-type]
+            meta_interval=case.meta_interval,
+            reducer=reducer,
+        )
+    elif case.method == "l2rw":
+        method = L2RW(model, optimizer, meta, hypergrad=case.hypergrad, reducer=reducer)  # type: ignore[arg-type]
+    else:
+        method = CrossEntropy(model, optimizer, reducer=reducer)
+    losses, meta_losses, weights = [], [], []
+    for x, y, xm, ym in batches:
+        if case.method == "mwnet":
+            out = method.step(shard(x), shard(y), shard(xm), shard(ym))
+            weights.append(out.coefficients)
+        else:
+            out = method.step(shard(x), shard(y))
+            weights.append(out.weights)
+        losses.append(out.loss)
+        meta_losses.append(out.meta_loss)
+    return {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "weight_net": None if weight_net is None else weight_net.state_dict(),
+        "loss": losses,
+        "meta_loss": meta_losses,
+        "weights": weights,
+        "bytes": {} if reducer is None else dict(reducer.counter.bytes),
+    }
+
+
+def run_rank(rank: int, world: int, store: str, cases: list[Case], out_dir: str) -> None:
+    """The body of one spawned rank: every case in order, results saved to a file."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        results = {case.name: train(case, GradientReducer()) for case in cases}
+    finally:
+        dist.destroy_process_group()
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+
+
+def run_on_ranks(cases: list[Case], world: int, tmp: Path, timeout: float = 120) -> list[dict]:
+    """Run ``cases`` on ``world`` spawned ranks (gloo, file store); results per rank."""
+    context = mp.start_processes(
+        run_rank,
+        args=(world, str(tmp / "store"), cases, str(tmp)),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"the {world} ranks did not finish within {timeout} s")
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(world)]
+
+
+def source_env() -> dict[str, str]:
+    """The environment for subprocesses: the ``mwnet`` imported here comes first on the path."""
+    src = str(Path(mwnet.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(ranks: int, args: list[str], env: dict[str, str], timeout: float):
+    """``python -m torch.distributed.run --standalone --nproc_per_node=ranks -m mwnet ...``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={ranks}", "-m", "mwnet", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,85 @@
+"""Two ranks with half batches each end where one process with the whole batches ends.
+
+Every case trains a BatchNorm-free float64 MLP for a few steps with momentum SGD, once on
+2 spawned ranks (gloo on loopback) and once in this process, and compares the model, the
+weighting net, the applied per-sample weights and the logged losses.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dist_workers import Case, run_on_ranks, train
+
+pytestmark = pytest.mark.distributed
+
+CASES = [
+    Case("mwnet-reverse-sum", hypergrad="reverse"),
+    Case("mwnet-fast-sum", hypergrad="fast"),
+    Case("mwnet-head-sum", hypergrad="head"),
+    Case("mwnet-fast-mean", normalize="mean"),
+    Case("mwnet-reverse-mean", hypergrad="reverse", normalize="mean"),
+    Case("mwnet-reverse-none", hypergrad="reverse", normalize="none"),
+    Case("mwnet-fast-momentum-interval", virtual_step="optimizer", meta_interval=2),
+    Case("mwnet-fast-uneven-shards", batch=99),
+    Case("l2rw-fast", method="l2rw"),
+    Case("l2rw-reverse", method="l2rw", hypergrad="reverse"),
+    Case("ce", method="ce"),
+    Case("ce-uneven-shards", method="ce", batch=99),
+]
+TOL = {"rtol": 1e-9, "atol": 1e-11}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    return run_on_ranks(CASES, world=2, tmp=tmp_path_factory.mktemp("ranks"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_two_ranks_equal_one_process(case: Case, two_ranks: list[dict]) -> None:
+    single = train(case, None)
+    ranks = [r[case.name] for r in two_ranks]
+    for key in ("model", "weight_net"):
+        if single[key] is None:
+            continue
+        for name, value in single[key].items():
+            # every rank holds bit-for-bit the same parameters ...
+            assert torch.equal(ranks[0][key][name], ranks[1][key][name]), name
+            # ... equal to one process's on the whole batches
+            torch.testing.assert_close(ranks[0][key][name], value, **TOL)
+    for step in range(len(single["loss"])):
+        torch.testing.assert_close(ranks[0]["loss"][step], single["loss"][step], **TOL)
+        if single["meta_loss"][step] is not None:
+            torch.testing.assert_close(ranks[1]["meta_loss"][step], single["meta_loss"][step])
+        if single["weights"][step] is not None:  # each rank applied its shard's weights
+            both = torch.cat([r["weights"][step] for r in ranks])
+            torch.testing.assert_close(both, single["weights"][step], **TOL)
+
+
+def test_the_parameters_moved(two_ranks: list[dict]) -> None:
+    """The comparison means something: a few steps change the model and the weighting net."""
+    torch.manual_seed(0)
+    from dist_workers import Mlp
+
+    fresh = Mlp().double().state_dict()
+    trained = two_ranks[0]["mwnet-fast-sum"]["model"]
+    assert all((fresh[k] - trained[k]).abs().max() > 1e-3 for k in fresh)
+    assert two_ranks[0]["mwnet-fast-sum"]["bytes"]["virtual_grad"] > 0
+
+
+def test_communication_by_category(two_ranks: list[dict]) -> None:
+    """fast: the virtual-step, meta (+ meta loss) and weighting-net gradients and the
+    normaliser per meta step; reverse: the meta gradient travels as the backward of the
+    virtual-step sum. The real gradient carries three scalars (Σw, count, Σ w·L)."""
+    n_model = sum(v.numel() for v in two_ranks[0]["ce"]["model"].values())
+    fast = two_ranks[0]["mwnet-fast-sum"]["bytes"]
+    reverse = two_ranks[0]["mwnet-reverse-sum"]["bytes"]
+    steps, f64 = 3, 8
+    assert fast["virtual_grad"] == fast["meta_grad"] - steps * f64 == steps * n_model * f64
+    assert reverse["virtual_grad"] == reverse["meta_grad"] == steps * n_model * f64
+    assert fast["real_grad"] == reverse["real_grad"] == steps * (n_model + 3) * f64
+    assert fast["normaliser"] == 2 * steps * f64  # the sum, and its backward
+    n_weight_net = sum(v.numel() for v in two_ranks[0]["mwnet-fast-sum"]["weight_net"].values())
+    assert fast["weight_net_grad"] == steps * n_weight_net * f64
+    assert reverse["weight_net_grad"] == steps * (n_weight_net + 1) * f64  # + the meta loss
+    assert set(two_ranks[0]["ce"]["bytes"]) == {"real_grad"}
