@@ -1,11 +1,12 @@
 # Two entry points for a fresh machine (see README):
 #   make test   install the pinned CPU toolchain and the package, lint, run the test suite
 #   make train  install the data and the package, run a real Fashion-MNIST training
+#   make suite  the Fashion-MNIST evidence suite behind docs/RESULTS.md (under 2 hours, 2 cores)
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PRESET ?= fmnist-flip2-40
 
-.PHONY: test setup-test lint train setup-train
+.PHONY: test setup-test lint train setup-train suite
 
 setup-test:
 	$(PIP) install -q -r requirements-ci.txt
@@ -26,3 +27,6 @@ setup-train:
 
 train: setup-train
 	$(PYTHON) -m mwnet train --preset $(PRESET)
+
+suite: setup-train
+	$(PYTHON) -m mwnet suite --readme README.md

@@ -78,23 +78,22 @@ def run_suite(args: argparse.Namespace) -> int:
     info = read_json(info_file) if info_file.is_file() else {"elapsed_seconds": 0.0}
     if not args.report_only:
         print(f"{len(todo)} runs under {out}, {args.jobs} at a time", file=sys.stderr)
-        start = time.perf_counter()
+        start, before = time.perf_counter(), float(info["elapsed_seconds"])
+        info.update(jobs=args.jobs, scale=scale.name)
 
         def report(i: int, n: int, r) -> None:
             if r.status == "done":
                 return
+            # Saved after every cell, so an interrupted suite still counts its time.
+            info["elapsed_seconds"] = before + time.perf_counter() - start
+            write_json(info_file, info)
             print(
                 f"[{i}/{n}] {r.label}: best {r.best_test_acc:.2f} %, last "
                 f"{r.last_test_acc:.2f} % ({r.wall_time:.0f} s, {r.status})",
                 file=sys.stderr,
             )
 
-        results = run_cells(todo, out, args.jobs, report)
-        if any(r.status != "done" for r in results):
-            info["elapsed_seconds"] = info["elapsed_seconds"] + time.perf_counter() - start
-            info["jobs"] = args.jobs
-            info["scale"] = scale.name
-            write_json(info_file, info)
+        run_cells(todo, out, args.jobs, report)
     command = "mwnet suite" + (" --quick" if args.quick else "")
     if args.readme:
         command += f" --readme {shlex.quote(str(args.readme))}"

@@ -94,6 +94,11 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("finetune", "fine-tune", ("method.name=finetune",), 1.2),
     MethodSpec("mwnet-fast", "MW-Net (fast)", ("method.name=mwnet", "method.hypergrad=fast"), 3.5),
     MethodSpec("mwnet-head", "MW-Net (head)", ("method.name=mwnet", "method.hypergrad=head"), 1.8),
+    # L2RW's weights often select a handful of samples per batch, and at the shared lr 0.05
+    # it diverges; this variant shows what it does at a stable learning rate.
+    MethodSpec(
+        "l2rw-lr0.01", "L2RW (lr 0.01)", ("method.name=l2rw", "optim.lr=0.01"), 3.0, default=False
+    ),
     # The cheap modes of the speed comparison: a weighting-net update every 5th step.
     MethodSpec(
         "mwnet-fast-k5",
