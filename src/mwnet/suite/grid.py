@@ -99,6 +99,16 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "l2rw-lr0.01", "L2RW (lr 0.01)", ("method.name=l2rw", "optim.lr=0.01"), 3.0, default=False
     ),
+    MethodSpec(
+        "ce-lr0.01", "CE (lr 0.01)", ("method.name=ce", "optim.lr=0.01"), 1.0, default=False
+    ),
+    MethodSpec(
+        "mwnet-fast-lr0.01",
+        "MW-Net (fast, lr 0.01)",
+        ("method.name=mwnet", "method.hypergrad=fast", "optim.lr=0.01"),
+        3.5,
+        default=False,
+    ),
     # The cheap modes of the speed comparison: a weighting-net update every 5th step.
     MethodSpec(
         "mwnet-fast-k5",

@@ -133,11 +133,16 @@ def _weight_trend(run: Run) -> str | None:
     w = weights[inside]
     if w.max() - w.min() < 0.05 * max(abs(w).max(), 1e-12):
         return "flat"
+    tol = 1e-9 * abs(w).max()
     steps = np.diff(w)
-    if (steps <= 1e-9 * abs(w).max()).mean() > 0.95:
+    if (steps <= tol).mean() > 0.95:
         return "decreasing"
-    if (steps >= -1e-9 * abs(w).max()).mean() > 0.95:
+    if (steps >= -tol).mean() > 0.95:
         return "increasing"
+    peak = int(np.argmax(w))
+    rising, falling = steps[:peak], steps[peak:]
+    if len(rising) and (rising >= -tol).mean() > 0.95 and (falling <= tol).mean() > 0.95:
+        return f"rising to a peak at loss {losses[inside][peak]:.2f}, decreasing above it"
     return "non-monotone"
 
 
@@ -173,9 +178,12 @@ def setting_table(runs: Sequence[Run], setting: Setting) -> str:
     return "\n".join(lines)
 
 
-def headline_table(runs: Sequence[Run]) -> str:
-    """Settings x methods, last-epoch test accuracy (mean ± std), best mean in bold."""
-    methods = [m for m in METHODS if m.default and any(r.method == m.name for r in runs)]
+def headline_table(runs: Sequence[Run], default: bool = True) -> str:
+    """Settings x methods, last-epoch test accuracy (mean ± std), best mean in bold: the
+    default grid's methods, or (``default=False``) the extra ones that have runs."""
+    methods = [m for m in METHODS if m.default == default and any(r.method == m.name for r in runs)]
+    if not methods:
+        return ""
     lines = [
         "| setting | " + " | ".join(m.title for m in methods) + " |",
         "|---|" + "---|" * len(methods),
@@ -454,7 +462,8 @@ def _meta_sizes(runs: Sequence[Run]) -> str:
 
 
 def _method_line(method: MethodSpec) -> str:
-    return f"- {method.title}: `{' '.join(method.overrides)}`"
+    extra = "" if method.default else " (*extra*)"
+    return f"  - {method.title}{extra}: `{' '.join(method.overrides)}`"
 
 
 def render(
@@ -466,8 +475,10 @@ def render(
     figures: Sequence[Path],
     docs: Path,
 ) -> str:
-    n_runs = len(runs)
-    wall = sum(r.summary["wall_time"] for r in runs)
+    default = {m.name for m in METHODS if m.default}
+    n_runs = sum(r.method in default for r in runs)
+    n_extra = len(runs) - n_runs
+    wall = sum(r.summary["wall_time"] for r in runs if r.method in default)
     elapsed = suite_info.get("elapsed_seconds")
     lines = [
         "# Results: when does learned weighting help? (Fashion-MNIST)",
@@ -494,15 +505,18 @@ def render(
         "- Weighting-net optimizer as in the authors' scripts: Adam 1e-3 (weight decay 1e-4) "
         "wherever labels are noisy or clean, SGD 1e-5 (momentum 0.9, Nesterov, weight decay "
         "5e-4) for pure class imbalance.",
-        "- Methods (overrides on top of the shared ones):",
+        "- Methods (overrides on top of the shared ones; the ones marked *extra* are not "
+        "part of the default grid and ran with `--methods`):",
         *[_method_line(m) for m in METHODS if any(r.method == m.name for r in runs)],
-        f"- {n_runs} finished runs; {wall / 3600:.2f} h of training summed over runs"
+        f"- The default grid: {n_runs} finished runs, {wall / 3600:.2f} h of training summed "
+        "over runs"
         + (
             f"; the suite took {elapsed / 3600:.2f} h of wall-clock time with "
             f"{suite_info.get('jobs')} parallel runs"
             if elapsed
             else ""
         )
+        + (f"; {n_extra} extra runs besides" if n_extra else "")
         + ". Wall time per run counts training and per-epoch evaluation, not start-up.",
         f"- Environment: {_environment()}.",
         "",
@@ -510,6 +524,16 @@ def render(
         "",
         headline_table(runs),
         "",
+        *(
+            [
+                "Extra runs (same data, splits and seeds; not in the default grid):",
+                "",
+                headline_table(runs, default=False),
+                "",
+            ]
+            if n_extra
+            else []
+        ),
         "## Reading",
         "",
         READING_START,
