@@ -92,7 +92,8 @@ def collect(out: Path) -> list[Run]:
                     run_dir,
                 )
                 weights_file = run_dir / "sample_weights.csv"
-                if setting.noisy and method.name in DETECTORS and weights_file.is_file():
+                learns_weights = method.name.startswith(("mwnet", "l2rw"))
+                if setting.noisy and learns_weights and weights_file.is_file():
                     table = read_sample_weights(weights_file)
                     # A low weight should flag a corrupted label: score = -weight.
                     run.auroc = auroc(-table["weight"], table["corrupted"])
