@@ -1,14 +1,20 @@
-"""`mwnet bench step` and the CLI wiring; times are never asserted, only shape and baseline."""
+"""`mwnet bench step|epoch` and the CLI wiring; times are never asserted, only shape and
+baseline."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from mwnet.bench import mode_specs
+from mwnet.bench.epoch import variant_overrides
+from mwnet.bench.step import bench_model
 from mwnet.cli import main
 
 TINY = ["bench", "step", "--model", "cnn_small", "--batch", "8", "--meta-batch", "8"]
@@ -28,7 +34,7 @@ KEYS = {
 def test_bench_step_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*TINY, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["mode"] for r in rows] == ["plain", "reverse", "fast"]
+    assert [r["mode"] for r in rows] == ["plain", "reverse", "fast", "fast+lowmem", "head"]
     for row in rows:
         assert row.keys() >= KEYS
         assert row["model"] == "cnn_small" and row["batch"] == 8
@@ -38,6 +44,15 @@ def test_bench_step_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[0]["ratio_to_plain"] == 1.0
     if rows[0]["peak_mem_mb"]:
         assert rows[0]["peak_mem_ratio"] == 1.0
+
+
+def test_bench_step_live_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY, "--modes", "fast+lowmem", "--live-memory", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in rows] == ["plain", "fast+lowmem"]
+    if sys.platform.startswith("linux"):
+        assert all(r["memory_measure"] == "cpu-rss-live" for r in rows)
+        assert all(r["peak_mem_mb"] >= 0 for r in rows)
 
 
 def test_bench_step_interval_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,9 +68,70 @@ def test_mode_specs() -> None:
     assert names == ["plain", "reverse", "fast", "reverse+interval(3)", "fast+interval(3)"]
     with pytest.raises(ValueError, match="unknown mode"):
         mode_specs(["slow"])
+    specs = mode_specs(["head", "fast+lowmem"], meta_interval=5)
+    assert [s.name for s in specs] == [
+        "plain",
+        "fast+lowmem",
+        "head",
+        "fast+lowmem+interval(5)",
+        "head+interval(5)",
+    ]
+    lowmem = specs[1]
+    assert (lowmem.hypergrad, lowmem.low_memory, lowmem.meta_interval) == ("fast", True, 1)
+    assert (specs[4].hypergrad, specs[4].low_memory, specs[4].meta_interval) == ("head", False, 5)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["bench", "step", "--help"], ["bench", "--help"]])
+def test_mode_specs_with_compile() -> None:
+    specs = mode_specs(["fast", "head", "fast+lowmem"], compile=True)
+    assert [s.name for s in specs] == [
+        "plain",
+        "fast",
+        "fast+lowmem",
+        "head",
+        "plain+compile",
+        "fast+compile",
+        "fast+lowmem+compile",
+    ]
+    assert [s.compile for s in specs] == [False] * 4 + [True] * 3
+
+
+def test_bench_step_compile(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "step", "--model", "mlp", "--batch", "8", "--meta-batch", "8"]
+    args += ["--repeats", "1", "--warmup", "1", "--threads", "1", "--json"]
+    assert main([*args, "--modes", "fast", "--compile"]) == 0
+    rows = {r["mode"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == ["plain", "fast", "plain+compile", "fast+compile"]
+    assert rows["plain+compile"]["ratio_to_plain"] == 1.0 and rows["fast+compile"]["compiled"]
+    assert rows["fast+compile"]["peak_mem_mb"] is None  # not measured on CPU
+    if sys.platform.startswith("linux"):
+        assert rows["fast"]["peak_mem_mb"] is not None
+
+
+def test_bench_models() -> None:
+    assert bench_model("wrn-16-2") == ("wrn", {"depth": 16, "width": 2})
+    assert bench_model("resnet32") == ("resnet32", {})
+    assert bench_model("cnn_small") == ("cnn_small", {})
+
+
+def test_bench_step_lowmem_on_a_narrow_wrn(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "step", "--model", "wrn-10-1", "--batch", "4", "--meta-batch", "4"]
+    args += ["--repeats", "1", "--warmup", "0", "--threads", "1", "--no-memory", "--json"]
+    assert main([*args, "--modes", "fast+lowmem,head", "--meta-interval", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in rows] == [
+        "plain",
+        "fast+lowmem",
+        "head",
+        "fast+lowmem+interval(2)",
+        "head+interval(2)",
+    ]
+    assert all(r["model"] == "wrn-10-1" and r["peak_mem_mb"] is None for r in rows)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["bench", "step", "--help"], ["bench", "epoch", "--help"], ["bench", "--help"]],
+)
 def test_help_exits_zero(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -75,3 +151,71 @@ def test_python_dash_m_help() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "bench" in done.stdout
+
+
+def _fake_data():
+    """tests/train/fake_data.py, loaded by path (that directory is not a package)."""
+    path = Path(__file__).parent / "train" / "fake_data.py"
+    spec = importlib.util.spec_from_file_location("bench_fake_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EPOCH = ["bench", "epoch", "--subset", "60", "--repeats", "1", "--warmup-steps", "1"]
+EPOCH += ["--threads", "1", "--device", "cpu"]
+TINY_DATA = ["data.meta_per_class=2", "data.batch_size=20", "data.meta_batch_size=10"]
+
+
+def test_bench_epoch_on_fake_fashion_mnist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _fake_data().write_idx(tmp_path / "fmnist", per_class=12, test_per_class=1)
+    args = [*EPOCH, "--variants", "ce,fast,fast+lowmem,head", "--meta-interval", "2", "--json"]
+    assert main([*args, f"data.root={root}", *TINY_DATA]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in rows] == [
+        "ce",
+        "fast",
+        "fast+lowmem",
+        "head",
+        "fast+interval(2)",
+        "head+interval(2)",
+    ]
+    for row in rows:
+        assert row["train_samples"] == 60 and row["steps"] == 3
+        assert row["epoch_s"] > 0 and len(row["epoch_s_all"]) == 1
+        assert row["model"] == "cnn_small" and row["device"] == "cpu"
+    assert rows[0]["ratio_to_ce"] == 1.0 and rows[0]["method"] == "ce"
+    assert (rows[2]["hypergrad"], rows[2]["low_memory"]) == ("fast", True)
+    assert (rows[5]["hypergrad"], rows[5]["meta_interval"]) == ("head", 2)
+
+
+def test_bench_epoch_table_without_ce(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _fake_data().write_idx(tmp_path / "fmnist", per_class=12, test_per_class=1)
+    args = [*EPOCH, "--variants", "head", "--meta-interval", "1"]
+    assert main([*args, f"data.root={root}", *TINY_DATA]) == 0
+    out = capsys.readouterr().out
+    assert "head" in out and "threads 1" in out and "x ce" in out
+
+
+def test_bench_epoch_without_data_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mwnet.data.mnist as mnist
+
+    nowhere = dataclasses.replace(mnist.FASHION_MNIST, system_dirs=())
+    monkeypatch.setitem(mnist.IDX_SOURCES, "fashion-mnist", nowhere)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MWNET_DATA", raising=False)
+    assert main([*EPOCH, f"data.root={tmp_path / 'empty'}"]) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install dataset-fashion-mnist" in err and "never downloads" in err
+
+
+def test_variant_overrides() -> None:
+    chosen = variant_overrides(["head", "ce"], meta_interval=4)
+    assert list(chosen) == ["ce", "head", "head+interval(4)"]
+    assert chosen["head+interval(4)"][-1] == "method.meta_interval=4"
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_overrides(["slow"], 1)

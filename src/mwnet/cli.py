@@ -129,13 +129,95 @@ def _run_bench_step(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         memory=not args.no_memory,
+        compile=args.compile,
+        live_memory=args.live_memory,
     )
-    n_modes = len(mode_specs(config.modes, config.meta_interval))
+    n_modes = len(mode_specs(config.modes, config.meta_interval, config.compile))
     rounds = config.warmup + config.repeats
     print(f"timing {config.model}: {n_modes} modes x {rounds} rounds...", file=sys.stderr)
     rows = run_step_bench(config)
     print(rows_to_json(rows) if args.json else format_table(rows, config.warmup))
     return 0
+
+
+def _variant_list(text: str) -> tuple[str, ...]:
+    from mwnet.bench.epoch import VARIANTS
+
+    variants = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise argparse.ArgumentTypeError(f"variants must be a comma list of {', '.join(VARIANTS)}")
+    return variants
+
+
+def _run_bench_epoch(args: argparse.Namespace) -> int:
+    from mwnet.bench.epoch import (
+        EpochBenchConfig,
+        format_table,
+        rows_to_json,
+        run_epoch_bench,
+        variant_overrides,
+    )
+
+    config = EpochBenchConfig(
+        preset=args.preset,
+        variants=args.variants,
+        meta_interval=args.meta_interval,
+        subset=args.subset,
+        model=args.model,
+        repeats=args.repeats,
+        warmup_steps=args.warmup_steps,
+        threads=args.threads,
+        device=args.device,
+        overrides=tuple(args.overrides),
+    )
+    n = len(variant_overrides(config.variants, config.meta_interval))
+    print(
+        f"timing one epoch of {config.subset} images: {n} variants x {config.repeats} round(s)...",
+        file=sys.stderr,
+    )
+    rows = run_epoch_bench(config)
+    print(rows_to_json(rows) if args.json else format_table(rows))
+    return 0
+
+
+def _add_bench_epoch(benches) -> None:
+    epoch = benches.add_parser(
+        "epoch",
+        help="wall time of one training epoch on Fashion-MNIST, ce vs MW-Net",
+        description="Wall time of one training epoch (the training loop's own, no "
+        "evaluation) per method variant, in one process, with ratios to plain "
+        "cross-entropy. Reads the data from disk (apt-get install dataset-fashion-mnist), "
+        "never downloads.",
+    )
+    epoch.add_argument("--preset", default="fmnist-flip2-40", help="base preset")
+    epoch.add_argument(
+        "--variants",
+        type=_variant_list,
+        default=("ce", "fast", "head"),
+        help="comma list of ce,fast,fast+lowmem,head (default ce,fast,head)",
+    )
+    epoch.add_argument(
+        "--meta-interval",
+        type=_positive_int,
+        default=5,
+        metavar="K",
+        help="K > 1 also times fast and head with a weighting-net update every K steps "
+        "(default 5; 1 to skip)",
+    )
+    epoch.add_argument(
+        "--subset", type=_positive_int, default=5000, help="training images (default 5000)"
+    )
+    epoch.add_argument("--model", default=None, help="model name (default: the preset's)")
+    epoch.add_argument("--repeats", type=_positive_int, default=1, help="timed epochs each")
+    epoch.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first")
+    epoch.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    epoch.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    epoch.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    epoch.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every variant"
+    )
+    epoch.set_defaults(func=_run_bench_epoch)
 
 
 @command
@@ -150,7 +232,12 @@ def _add_bench(sub) -> None:
         description="Median wall time and peak extra memory of a plain SGD step and of an "
         "MW-Net step per hypergradient mode, interleaved in one process, on random data.",
     )
-    step.add_argument("--model", default="resnet32", help="model name (default resnet32)")
+    step.add_argument(
+        "--model",
+        default="resnet32",
+        help="resnet32 (default, 3x32x32), wrn-D-W (e.g. wrn-16-2), cnn_small (1x28x28) or "
+        "any registered model name",
+    )
     step.add_argument("--batch", type=_positive_int, default=100, help="training batch size")
     step.add_argument("--meta-batch", type=_positive_int, default=100, help="meta batch size")
     step.add_argument("--repeats", type=_positive_int, default=20, help="timed rounds")
@@ -158,8 +245,9 @@ def _add_bench(sub) -> None:
     step.add_argument(
         "--modes",
         type=_mode_list,
-        default=("plain", "reverse", "fast"),
-        help="comma list of plain,reverse,fast,head (plain always runs: it is the baseline)",
+        default=("plain", "reverse", "fast", "fast+lowmem", "head"),
+        help="comma list of plain,reverse,fast,fast+lowmem,head (default all; plain always "
+        "runs: it is the baseline; fast+lowmem is fast with low_memory=True)",
     )
     step.add_argument(
         "--meta-interval",
@@ -172,4 +260,17 @@ def _add_bench(sub) -> None:
     step.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     step.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     step.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    step.add_argument(
+        "--live-memory",
+        action="store_true",
+        help="CPU: measure peak memory with glibc's mmap threshold fixed at 128 KiB, so that "
+        "it follows live tensors instead of the allocator's retained heap",
+    )
+    step.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time plain+compile and the torch.compile'd variants of fast and fast+lowmem "
+        "(compilation happens in the warm-up rounds)",
+    )
     step.set_defaults(func=_run_bench_step)
+    _add_bench_epoch(benches)

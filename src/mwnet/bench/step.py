@@ -7,10 +7,20 @@ model copy and optimizers, so no state leaks from one mode into another. An inte
 mode (weighting-net update every K steps) is timed over K consecutive steps per round,
 divided by K: the amortised cost, not the median of mostly cheap steps.
 
+``fast+lowmem`` is ``fast`` with ``low_memory=True`` (the training graph freed before the
+meta pass, the forward run again for the real update). With ``compile`` the run adds
+``plain+compile`` and ``<mode>+compile`` for the modes ``torch.compile`` supports, timed in
+the same rounds; their ratios are to ``plain+compile``, so they show what the meta step
+costs when both sides are compiled (compare the medians for what compiling gains).
+
 Peak memory is the extra memory a step needs above the resident model and data. On
 CUDA it is ``max_memory_allocated`` during a step minus the allocation before it. On CPU
 the process's peak RSS can only grow, so each mode is measured in a fresh subprocess
-(:mod:`mwnet.bench.step_memory`) that builds the same setup.
+(:mod:`mwnet.bench.step_memory`) that builds the same setup. RSS also holds what glibc's
+allocator keeps after tensors are freed, which depends on the order of allocations as much
+as on their sizes; ``live_memory`` runs those subprocesses with a fixed mmap threshold
+(every tensor above 128 KiB mapped on its own and unmapped when freed), so the peak follows
+the live tensors, the quantity ``max_memory_allocated`` reports on CUDA.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import copy
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -34,8 +45,14 @@ from mwnet.core import MetaReweighter, WeightNet
 from mwnet.models import build, input_shape
 
 PLAIN = "plain"
-HYPERGRAD_MODES = ("reverse", "fast", "head")
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+LIVE_MMAP_THRESHOLD = 128 * 1024
+LOW_MEMORY_SUFFIX = "+lowmem"
+HYPERGRAD_MODES = ("reverse", "fast", "fast" + LOW_MEMORY_SUFFIX, "head")
 MODES = (PLAIN, *HYPERGRAD_MODES)
+COMPILE_SUFFIX = "+compile"
+COMPILABLE_MODES = (PLAIN, "fast", "fast" + LOW_MEMORY_SUFFIX)
+"""Modes with a compiled variant (see :mod:`mwnet.core.compiled` for why not the others)."""
 
 
 @dataclass(frozen=True)
@@ -45,21 +62,61 @@ class ModeSpec:
     name: str
     hypergrad: str | None = None
     meta_interval: int = 1
+    low_memory: bool = False
+    compile: bool = False
 
 
-def mode_specs(modes: Sequence[str], meta_interval: int = 1) -> list[ModeSpec]:
+def mode_spec(mode: str, meta_interval: int = 1, compile: bool = False) -> ModeSpec:
+    """The variant a mode name means: ``plain``, ``<hypergrad>``, ``fast+lowmem``, each with
+    ``+interval(K)`` appended to its name when ``meta_interval`` K > 1 and ``+compile``
+    when compiled."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if meta_interval < 1:
+        raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
+    if compile and mode not in COMPILABLE_MODES:
+        raise ValueError(f"mode {mode!r} cannot be compiled; only {', '.join(COMPILABLE_MODES)}")
+    suffix = COMPILE_SUFFIX if compile else ""
+    if mode == PLAIN:
+        return ModeSpec(PLAIN + suffix, compile=compile)
+    name = mode if meta_interval == 1 else f"{mode}+interval({meta_interval})"
+    hypergrad = mode.removesuffix(LOW_MEMORY_SUFFIX)
+    return ModeSpec(name + suffix, hypergrad, meta_interval, hypergrad != mode, compile)
+
+
+def mode_specs(
+    modes: Sequence[str], meta_interval: int = 1, compile: bool = False
+) -> list[ModeSpec]:
     """The variants to run: always ``plain`` first (the ratios' baseline), then each
-    requested hypergradient mode, then ``<mode>+interval(K)`` for each when K > 1."""
+    requested hypergradient mode, then ``<mode>+interval(K)`` for each when K > 1, then
+    with ``compile`` ``plain+compile`` and the compiled variants of the requested modes
+    (and of their interval variants)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
-    if meta_interval < 1:
-        raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
     wanted = [m for m in HYPERGRAD_MODES if m in modes]
-    specs = [ModeSpec(PLAIN)] + [ModeSpec(m, m) for m in wanted]
+    specs = [mode_spec(PLAIN, meta_interval)] + [mode_spec(m) for m in wanted]
     if meta_interval > 1:
-        specs += [ModeSpec(f"{m}+interval({meta_interval})", m, meta_interval) for m in wanted]
+        specs += [mode_spec(m, meta_interval) for m in wanted]
+    if compile:
+        compilable = [m for m in wanted if m in COMPILABLE_MODES]
+        specs += [mode_spec(PLAIN, compile=True)] + [mode_spec(m, compile=True) for m in compilable]
+        if meta_interval > 1:
+            specs += [mode_spec(m, meta_interval, compile=True) for m in compilable]
     return specs
+
+
+def bench_model(name: str) -> tuple[str, dict[str, int]]:
+    """Registry name and options of a benchmark model name.
+
+    ``wrn-D-W`` is the registry's ``wrn`` at depth D and width W (``wrn-16-2`` is a WRN a CPU
+    can time; the paper's ``wrn28_10`` is registered by name); any other name is passed to
+    :func:`mwnet.models.build` as it is.
+    """
+    match = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
+    if match:
+        return "wrn", {"depth": int(match[1]), "width": int(match[2])}
+    return name, {}
 
 
 @dataclass(frozen=True)
@@ -76,6 +133,10 @@ class StepBenchConfig:
     device: str = "auto"
     threads: int | None = None
     memory: bool = True
+    compile: bool = False
+    """Also time ``plain+compile`` and the compiled variants of the requested modes."""
+    live_memory: bool = False
+    """CPU: measure peak memory with glibc's mmap threshold fixed (live tensors only)."""
     num_classes: int = 10
     seed: int = 0
 
@@ -90,6 +151,8 @@ class BenchRow:
     meta_batch: int
     hypergrad: str | None
     meta_interval: int
+    low_memory: bool
+    compiled: bool
     repeats: int
     median_ms: float
     p25_ms: float
@@ -97,10 +160,15 @@ class BenchRow:
     ratio_to_plain: float
     peak_mem_mb: float | None
     peak_mem_ratio: float | None
+    memory_measure: str | None
+    """How peak memory was measured: ``cuda-allocated``, ``cpu-rss``, ``cpu-rss-live``."""
     device: str
     device_name: str
     torch_version: str
     threads: int
+    load_average: list[float] | None = None
+    """1-minute load average before and after the timing (Unix), next to every figure: on a
+    shared machine it says how much the clock was competing."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -151,10 +219,11 @@ def make_runner(
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     if spec.hypergrad is None:
+        forward = torch.compile(model) if spec.compile else model
 
         def plain_step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(forward(x), y).backward()
             optimizer.step()
 
         return Runner(spec, plain_step, 1)
@@ -166,6 +235,8 @@ def make_runner(
         weight_net,
         hypergrad=spec.hypergrad,  # type: ignore[arg-type]
         meta_interval=spec.meta_interval,
+        low_memory=spec.low_memory,
+        compile=spec.compile,
     )
 
     def mwnet_steps() -> None:
@@ -180,8 +251,9 @@ def make_inputs(
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The seeded model and random batches: the same in the parent and in every subprocess."""
     torch.manual_seed(config.seed)
-    shape = input_shape(config.model)
-    model = build(config.model, config.num_classes, in_channels=shape[0]).to(device)
+    name, options = bench_model(config.model)
+    shape = input_shape(name)
+    model = build(name, config.num_classes, in_channels=shape[0], **options).to(device)
     gen = torch.Generator().manual_seed(config.seed + 1)
     x = torch.randn(config.batch, *shape, generator=gen)
     y = torch.randint(0, config.num_classes, (config.batch,), generator=gen)
@@ -226,6 +298,8 @@ def cpu_peak_bytes(config: StepBenchConfig, specs: list[ModeSpec]) -> dict[str, 
     src = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
+    if config.live_memory:
+        env[MMAP_THRESHOLD_ENV] = str(LIVE_MMAP_THRESHOLD)
     procs = {}
     for spec in specs:
         cmd = [
@@ -233,7 +307,7 @@ def cpu_peak_bytes(config: StepBenchConfig, specs: list[ModeSpec]) -> dict[str, 
             "--model", config.model,
             "--batch", str(config.batch),
             "--meta-batch", str(config.meta_batch),
-            "--mode", spec.hypergrad or PLAIN,
+            "--mode", base_mode(spec),
             "--meta-interval", str(spec.meta_interval),
             "--threads", str(torch.get_num_threads()),
             "--num-classes", str(config.num_classes),
@@ -249,6 +323,21 @@ def cpu_peak_bytes(config: StepBenchConfig, specs: list[ModeSpec]) -> dict[str, 
             raise RuntimeError(f"memory measurement for {name!r} failed:\n{err.strip()}")
         peaks[name] = json.loads(out)["peak_bytes"]
     return peaks
+
+
+def base_mode(spec: ModeSpec) -> str:
+    """The mode name of ``spec`` without its interval suffix (what ``--modes`` takes)."""
+    if spec.hypergrad is None:
+        return PLAIN
+    return spec.hypergrad + (LOW_MEMORY_SUFFIX if spec.low_memory else "")
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none (Windows)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def run_step_bench(config: StepBenchConfig) -> list[BenchRow]:
@@ -269,27 +358,33 @@ def run_step_bench(config: StepBenchConfig) -> list[BenchRow]:
 
 def _run(config: StepBenchConfig) -> list[BenchRow]:
     device = resolve_device(config.device)
-    specs = mode_specs(config.modes, config.meta_interval)
+    specs = mode_specs(config.modes, config.meta_interval, config.compile)
     model, batches = make_inputs(config, device)
     runners = [make_runner(spec, copy.deepcopy(model), batches) for spec in specs]
     del model
+    load_before = load_average()
     times = time_modes(runners, device, config.repeats, config.warmup)
+    loads = None if load_before is None else [load_before, load_average()]
 
     peaks: dict[str, int | None] = {s.name: None for s in specs}
     if config.memory:
         if device.type == "cuda":
             peaks = {r.spec.name: cuda_peak_bytes(r, device) for r in runners}
-        else:
-            peaks = cpu_peak_bytes(config, specs)
+        else:  # the compiler's own memory would swamp a compiled step's: not measured
+            peaks.update(cpu_peak_bytes(config, [s for s in specs if not s.compile]))
 
     def quantile(xs: list[float], q: float) -> float:
         return statistics.quantiles(xs, n=4, method="inclusive")[q] if len(xs) > 1 else xs[0]
 
-    plain_median = statistics.median(times[PLAIN])
-    plain_peak = peaks[PLAIN]
     name = device_name(device)
+    measure = None
+    if config.memory:
+        measure = "cuda-allocated" if device.type == "cuda" else "cpu-rss"
+        measure += "-live" if config.live_memory and device.type != "cuda" else ""
     rows = []
     for spec in specs:
+        baseline = PLAIN + (COMPILE_SUFFIX if spec.compile else "")
+        plain_median, plain_peak = statistics.median(times[baseline]), peaks[baseline]
         median = statistics.median(times[spec.name])
         peak = peaks[spec.name]
         rows.append(
@@ -300,6 +395,8 @@ def _run(config: StepBenchConfig) -> list[BenchRow]:
                 meta_batch=config.meta_batch,
                 hypergrad=spec.hypergrad,
                 meta_interval=spec.meta_interval,
+                low_memory=spec.low_memory,
+                compiled=spec.compile,
                 repeats=config.repeats,
                 median_ms=median * 1e3,
                 p25_ms=quantile(times[spec.name], 0) * 1e3,
@@ -307,10 +404,12 @@ def _run(config: StepBenchConfig) -> list[BenchRow]:
                 ratio_to_plain=median / plain_median,
                 peak_mem_mb=None if peak is None else peak / 2**20,
                 peak_mem_ratio=None if peak is None or not plain_peak else peak / plain_peak,
+                memory_measure=measure,
                 device=device.type,
                 device_name=name,
                 torch_version=torch.__version__,
                 threads=torch.get_num_threads(),
+                load_average=loads,
             )
         )
     return rows
@@ -328,14 +427,36 @@ def format_table(rows: list[BenchRow], warmup: int) -> str:
         f"mwnet bench step: {first.model}, batch {first.batch}, meta batch {first.meta_batch}, "
         f"median of {first.repeats} steps after {warmup} warm-up rounds",
         f"machine: {first.device} ({first.device_name}), torch {first.torch_version}, "
-        f"threads {first.threads}",
+        f"threads {first.threads}{_load_text(first.load_average)}",
         "",
-        f"{'mode':<22}{'median ms':>10}{'x plain':>9}{'peak MB':>10}{'x plain':>9}",
+        f"{'mode':<32}{'median ms':>10}{'x plain':>9}{'peak MB':>10}{'x plain':>9}",
     ]
+    if first.memory_measure:
+        lines.insert(2, f"peak memory: {MEASURES.get(first.memory_measure, first.memory_measure)}")
+    if any(r.compiled for r in rows):
+        lines.insert(
+            2,
+            "(+compile rows: ratios to plain+compile; peak memory of compiled modes "
+            "is measured on CUDA only)",
+        )
     for r in rows:
         peak = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}"
         mem_ratio = "-" if r.peak_mem_ratio is None else f"{r.peak_mem_ratio:.2f}"
         lines.append(
-            f"{r.mode:<22}{r.median_ms:>10.1f}{r.ratio_to_plain:>9.2f}{peak:>10}{mem_ratio:>9}"
+            f"{r.mode:<32}{r.median_ms:>10.1f}{r.ratio_to_plain:>9.2f}{peak:>10}{mem_ratio:>9}"
         )
     return "\n".join(lines)
+
+
+MEASURES = {
+    "cuda-allocated": "extra max_memory_allocated during a step",
+    "cpu-rss": "extra peak RSS of a fresh process (allocator's retained heap included)",
+    "cpu-rss-live": f"extra peak RSS with {MMAP_THRESHOLD_ENV}={LIVE_MMAP_THRESHOLD} "
+    "(tracks live tensors)",
+}
+
+
+def _load_text(loads: list[float] | None) -> str:
+    if not loads:
+        return ""
+    return f", load average {loads[0]:.2f} before, {loads[-1]:.2f} after"

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from mwnet.bench.step import MODES, PLAIN, ModeSpec, StepBenchConfig, make_inputs, make_runner
+from mwnet.bench.step import MODES, PLAIN, StepBenchConfig, make_inputs, make_runner, mode_spec
 
 
 def _status_bytes(key: str) -> int | None:
@@ -61,7 +61,7 @@ def peak_resident_bytes() -> int:
 
 def measure(config: StepBenchConfig, mode: str, calls: int = 3) -> int:
     """Peak extra bytes over ``calls`` calls of the mode's runner (the first is the warm-up)."""
-    spec = ModeSpec(PLAIN) if mode == PLAIN else ModeSpec(mode, mode, config.meta_interval)
+    spec = mode_spec(mode, config.meta_interval)
     model, batches = make_inputs(config, torch.device("cpu"))
     runner = make_runner(spec, model, batches)
     gc.collect()

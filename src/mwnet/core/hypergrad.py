@@ -37,6 +37,7 @@ from mwnet.core.reducer import GradientReducer
 from mwnet.core.virtual_step import AffineStep
 
 HypergradMode = Literal["reverse", "fast", "head"]
+LossesJvp = Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor | None]
 HYPERGRAD_MODES: tuple[str, ...] = ("reverse", "fast")
 """The exact modes: ∂L_meta/∂Θ with every trainable parameter in the virtual step."""
 HEAD_MODE = "head"
@@ -65,6 +66,13 @@ class MetaProblem:
     """Set under data parallelism: the losses and coefficients are this rank's shard,
     the coefficients normalised over the global batch, and ``meta_loss_at`` the mean over
     this rank's (equal) shard of the meta batch."""
+    losses_jvp: LossesJvp | None = None
+    """Optional: per-sample ⟨∇_θ L_i, t⟩ from (θ, t) in one call (a compiled forward-mode
+    pass); None runs forward-mode AD through ``losses_at``."""
+    keep_graph: bool = True
+    """Whether the training forward's graph must survive the hypergradient (the real update
+    reuses it). ``fast`` frees it with its first-order backward when False; ``reverse``
+    always keeps it (the second-order pass runs through it)."""
 
 
 def _grads_or_zeros(
@@ -119,7 +127,11 @@ def fast_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], torch.
     reducer = problem.reducer
     coefficients = problem.coefficients.detach()
     grads = torch.autograd.grad(
-        problem.losses, problem.params, coefficients, retain_graph=True, allow_unused=True
+        problem.losses,
+        problem.params,
+        coefficients,
+        retain_graph=problem.keep_graph,
+        allow_unused=True,
     )
     grads = _grads_or_zeros(grads, problem.params)
     if reducer is not None:
@@ -148,12 +160,15 @@ def fast_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], torch.
 def _loss_jvp(problem: MetaProblem, tangents: list[torch.Tensor]) -> torch.Tensor:
     """Per-sample ⟨∇_θ L_i, t⟩ by forward-mode AD at θ."""
     try:
-        with fwad.dual_level():
-            duals = {
-                name: fwad.make_dual(p.detach(), t)
-                for name, p, t in zip(problem.names, problem.params, tangents, strict=True)
-            }
-            tangent = fwad.unpack_dual(problem.losses_at(duals)).tangent
+        if problem.losses_jvp is not None:
+            tangent = problem.losses_jvp([p.detach() for p in problem.params], tangents)
+        else:
+            with fwad.dual_level():
+                duals = {
+                    name: fwad.make_dual(p.detach(), t)
+                    for name, p, t in zip(problem.names, problem.params, tangents, strict=True)
+                }
+                tangent = fwad.unpack_dual(problem.losses_at(duals)).tangent
     except (NotImplementedError, RuntimeError) as err:
         if "forward" not in str(err).lower() and "jvp" not in str(err).lower():
             raise

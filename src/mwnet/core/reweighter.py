@@ -13,6 +13,12 @@ from torch import nn
 from torch.func import functional_call
 
 from mwnet.core.checks import check_batch, check_labels, check_per_sample, raise_if_not_finite
+from mwnet.core.compiled import (
+    CompiledLossesJvp,
+    compiled_functional,
+    compiled_module,
+    eager_functional,
+)
 from mwnet.core.data_parallel import global_coefficients, weighted_backward
 from mwnet.core.head import HeadCall, LinearHead, head_problem
 from mwnet.core.hypergrad import (
@@ -121,6 +127,18 @@ class MetaReweighter:
             forwards and are removed after each.
         meta_interval: update the weighting net every k-th step only; steps in between
             use the current weighting net and cost about a plain step.
+        low_memory: ``hypergrad="fast"`` only. By default the real update reuses the
+            training forward's graph, which therefore stays alive through the meta forward
+            and backward: two graphs of activations at once, about twice a plain step's
+            peak memory. With ``low_memory=True`` a meta-update step frees that graph with
+            the virtual step's gradient and runs the forward again for the real update,
+            with the same RNG state (same dropout masks) and buffers, so the result is the
+            same: peak memory near a plain step's, for one extra forward per meta update.
+        compile: ``hypergrad="fast"`` only: run the step's passes through
+            ``torch.compile``: the training forward and its backwards, the meta forward and
+            its backward, and the forward-mode JVP. Random ops draw what eager mode draws,
+            so the step is the eager one up to float rounding. The first steps pay the
+            compilation. See :mod:`mwnet.core.compiled` and docs/PERFORMANCE.md.
         checks: validate batches and labels and stop on NaN/Inf (one or two host syncs
             per step on a GPU).
         reducer: data parallelism over the ranks of a ``torch.distributed`` process group
@@ -147,6 +165,8 @@ class MetaReweighter:
         hypergrad: HypergradMode = "fast",
         head: str | None = None,
         meta_interval: int = 1,
+        low_memory: bool = False,
+        compile: bool = False,
         checks: bool = True,
         reducer: GradientReducer | None = None,
     ) -> None:
@@ -162,7 +182,21 @@ class MetaReweighter:
         check_virtual_step(virtual_step, optimizer)
         if not isinstance(meta_interval, int) or meta_interval < 1:
             raise ValueError(f"meta_interval must be an integer >= 1, got {meta_interval!r}")
+        if low_memory and hypergrad != "fast":
+            raise ValueError(
+                f"low_memory=True needs hypergrad='fast', got {hypergrad!r}: 'reverse' "
+                "differentiates through the training graph, so it cannot be freed early, and "
+                "'head' keeps only one graph already; use hypergrad='fast' or low_memory=False"
+            )
+        if compile and hypergrad != "fast":
+            raise ValueError(
+                f"compile=True needs hypergrad='fast', got {hypergrad!r}: compiled graphs "
+                "support neither the double backward of 'reverse' nor the forward hooks "
+                "'head' captures its features with; use hypergrad='fast' or compile=False"
+            )
         self.model = model
+        self._forward = compiled_module(model) if compile else model
+        self._functional = compiled_functional(model) if compile else eager_functional(model)
         self.optimizer = optimizer
         self.weight_net = weight_net if weight_net is not None else WeightNet()
         self._weight_params = [p for p in self.weight_net.parameters() if p.requires_grad]
@@ -174,10 +208,13 @@ class MetaReweighter:
         self._default_loss = loss_fn is None
         self.loss_fn: LossFn = loss_fn or per_sample_cross_entropy
         self.meta_loss_fn: LossFn = meta_loss_fn or (lambda out, y: self.loss_fn(out, y).mean())
+        self._losses_jvp = CompiledLossesJvp(model, self.loss_fn) if compile else None
         self.normalize = normalize
         self.virtual_step = virtual_step
         self.hypergrad = hypergrad
         self.meta_interval = meta_interval
+        self.low_memory = low_memory
+        self.compile = compile
         self.checks = checks
         self.reducer = reducer
         self.steps_done = 0
@@ -241,6 +278,7 @@ class MetaReweighter:
         x_meta: torch.Tensor,
         y_meta: torch.Tensor,
         call: HeadCall | None,
+        keep_graph: bool = True,
     ) -> MetaProblem:
         coefficients = self._coefficients(self.weights(losses.detach())).to(losses.dtype)
         if self._head is not None:
@@ -248,7 +286,7 @@ class MetaReweighter:
             return self._head_problem(output, y, coefficients, snapshot, x_meta, y_meta, call)
 
         def meta_loss_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
-            out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x_meta,))
+            out = self._functional({**theta, **snapshot.buffer_copies()}, x_meta)
             return self._meta_loss(out, y_meta)
 
         def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -256,6 +294,7 @@ class MetaReweighter:
                 out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
             return self.loss_fn(out, y)
 
+        jvp = self._losses_jvp
         return MetaProblem(
             names=self._names,
             params=self._params,
@@ -266,6 +305,8 @@ class MetaReweighter:
             losses_at=losses_at,
             weight_params=self._weight_params,
             reducer=self.reducer,
+            losses_jvp=None if jvp is None else jvp.replaying(self._names, snapshot, x, y),
+            keep_graph=keep_graph,
         )
 
     def _coefficients(self, weights: torch.Tensor) -> torch.Tensor:
@@ -328,7 +369,9 @@ class MetaReweighter:
         with self._watching(True) as call:
             output = functional_call(self.model, snapshot.buffer_copies(), (x,))
         losses = self._per_sample(output, y, "training")
-        problem = self._problem(x, y, output, losses, snapshot, x_meta, y_meta, call)
+        problem = self._problem(
+            x, y, output, losses, snapshot, x_meta, y_meta, call, keep_graph=False
+        )
         return HYPERGRADIENTS[self.hypergrad](problem)
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
@@ -345,17 +388,23 @@ class MetaReweighter:
         from a non-finite loss or gradient.
         """
         meta_update = self.steps_done % self.meta_interval == 0
+        recompute = meta_update and self.low_memory
         if meta_update:
             self._check_batches(x, y, x_meta, y_meta)
             snapshot = ForwardSnapshot.capture(self.model, x.device)
         elif self.checks:
             check_batch(x, y, "training")
         with self._watching(meta_update) as call:
-            output = self.model(x)
+            if recompute:  # on buffer copies: the real forward comes after the meta step
+                output = self._functional(snapshot.buffer_copies(), x)
+            else:
+                output = self._forward(x)
         losses = self._per_sample(output, y, "training")
         meta_loss = None
         if meta_update:
-            problem = self._problem(x, y, output, losses, snapshot, x_meta, y_meta, call)
+            problem = self._problem(
+                x, y, output, losses, snapshot, x_meta, y_meta, call, keep_graph=not recompute
+            )
             hyper, meta_loss = HYPERGRADIENTS[self.hypergrad](problem)
             if self.checks:
                 raise_if_not_finite(
@@ -370,6 +419,8 @@ class MetaReweighter:
             self.weight_optimizer.step()
         elif self.checks:
             raise_if_not_finite(self.steps_done, training_loss=losses.detach())
+        if recompute:
+            output, losses = self._replayed_forward(x, y, snapshot)
         with torch.no_grad():
             weights = self.weights(losses.detach())
         if self.reducer is None:
@@ -393,6 +444,16 @@ class MetaReweighter:
         )
         self.steps_done += 1
         return result
+
+    def _replayed_forward(
+        self, x: torch.Tensor, y: torch.Tensor, snapshot: ForwardSnapshot
+    ) -> tuple[Any, torch.Tensor]:
+        """The real forward of a low-memory step: the model itself, so its buffers move
+        now (once per step), run with the RNG state of the first pass, so dropout draws the
+        masks the hypergradient saw. The RNG then continues as after the default path."""
+        with snapshot.replaying_rng():
+            output = self._forward(x)
+        return output, self.loss_fn(output, y)
 
     def state_dict(self) -> dict[str, Any]:
         """The reweighter's own state: step count, weighting net and its optimizer.

@@ -71,6 +71,8 @@ class MetaWeightNet(Method):
         normalize: Normalization = "sum",
         virtual_step: VirtualStepKind = "sgd",
         meta_interval: int = 1,
+        low_memory: bool = False,
+        compile: bool = False,
         weight_hidden: int = 100,
         weight_depth: int = 1,
         weight_optimizer: WeightOptimizer = "adam",
@@ -102,6 +104,8 @@ class MetaWeightNet(Method):
             hypergrad=hypergrad,
             head=head,
             meta_interval=meta_interval,
+            low_memory=low_memory,
+            compile=compile,
             checks=checks,
             reducer=reducer,
         )

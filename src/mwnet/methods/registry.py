@@ -18,6 +18,9 @@ from mwnet.methods.l2rw import L2RW
 from mwnet.methods.meta_weight_net import MetaWeightNet
 
 METHODS: tuple[str, ...] = ("ce", "focal", "class-balanced", "l2rw", "finetune", "mwnet")
+COMPILABLE: tuple[str, ...] = ("ce", "focal", "class-balanced", "mwnet")
+"""Methods that accept ``compile``: one forward and one backward per step, or mwnet's
+``fast`` mode (see :mod:`mwnet.core.compiled`)."""
 
 _MWNET_OPTIONS: tuple[str, ...] = (
     "hypergrad",
@@ -25,6 +28,8 @@ _MWNET_OPTIONS: tuple[str, ...] = (
     "normalize",
     "virtual_step",
     "meta_interval",
+    "low_memory",
+    "compile",
     "weight_hidden",
     "weight_depth",
     "weight_optimizer",
@@ -56,9 +61,10 @@ def build_method(
             (the config layer validates names): ``focal_gamma``; ``cb_beta``, ``cb_loss``;
             ``epochs`` (required by ``finetune``), ``finetune_epochs``, ``finetune_lr``;
             ``hypergrad`` (also ``l2rw``); ``head``, ``normalize``, ``virtual_step``,
-            ``meta_interval``, ``weight_hidden``, ``weight_depth``, ``weight_optimizer``,
-            ``weight_lr``, ``weight_momentum``, ``weight_nesterov``, ``weight_decay``;
-            ``checks`` (all; default True).
+            ``meta_interval``, ``low_memory``, ``weight_hidden``, ``weight_depth``,
+            ``weight_optimizer``, ``weight_lr``, ``weight_momentum``, ``weight_nesterov``,
+            ``weight_decay``; ``checks`` (all; default True); ``compile`` (the methods in
+            :data:`COMPILABLE`: run the model through ``torch.compile``).
         reducer: data parallelism over a process group (every method); the batches passed
             to ``step`` and drawn from ``meta_batches`` must then be this rank's shards.
 
@@ -67,6 +73,12 @@ def build_method(
     """
     checks = bool(options.get("checks", True))
     common = {"checks": checks, "reducer": reducer}
+    if options.get("compile") and name not in COMPILABLE:
+        raise ValueError(
+            f"compile is supported by {', '.join(COMPILABLE)}, not {name!r}; drop compile"
+        )
+    if options.get("compile") and name != "mwnet":
+        model = torch.compile(model)  # a plain step: model(x), then one backward
     if name == "ce":
         return CrossEntropy(model, optimizer, **common)
     if name == "focal":

@@ -84,6 +84,12 @@ class MethodConfig:
     normalize: str = "sum"
     virtual_step: str = "sgd"
     meta_interval: int = 1
+    low_memory: bool = False
+    """hypergrad=fast only: free the training graph before the meta pass and run the forward
+    again for the real update (same result, about a plain step's peak memory)"""
+    compile: bool = False
+    """torch.compile the model's passes: ce, focal, class-balanced, and mwnet with
+    hypergrad=fast (see docs/PERFORMANCE.md for what it gains)"""
     weight_hidden: int = 100
     weight_depth: int = 1
     weight_optimizer: str = "adam"
@@ -258,6 +264,21 @@ def validate(cfg: Any) -> None:
         (o.lr > 0, "optim.lr must be > 0"),
         (m.meta_interval >= 1, "method.meta_interval must be >= 1"),
         (cfg.distributed.timeout > 0, "distributed.timeout must be > 0 seconds"),
+        (
+            not (m.low_memory and m.name == "mwnet" and m.hypergrad != "fast"),
+            "method.low_memory=true needs method.hypergrad=fast (reverse must keep the "
+            "training graph, head keeps only one already)",
+        ),
+        (
+            not m.compile or m.name in ("ce", "focal", "class-balanced", "mwnet"),
+            f"method.compile=true is supported by ce, focal, class-balanced and mwnet, not "
+            f"{m.name}",
+        ),
+        (
+            not (m.compile and m.name == "mwnet" and m.hypergrad != "fast"),
+            "method.compile=true with mwnet needs method.hypergrad=fast (compiled graphs have "
+            "no double backward for reverse and no forward hooks for head)",
+        ),
         (d.noise != "matrix" or d.noise_matrix, "data.noise=matrix needs data.noise_matrix=PATH"),
         (d.dataset != "list" or d.train_list, "data.dataset=list needs data.train_list=PATH"),
     ]

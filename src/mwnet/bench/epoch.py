@@ -1,0 +1,232 @@
+"""Wall time of one training epoch on real data: cross-entropy next to MW-Net's modes.
+
+``mwnet bench step`` times single steps on random tensors; this times what a user waits
+for. Every variant is built by the training code itself (:func:`build_experiment` on the
+same preset, data, split and seed, differing only in ``method.*``) and runs the training
+loop's own epoch (:class:`Trainer`: batches made on the device, the method's step, the
+per-step bookkeeping; no evaluation). All variants live in one process and take turns,
+round by round in a rotating order, so a busy machine slows them alike and the ratios to
+``ce`` compare like with like. The data is read from disk only, never downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mwnet.bench.step import device_name, load_average
+from mwnet.data import DatasetError
+from mwnet.train.config import load_config
+from mwnet.train.experiment import build_experiment, prepare_data
+from mwnet.train.loop import Trainer
+
+CE = "ce"
+VARIANTS: dict[str, tuple[str, ...]] = {
+    CE: ("method.name=ce",),
+    "fast": ("method.name=mwnet", "method.hypergrad=fast"),
+    "fast+lowmem": ("method.name=mwnet", "method.hypergrad=fast", "method.low_memory=true"),
+    "head": ("method.name=mwnet", "method.hypergrad=head"),
+}
+"""Each variant's config overrides on top of the preset."""
+INTERVAL_VARIANTS = ("fast", "head")
+"""Variants that are also timed with ``method.meta_interval=K`` when K > 1."""
+
+
+@dataclass(frozen=True)
+class EpochBenchConfig:
+    """What to time; the default is the Fashion-MNIST preset's small CNN on 5000 images."""
+
+    preset: str = "fmnist-flip2-40"
+    variants: tuple[str, ...] = (CE, "fast", "head")
+    meta_interval: int = 5
+    """K > 1 adds ``fast+interval(K)`` and ``head+interval(K)`` for those variants asked."""
+    subset: int = 5000
+    model: str | None = None
+    """A model name for ``model.name``; None keeps the preset's."""
+    repeats: int = 1
+    """Timed epochs per variant (rounds); the median is reported."""
+    warmup_steps: int = 2
+    threads: int | None = None
+    device: str = "auto"
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+    """Further ``key=value`` config overrides for every variant (e.g. ``data.root=DIR``)."""
+
+
+@dataclass
+class EpochRow:
+    """One variant's result; ``asdict`` of it is one object of the ``--json`` output."""
+
+    variant: str
+    method: str
+    hypergrad: str | None
+    meta_interval: int
+    low_memory: bool
+    preset: str
+    model: str
+    train_samples: int
+    steps: int
+    epoch_s: float
+    """Median wall time of one training epoch, seconds."""
+    epoch_s_all: list[float]
+    ms_per_step: float
+    ratio_to_ce: float | None
+    device: str
+    device_name: str
+    torch_version: str
+    threads: int
+    load_average: list[float] | None
+
+
+def variant_overrides(variants: Sequence[str], meta_interval: int) -> dict[str, list[str]]:
+    """Variant name -> its config overrides, ``ce`` first when asked for (the baseline)."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if meta_interval < 1:
+        raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
+    chosen = {v: list(VARIANTS[v]) for v in VARIANTS if v in variants}
+    if meta_interval > 1:
+        for v in INTERVAL_VARIANTS:
+            if v in variants:
+                chosen[f"{v}+interval({meta_interval})"] = [
+                    *VARIANTS[v],
+                    f"method.meta_interval={meta_interval}",
+                ]
+    return chosen
+
+
+def _base_overrides(config: EpochBenchConfig) -> list[str]:
+    base = [f"data.subset={config.subset}", f"device={config.device}"]
+    if config.model is not None:
+        base.append(f"model.name={config.model}")
+    if config.threads is not None:
+        base.append(f"threads={config.threads}")
+    return [*base, *config.overrides, "data.download=false"]
+
+
+def _load_data(cfg: Any):
+    try:
+        return prepare_data(cfg)
+    except DatasetError as err:
+        hint = ""
+        if cfg.data.dataset == "fashion-mnist":
+            hint = (
+                "Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or "
+                "pass data.root=DIR holding the four IDX files. "
+            )
+        raise DatasetError(
+            f"mwnet bench epoch reads {cfg.data.dataset} from disk and never downloads it. "
+            f"{hint}{err}"
+        ) from None
+
+
+def run_epoch_bench(config: EpochBenchConfig) -> list[EpochRow]:
+    """Time one training epoch per variant; one row per variant, ``ce`` first.
+
+    Changes torch's thread count only for the run (``config.threads``; restored after).
+    """
+    if config.repeats < 1 or config.warmup_steps < 0 or config.subset < 1:
+        raise ValueError("repeats and subset must be >= 1 and warmup_steps >= 0")
+    overrides = variant_overrides(config.variants, config.meta_interval)
+    base = _base_overrides(config)
+    threads_before = torch.get_num_threads()
+    try:
+        cfgs = {name: load_config(config.preset, [*base, *o]) for name, o in overrides.items()}
+        data = _load_data(next(iter(cfgs.values())))
+        with tempfile.TemporaryDirectory() as tmp:
+            trainers = {
+                name: Trainer(build_experiment(cfg, data), Path(tmp) / name, quiet=True)
+                for name, cfg in cfgs.items()
+            }
+            return _time(config, trainers)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _time(config: EpochBenchConfig, trainers: dict[str, Trainer]) -> list[EpochRow]:
+    for trainer in trainers.values():  # kernels, allocator, lazy init: outside the timing
+        exp = trainer.exp
+        exp.model.train()
+        for _ in range(config.warmup_steps):
+            exp.method.step(*next(exp.meta_batches))
+    names = list(trainers)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    load_before = load_average()
+    for round_ in range(config.repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            trainer = trainers[name]
+            _sync(trainer.exp.device)
+            start = time.perf_counter()
+            trainer._train_epoch()  # the loop's epoch, exactly as `mwnet train` runs it
+            _sync(trainer.exp.device)
+            times[name].append(time.perf_counter() - start)
+    loads = None if load_before is None else [load_before, load_average()]
+    base = statistics.median(times[CE]) if CE in times else None
+    rows = []
+    for name in names:
+        exp = trainers[name].exp
+        median = statistics.median(times[name])
+        steps = len(exp.train_batches)
+        m = exp.cfg.method
+        rows.append(
+            EpochRow(
+                variant=name,
+                method=m.name,
+                hypergrad=m.hypergrad if m.name == "mwnet" else None,
+                meta_interval=int(m.meta_interval) if m.name == "mwnet" else 1,
+                low_memory=bool(m.low_memory) if m.name == "mwnet" else False,
+                preset=config.preset,
+                model=exp.cfg.model.name,
+                train_samples=len(exp.data.train_labels),
+                steps=steps,
+                epoch_s=median,
+                epoch_s_all=times[name],
+                ms_per_step=median / steps * 1e3,
+                ratio_to_ce=None if base is None else median / base,
+                device=exp.device.type,
+                device_name=device_name(exp.device),
+                torch_version=torch.__version__,
+                threads=torch.get_num_threads(),
+                load_average=loads,
+            )
+        )
+    return rows
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rows_to_json(rows: list[EpochRow]) -> str:
+    """The ``--json`` output: a list of objects, one per variant."""
+    return json.dumps([asdict(r) for r in rows], indent=2)
+
+
+def format_table(rows: list[EpochRow]) -> str:
+    """A human-readable table with the machine it was measured on."""
+    first = rows[0]
+    loads = first.load_average
+    load = f", load average {loads[0]:.2f} before, {loads[-1]:.2f} after" if loads else ""
+    lines = [
+        f"mwnet bench epoch: preset {first.preset}, model {first.model}, "
+        f"{first.train_samples} training images ({first.steps} steps), "
+        f"median of {len(first.epoch_s_all)} epoch(s) per variant",
+        f"machine: {first.device} ({first.device_name}), torch {first.torch_version}, "
+        f"threads {first.threads}{load}",
+        "",
+        f"{'variant':<22}{'epoch s':>9}{'ms/step':>9}{'x ce':>7}",
+    ]
+    for r in rows:
+        ratio = "-" if r.ratio_to_ce is None else f"{r.ratio_to_ce:.2f}"
+        lines.append(f"{r.variant:<22}{r.epoch_s:>9.2f}{r.ms_per_step:>9.1f}{ratio:>7}")
+    return "\n".join(lines)
