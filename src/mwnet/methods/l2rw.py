@@ -13,7 +13,7 @@ No weighting net is learned; the weights are recomputed from scratch every step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -173,57 +173,13 @@ class L2RW(Method):
             out = functional_call(self.model, {**theta, **state.buffer_copies()}, (x_meta,))
             return self._losses(out, y_meta, "meta").mean()
 
-        if self.reducer is not None:
-            return self._scores_data_parallel(
-                x, y, losses, state, names, params, lrs, meta_loss_at, self.reducer
-            )
-        if self.hypergrad == "reverse":
-            eps = torch.zeros_like(losses, requires_grad=True)
-            grads = torch.autograd.grad(
-                torch.dot(eps, losses),
-                params,
-                create_graph=True,
-                retain_graph=True,
-                allow_unused=True,
-            )
-            theta_hat = {
-                n: p if g is None else p - lr * g
-                for n, p, g, lr in zip(names, params, grads, lrs, strict=True)
-            }
-            meta_loss = meta_loss_at(theta_hat)
-            (scores,) = torch.autograd.grad(meta_loss, eps, allow_unused=True)
-            scores = torch.zeros_like(losses) if scores is None else scores
-            return scores.detach(), meta_loss.detach()
-
-        meta_loss = meta_loss_at({})
-        meta_grads = torch.autograd.grad(meta_loss, params, allow_unused=True)
-        duals = {
-            n: (p, torch.zeros_like(p) if g is None else -lr * g)
-            for n, p, g, lr in zip(names, params, meta_grads, lrs, strict=True)
-        }
-        scores = _losses_jvp(self.model, state, x, y, duals)
-        return (torch.zeros_like(losses) if scores is None else scores), meta_loss.detach()
-
-    def _scores_data_parallel(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        losses: torch.Tensor,
-        state: ForwardSnapshot,
-        names: list[str],
-        params: list[torch.Tensor],
-        lrs: list[float],
-        meta_loss_at: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-        reducer: GradientReducer,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_scores` for this rank's samples when the batches are split over ranks.
-
-        The meta loss is the mean over the global meta batch (equal shards), so each rank
-        contributes its shard mean / world size; that share is returned with the scores.
-        ``reverse`` differentiates through a virtual step whose gradient is summed over
-        ranks; ``fast`` sums the ranks' shares of the meta gradient before its JVP.
-        """
-        world = reducer.world_size
+        # With a reducer the batches are split over ranks: the meta loss is the mean over
+        # the global meta batch (equal shards), so each rank contributes its shard mean /
+        # world size. ``reverse`` differentiates through a virtual step whose gradient is
+        # summed over ranks; ``fast`` sums the ranks' shares of the meta gradient before
+        # its JVP. One process: world size 1 and no sums, the same arithmetic.
+        reducer = self.reducer
+        world = 1 if reducer is None else reducer.world_size
         if self.hypergrad == "reverse":
             eps = torch.zeros_like(losses, requires_grad=True)
             grads = torch.autograd.grad(
@@ -234,7 +190,8 @@ class L2RW(Method):
                 allow_unused=True,
             )
             grads = _or_zeros(grads, params)
-            grads = reducer.sum_differentiable(grads, "virtual_grad", "meta_grad")
+            if reducer is not None:
+                grads = reducer.sum_differentiable(grads, "virtual_grad", "meta_grad")
             theta_hat = {
                 n: p - lr * g for n, p, g, lr in zip(names, params, grads, lrs, strict=True)
             }
@@ -243,8 +200,9 @@ class L2RW(Method):
             scores = torch.zeros_like(losses) if scores is None else scores
             return scores.detach(), share.detach()
         share = meta_loss_at({}) / world
-        meta_grads = torch.autograd.grad(share, params, allow_unused=True)
-        meta_grads = reducer.sum(_or_zeros(meta_grads, params), "meta_grad")
+        meta_grads = _or_zeros(torch.autograd.grad(share, params, allow_unused=True), params)
+        if reducer is not None:
+            meta_grads = reducer.sum(meta_grads, "meta_grad")
         duals = {
             n: (p, -lr * g) for n, p, g, lr in zip(names, params, meta_grads, lrs, strict=True)
         }
