@@ -87,11 +87,181 @@ def test_option_a_shortcut_is_parameter_free() -> None:
     x = torch.randn(2, 16, 8, 8)
     out = shortcut(x)
     assert out.shape == (2, 32, 4, 4)
-    assert torch.equal(out[:, :16], x[:, :, ::2, ::2])
-    assert torch.count_nonzero(out[:, 16:]) == 0
+    # zeros on both sides: channels 0..7 and 24..31 are zero, 8..23 carry pixels (0, 2, 4, 6)
+    assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(out[:, :8]) == 0 and torch.count_nonzero(out[:, 24:]) == 0
+    wide = ZeroPadShortcut(32, 64, stride=2)(torch.randn(1, 32, 7, 7))
+    assert wide.shape == (1, 64, 4, 4) and torch.count_nonzero(wide[:, :16]) == 0
     model = resnet32()
     assert not any(m.kernel_size == (1, 1) for m in model.modules() if isinstance(m, nn.Conv2d))
     assert sum(isinstance(m, ZeroPadShortcut) for m in model.modules()) == 2
+
+
+class _RefResNetBlock(nn.Module):
+    """The authors' ResNet-32 block, written independently of mwnet (reference layout)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.pad = stride != 1 or in_planes != planes
+        self.planes = planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.pad:  # option A: pixels 0, 2, 4, ...; planes // 4 zero channels each side
+            q = self.planes // 4
+            sub = x[:, :, ::2, ::2]
+            zeros = sub.new_zeros(sub.shape[0], q, *sub.shape[2:])
+            short = torch.cat([zeros, sub, zeros], dim=1)
+        else:
+            short = x
+        return torch.relu(out + short)
+
+
+class _RefResNet(nn.Module):
+    def __init__(self, n: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            strides = [stride] + [1] * (n - 1)
+            blocks = []
+            for s in strides:
+                blocks.append(_RefResNetBlock(in_planes, planes, s))
+                in_planes = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = nn.functional.avg_pool2d(out, out.shape[3]).view(out.shape[0], -1)
+        return self.linear(out)
+
+
+class _RefWideBlock(nn.Module):
+    """The authors' WRN block: the 1x1 shortcut exists iff the width changes and, when it
+    does, it and conv1 both read relu(bn1(x)); otherwise the shortcut is the raw input."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.equal = in_planes == planes
+        self.convShortcut = (
+            None if self.equal else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = torch.relu(self.bn1(x))
+        out = self.conv2(torch.relu(self.bn2(self.conv1(act))))
+        return out + (x if self.convShortcut is None else self.convShortcut(act))
+
+
+class _RefNetworkBlock(nn.Module):
+    """A WRN group as the authors name it: its blocks sit in ``.layer``."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class _RefWideResNet(nn.Module):
+    def __init__(self, depth: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        n = (depth - 4) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        groups, in_planes = [], 16
+        for planes, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(_RefWideBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            groups.append(_RefNetworkBlock(blocks))
+        self.block1, self.block2, self.block3 = groups
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+        self.channels = in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = torch.relu(self.bn1(out))
+        return self.fc(nn.functional.avg_pool2d(out, 8).view(-1, self.channels))
+
+
+def _resnet_key(ours: str) -> str:
+    """Our ResNet state_dict key -> the authors' name (stageK -> layerK, fc -> linear)."""
+    for k in (1, 2, 3):
+        ours = ours.replace(f"stage{k}.", f"layer{k}.")
+    return ours.replace("fc.", "linear.")
+
+
+def _wrn_key(ours: str) -> str:
+    """Our WRN key -> the authors' (groupK.i -> blockK.layer.i, shortcut -> convShortcut,
+    final bn -> bn1)."""
+    for k in (1, 2, 3):
+        ours = ours.replace(f"group{k}.", f"block{k}.layer.")
+    if ours.startswith("bn."):
+        ours = "bn1." + ours[len("bn.") :]
+    return ours.replace("shortcut.", "convShortcut.")
+
+
+def _randomise(model: nn.Module) -> None:
+    """Random weights and BN statistics, so no channel or branch can hide behind zeros."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen, dtype=tensor.dtype) + 0.5)
+            else:
+                tensor.copy_(0.3 * torch.randn(tensor.shape, generator=gen, dtype=tensor.dtype))
+
+
+def _assert_same_function(ours: nn.Module, ref: nn.Module, key) -> None:
+    ours.double()
+    ref.double()
+    _randomise(ours)
+    theirs = {key(k): v for k, v in ours.state_dict().items()}
+    assert set(theirs) == set(ref.state_dict())  # an exact one-to-one key map
+    ref.load_state_dict(theirs)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for train in (False, True):
+        ours.train(train)
+        ref.train(train)
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-10, atol=1e-10)
+    # the train-mode pass moved the running statistics identically
+    after = ref.state_dict()
+    for name, value in ours.state_dict().items():
+        torch.testing.assert_close(value, after[key(name)], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("depth", [20, 32, 110])
+def test_cifar_resnet_matches_authors_layout(depth: int) -> None:
+    """Same weights, same outputs as the authors' ResNet (zero channels on both sides)."""
+    _assert_same_function(cifar_resnet(depth, 10), _RefResNet((depth - 2) // 6, 10), _resnet_key)
+
+
+@pytest.mark.parametrize(("depth", "width"), [(10, 1), (16, 2), (28, 1)])
+def test_wide_resnet_matches_authors_layout(depth: int, width: int) -> None:
+    """Same weights, same outputs as the authors' WRN (the paper's WRN-28-10 at small size)."""
+    _assert_same_function(
+        wide_resnet(depth=depth, width=width, num_classes=10),
+        _RefWideResNet(depth, width, 10),
+        _wrn_key,
+    )
 
 
 def test_invalid_depths() -> None:

@@ -1,9 +1,19 @@
 """The CIFAR ResNets of He et al. (2016, section 4.2), used by the paper for ResNet-32.
 
-Depth 6n+2: a 3x3 conv to 16 channels, three stages of n BasicBlocks (16, 32, 64
-channels; stride 2 at the start of stages 2 and 3), global average pooling, one linear
-layer. Shortcuts are "option A": parameter-free subsampling plus zero channels, which is
-what keeps ResNet-32 at 0.46M parameters and what the paper's numbers were measured with.
+Depth 6n+2: a 3x3 conv to 16 channels, BN, ReLU; three stages of n post-activation
+BasicBlocks (16, 32, 64 channels; the stride 2 of stages 2 and 3 sits in the first 3x3
+conv of the stage's first block); global average pooling (over the final 8x8 map for a
+32x32 image); one linear layer. Shortcuts are "option A": parameter-free, which is what
+keeps ResNet-32 at 0.46M parameters and what the paper's numbers were measured with.
+
+The option-A shortcut has the layout of the Meta-Weight-Net / CMW-Net authors' ResNet-32,
+so that identical weights give identical outputs: where a block changes shape, its input
+is subsampled by keeping rows and columns 0, 2, 4, ... (``x[:, :, ::2, ::2]``) and the
+missing channels are zeros on *both* sides of the channel dimension, ``planes // 4``
+before and ``planes // 4`` after when the width doubles. So at 16 -> 32 channels the
+identity lands on output channels 8..23, and at 32 -> 64 on channels 16..47.
+Initialisation: Kaiming-normal (fan-in) conv and linear weights, PyTorch's default
+linear bias, BN weight 1 and bias 0.
 """
 
 from __future__ import annotations
@@ -18,10 +28,14 @@ CIFAR_SHAPE = (3, 32, 32)
 
 
 class ZeroPadShortcut(nn.Module):
-    """Option-A shortcut: take every second pixel and append zero channels.
+    """Option-A shortcut: keep every ``stride``-th pixel, add zero channels on both sides.
 
-    It has no parameters, so the identity path stays an identity for the channels that
-    exist and adds nothing to the parameter count (unlike a 1x1 projection).
+    The ``out_planes - in_planes`` zero channels are split as evenly as possible, the
+    first half (rounded down) before the input channels and the rest after them; for the
+    ResNets' doubling of the width that is ``out_planes // 4`` on each side, the reference
+    layout (see the module docstring). It has no parameters, so the identity path stays
+    an identity for the channels that exist and adds nothing to the parameter count
+    (unlike a 1x1 projection).
     """
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
@@ -29,12 +43,14 @@ class ZeroPadShortcut(nn.Module):
         if out_planes < in_planes:
             raise ValueError(f"cannot zero-pad {in_planes} channels down to {out_planes}")
         self.extra = out_planes - in_planes
+        self.before = self.extra // 2
+        self.after = self.extra - self.before
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
+        return F.pad(x, (0, 0, 0, 0, self.before, self.after)) if self.extra else x
 
 
 class BasicBlock(nn.Module):
