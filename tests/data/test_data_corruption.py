@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from mwnet.data import (
     ASYMMETRIC_MAPS,
+    ASYMMETRIC_NUM_CLASSES,
     NOISE_TYPES,
     DataError,
     corrupt_labels,
@@ -27,8 +28,10 @@ def _labels(k: int, n: int = N, seed: int = 0) -> torch.Tensor:
 
 
 def _within(observed: float, expected: float, n: int, sigmas: float = 5.0) -> bool:
+    """Within ``sigmas`` binomial standard deviations, plus a few samples' worth of slack
+    for rates so small that the normal approximation fails (1 flip in 3000 at p = 1e-6)."""
     sd = math.sqrt(max(expected * (1 - expected), 1e-12) / n)
-    return abs(observed - expected) <= sigmas * sd + 1e-12
+    return abs(observed - expected) <= sigmas * sd + 3 / n
 
 
 @FAST
@@ -78,10 +81,11 @@ def test_pair_goes_to_next_class(k, rate, seed):
 
 @pytest.mark.parametrize("noise", list(ASYMMETRIC_MAPS))
 def test_asymmetric_maps(noise):
-    y = _labels(10, 5000)
-    c = corrupt_labels(y, 10, noise, 0.4, seed=3)
+    k = ASYMMETRIC_NUM_CLASSES[noise]
+    y = _labels(k, 5000)
+    c = corrupt_labels(y, k, noise, 0.4, seed=3)
     mapping = ASYMMETRIC_MAPS[noise]
-    for src in range(10):
+    for src in range(k):
         moved = c.labels[(y == src) & c.corrupted]
         if src in mapping:
             assert set(moved.tolist()) == {mapping[src]}
@@ -95,6 +99,54 @@ def test_asymmetric_cifar10_pairs():
     assert ASYMMETRIC_MAPS["asymmetric-cifar10"] == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
     with pytest.raises(DataError, match="defined for 10 classes"):
         corrupt_labels([0, 1], 5, "asymmetric-cifar10", 0.2, 0)
+
+
+def test_asymmetric_cifar100_rows():
+    """Blocks of 5 consecutive fine labels; each class to the next one, circularly."""
+    t = transition_matrix("asymmetric-cifar100", 100, 0.3)
+    assert t.shape == (100, 100)
+    assert torch.allclose(t.sum(1), torch.ones(100, dtype=torch.float64))
+    for src, dst in [
+        (0, 1),
+        (3, 4),
+        (4, 0),
+        (5, 6),
+        (9, 5),
+        (42, 43),
+        (44, 40),
+        (95, 96),
+        (99, 95),
+    ]:
+        expected = torch.zeros(100, dtype=torch.float64)
+        expected[src], expected[dst] = 0.7, 0.3
+        assert torch.equal(t[src], expected), src
+    assert ASYMMETRIC_MAPS["asymmetric-cifar100"] == {
+        c: 5 * (c // 5) + (c + 1) % 5 for c in range(100)
+    }
+    full = transition_matrix("asymmetric-cifar100", 100, 1.0)
+    assert torch.all(torch.diagonal(full) == 0)  # at p = 1 every class moves
+
+
+def test_asymmetric_cifar100_realised_rate():
+    n = 20000
+    y = _labels(100, n, seed=4)
+    c = corrupt_labels(y, 100, "asymmetric-cifar100", 0.4, seed=5)
+    assert _within(c.realized_rate, 0.4, n)  # every class has a target
+    moved = c.corrupted
+    assert torch.equal(c.labels[moved], y[moved] - y[moved] % 5 + (y[moved] + 1) % 5)
+    assert torch.equal(c.labels // 5, y // 5)  # never leaves its block
+    assert torch.allclose(c.transition, c.expected_transition, atol=0.15)
+
+
+def test_asymmetric_cifar100_needs_100_classes():
+    with pytest.raises(
+        DataError, match="asymmetric-cifar100 noise is defined for 100 classes, got num_classes=10"
+    ):
+        corrupt_labels([0, 1], 10, "asymmetric-cifar100", 0.2, 0)
+    with pytest.raises(DataError, match="defined for 100 classes, got num_classes=20"):
+        transition_matrix("asymmetric-cifar100", 20, 0.2)
+    with pytest.raises(DataError, match="asymmetric-cifar10 noise is defined for 10 classes"):
+        corrupt_labels([0, 1], 100, "asymmetric-cifar10", 0.2, 0)
 
 
 def test_empirical_transition_matches_expected():
@@ -133,10 +185,11 @@ def test_input_is_not_modified():
 
 
 def test_rate_zero_is_identity_for_all_models(tmp_path):
-    y = _labels(10, 200)
     for noise in NOISE_TYPES:
-        extra = {"matrix": np.full((10, 10), 0.1)} if noise == "matrix" else {}
-        c = corrupt_labels(y, 10, noise, 0.0, 7, **extra)
+        k = ASYMMETRIC_NUM_CLASSES.get(noise, 10)
+        y = _labels(k, 200)
+        extra = {"matrix": np.full((k, k), 1 / k)} if noise == "matrix" else {}
+        c = corrupt_labels(y, k, noise, 0.0, 7, **extra)
         assert torch.equal(c.labels, y) and c.realized_rate == 0.0
 
 
@@ -171,7 +224,7 @@ def test_user_matrix_tolerance():
             {"noise": "gaussian"},
             "unknown noise 'gaussian'; expected one of uniform, "
             "uniform-exclusive, flip2, pair, asymmetric-cifar10, "
-            "asymmetric-fashion-mnist, matrix",
+            "asymmetric-cifar100, asymmetric-fashion-mnist, matrix",
         ),
         ({"labels": [0, 1, 10]}, r"labels out of range: expected values in \[0, 10\), got \[0, 10"),
         ({"labels": [0, -1]}, r"labels out of range"),

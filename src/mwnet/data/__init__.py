@@ -18,6 +18,7 @@ from mwnet.data.batching import (
 from mwnet.data.cifar import CIFAR10, CIFAR100, load_cifar, safe_extract
 from mwnet.data.corruption import (
     ASYMMETRIC_MAPS,
+    ASYMMETRIC_NUM_CLASSES,
     NOISE_TYPES,
     Corruption,
     corrupt_labels,
@@ -36,6 +37,7 @@ from mwnet.data.sources import DATASET_NAMES, load_dataset
 
 __all__ = [
     "ASYMMETRIC_MAPS",
+    "ASYMMETRIC_NUM_CLASSES",
     "CIFAR10",
     "CIFAR100",
     "CIFAR_AUGMENT",

@@ -21,6 +21,16 @@ Noise models (``p`` is ``rate``, ``K`` the number of classes, ``J`` the all-ones
 ``asymmetric-cifar10``
     With probability ``p``: truck->automobile, bird->airplane, deer->horse, cat<->dog
     (indices 9->1, 2->0, 4->7, 3<->5); other classes are untouched.
+``asymmetric-cifar100``
+    CIFAR-100 "asym" noise as the CMW-Net code builds it (``noisify_cifar100_asymmetric``
+    of the widely shared ``noise.py``): with probability ``p`` to the next class of its
+    block, circularly. The 100 fine labels are cut into 20 blocks of 5 consecutive
+    indices (0-4, 5-9, ..., 95-99), and class ``c`` goes to ``5 * (c // 5) + (c + 1) % 5``
+    (0->1->2->3->4->0, 5->6->...->9->5, ...); every class moves, so the realised rate is
+    ``p``. These blocks are *not* CIFAR-100's super-classes, although that code calls
+    them so: the fine labels are numbered alphabetically, so block 0 (apple, aquarium
+    fish, baby, bear, beaver) spans five different super-classes. This model reproduces
+    the blocks, not real super-class noise. Needs ``num_classes=100``.
 ``asymmetric-fashion-mnist``
     With probability ``p``, between classes that look alike: T-shirt/top<->Shirt (0<->6),
     Pullover<->Coat (2<->4), Sandal<->Sneaker (5<->7), Ankle boot->Sneaker (9->7);
@@ -44,8 +54,18 @@ from mwnet.data.errors import DataError
 
 ASYMMETRIC_MAPS: dict[str, dict[int, int]] = {
     "asymmetric-cifar10": {9: 1, 2: 0, 4: 7, 3: 5, 5: 3},
+    # 20 blocks of 5 consecutive fine labels, each class to the next in its block
+    "asymmetric-cifar100": {c: c - c % 5 + (c + 1) % 5 for c in range(100)},
     "asymmetric-fashion-mnist": {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 5, 9: 7},
 }
+"""Source class -> target class of each fixed-map noise model (see the module docstring)."""
+
+ASYMMETRIC_NUM_CLASSES: dict[str, int] = {
+    "asymmetric-cifar10": 10,
+    "asymmetric-cifar100": 100,
+    "asymmetric-fashion-mnist": 10,
+}
+"""The number of classes each fixed-map noise model is defined for."""
 
 NOISE_TYPES = ("uniform", "uniform-exclusive", "flip2", "pair", *ASYMMETRIC_MAPS, "matrix")
 
@@ -154,8 +174,9 @@ def _build_matrix(
         t[np.arange(k), (np.arange(k) + 1) % k] += p
         return t
     if noise in ASYMMETRIC_MAPS:
-        if k != 10:
-            raise DataError(f"{noise} noise is defined for 10 classes, got num_classes={k}")
+        expected = ASYMMETRIC_NUM_CLASSES[noise]
+        if k != expected:
+            raise DataError(f"{noise} noise is defined for {expected} classes, got num_classes={k}")
         t = eye.copy()
         for src, dst in ASYMMETRIC_MAPS[noise].items():
             t[src, src] = 1 - p
