@@ -4,7 +4,26 @@ A tiny network learns to map each training sample's loss to a weight, trained by
 meta-learning on a small clean set while the classifier trains.
 """
 
-from mwnet.core import MetaReweighter, StepResult, WeightNet, normalize_weights
+from mwnet.core import (
+    ClassAwareWeightNet,
+    MetaReweighter,
+    StepResult,
+    WeightNet,
+    cluster_by_count,
+    normalize_weights,
+)
+from mwnet.run.weight_net_file import SavedWeightNet, load_weight_net, save_weight_net
 
 __version__ = "0.1.0"
-__all__ = ["MetaReweighter", "StepResult", "WeightNet", "__version__", "normalize_weights"]
+__all__ = [
+    "ClassAwareWeightNet",
+    "MetaReweighter",
+    "SavedWeightNet",
+    "StepResult",
+    "WeightNet",
+    "__version__",
+    "cluster_by_count",
+    "load_weight_net",
+    "normalize_weights",
+    "save_weight_net",
+]

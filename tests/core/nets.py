@@ -68,6 +68,20 @@ def reference_weights(theta: list, losses: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(F.linear(F.relu(F.linear(losses[:, None], w1, b1)), w2, b2))[:, 0]
 
 
+def reference_class_aware_weights(
+    theta: list, losses: torch.Tensor, labels: torch.Tensor, cluster_of_class: list[int]
+) -> torch.Tensor:
+    """ClassAwareWeightNet by hand, one sample at a time as the authors' loop does it:
+    sigmoid(head_k relu(W1 l + b1)) with k the cluster of the sample's label."""
+    w1, b1, head_w, head_b = theta
+    out = []
+    for loss, label in zip(losses, labels.tolist(), strict=True):
+        k = cluster_of_class[label]
+        hidden = F.relu(w1[:, 0] * loss + b1)
+        out.append(torch.sigmoid(torch.dot(head_w[k], hidden) + head_b[k]))
+    return torch.stack(out)
+
+
 def reference_normalize(w: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "sum":
         return w / w.sum() if float(w.sum().detach()) != 0 else w
@@ -86,17 +100,21 @@ def _sgd_direction(name, g, p, state, opt, write: bool):
     return d
 
 
-def reference_iteration(params, buffers, momentum_bufs, theta, batch, opt, mode, virtual):
+def reference_iteration(
+    params, buffers, momentum_bufs, theta, batch, opt, mode, virtual, weigh=None
+):
     """One iteration as the authors implement it: a copied "meta model" forward, a
     second-order virtual step, the meta loss, a plain-SGD step of the weight net, then a
     fresh real forward and the real SGD step. Returns new (params, theta); ``buffers`` and
-    ``momentum_bufs`` are updated in place."""
+    ``momentum_bufs`` are updated in place. ``weigh(theta, losses, labels)`` is the
+    weighting net (default :func:`reference_weights`, which ignores the labels)."""
+    weigh = weigh or (lambda th, losses, _labels: reference_weights(th, losses))
     x, y, xm, ym = batch
     p = {k: v.detach().requires_grad_() for k, v in params.items()}
     th = [t.detach().requires_grad_() for t in theta]
     meta_buffers = {k: v.clone() for k, v in buffers.items()}
     losses = F.cross_entropy(reference_forward(p, meta_buffers, x), y, reduction="none")
-    c = reference_normalize(reference_weights(th, losses.detach()), mode)
+    c = reference_normalize(weigh(th, losses.detach(), y), mode)
     grads = torch.autograd.grad((c * losses).sum(), list(p.values()), create_graph=True)
     p_hat = {}
     for (k, v), g in zip(p.items(), grads, strict=True):
@@ -107,7 +125,7 @@ def reference_iteration(params, buffers, momentum_bufs, theta, batch, opt, mode,
     th_grads = torch.autograd.grad(meta_loss, th)
     new_theta = [(t - opt["vlr"] * g).detach() for t, g in zip(th, th_grads, strict=True)]
     losses = F.cross_entropy(reference_forward(p, buffers, x), y, reduction="none")
-    c = reference_normalize(reference_weights(new_theta, losses.detach()), mode)
+    c = reference_normalize(weigh(new_theta, losses.detach(), y), mode)
     grads = torch.autograd.grad((c * losses).sum(), list(p.values()))
     new_params = {}
     for (k, v), g in zip(p.items(), grads, strict=True):

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import mwnet
-from mwnet import MetaReweighter, WeightNet
+from mwnet import ClassAwareWeightNet, MetaReweighter, WeightNet
 from mwnet.core.reducer import GradientReducer
 from mwnet.methods import L2RW, CrossEntropy
 
@@ -39,6 +39,7 @@ class Case:
     normalize: str = "sum"
     virtual_step: str = "sgd"
     meta_interval: int = 1
+    class_aware: bool = False
     batch: int = 100
     meta_batch: int = 100
 
@@ -85,7 +86,11 @@ def train(case: Case, reducer: GradientReducer | None) -> dict:
     meta = iter([(shard(xm), shard(ym)) for _, _, xm, ym in batches])
     weight_net = None
     if case.method == "mwnet":
-        weight_net = WeightNet().double()
+        weight_net = (
+            ClassAwareWeightNet([300, 200, 50, 10], hidden=100)
+            if case.class_aware
+            else WeightNet()
+        ).double()
         method = MetaReweighter(
             model,
             optimizer,

@@ -22,6 +22,8 @@ CASES = [
     Case("mwnet-reverse-none", hypergrad="reverse", normalize="none"),
     Case("mwnet-fast-momentum-interval", virtual_step="optimizer", meta_interval=2),
     Case("mwnet-fast-uneven-shards", batch=99),
+    Case("cmwnet-fast-sum", class_aware=True),
+    Case("cmwnet-head-mean", hypergrad="head", normalize="mean", class_aware=True),
     Case("l2rw-fast", method="l2rw"),
     Case("l2rw-reverse", method="l2rw", hypergrad="reverse"),
     Case("ce", method="ce"),

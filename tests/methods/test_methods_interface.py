@@ -10,8 +10,8 @@ from method_nets import CLASSES, assert_same, batch, build, make_model, state
 
 from mwnet.methods import METHODS, Method, StepOutput, build_method
 
-WEIGHTED = {"class-balanced", "l2rw", "mwnet"}
-META_LOSS = {"l2rw", "mwnet"}
+WEIGHTED = {"class-balanced", "l2rw", "mwnet", "cmwnet"}
+META_LOSS = {"l2rw", "mwnet", "cmwnet"}
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
@@ -68,7 +68,7 @@ def test_state_dict_round_trip_continues_identically(name):
         resumed.step(*batch("cnn", i))
     assert_same(state(fresh), expected[0], rtol=0, atol=0)
     assert resumed.steps_done == 3
-    if name == "mwnet":
+    if name in ("mwnet", "cmwnet"):
         got = resumed.state_dict()
         assert_same(got["weight_net"], expected[1]["weight_net"], rtol=0, atol=0)
 
@@ -103,7 +103,7 @@ def test_labels_out_of_range_give_the_core_error(name):
         method.step(x, y[:4])
 
 
-@pytest.mark.parametrize("name", ["l2rw", "mwnet"])
+@pytest.mark.parametrize("name", ["l2rw", "mwnet", "cmwnet"])
 def test_meta_labels_out_of_range_give_the_core_error(name):
     torch.manual_seed(0)
     model = make_model("mlp")
@@ -135,15 +135,17 @@ def test_non_finite_inputs_stop_before_updating(name):
     assert_same(state(model), before, rtol=0, atol=0)
 
 
-def test_only_mwnet_has_a_weighting_function():
+def test_only_the_weighting_methods_have_a_weighting_function():
     losses = torch.linspace(0, 5, 7)
+    shapes = {"mwnet": (7,), "cmwnet": (7, 3)}  # cmwnet: one curve per class cluster
     for name in METHODS:
         _, method = build(name, make_model("mlp"), "mlp")
         got = method.weighting_function(losses)
-        assert (got is None) == (name != "mwnet")
+        assert (None if got is None else tuple(got.shape)) == shapes.get(name)
+        assert (method.weighting_net() is None) == (name not in shapes)
 
 
-@pytest.mark.parametrize("name", ["l2rw", "mwnet"])
+@pytest.mark.parametrize("name", ["l2rw", "mwnet", "cmwnet"])
 def test_an_exhausted_meta_stream_is_a_clear_error(name):
     model = make_model("mlp")
     method = build_method(

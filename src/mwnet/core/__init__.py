@@ -1,7 +1,16 @@
-"""The Meta-Weight-Net step: weighting network, virtual step and hypergradients."""
+"""The Meta-Weight-Net step: weighting networks, virtual step and hypergradients."""
 
+from mwnet.core.class_aware import ClassAwareWeightNet, cluster_by_count
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.reweighter import MetaReweighter, StepResult, normalize_weights
 from mwnet.core.weight_net import WeightNet
 
-__all__ = ["GradientReducer", "MetaReweighter", "StepResult", "WeightNet", "normalize_weights"]
+__all__ = [
+    "ClassAwareWeightNet",
+    "GradientReducer",
+    "MetaReweighter",
+    "StepResult",
+    "WeightNet",
+    "cluster_by_count",
+    "normalize_weights",
+]

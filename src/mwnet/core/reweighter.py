@@ -32,7 +32,7 @@ from mwnet.core.parameters import virtual_parameters
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
-from mwnet.core.weight_net import WeightNet
+from mwnet.core.weight_net import WeightNet, takes_labels
 
 Normalization = Literal["sum", "mean", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("sum", "mean", "none")
@@ -98,9 +98,12 @@ class MetaReweighter:
         model: any module mapping a batch of inputs to what ``loss_fn`` takes.
         optimizer: the model's optimizer. Only trainable parameters it holds take part
             in the virtual step, each at its param group's current learning rate.
-        weight_net: the weighting network, called on losses of shape (n, 1); default
-            :class:`WeightNet` (1-100-1). Its input is detached from the model's graph,
-            as in the authors' noisy-label scripts.
+        weight_net: the weighting network; default :class:`WeightNet` (1-100-1). It is
+            called as ``weight_net(losses)`` with losses of shape (n, 1), or, if it has a
+            true ``takes_labels`` attribute (:class:`ClassAwareWeightNet`), as
+            ``weight_net(losses, labels)`` with the batch's observed labels, shape (n,).
+            Either way it returns one weight per sample. Its input is detached from the
+            model's graph, as in the authors' noisy-label scripts.
         weight_optimizer: optimizer of ``weight_net``; default Adam(lr=1e-3,
             weight_decay=1e-4), the authors' setting for flip noise.
         loss_fn: per-sample training loss ``(output, labels) -> (n,)``; default
@@ -139,6 +142,9 @@ class MetaReweighter:
             its backward, and the forward-mode JVP. Random ops draw what eager mode draws,
             so the step is the eager one up to float rounding. The first steps pay the
             compilation. See :mod:`mwnet.core.compiled` and docs/PERFORMANCE.md.
+        frozen: use ``weight_net`` as it is, never updating it: no virtual step, no meta
+            pass, and no meta batch is needed (pass ``x_meta=None``). For a weighting net
+            learned in another run; a step then costs a plain step plus the tiny net.
         checks: validate batches and labels and stop on NaN/Inf (one or two host syncs
             per step on a GPU).
         reducer: data parallelism over the ranks of a ``torch.distributed`` process group
@@ -167,6 +173,7 @@ class MetaReweighter:
         meta_interval: int = 1,
         low_memory: bool = False,
         compile: bool = False,
+        frozen: bool = False,
         checks: bool = True,
         reducer: GradientReducer | None = None,
     ) -> None:
@@ -199,12 +206,21 @@ class MetaReweighter:
         self._functional = compiled_functional(model) if compile else eager_functional(model)
         self.optimizer = optimizer
         self.weight_net = weight_net if weight_net is not None else WeightNet()
+        self.frozen = frozen
+        self._weight_dtype = next(self.weight_net.parameters()).dtype
         self._weight_params = [p for p in self.weight_net.parameters() if p.requires_grad]
-        if not self._weight_params:
-            raise ValueError("weight_net has no trainable parameters")
-        self.weight_optimizer = weight_optimizer or torch.optim.Adam(
-            self._weight_params, lr=1e-3, weight_decay=1e-4
-        )
+        if frozen:
+            if weight_optimizer is not None:
+                raise ValueError("frozen=True never updates weight_net; drop weight_optimizer")
+            self.weight_optimizer = None
+        elif not self._weight_params:
+            raise ValueError(
+                "weight_net has no trainable parameters; pass frozen=True to use it as it is"
+            )
+        else:
+            self.weight_optimizer = weight_optimizer or torch.optim.Adam(
+                self._weight_params, lr=1e-3, weight_decay=1e-4
+            )
         self._default_loss = loss_fn is None
         self.loss_fn: LossFn = loss_fn or per_sample_cross_entropy
         self.meta_loss_fn: LossFn = meta_loss_fn or (lambda out, y: self.loss_fn(out, y).mean())
@@ -228,15 +244,25 @@ class MetaReweighter:
         groups = self.optimizer.param_groups
         return [groups[i] for i in self._group_index]
 
-    def weights(self, losses: torch.Tensor) -> torch.Tensor:
+    def weights(self, losses: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Raw weights V(L) in (0, 1) for per-sample losses of shape (n,).
 
-        The weighting net always runs in its own precision, outside autocast: it is tiny,
-        and its output must match the dtype of the losses it multiplies.
+        ``labels`` (the samples' observed labels, shape (n,)) are required by a weighting
+        net that takes them and ignored otherwise. The weighting net always runs in its own
+        precision, outside autocast: it is tiny, and its output must match the dtype of the
+        losses it multiplies.
         """
-        dtype = self._weight_params[0].dtype
+        column = losses.reshape(-1, 1).to(self._weight_dtype)
         with torch.autocast(losses.device.type, enabled=False):
-            out = self.weight_net(losses.reshape(-1, 1).to(dtype))
+            if takes_labels(self.weight_net):
+                if labels is None:
+                    raise ValueError(
+                        f"{type(self.weight_net).__name__} takes each sample's label; pass "
+                        "labels= as well as the losses"
+                    )
+                out = self.weight_net(column, labels)
+            else:
+                out = self.weight_net(column)
         if out.numel() != losses.numel():
             raise ValueError(
                 f"weight_net must return one weight per loss: got {tuple(out.shape)} for "
@@ -280,7 +306,7 @@ class MetaReweighter:
         call: HeadCall | None,
         keep_graph: bool = True,
     ) -> MetaProblem:
-        coefficients = self._coefficients(self.weights(losses.detach())).to(losses.dtype)
+        coefficients = self._coefficients(self.weights(losses.detach(), y)).to(losses.dtype)
         if self._head is not None:
             assert call is not None
             return self._head_problem(output, y, coefficients, snapshot, x_meta, y_meta, call)
@@ -379,16 +405,30 @@ class MetaReweighter:
             check_batch(x, y, "training")
             check_batch(x_meta, y_meta, "meta")
 
+    def is_meta_step(self) -> bool:
+        """Whether the next :meth:`step` updates the weighting net (and needs a meta batch)."""
+        return not self.frozen and self.steps_done % self.meta_interval == 0
+
     def step(
-        self, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor, y_meta: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_meta: torch.Tensor | None = None,
+        y_meta: torch.Tensor | None = None,
     ) -> StepResult:
         """One iteration: virtual step, weighting-net update, real update.
 
-        Raises FloatingPointError (naming the step) instead of applying an update computed
-        from a non-finite loss or gradient.
+        The meta batch may be None on steps that do not update the weighting net (see
+        :meth:`is_meta_step`). Raises FloatingPointError (naming the step) instead of
+        applying an update computed from a non-finite loss or gradient.
         """
-        meta_update = self.steps_done % self.meta_interval == 0
+        meta_update = self.is_meta_step()
         recompute = meta_update and self.low_memory
+        if meta_update and (x_meta is None or y_meta is None):
+            raise ValueError(
+                f"step {self.steps_done} updates the weighting net and needs a meta batch; "
+                "pass x_meta and y_meta (see is_meta_step())"
+            )
         if meta_update:
             self._check_batches(x, y, x_meta, y_meta)
             snapshot = ForwardSnapshot.capture(self.model, x.device)
@@ -422,7 +462,7 @@ class MetaReweighter:
         if recompute:
             output, losses = self._replayed_forward(x, y, snapshot)
         with torch.no_grad():
-            weights = self.weights(losses.detach())
+            weights = self.weights(losses.detach(), y)
         if self.reducer is None:
             with torch.no_grad():
                 coefficients = normalize_weights(weights, self.normalize).to(losses.dtype)
@@ -463,10 +503,13 @@ class MetaReweighter:
         return {
             "steps_done": self.steps_done,
             "weight_net": self.weight_net.state_dict(),
-            "weight_optimizer": self.weight_optimizer.state_dict(),
+            "weight_optimizer": (
+                None if self.weight_optimizer is None else self.weight_optimizer.state_dict()
+            ),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps_done = int(state["steps_done"])
         self.weight_net.load_state_dict(state["weight_net"])
-        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        if self.weight_optimizer is not None:
+            self.weight_optimizer.load_state_dict(state["weight_optimizer"])

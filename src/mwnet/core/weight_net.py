@@ -25,12 +25,18 @@ class WeightNet(nn.Module):
     output has the same shape and lies in (0, 1).
     """
 
+    takes_labels = False
+    """The weighting-net convention: a net whose ``takes_labels`` is true is called as
+    ``net(losses, labels)`` (see :class:`mwnet.ClassAwareWeightNet`); others as
+    ``net(losses)``."""
+
     def __init__(self, hidden: int = 100, depth: int = 1) -> None:
         super().__init__()
         if hidden < 1:
             raise ValueError(f"WeightNet hidden width must be >= 1, got {hidden}")
         if depth < 0:
             raise ValueError(f"WeightNet depth must be >= 0, got {depth}")
+        self.hidden, self.depth = hidden, depth
         widths: Sequence[int] = [1, *([hidden] * depth), 1]
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
@@ -47,3 +53,8 @@ class WeightNet(nn.Module):
         raise ValueError(
             f"WeightNet takes per-sample losses of shape (n,) or (n, 1), got {tuple(losses.shape)}"
         )
+
+
+def takes_labels(weight_net: nn.Module) -> bool:
+    """Whether ``weight_net`` is called with each sample's label besides its loss."""
+    return bool(getattr(weight_net, "takes_labels", False))

@@ -13,11 +13,12 @@ from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
 from mwnet.methods.l2rw import L2RW
 from mwnet.methods.meta_weight_net import MetaWeightNet
-from mwnet.methods.registry import METHODS, build_method
+from mwnet.methods.registry import METHODS, WEIGHTING_METHODS, build_method
 
 __all__ = [
     "L2RW",
     "METHODS",
+    "WEIGHTING_METHODS",
     "ClassBalanced",
     "CrossEntropy",
     "Finetune",

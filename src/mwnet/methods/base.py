@@ -50,8 +50,18 @@ class Method(abc.ABC):
         """
         return "train"
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the loop at the start of every epoch (from 0), resumed runs included."""
+        return None
+
     def weighting_function(self, losses: torch.Tensor) -> torch.Tensor | None:
-        """The learned map from per-sample loss to weight, if the method learns one (no grad)."""
+        """The learned map from per-sample loss to weight, if the method learns one (no grad):
+        shape (n,), or (n, K) for one curve per class cluster."""
+        return None
+
+    def weighting_net(self) -> tuple[torch.nn.Module, str] | None:
+        """The weighting net and the normalisation it is used with, for methods with one
+        (saved as ``weight_net.pt`` at the end of a run, reusable in another)."""
         return None
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,12 +8,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mwnet.core import MetaReweighter, WeightNet
+from mwnet.core import ClassAwareWeightNet, MetaReweighter, WeightNet
 from mwnet.core.hypergrad import HypergradMode
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.reweighter import Normalization
 from mwnet.core.virtual_step import VirtualStepKind
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
+from mwnet.methods.ce import CrossEntropy
 
 WeightOptimizer = Literal["adam", "sgd"]
 WEIGHT_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -48,14 +49,26 @@ def make_weight_optimizer(
 
 
 class MetaWeightNet(Method):
-    """Meta-Weight-Net (Shu et al., 2019): a weighting net learned on the meta batches.
+    """Meta-Weight-Net (Shu et al., 2019) and CMW-Net (Shu et al., 2023): a weighting net
+    learned on the meta batches.
 
     All the work is :class:`mwnet.MetaReweighter`'s; this adapter builds the weighting net
-    on the model's device and dtype, draws a meta batch only on the steps that update the
-    weighting net (``meta_interval``), and reports the step in the common form.
-    ``StepOutput.weights`` are the raw weights V(L_i) in (0, 1); the update uses them
-    normalised as ``normalize`` says. With a ``reducer`` the meta batches must be this
-    rank's shards (see :class:`mwnet.MetaReweighter`).
+    on the model's device and dtype (MW-Net's :class:`~mwnet.WeightNet`, or with
+    ``class_counts`` CMW-Net's :class:`~mwnet.ClassAwareWeightNet`; or the given
+    ``weight_net``), draws a meta batch only on the steps that update the weighting net
+    (``meta_interval``), and reports the step in the common form. ``StepOutput.weights``
+    are the raw weights V(L_i) in (0, 1); the update uses them normalised as ``normalize``
+    says. With a ``reducer`` the meta batches must be this rank's shards (see
+    :class:`mwnet.MetaReweighter`).
+
+    Args (beyond the reweighter's):
+        class_counts: build a :class:`~mwnet.ClassAwareWeightNet` on these per-class
+            counts with ``weight_clusters`` clusters (CMW-Net); None: a ``WeightNet``.
+        weight_net: use this net (e.g. one learned in another run) instead of building one.
+        frozen: never update the weighting net: no meta batch is drawn, a step costs a
+            plain step plus the tiny net. Needs ``weight_net``.
+        warmup_epochs: train the first epochs with plain cross-entropy (CMW-Net on long
+            tails: 160 of 200 epochs), the weighting net untouched.
     """
 
     name = "mwnet"
@@ -80,20 +93,39 @@ class MetaWeightNet(Method):
         weight_momentum: float = 0.9,
         weight_nesterov: bool = True,
         weight_decay: float = 1e-4,
+        class_counts: torch.Tensor | None = None,
+        weight_clusters: int = 3,
+        weight_net: nn.Module | None = None,
+        frozen: bool = False,
+        warmup_epochs: int = 0,
         checks: bool = True,
         reducer: GradientReducer | None = None,
     ) -> None:
+        if frozen and weight_net is None:
+            raise ValueError(
+                "a frozen weighting net must come from somewhere: pass weight_net (e.g. "
+                "mwnet.load_weight_net(path).net), or drop frozen"
+            )
+        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
         param = next(model.parameters())
-        net = WeightNet(hidden=weight_hidden, depth=weight_depth)
+        if weight_net is not None:
+            net = weight_net
+        elif class_counts is not None:
+            net = ClassAwareWeightNet(class_counts, clusters=weight_clusters, hidden=weight_hidden)
+        else:
+            net = WeightNet(hidden=weight_hidden, depth=weight_depth)
         net = net.to(device=param.device, dtype=_float_dtype(model))
-        net_optimizer = make_weight_optimizer(
-            list(net.parameters()),
-            weight_optimizer,
-            lr=weight_lr,
-            momentum=weight_momentum,
-            nesterov=weight_nesterov,
-            weight_decay=weight_decay,
-        )
+        net_optimizer = None
+        if not frozen:
+            net_optimizer = make_weight_optimizer(
+                list(net.parameters()),
+                weight_optimizer,
+                lr=weight_lr,
+                momentum=weight_momentum,
+                nesterov=weight_nesterov,
+                weight_decay=weight_decay,
+            )
         self.reweighter = MetaReweighter(
             model,
             optimizer,
@@ -106,10 +138,16 @@ class MetaWeightNet(Method):
             meta_interval=meta_interval,
             low_memory=low_memory,
             compile=compile,
+            frozen=frozen,
             checks=checks,
             reducer=reducer,
         )
+        self.name = "cmwnet" if isinstance(net, ClassAwareWeightNet) else "mwnet"
+        self.normalize = normalize
         self.meta_batches = meta_batches
+        self.warmup_epochs = warmup_epochs
+        self._warmup = CrossEntropy(model, optimizer, checks=checks, reducer=reducer)
+        self._warming_up = warmup_epochs > 0
         super().__init__()
 
     @property
@@ -121,12 +159,16 @@ class MetaWeightNet(Method):
     def steps_done(self, value: int) -> None:
         self.reweighter.steps_done = value
 
+    def begin_epoch(self, epoch: int) -> None:
+        self._warming_up = epoch < self.warmup_epochs
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        if self._warming_up:
+            return self._warmup.step(x, y)
         rw = self.reweighter
-        if rw.steps_done % rw.meta_interval == 0:
+        x_meta = y_meta = None  # drawn only on the steps that update the weighting net
+        if rw.is_meta_step():
             x_meta, y_meta = next_meta_batch(self.meta_batches)
-        else:  # the reweighter ignores the meta batch on these steps; draw none
-            x_meta, y_meta = x, y
         result = rw.step(x, y, x_meta, y_meta)
         return StepOutput(
             loss=result.loss,
@@ -136,11 +178,18 @@ class MetaWeightNet(Method):
         )
 
     def weighting_function(self, losses: torch.Tensor) -> torch.Tensor:
-        """The current weighting net's V(L) in (0, 1) for losses of shape (n,)."""
+        """The current weighting net's V(L) in (0, 1) for losses of shape (n,); for a
+        class-aware net, one curve per class cluster, shape (n, K)."""
         net = self.reweighter.weight_net
         param = next(net.parameters())
+        losses = losses.to(device=param.device, dtype=param.dtype)
         with torch.no_grad():
-            return self.reweighter.weights(losses.to(device=param.device, dtype=param.dtype))
+            if isinstance(net, ClassAwareWeightNet):
+                return net.curves(losses)
+            return self.reweighter.weights(losses)
+
+    def weighting_net(self) -> tuple[nn.Module, str]:
+        return self.reweighter.weight_net, self.normalize
 
     def state_dict(self) -> dict[str, Any]:
         return self.reweighter.state_dict()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mwnet.core import ClassAwareWeightNet
 from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import Method
 from mwnet.methods.ce import CrossEntropy
@@ -17,10 +18,20 @@ from mwnet.methods.focal import Focal
 from mwnet.methods.l2rw import L2RW
 from mwnet.methods.meta_weight_net import MetaWeightNet
 
-METHODS: tuple[str, ...] = ("ce", "focal", "class-balanced", "l2rw", "finetune", "mwnet")
-COMPILABLE: tuple[str, ...] = ("ce", "focal", "class-balanced", "mwnet")
-"""Methods that accept ``compile``: one forward and one backward per step, or mwnet's
-``fast`` mode (see :mod:`mwnet.core.compiled`)."""
+METHODS: tuple[str, ...] = (
+    "ce",
+    "focal",
+    "class-balanced",
+    "l2rw",
+    "finetune",
+    "mwnet",
+    "cmwnet",
+)
+WEIGHTING_METHODS: tuple[str, ...] = ("mwnet", "cmwnet")
+"""Methods that learn a weighting net: MW-Net's, or CMW-Net's class-aware one."""
+COMPILABLE: tuple[str, ...] = ("ce", "focal", "class-balanced", *WEIGHTING_METHODS)
+"""Methods that accept ``compile``: one forward and one backward per step, or the
+weighting methods' ``fast`` mode (see :mod:`mwnet.core.compiled`)."""
 
 _MWNET_OPTIONS: tuple[str, ...] = (
     "hypergrad",
@@ -37,6 +48,8 @@ _MWNET_OPTIONS: tuple[str, ...] = (
     "weight_momentum",
     "weight_nesterov",
     "weight_decay",
+    "weight_clusters",
+    "warmup_epochs",
 )
 
 
@@ -49,24 +62,29 @@ def build_method(
     class_counts: torch.Tensor,
     options: Mapping[str, Any],
     reducer: GradientReducer | None = None,
+    weight_net: nn.Module | None = None,
 ) -> Method:
     """The training method ``name`` (one of :data:`METHODS`) for ``model`` and ``optimizer``.
 
     Args:
         meta_batches: endless iterator of clean ``(x_meta, y_meta)`` on the model's device;
             drawn from by ``l2rw`` and ``mwnet`` only.
-        class_counts: training-set sample count per class, shape (K,); used by
-            ``class-balanced`` only.
+        class_counts: training-set sample count per class (observed labels), shape (K,);
+            used by ``class-balanced`` and ``cmwnet`` (its class clusters).
         options: method hyperparameters, each method reading its own and ignoring the rest
             (the config layer validates names): ``focal_gamma``; ``cb_beta``, ``cb_loss``;
             ``epochs`` (required by ``finetune``), ``finetune_epochs``, ``finetune_lr``;
             ``hypergrad`` (also ``l2rw``); ``head``, ``normalize``, ``virtual_step``,
             ``meta_interval``, ``low_memory``, ``weight_hidden``, ``weight_depth``,
             ``weight_optimizer``, ``weight_lr``, ``weight_momentum``, ``weight_nesterov``,
-            ``weight_decay``; ``checks`` (all; default True); ``compile`` (the methods in
-            :data:`COMPILABLE`: run the model through ``torch.compile``).
+            ``weight_decay``, ``warmup_epochs``, ``meta`` (false: ``weight_net`` frozen)
+            (``mwnet``, ``cmwnet``); ``weight_clusters`` (``cmwnet``); ``checks`` (all;
+            default True); ``compile`` (the methods in :data:`COMPILABLE`: run the model
+            through ``torch.compile``).
         reducer: data parallelism over a process group (every method); the batches passed
             to ``step`` and drawn from ``meta_batches`` must then be this rank's shards.
+        weight_net: ``mwnet``/``cmwnet`` only: start from this weighting net (one learned
+            in another run) instead of a fresh one; it must be of the method's kind.
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
@@ -77,7 +95,7 @@ def build_method(
         raise ValueError(
             f"compile is supported by {', '.join(COMPILABLE)}, not {name!r}; drop compile"
         )
-    if options.get("compile") and name != "mwnet":
+    if options.get("compile") and name not in WEIGHTING_METHODS:
         model = torch.compile(model)  # a plain step: model(x), then one backward
     if name == "ce":
         return CrossEntropy(model, optimizer, **common)
@@ -110,7 +128,24 @@ def build_method(
             finetune_lr=options.get("finetune_lr", 1e-3),
             **common,
         )
-    if name == "mwnet":
+    if name in WEIGHTING_METHODS:
         chosen = {k: options[k] for k in _MWNET_OPTIONS if k in options}
-        return MetaWeightNet(model, optimizer, meta_batches, **chosen, **common)
+        if weight_net is not None and isinstance(weight_net, ClassAwareWeightNet) != (
+            name == "cmwnet"
+        ):
+            kind = "class-aware (cmwnet)" if name == "mwnet" else "loss-only (mwnet)"
+            raise ValueError(
+                f"method {name} cannot start from a {kind} weighting net; use "
+                f"method.name={'cmwnet' if name == 'mwnet' else 'mwnet'} with it"
+            )
+        return MetaWeightNet(
+            model,
+            optimizer,
+            meta_batches,
+            **chosen,
+            class_counts=class_counts if name == "cmwnet" else None,
+            weight_net=weight_net,
+            frozen=not options.get("meta", True),
+            **common,
+        )
     raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")

@@ -80,19 +80,32 @@ def _new_figure(nrows: int = 1, height: float = 4.0) -> tuple[Figure, list[Axes]
 
 def _weighting_function_figure(source: Path) -> Figure | None:
     losses, weights = read_weight_function(source)
-    finite = np.isfinite(losses) & np.isfinite(weights)
-    losses, weights = losses[finite], weights[finite]
+    curves = weights[:, None] if weights.ndim == 1 else weights
+    finite = np.isfinite(losses) & np.isfinite(curves).all(axis=1)
+    losses, curves = losses[finite], curves[finite]
     if len(losses) == 0:
         return None
     order = np.argsort(losses)
     figure, (ax,) = _new_figure()
-    ax.plot(losses[order], weights[order], color=_CLEAN_COLOR, linewidth=2)
+    if weights.ndim == 1:
+        ax.plot(losses[order], curves[order, 0], color=_CLEAN_COLOR, linewidth=2)
+    else:
+        for k in range(curves.shape[1]):
+            ax.plot(losses[order], curves[order, k], linewidth=2, label=_cluster_label(k, curves))
+        ax.legend(title="class cluster")
+    weights = curves
     ax.set_title("Learned weighting function")
     ax.set_xlabel("training loss of a sample")
     ax.set_ylabel("weight")
     ax.set_xlim(losses.min(), losses.max())
     ax.set_ylim(bottom=0, top=max(1.05 * float(weights.max()), 1e-6))
     return figure
+
+
+def _cluster_label(k: int, curves: np.ndarray) -> str:
+    last = curves.shape[1] - 1
+    size = {0: " (largest classes)", last: " (smallest classes)"}.get(k, "") if last else ""
+    return f"cluster {k}{size}"
 
 
 def _weight_histogram_figure(source: Path) -> Figure | None:

@@ -185,18 +185,39 @@ def read_sample_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def write_weight_function(path: str | os.PathLike[str], losses: Any, weights: Any) -> None:
-    """Atomically write the learned weighting function sampled at ``losses`` (CSV)."""
-    columns = _columns(WEIGHT_FUNCTION_COLUMNS, (losses, weights))
-    rows = zip(columns["loss"].tolist(), columns["weight"].tolist(), strict=True)
+    """Atomically write the learned weighting function sampled at ``losses`` (CSV).
+
+    ``weights`` of shape (n,) gives the columns ``loss,weight``; of shape (n, K), one curve
+    per class cluster of a class-aware net, ``loss,weight_cluster0,...`` (cluster 0 holds
+    the largest classes).
+    """
+    if hasattr(weights, "detach"):
+        weights = weights.detach().cpu().double()
+    weights = np.asarray(weights)
+    curves = weights.reshape(len(weights), -1) if weights.ndim == 2 else weights[:, None]
+    names = _weight_function_columns(curves.shape[1] if weights.ndim == 2 else None)
+    columns = _columns(names, (losses, *curves.T))
     with atomic_write(path) as f:
-        f.write(",".join(WEIGHT_FUNCTION_COLUMNS) + "\n")
-        f.writelines(f"{lo:.6g},{w:.6g}\n" for lo, w in rows)
+        f.write(",".join(names) + "\n")
+        rows = zip(*(columns[name].astype(np.float64).tolist() for name in names), strict=True)
+        f.writelines(",".join(f"{v:.6g}" for v in row) + "\n" for row in rows)
 
 
 def read_weight_function(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read :func:`write_weight_function` output as ``(losses, weights)``."""
-    table = _read_csv(path, WEIGHT_FUNCTION_COLUMNS)
-    return table[:, 0], table[:, 1]
+    """Read :func:`write_weight_function` output as ``(losses, weights)``: weights of shape
+    (n,) for one curve, (n, K) for one curve per class cluster."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        first = f.readline().strip().split(",")
+    clusters = len(first) - 1 if first[1:2] == ["weight_cluster0"] else None
+    table = _read_csv(path, _weight_function_columns(clusters))
+    return table[:, 0], (table[:, 1] if clusters is None else table[:, 1:])
+
+
+def _weight_function_columns(clusters: int | None) -> tuple[str, ...]:
+    if clusters is None:
+        return WEIGHT_FUNCTION_COLUMNS
+    return ("loss", *(f"weight_cluster{k}" for k in range(clusters)))
 
 
 def _columns(names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, np.ndarray]:

@@ -15,6 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+WEIGHTING: tuple[str, ...] = ("mwnet", "cmwnet")
+"""Methods that learn a weighting net (the methods layer's WEIGHTING_METHODS)."""
+
 
 class ConfigError(ValueError):
     """A preset, override or value that cannot be used, with the valid choices."""
@@ -97,6 +100,16 @@ class MethodConfig:
     weight_momentum: float = 0.9
     weight_nesterov: bool = True
     weight_decay: float = 1e-4
+    weight_clusters: int = 3
+    """cmwnet: class clusters by training-set size (k-means on the per-class counts), one
+    weighting curve each; fewer if fewer distinct counts"""
+    warmup_epochs: int = 0
+    """mwnet/cmwnet: plain cross-entropy for this many first epochs"""
+    weight_net_from: str | None = None
+    """mwnet/cmwnet: start from the weight_net.pt of another run (a file or run directory)"""
+    meta: bool = True
+    """mwnet/cmwnet: false keeps the weighting net of weight_net_from frozen: no meta step,
+    the meta set is never read, a step costs about a plain step"""
     focal_gamma: float = 1.0
     cb_beta: float = 0.9999
     cb_loss: str = "ce"
@@ -149,6 +162,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
         "flip2",
         "pair",
         "asymmetric-cifar10",
+        "asymmetric-cifar100",
         "asymmetric-fashion-mnist",
         "matrix",
     ),
@@ -156,7 +170,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.normalize": ("auto", "imagenet", "none"),
     "data.pad_mode": ("reflect", "zero"),
     "optim.schedule": ("multistep", "cosine", "constant"),
-    "method.name": ("ce", "focal", "class-balanced", "l2rw", "finetune", "mwnet"),
+    "method.name": ("ce", "focal", "class-balanced", "l2rw", "finetune", "mwnet", "cmwnet"),
     "method.hypergrad": ("fast", "reverse", "head"),
     "method.normalize": ("sum", "mean", "none"),
     "method.virtual_step": ("sgd", "optimizer"),
@@ -263,20 +277,31 @@ def validate(cfg: Any) -> None:
         (o.epochs >= 1, "optim.epochs must be >= 1"),
         (o.lr > 0, "optim.lr must be > 0"),
         (m.meta_interval >= 1, "method.meta_interval must be >= 1"),
+        (m.weight_clusters >= 1, "method.weight_clusters must be >= 1"),
+        (m.warmup_epochs >= 0, "method.warmup_epochs must be >= 0"),
+        (
+            m.meta or m.weight_net_from,
+            "method.meta=false trains with a frozen weighting net, which must come from "
+            "another run: set method.weight_net_from=RUN_DIR (or its weight_net.pt)",
+        ),
+        (
+            (m.meta and not m.weight_net_from) or m.name in WEIGHTING,
+            f"method.weight_net_from and method.meta=false are for mwnet and cmwnet, not {m.name}",
+        ),
         (cfg.distributed.timeout > 0, "distributed.timeout must be > 0 seconds"),
         (
-            not (m.low_memory and m.name == "mwnet" and m.hypergrad != "fast"),
+            not (m.low_memory and m.name in WEIGHTING and m.hypergrad != "fast"),
             "method.low_memory=true needs method.hypergrad=fast (reverse must keep the "
             "training graph, head keeps only one already)",
         ),
         (
-            not m.compile or m.name in ("ce", "focal", "class-balanced", "mwnet"),
-            f"method.compile=true is supported by ce, focal, class-balanced and mwnet, not "
-            f"{m.name}",
+            not m.compile or m.name in ("ce", "focal", "class-balanced", *WEIGHTING),
+            f"method.compile=true is supported by ce, focal, class-balanced, mwnet and cmwnet, "
+            f"not {m.name}",
         ),
         (
-            not (m.compile and m.name == "mwnet" and m.hypergrad != "fast"),
-            "method.compile=true with mwnet needs method.hypergrad=fast (compiled graphs have "
+            not (m.compile and m.name in WEIGHTING and m.hypergrad != "fast"),
+            f"method.compile=true with {m.name} needs method.hypergrad=fast (compiled graphs have "
             "no double backward for reverse and no forward hooks for head)",
         ),
         (d.noise != "matrix" or d.noise_matrix, "data.noise=matrix needs data.noise_matrix=PATH"),
@@ -296,7 +321,9 @@ def check_sync_bn_method(cfg: Any) -> None:
     m = cfg.method
     if not cfg.distributed.sync_bn:
         return
-    if m.name == "l2rw" or (m.name == "mwnet" and m.hypergrad != "head"):
+    if not m.meta:  # a frozen weighting net has no meta gradient
+        return
+    if m.name == "l2rw" or (m.name in WEIGHTING and m.hypergrad != "head"):
         mode = f"method.name={m.name} with method.hypergrad={m.hypergrad}"
         raise ConfigError(
             f"distributed.sync_bn=true cannot be used with {mode}: that meta gradient "

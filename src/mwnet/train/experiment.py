@@ -35,6 +35,7 @@ from mwnet.data import (
 )
 from mwnet.distributed import DataParallel, ShardedStream
 from mwnet.methods import Method, build_method
+from mwnet.run.weight_net_file import load_weight_net
 from mwnet.train.config import ConfigError
 
 IMAGENET_NORMALIZE = Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -234,6 +235,31 @@ def use_sync_bn(cfg: Any, model: nn.Module, parallel: DataParallel | None) -> nn
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
+def reused_weight_net(cfg: Any, num_classes: int) -> nn.Module | None:
+    """The weighting net of ``method.weight_net_from``, checked against this run."""
+    m = cfg.method
+    if not m.weight_net_from:
+        return None
+    saved = load_weight_net(m.weight_net_from)
+    if saved.kind != m.name:
+        raise ConfigError(
+            f"{saved.path} holds a {saved.kind} weighting net, but method.name={m.name}; "
+            f"set method.name={saved.kind} to use it"
+        )
+    if saved.num_classes is not None and saved.num_classes != num_classes:
+        raise ConfigError(
+            f"{saved.path} was learned for {saved.num_classes} classes, but this data has "
+            f"{num_classes}; a class-aware weighting net only applies to the same classes"
+        )
+    if saved.normalize != m.normalize:
+        raise ConfigError(
+            f"{saved.path} was learned with method.normalize={saved.normalize}, but this run "
+            f"uses {m.normalize}; its weights mean the same only under the same "
+            f"normalisation: set method.normalize={saved.normalize}"
+        )
+    return saved.net
+
+
 @dataclass
 class Experiment:
     """Everything a training loop touches, built from one config."""
@@ -295,6 +321,7 @@ def build_experiment(
     meta_batches = EndlessBatches(*meta_set, seed=seed + 1, **shared)
     meta_epochs = DeviceBatches(*meta_set, seed=seed + 2, indices_too=True, **shared)
     options = {**dict(cfg.method), "epochs": int(o.epochs)}
+    weight_net = reused_weight_net(cfg, data.num_classes)
     method = build_method(
         cfg.method.name,
         model=model,
@@ -303,6 +330,7 @@ def build_experiment(
         class_counts=data.class_counts(),
         options=options,
         reducer=None if parallel is None else parallel.reducer,
+        weight_net=weight_net,
     )
     return Experiment(
         cfg=cfg,

@@ -41,6 +41,7 @@ from mwnet.run import (
     write_sample_weights,
     write_weight_function,
 )
+from mwnet.run.weight_net_file import WEIGHT_NET_FILE, save_weight_net
 from mwnet.train.config import load_config_file, to_yaml
 from mwnet.train.evaluate import accuracy, predict
 from mwnet.train.experiment import Experiment, build_experiment
@@ -167,6 +168,7 @@ class Trainer:
         e, stats, parallel = self.exp, EpochStats(), self.parallel
         if parallel is not None:
             torch.manual_seed(_rank_seed(int(e.cfg.seed), self.epoch, parallel.rank))
+        e.method.begin_epoch(self.epoch)
         from_meta = e.method.source(self.epoch) == "meta"
         batches = e.meta_epochs if from_meta else e.train_batches
         corrupted = e.data.corrupted.to(e.device)
@@ -271,7 +273,14 @@ class Trainer:
             "wall_time": self.wall_time,
             "device": str(e.device),
             "ranks": 1 if self.parallel is None else self.parallel.world_size,
+            **self._class_clusters(),
         }
+
+    def _class_clusters(self) -> dict[str, list[int]]:
+        """The class-aware net's cluster of each class (0: largest classes), if it has one."""
+        weighting = self.exp.method.weighting_net()
+        clusters = getattr(weighting[0], "cluster_of_class", None) if weighting else None
+        return {} if clusters is None else {"class_clusters": clusters.tolist()}
 
     # -- the run -------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -323,8 +332,12 @@ class Trainer:
         tqdm.write(" | ".join(parts), file=sys.stderr)
 
     def finish(self) -> list[Path]:
-        """Per-sample final weights, the learned weighting function, and the plots."""
+        """Per-sample final weights, the learned weighting function and net, and the plots."""
         e, d = self.exp, self.exp.data
+        weighting = e.method.weighting_net()
+        if weighting is not None:
+            net, normalize = weighting
+            save_weight_net(self.run_dir / WEIGHT_NET_FILE, net, normalize=normalize)
         if not torch.isnan(self.last_weight).all():
             write_sample_weights(
                 self.run_dir / "sample_weights.csv",
