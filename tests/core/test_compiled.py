@@ -11,7 +11,7 @@ from nets import BnCnn, random_batches
 import mwnet
 
 
-def _steps(model, compile_: bool, low_memory: bool) -> dict[str, torch.Tensor]:
+def _steps(model, compile_: bool, low_memory: bool, sizes=(12, 12, 12)) -> dict[str, torch.Tensor]:
     model = copy.deepcopy(model)
     torch.manual_seed(1)
     vnet = mwnet.WeightNet(hidden=10).double()
@@ -24,8 +24,8 @@ def _steps(model, compile_: bool, low_memory: bool) -> dict[str, torch.Tensor]:
         low_memory=low_memory,
     )
     torch.manual_seed(3)
-    for i in range(3):
-        rw.step(*random_batches((3, 8, 8), 5, torch.float64, seed=i))
+    for i, n in enumerate(sizes):
+        rw.step(*random_batches((3, 8, 8), 5, torch.float64, seed=i, n=n))
     return {**model.state_dict(), **{f"v.{k}": v for k, v in vnet.state_dict().items()}}
 
 
@@ -41,6 +41,18 @@ def test_compiled_step_equals_the_eager_step(low_memory):
     for k in eager:
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-9, atol=1e-11, msg=k)
     assert int(compiled["bn.num_batches_tracked"]) == 3
+
+
+def test_a_new_batch_size_compiles_again_and_still_equals_eager():
+    """An epoch's last batch is smaller: the compiled step must take it (a dynamic-shape
+    recompile once broke the second backward through the training graph)."""
+    torch.manual_seed(0)
+    model = BnCnn(dropout=0.3).double()
+    sizes = (12, 20, 7, 12)
+    eager = _steps(model, False, False, sizes)
+    compiled = _steps(model, True, False, sizes)
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-9, atol=1e-11, msg=k)
 
 
 @pytest.mark.parametrize("hypergrad", ["reverse", "head"])

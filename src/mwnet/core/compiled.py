@@ -13,7 +13,10 @@ What compiled graphs can and cannot do here (torch 2.13, inductor, CPU):
   ``head`` mode cannot capture its features from one.
 * backpropagating twice through one graph (``fast``'s virtual-step gradient keeps the graph
   for the real update) needs aot_autograd's buffer donation off; it is switched off for
-  every call made through :class:`CompiledForward`.
+  every call made through :class:`CompiledForward`. Graphs are compiled for static shapes:
+  a new batch size (an epoch's last, smaller batch) compiles a graph of its own, since a
+  dynamic-shape graph compiles its backward later, during the backward pass, outside that
+  switch, and then refuses the second backward.
 * random ops must draw exactly what eager mode draws, because the eager JVP replays the
   training forward from the same RNG state and must see the same dropout masks. Inductor's
   own random numbers differ, so these graphs are built with ``fallback_random``.
@@ -46,7 +49,7 @@ class CompiledForward:
     training graph is backpropagated twice; donation would forbid the second pass)."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
-        self._fn = torch.compile(fn, options=COMPILE_OPTIONS)
+        self._fn = torch.compile(fn, options=COMPILE_OPTIONS, dynamic=False)
 
     def __call__(self, *args: Any) -> Any:
         with functorch_config.patch(donated_buffer=False):
