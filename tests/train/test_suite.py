@@ -81,8 +81,10 @@ def test_auroc_extremes_and_empty_class() -> None:
 
 @pytest.fixture
 def fake_fmnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = write_idx(tmp_path / "fmnist", per_class=30, test_per_class=5)
-    monkeypatch.setenv("MWNET_DATA", str(root))
+    """Generated files where ``$MWNET_DATA/fashion-mnist`` points, so the suite never
+    reads a real copy installed on the machine."""
+    root = write_idx(tmp_path / "data" / "fashion-mnist", per_class=30, test_per_class=5)
+    monkeypatch.setenv("MWNET_DATA", str(root.parent))
     return root
 
 
