@@ -94,6 +94,9 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("finetune", "fine-tune", ("method.name=finetune",), 1.2),
     MethodSpec("mwnet-fast", "MW-Net (fast)", ("method.name=mwnet", "method.hypergrad=fast"), 3.5),
     MethodSpec("mwnet-head", "MW-Net (head)", ("method.name=mwnet", "method.hypergrad=head"), 1.8),
+    # CMW-Net's class-aware weighting net, with MW-Net's weighting-net optimizer per setting,
+    # so the two differ only in the net.
+    MethodSpec("cmwnet", "CMW-Net (fast)", ("method.name=cmwnet", "method.hypergrad=fast"), 3.6),
     # L2RW's weights often select a handful of samples per batch, and at the shared lr 0.05
     # it diverges; this variant shows what it does at a stable learning rate.
     MethodSpec(
