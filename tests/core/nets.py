@@ -85,6 +85,8 @@ def reference_class_aware_weights(
 def reference_normalize(w: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "sum":
         return w / w.sum() if float(w.sum().detach()) != 0 else w
+    if mode == "sum-detached":  # the CMW-Net imbalance script: / torch.sum(w).detach()
+        return w / w.sum().detach() if float(w.sum().detach()) != 0 else w
     return w / len(w) if mode == "mean" else w
 
 

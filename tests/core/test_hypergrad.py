@@ -77,7 +77,7 @@ def _hypergrads(dtype, normalize, virtual_step, dropout, nesterov=True, dampenin
 
 
 @pytest.mark.parametrize("virtual_step", ["sgd", "optimizer"])
-@pytest.mark.parametrize("normalize", ["sum", "mean"])
+@pytest.mark.parametrize("normalize", ["sum", "sum-detached", "mean"])
 def test_fast_equals_reverse_float64(normalize, virtual_step):
     fast, reverse = _hypergrads(torch.float64, normalize, virtual_step, dropout=0.3)
     assert _rel(fast, reverse) <= 1e-8

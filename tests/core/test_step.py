@@ -25,7 +25,7 @@ def _assert_same(a: dict, b: dict, **tol) -> None:
 
 @pytest.mark.parametrize("hypergrad", ["reverse", "fast"])
 @pytest.mark.parametrize("virtual_step", ["sgd", "optimizer"])
-@pytest.mark.parametrize("normalize", ["sum", "mean"])
+@pytest.mark.parametrize("normalize", ["sum", "sum-detached", "mean"])
 def test_steps_match_independent_reference(hypergrad, virtual_step, normalize):
     """Three iterations against a hand-written functional re-implementation of the
     authors' algorithm (separate meta-model forward, second-order virtual step,

@@ -40,6 +40,16 @@ def test_normalizations():
     torch.testing.assert_close(normalize_weights(w, "sum"), w / 2.0)
     torch.testing.assert_close(normalize_weights(w, "mean"), w / 4)
     assert normalize_weights(w, "none") is w
+    torch.testing.assert_close(normalize_weights(w, "sum-detached"), w / 2.0)
     assert torch.equal(normalize_weights(torch.zeros(3), "sum"), torch.zeros(3))
     with pytest.raises(ValueError, match="normalize must be one of"):
         normalize_weights(w, "l2")
+
+
+def test_detached_sum_treats_the_sum_as_a_constant():
+    """Same values as "sum"; only the derivative differs: dc_i/dw_j = [i == j] / Σw."""
+    w = torch.tensor([0.2, 0.3, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    jac = torch.autograd.functional.jacobian(lambda v: normalize_weights(v, "sum-detached"), w)
+    torch.testing.assert_close(jac, torch.eye(4, dtype=torch.float64) / 2.0)
+    full = torch.autograd.functional.jacobian(lambda v: normalize_weights(v, "sum"), w)
+    assert not torch.allclose(full, jac)

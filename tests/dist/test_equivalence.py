@@ -18,6 +18,7 @@ CASES = [
     Case("mwnet-fast-sum", hypergrad="fast"),
     Case("mwnet-head-sum", hypergrad="head"),
     Case("mwnet-fast-mean", normalize="mean"),
+    Case("mwnet-fast-sum-detached", normalize="sum-detached"),
     Case("mwnet-reverse-mean", hypergrad="reverse", normalize="mean"),
     Case("mwnet-reverse-none", hypergrad="reverse", normalize="none"),
     Case("mwnet-fast-momentum-interval", virtual_step="optimizer", meta_interval=2),

@@ -36,10 +36,15 @@ def global_coefficients(weights: torch.Tensor, mode: str, reducer: GradientReduc
     if mode == "sum":
         (total,) = reducer.sum_differentiable([weights.sum()], "normaliser", "normaliser")
         return weights / torch.where(total == 0, torch.ones_like(total), total)
+    if mode == "sum-detached":
+        (total,) = reducer.sum([weights.detach().sum()], "normaliser")
+        return weights / torch.where(total == 0, torch.ones_like(total), total)
     if mode == "mean":
         (count,) = reducer.sum([_count(weights)], "normaliser")
         return weights / count
-    raise ValueError(f"normalize must be one of ('sum', 'mean', 'none'), got {mode!r}")
+    raise ValueError(
+        f"normalize must be one of ('sum', 'sum-detached', 'mean', 'none'), got {mode!r}"
+    )
 
 
 def weighted_backward(
@@ -68,7 +73,7 @@ def weighted_backward(
 
     def divisor(summed: torch.Tensor) -> torch.Tensor:
         total, count = summed[0], summed[1]
-        if mode == "sum":
+        if mode in ("sum", "sum-detached"):  # the same values: no hypergradient here
             return torch.where(total == 0, torch.ones_like(total), total)
         if mode == "mean":
             return count

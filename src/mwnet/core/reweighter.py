@@ -34,8 +34,8 @@ from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
 from mwnet.core.weight_net import WeightNet, takes_labels
 
-Normalization = Literal["sum", "mean", "none"]
-NORMALIZATIONS: tuple[str, ...] = ("sum", "mean", "none")
+Normalization = Literal["sum", "sum-detached", "mean", "none"]
+NORMALIZATIONS: tuple[str, ...] = ("sum", "sum-detached", "mean", "none")
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 
 
@@ -48,11 +48,14 @@ def normalize_weights(weights: torch.Tensor, mode: str) -> torch.Tensor:
     """Turn raw weights w_i into the coefficients c_i of the training loss Σ_i c_i L_i.
 
     ``"sum"`` (paper appendix): c = w / Σw, left at 0 if Σw == 0 (checked without a host
-    sync). ``"mean"`` (the authors' "stable" script): c = w / n. ``"none"``: c = w, so the
-    step size grows with the batch size.
+    sync). ``"sum-detached"`` (the CMW-Net authors' class-imbalance script): the same
+    values, but the hypergradient treats Σw as a constant, so raising one weight does not
+    lower the others. ``"mean"`` (the authors' "stable" script): c = w / n. ``"none"``:
+    c = w, so the step size grows with the batch size.
     """
-    if mode == "sum":
+    if mode in ("sum", "sum-detached"):
         total = weights.sum()
+        total = total.detach() if mode == "sum-detached" else total
         return weights / torch.where(total == 0, torch.ones_like(total), total)
     if mode == "mean":
         return weights / weights.numel()
@@ -109,8 +112,8 @@ class MetaReweighter:
         loss_fn: per-sample training loss ``(output, labels) -> (n,)``; default
             cross-entropy.
         meta_loss_fn: scalar loss on the meta batch; default the mean of ``loss_fn``.
-        normalize: ``"sum"`` (paper) | ``"mean"`` (authors' stable script) | ``"none"``,
-            see :func:`normalize_weights`.
+        normalize: ``"sum"`` (paper) | ``"sum-detached"`` (CMW-Net's imbalance script) |
+            ``"mean"`` (authors' stable script) | ``"none"``, see :func:`normalize_weights`.
         virtual_step: ``"sgd"`` (paper: plain SGD at the current lr) | ``"optimizer"``
             (one torch.optim.SGD step: momentum, Nesterov, weight decay).
         hypergrad: ``"fast"`` (forward-mode JVP; default) | ``"reverse"`` (second-order
