@@ -70,3 +70,41 @@ def test_long_tail_and_noise_are_applied(tmp_path):
     assert 0.2 < noisy.realized_noise_rate < 0.6
     assert torch.equal(noisy.corrupted, noisy.train_labels != noisy.true_labels)
     assert len(noisy.meta_labels) == 1000 and len(noisy.train_labels) == 600
+
+
+DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "fmnist": "fashion-mnist"}
+NOISE_NAMES = {"uniform": "uniform", "flip2": "flip2"}
+
+
+def _expected_from_name(name: str) -> dict:
+    """What a preset's name promises: dataset, corruption and method."""
+    parts = name.split("-")
+    method = "cmwnet" if parts[-1] == "cmwnet" else "mwnet"
+    parts = parts[:-1] if method == "cmwnet" else parts
+    dataset, kind, amount = DATASETS[parts[0]], parts[1], int(parts[2])
+    want = {"data.dataset": dataset, "method.name": method}
+    if kind == "lt":
+        want |= {"data.imbalance_factor": float(amount), "data.noise": "none"}
+    else:
+        noise = f"asymmetric-{dataset}" if kind == "asym" else NOISE_NAMES[kind]
+        want |= {"data.imbalance_factor": 1.0, "data.noise_rate": amount / 100}
+        want["data.noise"] = noise if amount else "none"  # a 0 % preset: clean labels
+    return want
+
+
+@pytest.mark.parametrize("preset", [p for p in preset_names() if p != "clothing1m"])
+def test_preset_settings_match_its_name(preset):
+    from omegaconf import OmegaConf
+
+    cfg = load_config(preset)
+    for key, value in _expected_from_name(preset).items():
+        assert OmegaConf.select(cfg, key) == value, f"{preset}: {key}"
+    if cfg.method.name == "cmwnet" and cfg.data.imbalance_factor > 1:
+        # the authors' long-tail protocol: plain CE for 80 % of the epochs, then CMW-Net
+        assert cfg.method.warmup_epochs == int(0.8 * cfg.optim.epochs)
+        assert cfg.optim.milestones[0] == cfg.method.warmup_epochs
+
+
+def test_clothing1m_preset():
+    cfg = load_config("clothing1m")
+    assert cfg.data.dataset == "list" and cfg.method.name == "mwnet"

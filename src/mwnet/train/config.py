@@ -172,7 +172,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "optim.schedule": ("multistep", "cosine", "constant"),
     "method.name": ("ce", "focal", "class-balanced", "l2rw", "finetune", "mwnet", "cmwnet"),
     "method.hypergrad": ("fast", "reverse", "head"),
-    "method.normalize": ("sum", "mean", "none"),
+    "method.normalize": ("sum", "sum-detached", "mean", "none"),
     "method.virtual_step": ("sgd", "optimizer"),
     "method.weight_optimizer": ("adam", "sgd"),
     "method.cb_loss": ("ce", "focal"),
