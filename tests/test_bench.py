@@ -219,3 +219,15 @@ def test_variant_overrides() -> None:
     assert chosen["head+interval(4)"][-1] == "method.meta_interval=4"
     with pytest.raises(ValueError, match="unknown variant"):
         variant_overrides(["slow"], 1)
+
+
+def test_bench_epoch_times_cmwnet_and_a_frozen_net(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _fake_data().write_idx(tmp_path / "fmnist", per_class=12, test_per_class=1)
+    args = [*EPOCH, "--variants", "ce,cmwnet,frozen", "--meta-interval", "1", "--json"]
+    assert main([*args, f"data.root={root}", *TINY_DATA]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == ["ce", "cmwnet", "frozen"]
+    assert (rows["cmwnet"]["method"], rows["cmwnet"]["hypergrad"]) == ("cmwnet", "fast")
+    assert (rows["frozen"]["method"], rows["frozen"]["hypergrad"]) == ("mwnet", None)

@@ -34,8 +34,13 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "fast": ("method.name=mwnet", "method.hypergrad=fast"),
     "fast+lowmem": ("method.name=mwnet", "method.hypergrad=fast", "method.low_memory=true"),
     "head": ("method.name=mwnet", "method.hypergrad=head"),
+    "cmwnet": ("method.name=cmwnet", "method.hypergrad=fast"),
+    "frozen": ("method.name=mwnet", "method.meta=false"),
 }
-"""Each variant's config overrides on top of the preset."""
+"""Each variant's config overrides on top of the preset. ``frozen`` applies a weighting net
+learned elsewhere without any meta step: the net of ``method.weight_net_from`` when the
+overrides name one, else a fresh MW-Net net (its cost does not depend on what it learned)."""
+WEIGHTING = ("mwnet", "cmwnet")
 INTERVAL_VARIANTS = ("fast", "head")
 """Variants that are also timed with ``method.meta_interval=K`` when K > 1."""
 
@@ -139,9 +144,11 @@ def run_epoch_bench(config: EpochBenchConfig) -> list[EpochRow]:
     base = _base_overrides(config)
     threads_before = torch.get_num_threads()
     try:
-        cfgs = {name: load_config(config.preset, [*base, *o]) for name, o in overrides.items()}
-        data = _load_data(next(iter(cfgs.values())))
         with tempfile.TemporaryDirectory() as tmp:
+            if "frozen" in overrides and not any("weight_net_from=" in o for o in base):
+                overrides["frozen"].append(f"method.weight_net_from={_fresh_weight_net(tmp)}")
+            cfgs = {name: load_config(config.preset, [*base, *o]) for name, o in overrides.items()}
+            data = _load_data(next(iter(cfgs.values())))
             trainers = {
                 name: Trainer(build_experiment(cfg, data), Path(tmp) / name, quiet=True)
                 for name, cfg in cfgs.items()
@@ -149,6 +156,16 @@ def run_epoch_bench(config: EpochBenchConfig) -> list[EpochRow]:
             return _time(config, trainers)
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _fresh_weight_net(directory: str) -> Path:
+    """An untrained MW-Net weighting net saved for the ``frozen`` variant."""
+    from mwnet.core import WeightNet
+    from mwnet.run.weight_net_file import save_weight_net
+
+    path = Path(directory) / "fresh_weight_net.pt"
+    save_weight_net(path, WeightNet(), normalize=str(load_config(None).method.normalize))
+    return path
 
 
 def _time(config: EpochBenchConfig, trainers: dict[str, Trainer]) -> list[EpochRow]:
@@ -181,9 +198,9 @@ def _time(config: EpochBenchConfig, trainers: dict[str, Trainer]) -> list[EpochR
             EpochRow(
                 variant=name,
                 method=m.name,
-                hypergrad=m.hypergrad if m.name == "mwnet" else None,
-                meta_interval=int(m.meta_interval) if m.name == "mwnet" else 1,
-                low_memory=bool(m.low_memory) if m.name == "mwnet" else False,
+                hypergrad=m.hypergrad if m.name in WEIGHTING and m.meta else None,
+                meta_interval=int(m.meta_interval) if m.name in WEIGHTING else 1,
+                low_memory=bool(m.low_memory) if m.name in WEIGHTING else False,
                 preset=config.preset,
                 model=exp.cfg.model.name,
                 train_samples=len(exp.data.train_labels),
