@@ -106,7 +106,10 @@ def test_quick_suite_writes_the_report_and_reruns_train_nothing(
     for title in ("flip2 noise 40 %", "long tail IF 100", "MW-Net (fast)", "MW-Net (head)"):
         assert title in results
     assert "AUROC" in results
-    for png in ("weighting_functions", "weight_histograms", "auroc", "accuracy_vs_time"):
+    assert "## CMW-Net: one weighting curve per class cluster" in results
+    assert "| long tail IF 100 | " in results.split("## CMW-Net")[1]
+    pngs = ("weighting_functions", "class_aware_curves", "weight_histograms", "auroc")
+    for png in (*pngs, "accuracy_vs_time"):
         assert (docs / "results" / f"{png}.png").stat().st_size > 0
     text = readme.read_text()
     assert "old table" not in text and "| flip2 noise 40 % |" in text

@@ -32,6 +32,14 @@ IMBALANCE_WEIGHT_OPTIMIZER = (
 )
 
 
+LONG_TAIL_PROTOCOL = (
+    "method.weight_optimizer=adam",
+    "method.weight_lr=0.0001",
+    "method.weight_decay=0.00001",
+    "method.normalize=sum-detached",
+)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One corruption of the training set."""
@@ -53,6 +61,8 @@ class MethodSpec:
     """Rough cost relative to cross-entropy, to start the slow cells first."""
     default: bool = True
     """Part of the suite unless asked for by name (``--methods``)."""
+    weight_optimizer: tuple[str, ...] | None = None
+    """The weighting net's optimizer and normalisation, instead of the setting's default."""
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -126,6 +136,25 @@ METHODS: tuple[MethodSpec, ...] = (
         ("method.name=mwnet", "method.hypergrad=head", "method.meta_interval=5"),
         1.2,
         default=False,
+    ),
+    # The CMW-Net authors' long-tail protocol at the suite's scale: plain CE until the first
+    # lr decay, then the weighting net by Adam 1e-4 (weight decay 1e-5), weights normalised
+    # by a sum held constant in the hypergradient; and MW-Net under the same protocol.
+    MethodSpec(
+        "cmwnet-lt",
+        "CMW-Net (authors' long-tail protocol)",
+        ("method.name=cmwnet", "method.hypergrad=fast", "method.warmup_epochs=15"),
+        3.0,
+        default=False,
+        weight_optimizer=LONG_TAIL_PROTOCOL,
+    ),
+    MethodSpec(
+        "mwnet-lt",
+        "MW-Net (same long-tail protocol)",
+        ("method.name=mwnet", "method.hypergrad=fast", "method.warmup_epochs=15"),
+        3.0,
+        default=False,
+        weight_optimizer=LONG_TAIL_PROTOCOL,
     ),
 )
 
@@ -234,7 +263,7 @@ def cells(
                     *scale.base_overrides(),
                     *setting.overrides,
                     *method.overrides,
-                    *vnet,
+                    *(vnet if method.weight_optimizer is None else method.weight_optimizer),
                     f"seed={seed}",
                 )
                 out.append(Cell(setting, method, seed, overrides))

@@ -27,7 +27,8 @@ READING_END = "<!-- /reading -->"
 HEADLINE_START = "<!-- suite-headline -->"
 HEADLINE_END = "<!-- /suite-headline -->"
 MWNET_METHODS = ("mwnet-fast", "mwnet-head")
-DETECTORS = ("mwnet-fast", "mwnet-head", "l2rw")
+DETECTORS = ("mwnet-fast", "mwnet-head", "cmwnet", "l2rw")
+WF = "weight_function.csv"
 
 
 @dataclass
@@ -120,8 +121,15 @@ def _fmt(values: Sequence[float], digits: int = 2) -> str:
 
 
 def _weight_trend(run: Run) -> str | None:
-    """ "decreasing", "increasing", "flat" or "non-monotone": the learned weighting
-    function over the losses the training samples actually had (1st-99th percentile)."""
+    """The trend of the learned weighting function (the first curve of a class-aware net)."""
+    trends = _weight_trends(run)
+    return trends[0] if trends else None
+
+
+def _weight_trends(run: Run) -> list[str] | None:
+    """ "decreasing", "increasing", "flat" or "non-monotone" for each learned curve (one,
+    or one per class cluster) over the losses the training samples actually had (1st-99th
+    percentile)."""
     wf, sw = run.run_dir / "weight_function.csv", run.run_dir / "sample_weights.csv"
     if not wf.is_file() or not sw.is_file():
         return None
@@ -131,7 +139,11 @@ def _weight_trend(run: Run) -> str | None:
     inside = (losses >= low) & (losses <= high)
     if inside.sum() < 3:
         return None
-    w = weights[inside]
+    curves = weights[:, None] if weights.ndim == 1 else weights
+    return [_trend(losses[inside], curves[inside, k]) for k in range(curves.shape[1])]
+
+
+def _trend(losses: np.ndarray, w: np.ndarray) -> str:
     if w.max() - w.min() < 0.05 * max(abs(w).max(), 1e-12):
         return "flat"
     tol = 1e-9 * abs(w).max()
@@ -143,7 +155,7 @@ def _weight_trend(run: Run) -> str | None:
     peak = int(np.argmax(w))
     rising, falling = steps[:peak], steps[peak:]
     if len(rising) and (rising >= -tol).mean() > 0.95 and (falling <= tol).mean() > 0.95:
-        return f"rising to a peak at loss {losses[inside][peak]:.2f}, decreasing above it"
+        return f"rising to a peak at loss {losses[peak]:.2f}, decreasing above it"
     return "non-monotone"
 
 
@@ -239,6 +251,38 @@ def cost_table(runs: Sequence[Run], setting: str = "flip2-40") -> str:
     return "\n".join(lines)
 
 
+def class_aware_table(runs: Sequence[Run]) -> str:
+    """CMW-Net against MW-Net (fast) and class-balanced loss, with its class clusters and
+    the direction of each cluster's learned curve (seed 0)."""
+    lines = [
+        "| setting | CMW-Net - MW-Net (fast) | CMW-Net - class-balanced | classes per cluster"
+        " (largest first) | curve per cluster, seed 0 |",
+        "|---|---|---|---|---|",
+    ]
+    found = False
+    for setting in SETTINGS:
+        cm = _select(runs, setting.name, "cmwnet")
+        if not cm:
+            continue
+        found = True
+        diffs = []
+        for other in ("mwnet-fast", "class-balanced"):
+            rs = _select(runs, setting.name, other)
+            if rs:
+                diff, verdict = _compare([r.last for r in cm], [r.last for r in rs])
+                diffs.append(f"{diff:+.2f} ({verdict})")
+            else:
+                diffs.append("n/a")
+        clusters = cm[0].summary.get("class_clusters") or []
+        sizes = np.bincount(clusters).tolist() if clusters else []
+        trends = _weight_trends(cm[0]) or []
+        lines.append(
+            f"| {setting.title} | {diffs[0]} | {diffs[1]} | "
+            f"{' / '.join(map(str, sizes)) or 'n/a'} | {'; '.join(trends) or 'n/a'} |"
+        )
+    return "\n".join(lines) if found else ""
+
+
 def computed_findings(runs: Sequence[Run]) -> list[str]:
     out = []
     for setting in SETTINGS:
@@ -317,6 +361,33 @@ def plot_weighting_functions(runs: Sequence[Run], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_class_aware_curves(runs: Sequence[Run], path: Path) -> Path | None:
+    """CMW-Net's learned curve of each class cluster, per setting (seed 0)."""
+    shown = [s for s in SETTINGS if _select(runs, s.name, "cmwnet")]
+    shown = [s for s in shown if (_select(runs, s.name, "cmwnet")[0].run_dir / WF).is_file()]
+    if not shown:
+        return None
+    cols = 4
+    fig, axes = _figure((len(shown) + cols - 1) // cols, cols, (13, 3.1 * ((len(shown) + 3) // 4)))
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    for ax, setting in zip(axes.flat, shown, strict=False):
+        run = _select(runs, setting.name, "cmwnet")[0]
+        losses, weights = read_weight_function(run.run_dir / WF)
+        curves = weights[:, None] if weights.ndim == 1 else weights
+        sample_losses = read_sample_weights(run.run_dir / "sample_weights.csv")["loss"]
+        keep = losses <= max(float(np.percentile(sample_losses, 99)), losses.min() + 1e-6)
+        sizes = np.bincount(run.summary.get("class_clusters") or [0] * curves.shape[1])
+        for k in range(curves.shape[1]):
+            ax.plot(losses[keep], curves[keep, k], label=f"cluster {k} ({sizes[k]} classes)")
+        ax.set_title(setting.title, fontsize=9)
+        ax.set_xlabel("training loss")
+        ax.set_ylabel("weight")
+        ax.legend(fontsize=7)
+    fig.suptitle("CMW-Net: learned curve per class cluster (0 = largest classes; seed 0)")
+    return _save(fig, path)
+
+
 def plot_weight_histograms(runs: Sequence[Run], path: Path) -> Path | None:
     shown = [s for s in SETTINGS if s.noisy and _select(runs, s.name, "mwnet-fast")]
     if not shown:
@@ -351,7 +422,8 @@ def plot_auroc(runs: Sequence[Run], path: Path) -> Path | None:
     for k, method in enumerate(DETECTORS):
         means = [np.mean(v) if v else np.nan for v in data[method]]
         stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in data[method]]
-        ax.bar(x + (k - 1) * width, means, width, yerr=stds, label=_title(method), capsize=2)
+        offset = (k - (len(DETECTORS) - 1) / 2) * width
+        ax.bar(x + offset, means, width, yerr=stds, label=_title(method), capsize=2)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xticks(x, [s.name for s in shown], fontsize=8)
     ax.set_ylim(0.0, 1.0)
@@ -431,6 +503,7 @@ def write_report(
         p
         for p in (
             plot_weighting_functions(runs, figures / "weighting_functions.png"),
+            plot_class_aware_curves(runs, figures / "class_aware_curves.png"),
             plot_weight_histograms(runs, figures / "weight_histograms.png"),
             plot_auroc(runs, figures / "auroc.png"),
             plot_accuracy_vs_time(runs, figures / "accuracy_vs_time.png"),
@@ -464,7 +537,8 @@ def _meta_sizes(runs: Sequence[Run]) -> str:
 
 def _method_line(method: MethodSpec) -> str:
     extra = "" if method.default else " (*extra*)"
-    return f"  - {method.title}{extra}: `{' '.join(method.overrides)}`"
+    overrides = (*method.overrides, *(method.weight_optimizer or ()))
+    return f"  - {method.title}{extra}: `{' '.join(overrides)}`"
 
 
 def render(
@@ -498,8 +572,8 @@ def render(
         "CPU thread per run.",
         f"- Meta set: {_meta_sizes(runs)} clean images carved from the training set "
         "before anything else (the paper's sizes: 1,000 for label noise, 10 per class for "
-        "class imbalance); the methods that use clean data (L2RW, fine-tune, MW-Net) use "
-        "this set, the others never see it.",
+        "class imbalance); the methods that use clean data (L2RW, fine-tune, MW-Net, "
+        "CMW-Net) use this set, the others never see it.",
         f"- Seeds {', '.join(map(str, scale.noisy_seeds))} for the noisy and long-tailed "
         f"settings, seed {', '.join(map(str, scale.clean_seeds))} for clean labels; the seed "
         "sets the split, the corruption and the training.",
@@ -545,6 +619,20 @@ def render(
         "",
         *computed_findings(runs),
         "",
+        *(
+            [
+                "## CMW-Net: one weighting curve per class cluster",
+                "",
+                "Classes are clustered by their observed training-set size (3 clusters, "
+                "k-means on the counts); differences are last-epoch accuracy in points, "
+                "mean over seeds, judged against the seeds' spread.",
+                "",
+                class_aware_table(runs),
+                "",
+            ]
+            if class_aware_table(runs)
+            else []
+        ),
         "## Cost: accuracy against training time (flip2 noise 40 %)",
         "",
         "Runs shared the machine two at a time, so the times are comparable with each "
