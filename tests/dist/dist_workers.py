@@ -40,6 +40,7 @@ class Case:
     virtual_step: str = "sgd"
     meta_interval: int = 1
     class_aware: bool = False
+    frozen: bool = False
     batch: int = 100
     meta_batch: int = 100
 
@@ -95,7 +96,10 @@ def train(case: Case, reducer: GradientReducer | None) -> dict:
             model,
             optimizer,
             weight_net,
-            torch.optim.Adam(weight_net.parameters(), lr=0.05, weight_decay=1e-4),
+            None
+            if case.frozen
+            else torch.optim.Adam(weight_net.parameters(), lr=0.05, weight_decay=1e-4),
+            frozen=case.frozen,
             normalize=case.normalize,  # type: ignore[arg-type]
             virtual_step=case.virtual_step,  # type: ignore[arg-type]
             hypergrad=case.hypergrad,  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ CASES = [
     Case("mwnet-fast-uneven-shards", batch=99),
     Case("cmwnet-fast-sum", class_aware=True),
     Case("cmwnet-head-mean", hypergrad="head", normalize="mean", class_aware=True),
+    Case("cmwnet-frozen", class_aware=True, frozen=True),
     Case("l2rw-fast", method="l2rw"),
     Case("l2rw-reverse", method="l2rw", hypergrad="reverse"),
     Case("ce", method="ce"),
