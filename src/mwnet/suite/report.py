@@ -334,23 +334,35 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _settings_grid(n: int) -> tuple[Any, list[Any]]:
+    """A figure with one panel per setting, four to a row; the panels, in order."""
+    cols = 4
+    rows = (n + cols - 1) // cols
+    fig, axes = _figure(rows, cols, (13, 3.1 * rows))
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _usual_losses(run: Run, losses: np.ndarray) -> np.ndarray:
+    """Which grid points of a weighting function lie below the run's 99th-percentile
+    training loss: the range its samples actually had."""
+    sample_losses = read_sample_weights(run.run_dir / "sample_weights.csv")["loss"]
+    return losses <= max(float(np.percentile(sample_losses, 99)), losses.min() + 1e-6)
+
+
 def plot_weighting_functions(runs: Sequence[Run], path: Path) -> Path | None:
     shown = [s for s in SETTINGS if any(_select(runs, s.name, m)[:1] for m in MWNET_METHODS)]
     if not shown:
         return None
-    cols = 4
-    fig, axes = _figure((len(shown) + cols - 1) // cols, cols, (13, 3.1 * ((len(shown) + 3) // 4)))
-    for ax in axes.flat[len(shown) :]:
-        ax.set_visible(False)
-    for ax, setting in zip(axes.flat, shown, strict=False):
+    fig, axes = _settings_grid(len(shown))
+    for ax, setting in zip(axes, shown, strict=True):
         for method, style in zip(MWNET_METHODS, ("-", "--"), strict=True):
             rs = _select(runs, setting.name, method)
             if not rs or not (rs[0].run_dir / "weight_function.csv").is_file():
                 continue
             losses, weights = read_weight_function(rs[0].run_dir / "weight_function.csv")
-            sample_losses = read_sample_weights(rs[0].run_dir / "sample_weights.csv")["loss"]
-            high = float(np.percentile(sample_losses, 99))
-            keep = losses <= max(high, losses.min() + 1e-6)
+            keep = _usual_losses(rs[0], losses)
             scale = max(float(weights[keep].max()), 1e-12)
             ax.plot(losses[keep], weights[keep] / scale, style, label=_title(method))
         ax.set_title(setting.title, fontsize=9)
@@ -367,16 +379,12 @@ def plot_class_aware_curves(runs: Sequence[Run], path: Path) -> Path | None:
     shown = [s for s in shown if (_select(runs, s.name, "cmwnet")[0].run_dir / WF).is_file()]
     if not shown:
         return None
-    cols = 4
-    fig, axes = _figure((len(shown) + cols - 1) // cols, cols, (13, 3.1 * ((len(shown) + 3) // 4)))
-    for ax in axes.flat[len(shown) :]:
-        ax.set_visible(False)
-    for ax, setting in zip(axes.flat, shown, strict=False):
+    fig, axes = _settings_grid(len(shown))
+    for ax, setting in zip(axes, shown, strict=True):
         run = _select(runs, setting.name, "cmwnet")[0]
         losses, weights = read_weight_function(run.run_dir / WF)
         curves = weights[:, None] if weights.ndim == 1 else weights
-        sample_losses = read_sample_weights(run.run_dir / "sample_weights.csv")["loss"]
-        keep = losses <= max(float(np.percentile(sample_losses, 99)), losses.min() + 1e-6)
+        keep = _usual_losses(run, losses)
         sizes = np.bincount(run.summary.get("class_clusters") or [0] * curves.shape[1])
         for k in range(curves.shape[1]):
             ax.plot(losses[keep], curves[keep, k], label=f"cluster {k} ({sizes[k]} classes)")
