@@ -47,6 +47,14 @@ def global_coefficients(weights: torch.Tensor, mode: str, reducer: GradientReduc
     )
 
 
+def global_mean(values: torch.Tensor, reducer: GradientReducer) -> torch.Tensor:
+    """This rank's share of the mean over the global batch: Σ_local v_i / N_global, still
+    attached to the graph of ``values`` (summed over ranks, the gradients give the global
+    mean's)."""
+    (count,) = reducer.sum([_count(values)], "normaliser")
+    return values.sum() / count
+
+
 def weighted_backward(
     losses: torch.Tensor,
     weights: torch.Tensor,
@@ -54,18 +62,23 @@ def weighted_backward(
     optimizer: torch.optim.Optimizer,
     reducer: GradientReducer,
     extras: Sequence[torch.Tensor] = (),
+    unweighted: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Set ``.grad`` of ``optimizer``'s parameters to ∇ Σ_global c_i L_i on every rank.
+    """Set ``.grad`` of ``optimizer``'s parameters to ∇ Σ_global c_i L_i on every rank
+    (plus ∇ mean_global B_i when the objective has an ``unweighted`` part B).
 
     Args:
         losses: this rank's per-sample losses, attached to the model's graph.
         weights: this rank's raw weights w_i (no graph), normalised as ``mode`` says.
         extras: scalars to sum over ranks in the same all-reduce (for logging).
+        unweighted: this rank's per-sample B_i (see :mod:`mwnet.core.objective`).
 
     Returns:
-        This rank's coefficients c_i, the global weighted loss Σ_global c_i L_i, and the
-        sums of ``extras``.
+        This rank's coefficients c_i, the global objective Σ_global c_i L_i (+ mean B), and
+        the sums of ``extras``.
     """
+    if unweighted is not None:
+        return _objective_backward(losses, weights, mode, optimizer, reducer, extras, unweighted)
     weights = weights.to(losses.dtype)
     local = torch.dot(weights, losses)
     parts = [weights.sum(), _count(weights), local.detach(), *(e.detach() for e in extras)]
@@ -81,6 +94,26 @@ def weighted_backward(
 
     summed, denominator = _backward_and_sum(local, stats, optimizer, reducer, divisor)
     return weights / denominator, summed[2] / denominator, list(summed[3:].unbind())
+
+
+def _objective_backward(
+    losses: torch.Tensor,
+    weights: torch.Tensor,
+    mode: str,
+    optimizer: torch.optim.Optimizer,
+    reducer: GradientReducer,
+    extras: Sequence[torch.Tensor],
+    unweighted: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """:func:`weighted_backward` for Σ c_i L_i + mean B_i: the two parts have different
+    normalisers, so both are summed over ranks first (one small all-reduce), and the
+    gradients of this rank's exact share then simply add up over ranks."""
+    with torch.no_grad():
+        coefficients = global_coefficients(weights.to(losses.dtype), mode, reducer)
+    local = torch.dot(coefficients, losses) + global_mean(unweighted, reducer)
+    stats = torch.stack([local.detach(), *(e.detach().to(losses.dtype) for e in extras)])
+    summed, _ = _backward_and_sum(local, stats, optimizer, reducer, lambda s: torch.ones_like(s[0]))
+    return coefficients, summed[0], list(summed[1:].unbind())
 
 
 def mean_backward(

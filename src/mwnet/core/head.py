@@ -31,6 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mwnet.core.hypergrad import MetaProblem
+from mwnet.core.objective import WeightedLoss
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.virtual_step import AffineStep
@@ -212,7 +213,8 @@ def head_problem(
     meta_features: torch.Tensor,
     coefficients: torch.Tensor,
     step: AffineStep,
-    losses_fn: Callable[[torch.Tensor], torch.Tensor],
+    losses_fn: Callable[[torch.Tensor], WeightedLoss],
+    unweighted_mean: Callable[[WeightedLoss], torch.Tensor | None],
     meta_loss_fn: Callable[[torch.Tensor], torch.Tensor],
     weight_params: list[torch.Tensor],
     reducer: GradientReducer | None = None,
@@ -220,14 +222,17 @@ def head_problem(
     """The meta problem restricted to the head, in head space.
 
     ``names``/``params``/``step`` cover the head's parameters only; ``losses_fn`` maps
-    head outputs to per-sample losses of ``y`` and ``meta_loss_fn`` head outputs on the meta
-    batch to the scalar meta loss. The returned problem's losses are attached to a graph
-    over (W, b) alone, so any hypergradient over it never touches the body.
+    head outputs to the training objective's per-sample terms for ``y``,
+    ``unweighted_mean`` those terms to the mean of their unweighted part, and
+    ``meta_loss_fn`` head outputs on the meta batch to the scalar meta loss. The returned
+    problem's losses are attached to a graph over (W, b) alone, so any hypergradient over
+    it never touches the body.
     """
     theta = dict(zip(names, params, strict=True))
+    terms = losses_fn(head.logits(theta, features))
 
     def losses_at(values: dict[str, torch.Tensor]) -> torch.Tensor:
-        return losses_fn(head.logits(values, features))
+        return losses_fn(head.logits(values, features)).weighted
 
     def meta_loss_at(values: dict[str, torch.Tensor]) -> torch.Tensor:
         return meta_loss_fn(head.logits(values, meta_features))
@@ -235,8 +240,9 @@ def head_problem(
     return MetaProblem(
         names=names,
         params=params,
-        losses=losses_at(theta),
+        losses=terms.weighted,
         coefficients=coefficients,
+        unweighted_mean=unweighted_mean(terms),
         step=step,
         meta_loss_at=meta_loss_at,
         losses_at=losses_at,

@@ -1,7 +1,9 @@
 """Gradients of the meta loss with respect to the weighting network's parameters Θ.
 
 Both functions compute the same quantity, ∂L_meta(θ̂(Θ))/∂Θ, where
-θ̂ = a − s · ∇_θ Σ_i c_i(Θ) L_i(θ) is the virtual step and c_i the normalised weights:
+θ̂ = a − s · ∇_θ [Σ_i c_i(Θ) L_i(θ) + B(θ)] is the virtual step, c_i the normalised weights
+and B an optional part of the objective that no weight multiplies (see
+:mod:`mwnet.core.objective`; it moves θ̂ but has no derivative in Θ of its own):
 
 * :func:`reverse_hypergradient` differentiates through the virtual step with
   ``create_graph=True`` -- what the authors do, and the reference.
@@ -62,6 +64,9 @@ class MetaProblem:
     losses_at: Callable[[dict[str, torch.Tensor]], torch.Tensor]
     """Replays the first forward (same dropout draws, real buffers untouched)."""
     weight_params: list[torch.Tensor]
+    unweighted_mean: torch.Tensor | None = None
+    """B(θ): the objective's unweighted part at θ, attached to the first forward's graph
+    (under data parallelism this rank's share of the global mean); None when there is none."""
     reducer: GradientReducer | None = None
     """Set under data parallelism: the losses and coefficients are this rank's shard,
     the coefficients normalised over the global batch, and ``meta_loss_at`` the mean over
@@ -81,11 +86,17 @@ def _grads_or_zeros(
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like, strict=True)]
 
 
+def _objective(problem: MetaProblem) -> torch.Tensor:
+    """Σ_i c_i L_i + B: this rank's part of the objective the virtual step descends."""
+    weighted = torch.dot(problem.coefficients, problem.losses)
+    return weighted if problem.unweighted_mean is None else weighted + problem.unweighted_mean
+
+
 def reverse_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Second-order reverse mode through the virtual step (the reference)."""
     if problem.reducer is not None:
         return _reverse_data_parallel(problem, problem.reducer)
-    weighted = torch.dot(problem.coefficients, problem.losses)
+    weighted = _objective(problem)
     grads = torch.autograd.grad(
         weighted, problem.params, create_graph=True, retain_graph=True, allow_unused=True
     )
@@ -105,7 +116,7 @@ def _reverse_data_parallel(
     meta gradient of the whole meta batch to every rank's own samples; the weighting net's
     gradients, each from one rank's samples, are then summed.
     """
-    weighted = torch.dot(problem.coefficients, problem.losses)
+    weighted = _objective(problem)
     grads = torch.autograd.grad(
         weighted, problem.params, create_graph=True, retain_graph=True, allow_unused=True
     )
@@ -126,10 +137,14 @@ def fast_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], torch.
     """The same gradient from first-order passes and one forward-mode JVP."""
     reducer = problem.reducer
     coefficients = problem.coefficients.detach()
+    outputs, seeds = [problem.losses], [coefficients]
+    if problem.unweighted_mean is not None:
+        outputs.append(problem.unweighted_mean)
+        seeds.append(torch.ones_like(problem.unweighted_mean))
     grads = torch.autograd.grad(
-        problem.losses,
+        outputs,
         problem.params,
-        coefficients,
+        seeds,
         retain_graph=problem.keep_graph,
         allow_unused=True,
     )

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from mwnet.core.checks import check_batch, check_labels, check_per_sample, raise_if_not_finite
+from mwnet.core.checks import check_batch, check_labels, raise_if_not_finite
 from mwnet.core.compiled import (
     CompiledLossesJvp,
     compiled_functional,
     compiled_module,
     eager_functional,
 )
-from mwnet.core.data_parallel import global_coefficients, weighted_backward
+from mwnet.core.data_parallel import global_coefficients, global_mean, weighted_backward
 from mwnet.core.head import HeadCall, LinearHead, head_problem
 from mwnet.core.hypergrad import (
     HEAD_MODE,
@@ -28,6 +28,7 @@ from mwnet.core.hypergrad import (
     HypergradMode,
     MetaProblem,
 )
+from mwnet.core.objective import WeightedLoss, as_weighted_loss
 from mwnet.core.parameters import virtual_parameters
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
@@ -37,6 +38,7 @@ from mwnet.core.weight_net import WeightNet, takes_labels
 Normalization = Literal["sum", "sum-detached", "mean", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("sum", "sum-detached", "mean", "none")
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+TrainingLossFn = Callable[[Any, torch.Tensor], "torch.Tensor | WeightedLoss"]
 
 
 def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -69,13 +71,15 @@ class StepResult:
     """What one :meth:`MetaReweighter.step` did, detached, for logging."""
 
     losses: torch.Tensor
-    """Per-sample training losses L_i(θ) before the update, shape (n,)."""
+    """Per-sample training losses L_i(θ) before the update, shape (n,): what the weighting
+    net saw (a :class:`WeightedLoss`'s ``weigh_by``)."""
     weights: torch.Tensor
     """Raw weights V(L_i) in (0, 1) from the weighting net used for the real update."""
     coefficients: torch.Tensor
     """Normalised weights c_i actually applied: the update minimises Σ_i c_i L_i."""
     loss: torch.Tensor
-    """The weighted training loss Σ_i c_i L_i (scalar)."""
+    """The weighted training loss Σ_i c_i L_i (scalar; for a :class:`WeightedLoss`,
+    Σ_i c_i A_i + mean_i B_i)."""
     meta_loss: torch.Tensor | None
     """Meta loss after the virtual step, L_meta(θ̂); None when the weighting net was not
     updated this step (see ``meta_interval``)."""
@@ -110,8 +114,12 @@ class MetaReweighter:
         weight_optimizer: optimizer of ``weight_net``; default Adam(lr=1e-3,
             weight_decay=1e-4), the authors' setting for flip noise.
         loss_fn: per-sample training loss ``(output, labels) -> (n,)``; default
-            cross-entropy.
-        meta_loss_fn: scalar loss on the meta batch; default the mean of ``loss_fn``.
+            cross-entropy. It may instead return a :class:`WeightedLoss`, an objective
+            Σ_i c_i A_i + mean_i B_i that is affine in the weights (label correction:
+            :func:`mwnet.core.objective.label_correction_loss`); the hypergradient stays
+            exact for it, in every mode.
+        meta_loss_fn: scalar loss on the meta batch; default the mean of ``loss_fn`` (of a
+            :class:`WeightedLoss`'s ``losses``: the loss the weighting net sees).
         normalize: ``"sum"`` (paper) | ``"sum-detached"`` (CMW-Net's imbalance script) |
             ``"mean"`` (authors' stable script) | ``"none"``, see :func:`normalize_weights`.
         virtual_step: ``"sgd"`` (paper: plain SGD at the current lr) | ``"optimizer"``
@@ -167,7 +175,7 @@ class MetaReweighter:
         weight_net: nn.Module | None = None,
         weight_optimizer: torch.optim.Optimizer | None = None,
         *,
-        loss_fn: LossFn | None = None,
+        loss_fn: TrainingLossFn | None = None,
         meta_loss_fn: LossFn | None = None,
         normalize: Normalization = "sum",
         virtual_step: VirtualStepKind = "sgd",
@@ -225,9 +233,9 @@ class MetaReweighter:
                 self._weight_params, lr=1e-3, weight_decay=1e-4
             )
         self._default_loss = loss_fn is None
-        self.loss_fn: LossFn = loss_fn or per_sample_cross_entropy
-        self.meta_loss_fn: LossFn = meta_loss_fn or (lambda out, y: self.loss_fn(out, y).mean())
-        self._losses_jvp = CompiledLossesJvp(model, self.loss_fn) if compile else None
+        self.loss_fn: TrainingLossFn = loss_fn or per_sample_cross_entropy
+        self.meta_loss_fn: LossFn = meta_loss_fn or self._default_meta_loss
+        self._losses_jvp = CompiledLossesJvp(model, self._weighted_part) if compile else None
         self.normalize = normalize
         self.virtual_step = virtual_step
         self.hypergrad = hypergrad
@@ -273,12 +281,27 @@ class MetaReweighter:
             )
         return out.reshape(-1)
 
-    def _per_sample(self, output: Any, y: torch.Tensor, which: str) -> torch.Tensor:
+    def _per_sample(self, output: Any, y: torch.Tensor, which: str) -> WeightedLoss:
         if self.checks and self._default_loss and isinstance(output, torch.Tensor):
             check_labels(y, output.shape[-1], which)
-        losses = self.loss_fn(output, y)
-        check_per_sample(losses, y.shape[0], which)
-        return losses
+        return as_weighted_loss(self.loss_fn(output, y), y.shape[0], which)
+
+    def _weighted_part(self, output: Any, y: torch.Tensor) -> torch.Tensor:
+        """A_i of the objective: what the coefficients multiply (the JVP's per-sample losses)."""
+        out = self.loss_fn(output, y)
+        return out.weighted if isinstance(out, WeightedLoss) else out
+
+    def _default_meta_loss(self, output: Any, y: torch.Tensor) -> torch.Tensor:
+        out = self.loss_fn(output, y)
+        return (out.losses if isinstance(out, WeightedLoss) else out).mean()
+
+    def _unweighted_mean(self, terms: WeightedLoss) -> torch.Tensor | None:
+        """mean_i B_i over the global batch (this rank's share under data parallelism)."""
+        if terms.unweighted is None:
+            return None
+        if self.reducer is None:
+            return terms.unweighted.mean()
+        return global_mean(terms.unweighted, self.reducer)
 
     def _meta_loss(self, out: Any, y_meta: torch.Tensor) -> torch.Tensor:
         if self.checks and self._default_loss and isinstance(out, torch.Tensor):
@@ -302,14 +325,15 @@ class MetaReweighter:
         x: torch.Tensor,
         y: torch.Tensor,
         output: Any,
-        losses: torch.Tensor,
+        terms: WeightedLoss,
         snapshot: ForwardSnapshot,
         x_meta: torch.Tensor,
         y_meta: torch.Tensor,
         call: HeadCall | None,
         keep_graph: bool = True,
     ) -> MetaProblem:
-        coefficients = self._coefficients(self.weights(losses.detach(), y)).to(losses.dtype)
+        weights = self.weights(terms.losses.detach(), y)
+        coefficients = self._coefficients(weights).to(terms.weighted.dtype)
         if self._head is not None:
             assert call is not None
             return self._head_problem(output, y, coefficients, snapshot, x_meta, y_meta, call)
@@ -321,14 +345,15 @@ class MetaReweighter:
         def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             with snapshot.replaying_rng():
                 out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
-            return self.loss_fn(out, y)
+            return self._weighted_part(out, y)
 
         jvp = self._losses_jvp
         return MetaProblem(
             names=self._names,
             params=self._params,
-            losses=losses,
+            losses=terms.weighted,
             coefficients=coefficients,
+            unweighted_mean=self._unweighted_mean(terms),
             step=affine_step(self.virtual_step, self._params, self._groups(), self.optimizer),
             meta_loss_at=meta_loss_at,
             losses_at=losses_at,
@@ -363,10 +388,8 @@ class MetaReweighter:
         groups = self._groups()
         params = [self._params[i] for i in head.indices]
 
-        def losses_fn(logits: torch.Tensor) -> torch.Tensor:
-            losses = self.loss_fn(logits, y)
-            check_per_sample(losses, y.shape[0], "training")
-            return losses
+        def losses_fn(logits: torch.Tensor) -> WeightedLoss:
+            return as_weighted_loss(self.loss_fn(logits, y), y.shape[0], "training")
 
         return head_problem(
             head,
@@ -380,6 +403,7 @@ class MetaReweighter:
                 self.virtual_step, params, [groups[i] for i in head.indices], self.optimizer
             ),
             losses_fn=losses_fn,
+            unweighted_mean=self._unweighted_mean,
             meta_loss_fn=lambda logits: self._meta_loss(logits, y_meta),
             weight_params=self._weight_params,
             reducer=self.reducer,
@@ -397,10 +421,8 @@ class MetaReweighter:
         snapshot = ForwardSnapshot.capture(self.model, x.device)
         with self._watching(True) as call:
             output = functional_call(self.model, snapshot.buffer_copies(), (x,))
-        losses = self._per_sample(output, y, "training")
-        problem = self._problem(
-            x, y, output, losses, snapshot, x_meta, y_meta, call, keep_graph=False
-        )
+        terms = self._per_sample(output, y, "training")
+        problem = self._problem(x, y, output, terms, snapshot, x_meta, y_meta, call, False)
         return HYPERGRADIENTS[self.hypergrad](problem)
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
@@ -442,17 +464,17 @@ class MetaReweighter:
                 output = self._functional(snapshot.buffer_copies(), x)
             else:
                 output = self._forward(x)
-        losses = self._per_sample(output, y, "training")
+        terms = self._per_sample(output, y, "training")
         meta_loss = None
         if meta_update:
             problem = self._problem(
-                x, y, output, losses, snapshot, x_meta, y_meta, call, keep_graph=not recompute
+                x, y, output, terms, snapshot, x_meta, y_meta, call, keep_graph=not recompute
             )
             hyper, meta_loss = HYPERGRADIENTS[self.hypergrad](problem)
             if self.checks:
                 raise_if_not_finite(
                     self.steps_done,
-                    training_loss=losses.detach(),
+                    training_loss=terms.weighted.detach(),
                     meta_loss=meta_loss,
                     weight_net_gradient=torch.cat([g.reshape(-1) for g in hyper]),
                 )
@@ -461,24 +483,30 @@ class MetaReweighter:
                 p.grad = g
             self.weight_optimizer.step()
         elif self.checks:
-            raise_if_not_finite(self.steps_done, training_loss=losses.detach())
+            raise_if_not_finite(self.steps_done, training_loss=terms.weighted.detach())
         if recompute:
-            output, losses = self._replayed_forward(x, y, snapshot)
+            output, terms = self._replayed_forward(x, y, snapshot)
         with torch.no_grad():
-            weights = self.weights(losses.detach(), y)
+            weights = self.weights(terms.losses.detach(), y)
         if self.reducer is None:
             with torch.no_grad():
-                coefficients = normalize_weights(weights, self.normalize).to(losses.dtype)
-            loss = torch.dot(coefficients, losses)
+                coefficients = normalize_weights(weights, self.normalize)
+                coefficients = coefficients.to(terms.weighted.dtype)
+            loss = terms.value(coefficients, self._unweighted_mean(terms))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         else:
             coefficients, loss, _ = weighted_backward(
-                losses, weights, self.normalize, self.optimizer, self.reducer
+                terms.weighted,
+                weights,
+                self.normalize,
+                self.optimizer,
+                self.reducer,
+                unweighted=terms.unweighted,
             )
         self.optimizer.step()
         result = StepResult(
-            losses=losses.detach(),
+            losses=terms.losses.detach(),
             weights=weights,
             coefficients=coefficients,
             loss=loss.detach(),
@@ -490,13 +518,13 @@ class MetaReweighter:
 
     def _replayed_forward(
         self, x: torch.Tensor, y: torch.Tensor, snapshot: ForwardSnapshot
-    ) -> tuple[Any, torch.Tensor]:
+    ) -> tuple[Any, WeightedLoss]:
         """The real forward of a low-memory step: the model itself, so its buffers move
         now (once per step), run with the RNG state of the first pass, so dropout draws the
         masks the hypergradient saw. The RNG then continues as after the default path."""
         with snapshot.replaying_rng():
             output = self._forward(x)
-        return output, self.loss_fn(output, y)
+        return output, self._per_sample(output, y, "training")
 
     def state_dict(self) -> dict[str, Any]:
         """The reweighter's own state: step count, weighting net and its optimizer.
