@@ -17,6 +17,7 @@ from mwnet.models import (
     cifar_resnet,
     input_shape,
     mlp,
+    preact_resnet18,
     register,
     resnet32,
     wide_resnet,
@@ -33,6 +34,7 @@ FORWARD_CASES: list[tuple[str, dict]] = [
     ("wrn", {"depth": 10, "width": 2, "dropout": 0.3}),
     ("cnn_small", {}),
     ("mlp", {"hidden": (32, 16), "dropout": 0.1}),
+    ("preact_resnet18", {"width": 16}),
 ]
 
 
@@ -72,6 +74,21 @@ def test_resnet32_parameter_count() -> None:
     # total 464 + 23,360 + 88,192 + 351,488 + 650 = 464,154 (option-A shortcuts add none)
     assert n_params(resnet32(num_classes=10)) == 464_154
     assert n_params(build("resnet32", 10)) == 464_154
+
+
+def test_preact_resnet18_parameter_count() -> None:
+    # stem: conv 3*64*9 = 1,728, BN 128                                           ->     1,856
+    # block(i -> o) = BN 2i + conv 9io + BN 2o + conv 9oo (+ 1x1 shortcut io if i != o)
+    # stage 1: 2 x (128 + 36,864 + 128 + 36,864)                                  ->   147,968
+    # stage 2: (128 + 73,728 + 256 + 147,456 + 8,192) + (256 + 2*147,456 + 256)   ->   525,184
+    # stage 3: (256 + 294,912 + 512 + 589,824 + 32,768) + (512 + 2*589,824 + 512) -> 2,098,944
+    # stage 4: (512 + 1,179,648 + 1,024 + 2,359,296 + 131,072)
+    #          + (1,024 + 2*2,359,296 + 1,024)                                    -> 8,392,192
+    # fc 512*10 + 10                                                              ->     5,130
+    # total 11,171,274 ("11.2M"); 100 classes add 90*513 = 46,170
+    assert n_params(preact_resnet18(num_classes=10)) == 11_171_274
+    assert n_params(build("preact_resnet18", 10)) == 11_171_274
+    assert n_params(build("preact_resnet18", 100)) == 11_217_444
 
 
 def test_wrn28_10_parameter_count() -> None:
@@ -200,6 +217,59 @@ class _RefWideResNet(nn.Module):
         return self.fc(nn.functional.avg_pool2d(out, 8).view(-1, self.channels))
 
 
+class _RefPreActBlock(nn.Module):
+    """The CMW-Net authors' PreAct block: the shortcut (an empty Sequential, or a 1x1 conv
+    with no BN) is applied to relu(bn1(x)) in every block, and nothing follows the sum."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(out)
+        out = self.conv2(torch.relu(self.bn2(self.conv1(out))))
+        return out + shortcut
+
+
+class _RefPreActResNet18(nn.Module):
+    """The authors' ResNet18: 3x3 stem conv (stride 1) + BN + ReLU, stages of 2 blocks at
+    64/128/256/512 channels, no final BN-ReLU, avg_pool2d(kernel 4), linear."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        layers, in_planes = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks = []
+            for s in (stride, 1):
+                blocks.append(_RefPreActBlock(in_planes, planes, s))
+                in_planes = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = nn.functional.avg_pool2d(out, 4)
+        return self.linear(out.view(out.size(0), -1))
+
+
+def _preact_key(ours: str) -> str:
+    """Our PreAct key -> the authors' (stageK -> layerK, shortcut -> shortcut.0, fc -> linear)."""
+    for k in (1, 2, 3, 4):
+        ours = ours.replace(f"stage{k}.", f"layer{k}.")
+    return ours.replace(".shortcut.", ".shortcut.0.").replace("fc.", "linear.")
+
+
 def _resnet_key(ours: str) -> str:
     """Our ResNet state_dict key -> the authors' name (stageK -> layerK, fc -> linear)."""
     for k in (1, 2, 3):
@@ -262,6 +332,49 @@ def test_wide_resnet_matches_authors_layout(depth: int, width: int) -> None:
         _RefWideResNet(depth, width, 10),
         _wrn_key,
     )
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_preact_resnet18_matches_authors_layout(num_classes: int) -> None:
+    """Same weights, same outputs as CMW-Net's PreAct ResNet-18 (label-correction model)."""
+    ours = preact_resnet18(num_classes)
+    assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in ours.modules()) == 3
+    _assert_same_function(ours, _RefPreActResNet18(num_classes), _preact_key)
+
+
+def test_preact_resnet18_builds_for_cifar_and_fashion_mnist() -> None:
+    torch.manual_seed(0)
+    assert input_shape("preact_resnet18") == (3, 32, 32)
+    cifar = build("preact_resnet18", num_classes=100)
+    assert cifar.conv1.in_channels == 3
+    assert cifar(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    fmnist = build("preact_resnet18", num_classes=10, in_channels=1)
+    assert fmnist.conv1.in_channels == 1
+    last_map: list[torch.Size] = []
+    fmnist.stage4.register_forward_hook(lambda m, i, o: last_map.append(o.shape))
+    out = fmnist(torch.randn(2, 1, 28, 28))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    # 28 -> 28, 14, 7, 4: a 4x4 final map, where global pooling equals the authors' kernel 4
+    assert last_map == [torch.Size([2, 512, 4, 4])]
+
+
+def test_preact_resnet18_one_fast_meta_step() -> None:
+    """The published width through the package's meta step, on a tiny CIFAR-sized batch."""
+    torch.manual_seed(0)
+    model = build("preact_resnet18", 10)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    reweighter = mwnet.MetaReweighter(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), hypergrad="fast"
+    )
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    x_meta, y_meta = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    result = reweighter.step(x, y, x_meta, y_meta)
+    assert result.meta_loss is not None and torch.isfinite(result.meta_loss)
+    assert result.weights.shape == (4,) and torch.isfinite(result.weights).all()
+    after = model.state_dict()
+    for name in ("conv1.weight", "stage4.1.conv2.weight", "fc.weight", "fc.bias"):
+        assert not torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["stage1.0.bn1.running_mean"], after["stage1.0.bn1.running_mean"])
 
 
 def test_invalid_depths() -> None:
