@@ -33,6 +33,7 @@ from mwnet.data.long_tail import long_tail_counts, long_tail_indices
 from mwnet.data.meta_split import default_meta_per_class, meta_split
 from mwnet.data.mnist import FASHION_MNIST, FASHION_MNIST_CLASSES, MNIST, load_idx_dataset
 from mwnet.data.paths import cache_dir, search_dirs
+from mwnet.data.pseudo_meta import PseudoMeta, pseudo_meta_precision, select_pseudo_meta
 from mwnet.data.sources import DATASET_NAMES, load_dataset
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "EndlessBatches",
     "ImageDataset",
     "Normalize",
+    "PseudoMeta",
     "cache_dir",
     "corrupt_labels",
     "default_meta_per_class",
@@ -71,9 +73,11 @@ __all__ = [
     "long_tail_indices",
     "md5_of",
     "meta_split",
+    "pseudo_meta_precision",
     "read_idx",
     "safe_extract",
     "search_dirs",
+    "select_pseudo_meta",
     "to_float",
     "transition_matrix",
 ]
