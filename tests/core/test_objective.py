@@ -11,7 +11,11 @@ from nets import BnCnn, Mlp, random_batches
 from numeric import central_differences
 
 import mwnet
-from mwnet.core.objective import WeightedLoss, label_correction_loss
+from mwnet.core.objective import (
+    WeightedLoss,
+    label_correction_loss,
+    label_correction_mixup_loss,
+)
 
 IMAGE, CLASSES = (3, 8, 8), 5
 
@@ -225,3 +229,56 @@ def test_parts_of_the_wrong_shape_are_named():
     x, y, xm, ym = random_batches((6,), CLASSES, torch.float64, n=8)
     with pytest.raises(ValueError, match=r"WeightedLoss.unweighted must hold one value per"):
         rw.step(x, y, xm, ym)
+
+
+def test_mixup_objective_is_the_authors_two_label_mix():
+    torch.manual_seed(0)
+    n, lam = 6, 0.7
+    logits, y = torch.randn(n, CLASSES, dtype=torch.float64), torch.randint(0, CLASSES, (n,))
+    p, partner = _soft_labels(n, 1), torch.randperm(n)
+    v = torch.rand(2 * n, dtype=torch.float64)
+    terms = label_correction_mixup_loss(logits, y, p, partner, lam)
+    ce = lambda target: F.cross_entropy(logits, target, reduction="none")  # noqa: E731
+    v1, v2 = v[:n], v[n:]
+    want = lam * (v1 * ce(y) + (1 - v1) * ce(p)) + (1 - lam) * (
+        v2 * ce(y[partner]) + (1 - v2) * ce(p[partner])
+    )
+    torch.testing.assert_close(terms.value(v / (2 * n), terms.unweighted.mean()), want.mean())
+    assert torch.equal(terms.weigh_labels, torch.cat([y, y[partner]]))
+    torch.testing.assert_close(terms.losses, torch.cat([ce(y), ce(y[partner])]))
+
+
+@pytest.mark.parametrize("net", ["mwnet", "cmwnet"])
+def test_mixup_hypergradient_fast_equals_reverse_and_finite_differences(net):
+    """Two weights per mixed sample, each from its own label's loss (class-aware: its own
+    label's head); the hypergradient through both stays exact."""
+    torch.manual_seed(0)
+    model = Mlp(classes=CLASSES).double()
+    if net == "cmwnet":
+        vnet = mwnet.ClassAwareWeightNet([50, 40, 9, 8, 2], hidden=4).double()
+    else:
+        vnet = mwnet.WeightNet(hidden=4).double()
+    x, y, xm, ym = random_batches((6,), CLASSES, torch.float64, n=12)
+    p, partner, lam = _soft_labels(12, 3), torch.randperm(12), 0.8
+    mixed = lam * x + (1 - lam) * x[partner]
+
+    def loss(logits, labels):
+        return label_correction_mixup_loss(logits, labels, p, partner, lam)
+
+    grads = {}
+    for mode in ("reverse", "fast"):
+        rw = mwnet.MetaReweighter(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.5),
+            vnet,
+            loss_fn=loss,
+            meta_loss_fn=Teacher.meta_loss,
+            normalize="mean",
+            hypergrad=mode,
+        )
+        grads[mode] = torch.cat([g.reshape(-1) for g in rw.meta_gradient(mixed, y, xm, ym)[0]])
+    torch.testing.assert_close(grads["fast"], grads["reverse"], rtol=1e-9, atol=1e-12)
+    numeric = central_differences(
+        list(vnet.parameters()), lambda: rw.meta_gradient(mixed, y, xm, ym)[1]
+    )
+    assert float((grads["reverse"] - numeric).norm() / numeric.norm()) <= 1e-6

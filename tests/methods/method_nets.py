@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mwnet.methods import Method, build_method
+from mwnet.methods import LABEL_CORRECTION_METHODS, Method, build_method
 
 CLASSES = 5
 
@@ -66,6 +66,15 @@ def counts() -> torch.Tensor:
     return torch.tensor([50, 20, 10, 5, 2])
 
 
+def fixed_soft_labels(x: torch.Tensor) -> torch.Tensor:
+    """A stand-in teacher for the label-correction methods: probabilities that depend on
+    the inputs alone (a fixed map), so the same batch always gets the same soft labels."""
+    flat = x.flatten(1)
+    g = torch.Generator().manual_seed(99)
+    weights = torch.randn(flat.shape[1], CLASSES, generator=g, dtype=flat.dtype)
+    return torch.softmax(flat @ weights, dim=1)
+
+
 def build(
     name: str,
     model: nn.Module,
@@ -85,6 +94,7 @@ def build(
         meta_batches=meta_stream(kind, dtype, meta_start),
         class_counts=counts(),
         options={"epochs": 3, **(options or {})},
+        soft_labels=fixed_soft_labels if name in LABEL_CORRECTION_METHODS else None,
     )
     return optimizer, method
 

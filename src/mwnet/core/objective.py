@@ -24,10 +24,13 @@ from mwnet.core.checks import check_per_sample
 
 @dataclass(frozen=True)
 class WeightedLoss:
-    """J = Σ_i c_i · ``weighted``_i + mean_i ``unweighted``_i, per sample of one batch.
+    """J = Σ_i c_i · ``weighted``_i + mean_i ``unweighted``_i, over the terms of one batch.
 
     ``weigh_by`` is what the weighting net is fed (detached); None means ``weighted``.
-    Under data parallelism the mean of ``unweighted`` is over the global batch.
+    Usually there is one term per sample; an objective may have more (mixup: one per
+    sample and label), and then says which label each term's weight is for
+    (``weigh_labels``, for class-aware weighting nets). Under data parallelism the mean of
+    ``unweighted`` is over the global batch's terms.
     """
 
     weighted: torch.Tensor
@@ -36,6 +39,8 @@ class WeightedLoss:
     """B_i, shape (n,) or None: a part every sample contributes equally, averaged."""
     weigh_by: torch.Tensor | None = None
     """The per-sample loss the weighting net maps to a weight, shape (n,); None: A_i."""
+    weigh_labels: torch.Tensor | None = None
+    """The label of each term, for a weighting net that takes labels; None: the batch's."""
 
     @property
     def losses(self) -> torch.Tensor:
@@ -63,20 +68,49 @@ def label_correction_loss(
     return WeightedLoss(weighted=given - teacher, unweighted=teacher, weigh_by=given)
 
 
+def label_correction_mixup_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    soft_labels: torch.Tensor,
+    partner: torch.Tensor,
+    lam: float,
+) -> WeightedLoss:
+    """Label correction on a mixup batch, as the CMW-Net-SL authors train: the input
+    λ x_i + (1 − λ) x_j (j = ``partner[i]``) is trained on
+    λ [v CE(y_i) + (1 − v) CE(p_i)] + (1 − λ) [v' CE(y_j) + (1 − v') CE(p_j)],
+    with a weight for each of its two labels, from that label's own loss.
+
+    Two terms per sample, so 2n in all; the factor 2 makes ``normalize="mean"`` (c = v / 2n)
+    give the authors' batch mean of that objective.
+    """
+    log_probs = torch.log_softmax(logits, dim=-1)
+    soft = soft_labels.detach()
+    parts = []
+    for share, y, p in ((lam, labels, soft), (1.0 - lam, labels[partner], soft[partner])):
+        given = -log_probs.gather(-1, y.reshape(-1, 1)).squeeze(-1)
+        teacher = -(p * log_probs).sum(-1)
+        parts.append((2 * share * (given - teacher), 2 * share * teacher, given, y))
+    weighted, unweighted, given, ys = (torch.cat(column) for column in zip(*parts, strict=True))
+    return WeightedLoss(weighted, unweighted, weigh_by=given, weigh_labels=ys)
+
+
 def as_weighted_loss(out: torch.Tensor | WeightedLoss, n: int, which: str) -> WeightedLoss:
     """A loss function's output as a :class:`WeightedLoss`, every part checked to hold
-    one value per sample (a reduced scalar is the usual mistake)."""
+    one value per term (per sample unless ``weigh_labels`` says otherwise; a reduced scalar
+    is the usual mistake)."""
     if not isinstance(out, WeightedLoss):
         check_per_sample(out, n, which)
         return WeightedLoss(weighted=out)
-    for name in ("weighted", "unweighted", "weigh_by"):
+    terms = n if out.weigh_labels is None else out.weigh_labels.shape[0]
+    for name in ("weighted", "unweighted", "weigh_by", "weigh_labels"):
         part = getattr(out, name)
         if part is None and name != "weighted":
             continue
-        if not isinstance(part, torch.Tensor) or tuple(part.shape) != (n,):
+        if not isinstance(part, torch.Tensor) or tuple(part.shape) != (terms,):
             shape = tuple(part.shape) if isinstance(part, torch.Tensor) else type(part)
+            per = "sample" if terms == n else "term (weigh_labels)"
             raise ValueError(
-                f"loss_fn's WeightedLoss.{name} must hold one value per sample, shape ({n},) "
-                f"for this {which} batch, got {shape}"
+                f"loss_fn's WeightedLoss.{name} must hold one value per {per}, shape "
+                f"({terms},) for this {which} batch, got {shape}"
             )
     return out

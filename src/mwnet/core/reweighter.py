@@ -332,7 +332,7 @@ class MetaReweighter:
         call: HeadCall | None,
         keep_graph: bool = True,
     ) -> MetaProblem:
-        weights = self.weights(terms.losses.detach(), y)
+        weights = self.weights(terms.losses.detach(), _labels(terms, y))
         coefficients = self._coefficients(weights).to(terms.weighted.dtype)
         if self._head is not None:
             assert call is not None
@@ -487,7 +487,7 @@ class MetaReweighter:
         if recompute:
             output, terms = self._replayed_forward(x, y, snapshot)
         with torch.no_grad():
-            weights = self.weights(terms.losses.detach(), y)
+            weights = self.weights(terms.losses.detach(), _labels(terms, y))
         if self.reducer is None:
             with torch.no_grad():
                 coefficients = normalize_weights(weights, self.normalize)
@@ -544,3 +544,8 @@ class MetaReweighter:
         self.weight_net.load_state_dict(state["weight_net"])
         if self.weight_optimizer is not None:
             self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+
+
+def _labels(terms: WeightedLoss, y: torch.Tensor) -> torch.Tensor:
+    """The label of each term of the objective, for weighting nets that take labels."""
+    return y if terms.weigh_labels is None else terms.weigh_labels

@@ -13,10 +13,16 @@ from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
 from mwnet.methods.l2rw import L2RW
 from mwnet.methods.meta_weight_net import MetaWeightNet
-from mwnet.methods.registry import METHODS, WEIGHTING_METHODS, build_method
+from mwnet.methods.registry import (
+    LABEL_CORRECTION_METHODS,
+    METHODS,
+    WEIGHTING_METHODS,
+    build_method,
+)
 
 __all__ = [
     "L2RW",
+    "LABEL_CORRECTION_METHODS",
     "METHODS",
     "WEIGHTING_METHODS",
     "ClassBalanced",

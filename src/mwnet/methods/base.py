@@ -50,10 +50,6 @@ class Method(abc.ABC):
         """
         return "train"
 
-    def begin_epoch(self, epoch: int) -> None:
-        """Called by the loop at the start of every epoch (from 0), resumed runs included."""
-        return None
-
     def weighting_function(self, losses: torch.Tensor) -> torch.Tensor | None:
         """The learned map from per-sample loss to weight, if the method learns one (no grad):
         shape (n,), or (n, K) for one curve per class cluster."""

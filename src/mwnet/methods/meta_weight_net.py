@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mwnet.core import ClassAwareWeightNet, MetaReweighter, WeightNet
 from mwnet.core.hypergrad import HypergradMode
+from mwnet.core.objective import (
+    WeightedLoss,
+    label_correction_loss,
+    label_correction_mixup_loss,
+)
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.reweighter import Normalization
 from mwnet.core.virtual_step import VirtualStepKind
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
-from mwnet.methods.ce import CrossEntropy
 
 WeightOptimizer = Literal["adam", "sgd"]
 WEIGHT_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -67,8 +73,19 @@ class MetaWeightNet(Method):
         weight_net: use this net (e.g. one learned in another run) instead of building one.
         frozen: never update the weighting net: no meta batch is drawn, a step costs a
             plain step plus the tiny net. Needs ``weight_net``.
-        warmup_epochs: train the first epochs with plain cross-entropy (CMW-Net on long
-            tails: 160 of 200 epochs), the weighting net untouched.
+        soft_labels: label correction (CMW-Net-SL): a callable giving a teacher's class
+            probabilities for a training batch's inputs (e.g. an EMA teacher's
+            ``soft_labels``). Each sample's objective is then
+            v_i CE(f(x_i), y_i) + (1 − v_i) CE(f(x_i), p_i) with v_i its weight (exact, see
+            :mod:`mwnet.core.objective`), and the meta loss the plain cross-entropy of the
+            meta batch. The authors normalise with ``normalize="mean"``.
+        mixup: label correction on mixup batches, as the authors train: each step mixes
+            the batch with a permutation of itself, λ ~ Beta(1, 1) folded to λ >= 1/2,
+            and each mixed input gets a weight for each of its two labels (see
+            :func:`mwnet.core.objective.label_correction_mixup_loss`); the meta batch is
+            mixed the same way and its loss is the mixup cross-entropy. The soft labels
+            come from the un-mixed inputs. Needs ``soft_labels`` and
+            ``normalize="mean"``. Under data parallelism each rank mixes within its shard.
     """
 
     name = "mwnet"
@@ -97,7 +114,8 @@ class MetaWeightNet(Method):
         weight_clusters: int = 3,
         weight_net: nn.Module | None = None,
         frozen: bool = False,
-        warmup_epochs: int = 0,
+        soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        mixup: bool = False,
         checks: bool = True,
         reducer: GradientReducer | None = None,
     ) -> None:
@@ -106,8 +124,12 @@ class MetaWeightNet(Method):
                 "a frozen weighting net must come from somewhere: pass weight_net (e.g. "
                 "mwnet.load_weight_net(path).net), or drop frozen"
             )
-        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
+        if mixup and (soft_labels is None or normalize != "mean"):
+            raise ValueError(
+                "mixup is label correction on mixed batches: it needs soft_labels (mwnet-sl, "
+                f"cmwnet-sl) and normalize='mean', got normalize={normalize!r} and "
+                f"soft_labels={'set' if soft_labels is not None else 'None'}"
+            )
         param = next(model.parameters())
         if weight_net is not None:
             net = weight_net
@@ -131,6 +153,8 @@ class MetaWeightNet(Method):
             optimizer,
             net,
             net_optimizer,
+            loss_fn=None if soft_labels is None else self._label_correction,
+            meta_loss_fn=None if soft_labels is None else self._meta_loss,
             normalize=normalize,
             virtual_step=virtual_step,
             hypergrad=hypergrad,
@@ -143,11 +167,14 @@ class MetaWeightNet(Method):
             reducer=reducer,
         )
         self.name = "cmwnet" if isinstance(net, ClassAwareWeightNet) else "mwnet"
+        self.name += "-sl" if soft_labels is not None else ""
+        self.soft_labels = soft_labels
+        self.mixup = mixup
+        self._batch_soft_labels: torch.Tensor | None = None
+        self._mix: _Mix | None = None
+        self._meta_mix: _Mix | None = None
         self.normalize = normalize
         self.meta_batches = meta_batches
-        self.warmup_epochs = warmup_epochs
-        self._warmup = CrossEntropy(model, optimizer, checks=checks, reducer=reducer)
-        self._warming_up = warmup_epochs > 0
         super().__init__()
 
     @property
@@ -159,21 +186,40 @@ class MetaWeightNet(Method):
     def steps_done(self, value: int) -> None:
         self.reweighter.steps_done = value
 
-    def begin_epoch(self, epoch: int) -> None:
-        self._warming_up = epoch < self.warmup_epochs
+    def _label_correction(self, logits: torch.Tensor, y: torch.Tensor) -> WeightedLoss:
+        assert self._batch_soft_labels is not None
+        soft = self._batch_soft_labels.to(logits.dtype)
+        if self._mix is None:
+            return label_correction_loss(logits, y, soft)
+        return label_correction_mixup_loss(logits, y, soft, self._mix.partner, self._mix.lam)
+
+    def _meta_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, y)
+        mix = self._meta_mix
+        if mix is None:
+            return loss
+        return mix.lam * loss + (1 - mix.lam) * F.cross_entropy(logits, y[mix.partner])
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        if self._warming_up:
-            return self._warmup.step(x, y)
+        if self.soft_labels is not None:
+            with torch.no_grad():
+                self._batch_soft_labels = self.soft_labels(x)
         rw = self.reweighter
         x_meta = y_meta = None  # drawn only on the steps that update the weighting net
         if rw.is_meta_step():
             x_meta, y_meta = next_meta_batch(self.meta_batches)
+        if self.mixup:
+            self._mix = _Mix.draw(len(y), x.device)
+            x = self._mix.apply(x)
+            if x_meta is not None:
+                self._meta_mix = _Mix.draw(len(y_meta), x_meta.device)
+                x_meta = self._meta_mix.apply(x_meta)
         result = rw.step(x, y, x_meta, y_meta)
+        n = len(y)  # with mixup two terms per sample: report each sample's given-label one
         return StepOutput(
             loss=result.loss,
-            losses=result.losses,
-            weights=result.weights,
+            losses=result.losses[:n],
+            weights=result.weights[:n],
             meta_loss=result.meta_loss,
         )
 
@@ -196,6 +242,22 @@ class MetaWeightNet(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reweighter.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class _Mix:
+    """One mixup draw: λ ~ Beta(1, 1) folded to >= 1/2 and a partner for each sample."""
+
+    lam: float
+    partner: torch.Tensor
+
+    @staticmethod
+    def draw(n: int, device: torch.device) -> _Mix:
+        lam = float(torch.rand(()))  # Beta(1, 1) is uniform
+        return _Mix(max(lam, 1 - lam), torch.randperm(n).to(device))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lam * x + (1 - self.lam) * x[self.partner]
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -26,8 +26,12 @@ METHODS: tuple[str, ...] = (
     "finetune",
     "mwnet",
     "cmwnet",
+    "mwnet-sl",
+    "cmwnet-sl",
 )
-WEIGHTING_METHODS: tuple[str, ...] = ("mwnet", "cmwnet")
+LABEL_CORRECTION_METHODS: tuple[str, ...] = ("mwnet-sl", "cmwnet-sl")
+"""Weighting methods whose weight mixes the given label with a teacher's (CMW-Net-SL)."""
+WEIGHTING_METHODS: tuple[str, ...] = ("mwnet", "cmwnet", *LABEL_CORRECTION_METHODS)
 """Methods that learn a weighting net: MW-Net's, or CMW-Net's class-aware one."""
 COMPILABLE: tuple[str, ...] = ("ce", "focal", "class-balanced", *WEIGHTING_METHODS)
 """Methods that accept ``compile``: one forward and one backward per step, or the
@@ -49,7 +53,6 @@ _MWNET_OPTIONS: tuple[str, ...] = (
     "weight_nesterov",
     "weight_decay",
     "weight_clusters",
-    "warmup_epochs",
 )
 
 
@@ -63,6 +66,7 @@ def build_method(
     options: Mapping[str, Any],
     reducer: GradientReducer | None = None,
     weight_net: nn.Module | None = None,
+    soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Method:
     """The training method ``name`` (one of :data:`METHODS`) for ``model`` and ``optimizer``.
 
@@ -77,7 +81,7 @@ def build_method(
             ``hypergrad`` (also ``l2rw``); ``head``, ``normalize``, ``virtual_step``,
             ``meta_interval``, ``low_memory``, ``weight_hidden``, ``weight_depth``,
             ``weight_optimizer``, ``weight_lr``, ``weight_momentum``, ``weight_nesterov``,
-            ``weight_decay``, ``warmup_epochs``, ``meta`` (false: ``weight_net`` frozen)
+            ``weight_decay``, ``meta`` (false: ``weight_net`` frozen), ``mixup`` (-sl only)
             (``mwnet``, ``cmwnet``); ``weight_clusters`` (``cmwnet``); ``checks`` (all;
             default True); ``compile`` (the methods in :data:`COMPILABLE`: run the model
             through ``torch.compile``).
@@ -85,6 +89,8 @@ def build_method(
             to ``step`` and drawn from ``meta_batches`` must then be this rank's shards.
         weight_net: ``mwnet``/``cmwnet`` only: start from this weighting net (one learned
             in another run) instead of a fresh one; it must be of the method's kind.
+        soft_labels: required by ``mwnet-sl``/``cmwnet-sl`` (label correction): a teacher's
+            class probabilities for a batch's inputs.
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
@@ -130,22 +136,29 @@ def build_method(
         )
     if name in WEIGHTING_METHODS:
         chosen = {k: options[k] for k in _MWNET_OPTIONS if k in options}
-        if weight_net is not None and isinstance(weight_net, ClassAwareWeightNet) != (
-            name == "cmwnet"
-        ):
-            kind = "class-aware (cmwnet)" if name == "mwnet" else "loss-only (mwnet)"
+        class_aware = name.startswith("cmwnet")
+        if weight_net is not None and isinstance(weight_net, ClassAwareWeightNet) != class_aware:
+            kind = "loss-only (mwnet)" if class_aware else "class-aware (cmwnet)"
             raise ValueError(
                 f"method {name} cannot start from a {kind} weighting net; use "
-                f"method.name={'cmwnet' if name == 'mwnet' else 'mwnet'} with it"
+                f"method.name={'mwnet' if class_aware else 'cmwnet'} with it"
+            )
+        if (name in LABEL_CORRECTION_METHODS) != (soft_labels is not None):
+            raise ValueError(
+                f"{', '.join(LABEL_CORRECTION_METHODS)} need soft_labels (a teacher) and the "
+                f"other methods take none; got method {name} with soft_labels="
+                f"{'set' if soft_labels is not None else 'None'}"
             )
         return MetaWeightNet(
             model,
             optimizer,
             meta_batches,
             **chosen,
-            class_counts=class_counts if name == "cmwnet" else None,
+            class_counts=class_counts if class_aware else None,
             weight_net=weight_net,
             frozen=not options.get("meta", True),
+            soft_labels=soft_labels,
+            mixup=bool(options.get("mixup", False)),
             **common,
         )
     raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")

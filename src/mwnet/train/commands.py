@@ -128,6 +128,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on its test set")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--checkpoint", type=Path, help="default: RUN_DIR/checkpoint.pt")
+    p.add_argument(
+        "--teacher",
+        action="store_true",
+        help="score the run's EMA teacher instead of the model (label-correction runs and "
+        "runs without a clean set keep one)",
+    )
     p.set_defaults(func=run_eval)
 
 
@@ -142,7 +148,16 @@ def run_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.run_dir} is not a run directory (no {loop.CONFIG} in it)")
     trainer = loop.Trainer(build_experiment(load_config_file(config)), args.run_dir, quiet=True)
     trainer.load_state_dict(load_checkpoint(args.checkpoint or args.run_dir / loop.CHECKPOINT))
-    scores = {"epoch": trainer.epoch, **trainer.evaluate()}
+    model = None
+    if args.teacher:
+        if trainer.exp.teacher is None:
+            raise ValueError(
+                f"{args.run_dir} has no EMA teacher: only mwnet-sl/cmwnet-sl runs and runs with "
+                "data.meta_source=auto (teacher scorer) keep one; drop --teacher"
+            )
+        model = trainer.exp.teacher.module
+    scores = {"epoch": trainer.epoch, "scored": "teacher" if args.teacher else "model"}
+    scores |= trainer.evaluate(model)
     print(json.dumps(scores, indent=2))
     return 0
 

@@ -15,8 +15,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-WEIGHTING: tuple[str, ...] = ("mwnet", "cmwnet")
+WEIGHTING: tuple[str, ...] = ("mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl")
 """Methods that learn a weighting net (the methods layer's WEIGHTING_METHODS)."""
+LABEL_CORRECTION: tuple[str, ...] = ("mwnet-sl", "cmwnet-sl")
+"""Weighting methods whose weight mixes the given label with an EMA teacher's."""
+META_READERS: tuple[str, ...] = ("l2rw", "finetune", *WEIGHTING)
+"""Methods that read the meta set."""
 
 
 class ConfigError(ValueError):
@@ -45,6 +49,17 @@ class DataConfig:
     imbalance_profile: str = "exp"
     meta_per_class: int | None = None
     """Clean meta images per class; None: 1000 in all for noise, 10 per class for imbalance."""
+    meta_source: str = "clean"
+    """clean (a trusted set: carved from the training set, or data.meta_list) | auto (no
+    clean data at all: after the warm-up, every epoch picks a pseudo-meta set from the
+    training set, the lowest-loss samples of each observed class)"""
+    pseudo_meta_per_class: int = 10
+    """meta_source=auto: samples per observed class in the pseudo-meta set (CMW-Net-SL: 10)"""
+    pseudo_meta_scorer: str = "teacher"
+    """meta_source=auto: whose loss ranks the samples: teacher (the EMA of the model) | model"""
+    holdout_meta: bool = False
+    """meta_source=auto: carve the clean split anyway and never read it, so the training set
+    is the one clean-set runs of the same seed train on (for comparisons)"""
     subset: int | None = None
     """Keep only this many training images (seeded), for quick runs."""
     normalize: str = "auto"
@@ -105,6 +120,14 @@ class MethodConfig:
     weighting curve each; fewer if fewer distinct counts"""
     warmup_epochs: int = 0
     """mwnet/cmwnet: plain cross-entropy for this many first epochs"""
+    mixup: bool = False
+    """mwnet-sl/cmwnet-sl: train on mixup batches as the CMW-Net-SL authors do (two labels
+    and two weights per mixed input); needs method.normalize=mean"""
+    teacher_decay: float = 0.997
+    """The EMA teacher (label correction, and the pseudo-meta scorer):
+    θ_teacher <- d θ_teacher + (1 - d) θ after every step"""
+    teacher_freeze_epoch: int | None = None
+    """Stop moving the teacher from this epoch on (CMW-Net-SL, asymmetric noise: 150)"""
     weight_net_from: str | None = None
     """mwnet/cmwnet: start from the weight_net.pt of another run (a file or run directory)"""
     meta: bool = True
@@ -167,10 +190,22 @@ CHOICES: dict[str, tuple[Any, ...]] = {
         "matrix",
     ),
     "data.imbalance_profile": ("exp", "step"),
+    "data.meta_source": ("clean", "auto"),
+    "data.pseudo_meta_scorer": ("teacher", "model"),
     "data.normalize": ("auto", "imagenet", "none"),
     "data.pad_mode": ("reflect", "zero"),
     "optim.schedule": ("multistep", "cosine", "constant"),
-    "method.name": ("ce", "focal", "class-balanced", "l2rw", "finetune", "mwnet", "cmwnet"),
+    "method.name": (
+        "ce",
+        "focal",
+        "class-balanced",
+        "l2rw",
+        "finetune",
+        "mwnet",
+        "cmwnet",
+        "mwnet-sl",
+        "cmwnet-sl",
+    ),
     "method.hypergrad": ("fast", "reverse", "head"),
     "method.normalize": ("sum", "sum-detached", "mean", "none"),
     "method.virtual_step": ("sgd", "optimizer"),
@@ -279,6 +314,22 @@ def validate(cfg: Any) -> None:
         (m.meta_interval >= 1, "method.meta_interval must be >= 1"),
         (m.weight_clusters >= 1, "method.weight_clusters must be >= 1"),
         (m.warmup_epochs >= 0, "method.warmup_epochs must be >= 0"),
+        (d.pseudo_meta_per_class >= 1, "data.pseudo_meta_per_class must be >= 1"),
+        (0.0 <= m.teacher_decay <= 1.0, "method.teacher_decay must lie in [0, 1]"),
+        (
+            not m.mixup or (m.name in LABEL_CORRECTION and m.normalize == "mean"),
+            "method.mixup=true is label correction on mixed batches: it needs method.name="
+            "mwnet-sl or cmwnet-sl and method.normalize=mean",
+        ),
+        (
+            d.meta_source == "clean" or m.name != "finetune",
+            "method.name=finetune fine-tunes on a clean set, and data.meta_source=auto has "
+            "none; use data.meta_source=clean (or another method)",
+        ),
+        (
+            d.meta_source == "clean" or d.dataset != "list" or not d.meta_list,
+            "data.meta_list gives a clean set, but data.meta_source=auto uses none; drop one",
+        ),
         (
             m.meta or m.weight_net_from,
             "method.meta=false trains with a frozen weighting net, which must come from "

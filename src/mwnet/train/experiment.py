@@ -34,9 +34,11 @@ from mwnet.data import (
     meta_split,
 )
 from mwnet.distributed import DataParallel, ShardedStream
-from mwnet.methods import Method, build_method
+from mwnet.methods import CrossEntropy, Method, build_method
 from mwnet.run.weight_net_file import load_weight_net
-from mwnet.train.config import ConfigError
+from mwnet.train.config import LABEL_CORRECTION, META_READERS, ConfigError
+from mwnet.train.pseudo_meta_set import PseudoMetaStream
+from mwnet.train.teacher import EmaTeacher
 
 IMAGENET_NORMALIZE = Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -111,14 +113,20 @@ def prepare_data(cfg: Any) -> TrainData:
     train, test, meta = _load_sources(d)
     num_classes = len(train.classes)
     labels = train.labels
-    if meta is None:
+    no_clean_set = d.meta_source == "auto"
+    if meta is None and (not no_clean_set or d.holdout_meta):
         setting = "imbalance" if d.imbalance_factor > 1 else "noise"
         per_class = d.meta_per_class or default_meta_per_class(setting, num_classes)
         train_idx, meta_idx = meta_split(labels, num_classes, per_class, seed)
         meta_images, meta_labels = train.images[meta_idx], labels[meta_idx]
+    elif meta is None:
+        train_idx = torch.arange(len(labels))
+        meta_images, meta_labels = train.images[:0], labels[:0]
     else:
         train_idx = torch.arange(len(labels))
         meta_images, meta_labels = meta.images, meta.labels
+    if no_clean_set:  # a held-out split stays out of training and is never read
+        meta_images, meta_labels = meta_images[:0], meta_labels[:0]
     if d.imbalance_factor > 1:
         n_max = int(torch.bincount(labels[train_idx], minlength=num_classes).min())
         counts = long_tail_counts(
@@ -241,10 +249,10 @@ def reused_weight_net(cfg: Any, num_classes: int) -> nn.Module | None:
     if not m.weight_net_from:
         return None
     saved = load_weight_net(m.weight_net_from)
-    if saved.kind != m.name:
+    if saved.kind != m.name.removesuffix("-sl"):
         raise ConfigError(
             f"{saved.path} holds a {saved.kind} weighting net, but method.name={m.name}; "
-            f"set method.name={saved.kind} to use it"
+            f"set method.name={saved.kind} (or {saved.kind}-sl) to use it"
         )
     if saved.num_classes is not None and saved.num_classes != num_classes:
         raise ConfigError(
@@ -272,14 +280,32 @@ class Experiment:
     schedule: torch.optim.lr_scheduler.LRScheduler
     method: Method
     train_batches: DeviceBatches
-    meta_batches: EndlessBatches
+    meta_batches: EndlessBatches | PseudoMetaStream
+    """The clean meta set's stream, or with data.meta_source=auto the pseudo-meta set's."""
     meta_epochs: DeviceBatches
     """The meta set as epochs, for methods that train on it (finetune)."""
     normalize: Normalize | None
+    warmup: Method | None = None
+    """Plain cross-entropy for the first ``method.warmup_epochs`` epochs."""
+    teacher: EmaTeacher | None = None
+    """The EMA of the model: label correction's soft labels, the pseudo-meta scorer."""
 
     @property
     def total_epochs(self) -> int:
         return int(self.cfg.optim.epochs) + int(self.method.extra_epochs)
+
+    @property
+    def pseudo_meta(self) -> PseudoMetaStream | None:
+        """The pseudo-meta stream to refill every epoch, when the method reads one."""
+        stream = self.meta_batches
+        reads = self.cfg.method.name in META_READERS
+        return stream if reads and isinstance(stream, PseudoMetaStream) else None
+
+    def method_at(self, epoch: int) -> Method:
+        """The method that trains epoch ``epoch`` (from 0): the warm-up's, then the run's."""
+        if self.warmup is not None and epoch < int(self.cfg.method.warmup_epochs):
+            return self.warmup
+        return self.method
 
 
 def build_experiment(
@@ -318,10 +344,23 @@ def build_experiment(
     train_batches = DeviceBatches(
         data.train_images, data.train_labels, d.batch_size, seed=seed, indices_too=True, **shared
     )
-    meta_batches = EndlessBatches(*meta_set, seed=seed + 1, **shared)
+    no_clean_set = d.meta_source == "auto"
+    if no_clean_set:
+        meta_batches = PseudoMetaStream(d.meta_batch_size, device, augment, normalize, seed)
+    else:
+        meta_batches = EndlessBatches(*meta_set, seed=seed + 1, **shared)
     meta_epochs = DeviceBatches(*meta_set, seed=seed + 2, indices_too=True, **shared)
     options = {**dict(cfg.method), "epochs": int(o.epochs)}
     weight_net = reused_weight_net(cfg, data.num_classes)
+    teacher = None
+    reads_meta = cfg.method.name in META_READERS
+    if cfg.method.name in LABEL_CORRECTION or (
+        no_clean_set and reads_meta and d.pseudo_meta_scorer == "teacher"
+    ):
+        teacher = EmaTeacher(model, decay=float(cfg.method.teacher_decay))
+    common = {"checks": bool(cfg.method.get("checks", True))}
+    common["reducer"] = None if parallel is None else parallel.reducer
+    warmup = CrossEntropy(model, optimizer, **common) if cfg.method.warmup_epochs else None
     method = build_method(
         cfg.method.name,
         model=model,
@@ -331,6 +370,9 @@ def build_experiment(
         options=options,
         reducer=None if parallel is None else parallel.reducer,
         weight_net=weight_net,
+        soft_labels=(
+            teacher.soft_labels if teacher and cfg.method.name in LABEL_CORRECTION else None
+        ),
     )
     return Experiment(
         cfg=cfg,
@@ -344,4 +386,6 @@ def build_experiment(
         meta_batches=meta_batches,
         meta_epochs=meta_epochs,
         normalize=normalize,
+        warmup=warmup,
+        teacher=teacher,
     )

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mwnet.data import pseudo_meta_precision, select_pseudo_meta
 from mwnet.distributed import DataParallel, FaultHook
 from mwnet.run import (
     append_jsonl,
@@ -45,6 +46,7 @@ from mwnet.run.weight_net_file import WEIGHT_NET_FILE, save_weight_net
 from mwnet.train.config import load_config_file, to_yaml
 from mwnet.train.evaluate import accuracy, predict
 from mwnet.train.experiment import Experiment, build_experiment
+from mwnet.train.pseudo_meta_set import score_training_set
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -129,6 +131,8 @@ class Trainer:
             "optimizer": e.optimizer.state_dict(),
             "schedule": e.schedule.state_dict(),
             "method": e.method.state_dict(),
+            "warmup": None if e.warmup is None else e.warmup.state_dict(),
+            "teacher": None if e.teacher is None else e.teacher.state_dict(),
             "train_batches": e.train_batches.state_dict(),
             "meta_batches": e.meta_batches.state_dict(),
             "meta_epochs": e.meta_epochs.state_dict(),
@@ -147,6 +151,10 @@ class Trainer:
         e.optimizer.load_state_dict(state["optimizer"])
         e.schedule.load_state_dict(state["schedule"])
         e.method.load_state_dict(state["method"])
+        if e.warmup is not None:
+            e.warmup.load_state_dict(state["warmup"])
+        if e.teacher is not None:
+            e.teacher.load_state_dict(state["teacher"])
         e.train_batches.load_state_dict(state["train_batches"])
         e.meta_batches.load_state_dict(state["meta_batches"])
         e.meta_epochs.load_state_dict(state["meta_epochs"])
@@ -168,8 +176,11 @@ class Trainer:
         e, stats, parallel = self.exp, EpochStats(), self.parallel
         if parallel is not None:
             torch.manual_seed(_rank_seed(int(e.cfg.seed), self.epoch, parallel.rank))
-        e.method.begin_epoch(self.epoch)
-        from_meta = e.method.source(self.epoch) == "meta"
+        method = e.method_at(self.epoch)
+        teacher, freeze = e.teacher, e.cfg.method.teacher_freeze_epoch
+        if teacher is not None and freeze is not None and self.epoch >= int(freeze):
+            teacher.freeze()  # for good: saved with it, so a resumed run stays frozen
+        from_meta = method.source(self.epoch) == "meta"
         batches = e.meta_epochs if from_meta else e.train_batches
         corrupted = e.data.corrupted.to(e.device)
         bar = tqdm(
@@ -185,14 +196,16 @@ class Trainer:
         for x, y, idx in bar:
             if parallel is None:
                 with _autocast(e):
-                    out = e.method.step(x, y)
+                    out = method.step(x, y)
                 losses, weights = out.losses, out.weights
             else:
                 if self.fault is not None:
-                    self.fault.at(parallel.rank, e.method.steps_done)
+                    self.fault.at(parallel.rank, method.steps_done)
                 with _autocast(e):
-                    out = e.method.step(parallel.shard(x), parallel.shard(y))
+                    out = method.step(parallel.shard(x), parallel.shard(y))
                 losses, weights = self._gather(out.losses, out.weights, len(y))
+            if teacher is not None:
+                teacher.update(e.model)
             stats.loss_sum += float(out.loss)
             stats.steps += 1
             stats.loss_min = min(stats.loss_min, float(losses.min()))
@@ -216,6 +229,38 @@ class Trainer:
             bar.set_postfix(postfix, refresh=False)
         return stats
 
+    def _pick_pseudo_meta(self) -> dict[str, Any]:
+        """With no clean set: this epoch's pseudo-meta set, the lowest-loss samples of each
+        observed class under the scorer; its size and label precision for the record."""
+        e, d = self.exp, self.exp.cfg.data
+        stream = e.pseudo_meta
+        if stream is None or self.epoch < int(e.cfg.method.warmup_epochs):
+            return {}
+        scorer = e.teacher.module if d.pseudo_meta_scorer == "teacher" else e.model
+        data = e.data
+        scores = score_training_set(
+            scorer,
+            data.train_images,
+            data.train_labels,
+            e.normalize,
+            e.device,
+            int(d.eval_batch_size),
+            self.parallel,
+        )
+        picked = select_pseudo_meta(
+            scores, data.train_labels, int(d.pseudo_meta_per_class), data.num_classes
+        )
+        chosen = picked.indices
+        stream.replace(data.train_images[chosen], data.train_labels[chosen], self.epoch)
+        known = d.noise != "none"  # with clean labels every pick is right by construction
+        precision = pseudo_meta_precision(chosen, data.train_labels, data.true_labels)
+        short = [*picked.short_classes, *picked.empty_classes]
+        return {
+            "meta_size": len(chosen),
+            "meta_precision": precision if known else None,
+            "meta_short_classes": short,
+        }
+
     def _gather(
         self, losses: torch.Tensor, weights: torch.Tensor | None, total: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -227,13 +272,16 @@ class Trainer:
         both = self.parallel.gather(torch.stack(columns, 1), total)
         return both[:, 0], (both[:, 1] if weights is not None else None)
 
-    def evaluate(self) -> dict[str, float | None]:
+    def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float | None]:
+        """Test accuracy (and on the training set, clean vs corrupted) of the model, or of
+        ``model`` (e.g. the EMA teacher)."""
         e, d = self.exp, self.exp.data
+        model = e.model if model is None else model
         bs = int(e.cfg.data.eval_batch_size)
-        pred, _ = predict(e.model, d.test_images, d.test_labels, e.normalize, e.device, bs)
+        pred, _ = predict(model, d.test_images, d.test_labels, e.normalize, e.device, bs)
         out = {"test_acc": accuracy(pred, d.test_labels)}
         if e.cfg.eval_train:
-            pred, _ = predict(e.model, d.train_images, d.true_labels, e.normalize, e.device, bs)
+            pred, _ = predict(model, d.train_images, d.true_labels, e.normalize, e.device, bs)
             out["train_acc_clean"] = accuracy(pred, d.true_labels, ~d.corrupted)
             out["train_acc_corrupted"] = accuracy(pred, d.true_labels, d.corrupted)
             out["memorized_corrupted"] = accuracy(pred, d.train_labels, d.corrupted)
@@ -291,11 +339,14 @@ class Trainer:
         end = e.total_epochs if stop_after is None else min(stop_after, e.total_epochs)
         while self.epoch < end:
             start = time.perf_counter()
+            picked = self._pick_pseudo_meta()
             stats = self._train_epoch()
             if self.epoch < int(e.cfg.optim.epochs):
                 e.schedule.step()
             if self.parallel is not None:
                 self.parallel.average_buffers(e.model)
+                if e.teacher is not None:
+                    self.parallel.average_buffers(e.teacher.module)
             scores = self.evaluate()
             self.last_test_acc = scores["test_acc"]
             seconds = time.perf_counter() - start
@@ -304,7 +355,7 @@ class Trainer:
                 min(self.loss_range[0], stats.loss_min),
                 max(self.loss_range[1], stats.loss_max),
             ]
-            record = self._record(stats, scores, seconds)
+            record = {**self._record(stats, scores, seconds), **picked}
             self.epoch += 1
             if scores["test_acc"] is not None and scores["test_acc"] > self.best["test_acc"]:
                 self.best = {"epoch": self.epoch, "test_acc": scores["test_acc"]}
@@ -328,6 +379,10 @@ class Trainer:
         clean, corrupted = r.get("mean_weight_clean"), r.get("mean_weight_corrupted")
         if clean is not None and corrupted is not None:
             parts.append(f"weight clean/corrupted {clean:.3f}/{corrupted:.3f}")
+        if r.get("meta_size") is not None:
+            right = r.get("meta_precision")
+            right = "" if right is None else f", {100 * right:.0f}% labels right"
+            parts.append(f"pseudo-meta {r['meta_size']}{right}")
         parts.append(f"{r['epoch_time']:.1f}s")
         tqdm.write(" | ".join(parts), file=sys.stderr)
 
