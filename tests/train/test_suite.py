@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -153,3 +154,21 @@ def test_a_directory_with_another_config_is_refused(fake_fmnist: Path, tmp_path:
     with pytest.raises(FileExistsError, match="different configuration"):
         run_cell(cell, out)
     assert os.path.isdir(run_dir)
+
+
+def test_quick_suite_reports_the_no_clean_data_group(fake_fmnist: Path, tmp_path: Path) -> None:
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    methods = "ce,mwnet-fast,mwnet-sl,cmwnet-sl,mwnet-auto"
+    args = ["suite", "--quick", "--jobs", "1", "--out", str(out), "--docs", str(docs)]
+    assert main([*args, "--settings", "flip2-40", "--methods", methods]) == 0
+    results = (docs / "RESULTS.md").read_text()
+    section = results.split("## No clean data")[1].split("\n## ")[0]
+    for title in ("CE", "MW-Net (pseudo-meta set)", "CMW-Net-SL (no clean data)"):
+        assert title in section
+    row = next(line for line in section.splitlines() if line.startswith("| flip2 noise 40 %"))
+    assert "MW-Net (fast):" in row and row.rstrip().endswith("% |")  # clean reference, precision
+    assert (docs / "results" / "meta_precision.png").stat().st_size > 0
+    # no clean image was read: the meta set those runs kept is empty
+    for method in ("mwnet-sl", "cmwnet-sl", "mwnet-auto"):
+        summary = json.loads((out / "flip2-40" / f"{method}-seed0" / "summary.json").read_text())
+        assert summary["meta_samples"] == 0

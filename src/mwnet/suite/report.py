@@ -20,13 +20,16 @@ import numpy as np
 
 from mwnet.run.atomic import atomic_write
 from mwnet.run.records import read_json, read_jsonl, read_sample_weights, read_weight_function
-from mwnet.suite.grid import METHODS, SETTINGS, MethodSpec, Setting
+from mwnet.suite.grid import METHODS, NO_CLEAN_METHODS, SETTINGS, MethodSpec, Setting
 
 READING_START = "<!-- reading -->"
 READING_END = "<!-- /reading -->"
 HEADLINE_START = "<!-- suite-headline -->"
 HEADLINE_END = "<!-- /suite-headline -->"
 MWNET_METHODS = ("mwnet-fast", "mwnet-head")
+CLEAN_SET_METHODS = ("l2rw", "finetune", "mwnet-fast", "mwnet-head", "cmwnet")
+"""The default grid's methods that read the 1,000 clean images."""
+PSEUDO_META_METHODS = ("mwnet-auto", "mwnet-sl", "cmwnet-sl")
 DETECTORS = ("mwnet-fast", "mwnet-head", "cmwnet", "l2rw")
 WF = "weight_function.csv"
 
@@ -283,6 +286,44 @@ def class_aware_table(runs: Sequence[Run]) -> str:
     return "\n".join(lines) if found else ""
 
 
+def no_clean_table(runs: Sequence[Run]) -> str:
+    """The methods that never read a clean example, beside the best clean-set method."""
+    if not any(r.method in PSEUDO_META_METHODS for r in runs):
+        return ""
+    methods = [m for m in NO_CLEAN_METHODS if any(r.method == m for r in runs)]
+    lines = [
+        "| setting | "
+        + " | ".join(_title(m) for m in methods)
+        + " | best with the clean set | pseudo-meta labels right (last epoch) |",
+        "|---|" + "---|" * (len(methods) + 2),
+    ]
+    for setting in SETTINGS:
+        cells = [_select(runs, setting.name, m) for m in methods]
+        if not any(cells):
+            continue
+        means = [np.mean([r.last for r in rs]) if rs else -np.inf for rs in cells]
+        top = int(np.argmax(means))
+        texts = [
+            (f"**{_fmt([r.last for r in rs], 1)}**" if k == top else _fmt([r.last for r in rs], 1))
+            for k, rs in enumerate(cells)
+        ]
+        clean = {m: _select(runs, setting.name, m) for m in CLEAN_SET_METHODS}
+        clean = {m: rs for m, rs in clean.items() if rs}
+        best = ""
+        if clean:
+            name = max(clean, key=lambda m: np.mean([r.last for r in clean[m]]))
+            best = f"{_title(name)}: {_fmt([r.last for r in clean[name]], 1)}"
+        precision = [
+            r.metrics[-1].get("meta_precision")
+            for m in ("cmwnet-sl", "mwnet-sl")
+            for r in _select(runs, setting.name, m)
+        ]
+        precision = [p for p in precision if p is not None]
+        right = f"{100 * np.mean(precision):.1f} %" if precision else "n/a"
+        lines.append(f"| {setting.title} | " + " | ".join(texts) + f" | {best} | {right} |")
+    return "\n".join(lines)
+
+
 def computed_findings(runs: Sequence[Run]) -> list[str]:
     out = []
     for setting in SETTINGS:
@@ -393,6 +434,39 @@ def plot_class_aware_curves(runs: Sequence[Run], path: Path) -> Path | None:
         ax.set_ylabel("weight")
         ax.legend(fontsize=7)
     fig.suptitle("CMW-Net: learned curve per class cluster (0 = largest classes; seed 0)")
+    return _save(fig, path)
+
+
+def plot_meta_precision(runs: Sequence[Run], path: Path) -> Path | None:
+    """How clean the pseudo-meta set is, epoch by epoch (seed 0, noisy settings)."""
+    shown = [
+        s
+        for s in SETTINGS
+        if s.noisy and any(_select(runs, s.name, m) for m in PSEUDO_META_METHODS)
+    ]
+    if not shown:
+        return None
+    fig, axes = _settings_grid(len(shown))
+    for ax, setting in zip(axes, shown, strict=True):
+        for method in PSEUDO_META_METHODS:
+            rs = _select(runs, setting.name, method)
+            if not rs:
+                continue
+            points = [
+                (m["epoch"], 100 * m["meta_precision"])
+                for m in rs[0].metrics
+                if m.get("meta_precision") is not None
+            ]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=_title(method))
+        first = next(r for r in runs if r.setting == setting.name and r.seed == 0)
+        rate = 100 * (1 - first.summary["realized_noise_rate"])
+        ax.axhline(rate, color="grey", linestyle=":", label="labels right in the data")
+        ax.set_title(setting.title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("pseudo-meta labels right %")
+        ax.legend(fontsize=7)
+    fig.suptitle("Label precision of the pseudo-meta set (no clean data; seed 0)")
     return _save(fig, path)
 
 
@@ -512,6 +586,7 @@ def write_report(
         for p in (
             plot_weighting_functions(runs, figures / "weighting_functions.png"),
             plot_class_aware_curves(runs, figures / "class_aware_curves.png"),
+            plot_meta_precision(runs, figures / "meta_precision.png"),
             plot_weight_histograms(runs, figures / "weight_histograms.png"),
             plot_auroc(runs, figures / "auroc.png"),
             plot_accuracy_vs_time(runs, figures / "accuracy_vs_time.png"),
@@ -639,6 +714,26 @@ def render(
                 "",
             ]
             if class_aware_table(runs)
+            else []
+        ),
+        *(
+            [
+                "## No clean data",
+                "",
+                "The same training images and corrupted labels as every other table (the "
+                "clean split is set aside unread), but no clean example at all: a "
+                "pseudo-meta set of the 10 lowest-loss samples per observed class is picked "
+                f"every epoch after a {scale.pseudo_meta_warmup}-epoch cross-entropy "
+                "warm-up, scored by the EMA "
+                "teacher (label correction) or the model. Last-epoch test accuracy; the "
+                "best method of the default grid that reads the 1,000 clean images is "
+                "shown for reference, and the share of right labels in the last pseudo-meta "
+                "set (label-correction runs).",
+                "",
+                no_clean_table(runs),
+                "",
+            ]
+            if no_clean_table(runs)
             else []
         ),
         "## Cost: accuracy against training time (flip2 noise 40 %)",
