@@ -382,7 +382,9 @@ class Trainer:
         if r.get("meta_size") is not None:
             right = r.get("meta_precision")
             right = "" if right is None else f", {100 * right:.0f}% labels right"
-            parts.append(f"pseudo-meta {r['meta_size']}{right}")
+            short = r.get("meta_short_classes") or []
+            short = f", all samples of short class(es) {short}" if short else ""
+            parts.append(f"pseudo-meta {r['meta_size']}{right}{short}")
         parts.append(f"{r['epoch_time']:.1f}s")
         tqdm.write(" | ".join(parts), file=sys.stderr)
 
