@@ -358,9 +358,8 @@ def build_experiment(
         no_clean_set and reads_meta and d.pseudo_meta_scorer == "teacher"
     ):
         teacher = EmaTeacher(model, decay=float(cfg.method.teacher_decay))
-    common = {"checks": bool(cfg.method.get("checks", True))}
-    common["reducer"] = None if parallel is None else parallel.reducer
-    warmup = CrossEntropy(model, optimizer, **common) if cfg.method.warmup_epochs else None
+    reducer = None if parallel is None else parallel.reducer
+    warmup = CrossEntropy(model, optimizer, reducer=reducer) if cfg.method.warmup_epochs else None
     method = build_method(
         cfg.method.name,
         model=model,
@@ -368,7 +367,7 @@ def build_experiment(
         meta_batches=meta_batches if parallel is None else ShardedStream(meta_batches, parallel),
         class_counts=data.class_counts(),
         options=options,
-        reducer=None if parallel is None else parallel.reducer,
+        reducer=reducer,
         weight_net=weight_net,
         soft_labels=(
             teacher.soft_labels if teacher and cfg.method.name in LABEL_CORRECTION else None
