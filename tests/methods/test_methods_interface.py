@@ -6,12 +6,22 @@ import copy
 
 import pytest
 import torch
-from method_nets import CLASSES, assert_same, batch, build, make_model, state
+from method_nets import (
+    CLASSES,
+    assert_same,
+    batch,
+    build,
+    counts,
+    fixed_soft_labels,
+    make_model,
+    state,
+)
 
-from mwnet.methods import METHODS, Method, StepOutput, build_method
+from mwnet.methods import LABEL_CORRECTION_METHODS, METHODS, Method, StepOutput, build_method
 
-WEIGHTED = {"class-balanced", "l2rw", "mwnet", "cmwnet"}
-META_LOSS = {"l2rw", "mwnet", "cmwnet"}
+LEARNED = {"mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl"}
+WEIGHTED = {"class-balanced", "l2rw", *LEARNED}
+META_LOSS = {"l2rw", *LEARNED}
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
@@ -32,7 +42,8 @@ def test_three_steps_train_and_report(name, kind):
         assert not out.loss.requires_grad and not out.losses.requires_grad
         if name in WEIGHTED:
             assert out.weights is not None and out.weights.shape == (10,)
-            assert bool((out.weights >= 0).all()) and not out.weights.requires_grad
+            assert not out.weights.requires_grad
+            _assert_weights_are_right(name, method, out, y)
         else:
             assert out.weights is None
         assert (out.meta_loss is not None) == (name in META_LOSS)
@@ -41,6 +52,34 @@ def test_three_steps_train_and_report(name, kind):
         assert not torch.equal(v, before[k]), f"{name}: {k} did not change"
     if kind == "cnn":
         assert int(model.bn.num_batches_tracked) == 3
+
+
+def _class_balanced(counts: list[int], beta: float) -> torch.Tensor:
+    """Cui et al.'s (1 - β) / (1 - β^n_c), scaled to sum to the number of classes."""
+    w = torch.tensor([(1 - beta) / (1 - beta**n) for n in counts], dtype=torch.float64)
+    return w * len(counts) / w.sum()
+
+
+def _assert_weights_are_right(name: str, method, out, y: torch.Tensor) -> None:
+    """Each method's weights are what its rule says, not merely non-negative."""
+    w = out.weights
+    if name == "class-balanced":  # the label's fixed weight, from the class counts
+        want = _class_balanced(counts().tolist(), 0.9999)[y].to(w.dtype)
+        torch.testing.assert_close(w, want, rtol=1e-6, atol=0)
+        assert float(want.max() / want.min()) > 5  # the rare classes weigh far more
+    elif name == "l2rw":  # max(-g, 0) normalised: sums to one, some samples dropped
+        torch.testing.assert_close(w.sum(), torch.tensor(1.0), rtol=1e-6, atol=1e-6)
+        assert bool((w == 0).any()) and bool((w > 0).any()) and float(w.max()) <= 1
+    else:  # the updated weighting net's V(L_i) on the reported losses, strictly in (0, 1)
+        net = method.reweighter.weight_net
+        with torch.no_grad():
+            if name.startswith("cmwnet"):  # the curve of each label's class cluster
+                want = net.curves(out.losses)[torch.arange(len(y)), net.cluster_of_class[y]]
+            else:
+                want = net(out.losses[:, None])[:, 0]
+        torch.testing.assert_close(w, want, rtol=1e-6, atol=1e-7)
+        assert bool(((w > 0) & (w < 1)).all())
+        assert float(w.max() - w.min()) > 1e-6  # the weights depend on the losses
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -68,7 +107,7 @@ def test_state_dict_round_trip_continues_identically(name):
         resumed.step(*batch("cnn", i))
     assert_same(state(fresh), expected[0], rtol=0, atol=0)
     assert resumed.steps_done == 3
-    if name in ("mwnet", "cmwnet"):
+    if name in LEARNED:
         got = resumed.state_dict()
         assert_same(got["weight_net"], expected[1]["weight_net"], rtol=0, atol=0)
 
@@ -103,7 +142,7 @@ def test_labels_out_of_range_give_the_core_error(name):
         method.step(x, y[:4])
 
 
-@pytest.mark.parametrize("name", ["l2rw", "mwnet", "cmwnet"])
+@pytest.mark.parametrize("name", ["l2rw", *sorted(LEARNED)])
 def test_meta_labels_out_of_range_give_the_core_error(name):
     torch.manual_seed(0)
     model = make_model("mlp")
@@ -117,6 +156,7 @@ def test_meta_labels_out_of_range_give_the_core_error(name):
         meta_batches=iter([(xm, ym)]),
         class_counts=torch.ones(CLASSES),
         options={},
+        soft_labels=fixed_soft_labels if name in LABEL_CORRECTION_METHODS else None,
     )
     with pytest.raises(ValueError, match="meta labels out of range: label -1 at position 0"):
         method.step(*batch("mlp", 0))
@@ -137,7 +177,7 @@ def test_non_finite_inputs_stop_before_updating(name):
 
 def test_only_the_weighting_methods_have_a_weighting_function():
     losses = torch.linspace(0, 5, 7)
-    shapes = {"mwnet": (7,), "cmwnet": (7, 3)}  # cmwnet: one curve per class cluster
+    shapes = {"mwnet": (7,), "cmwnet": (7, 3), "mwnet-sl": (7,), "cmwnet-sl": (7, 3)}
     for name in METHODS:
         _, method = build(name, make_model("mlp"), "mlp")
         got = method.weighting_function(losses)
@@ -145,7 +185,7 @@ def test_only_the_weighting_methods_have_a_weighting_function():
         assert (method.weighting_net() is None) == (name not in shapes)
 
 
-@pytest.mark.parametrize("name", ["l2rw", "mwnet", "cmwnet"])
+@pytest.mark.parametrize("name", ["l2rw", *sorted(LEARNED)])
 def test_an_exhausted_meta_stream_is_a_clear_error(name):
     model = make_model("mlp")
     method = build_method(
@@ -155,6 +195,7 @@ def test_an_exhausted_meta_stream_is_a_clear_error(name):
         meta_batches=iter(()),
         class_counts=torch.ones(CLASSES),
         options={},
+        soft_labels=fixed_soft_labels if name in LABEL_CORRECTION_METHODS else None,
     )
     with pytest.raises(RuntimeError, match="meta_batches ran out"):
         method.step(*batch("mlp", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,11 @@ def test_preset_builds_and_trains_two_steps(preset, tmp_path):
             build_experiment(cfg)
         cfg = load_config(preset, [*overrides, "model.name=resnet32"])
     exp = build_experiment(cfg)
-    assert exp.data.meta_labels.unique().numel() == exp.data.num_classes
+    if cfg.data.meta_source == "auto":  # no clean set: the first pseudo-meta set, by hand
+        assert len(exp.data.meta_labels) == 0
+        exp.pseudo_meta.replace(exp.data.train_images[:8], exp.data.train_labels[:8], 0)
+    else:
+        assert exp.data.meta_labels.unique().numel() == exp.data.num_classes
     before = [p.detach().clone() for p in exp.model.parameters()]
     batches = iter(exp.train_batches)
     for _ in range(2):
@@ -67,8 +72,12 @@ def test_long_tail_and_noise_are_applied(tmp_path):
     counts = torch.bincount(lt.train_labels, minlength=10)  # 160 - 10 meta images per class
     assert counts[0] == 150 and counts[-1] == 15 and (counts[:-1] >= counts[1:]).all()
     noisy = prepare_data(load_config("fmnist-flip2-40", [f"data.root={root}"]))
-    assert 0.2 < noisy.realized_noise_rate < 0.6
-    assert torch.equal(noisy.corrupted, noisy.train_labels != noisy.true_labels)
+    changed = noisy.train_labels != noisy.true_labels
+    assert torch.equal(noisy.corrupted, changed)
+    assert noisy.realized_noise_rate == float(changed.double().mean())
+    # flip2 at 40 % moves each label with probability 0.4: within 4 binomial sd of it
+    n = len(noisy.train_labels)
+    assert abs(noisy.realized_noise_rate - 0.4) <= 4 * math.sqrt(0.4 * 0.6 / n)
     assert len(noisy.meta_labels) == 1000 and len(noisy.train_labels) == 600
 
 
@@ -79,10 +88,11 @@ NOISE_NAMES = {"uniform": "uniform", "flip2": "flip2"}
 def _expected_from_name(name: str) -> dict:
     """What a preset's name promises: dataset, corruption and method."""
     parts = name.split("-")
-    method = "cmwnet" if parts[-1] == "cmwnet" else "mwnet"
-    parts = parts[:-1] if method == "cmwnet" else parts
+    method = "-".join(parts[3:]) or "mwnet"  # e.g. cifar10-asym-40-cmwnet-sl
     dataset, kind, amount = DATASETS[parts[0]], parts[1], int(parts[2])
     want = {"data.dataset": dataset, "method.name": method}
+    # label correction trains without a clean set, everything else with one
+    want["data.meta_source"] = "auto" if method.endswith("-sl") else "clean"
     if kind == "lt":
         want |= {"data.imbalance_factor": float(amount), "data.noise": "none"}
     else:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mwnet.core import ClassAwareWeightNet, MetaReweighter, WeightNet
+from mwnet.core.checks import check_batch, check_labels
 from mwnet.core.hypergrad import HypergradMode
 from mwnet.core.objective import (
     WeightedLoss,
@@ -201,13 +202,19 @@ class MetaWeightNet(Method):
         return mix.lam * loss + (1 - mix.lam) * F.cross_entropy(logits, y[mix.partner])
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        rw = self.reweighter
         if self.soft_labels is not None:
+            if rw.checks:
+                check_batch(x, y, "training")
             with torch.no_grad():
                 self._batch_soft_labels = self.soft_labels(x)
-        rw = self.reweighter
+            if rw.checks:  # the label-correction loss indexes the classes with the labels
+                check_labels(y, self._batch_soft_labels.shape[-1], "training")
         x_meta = y_meta = None  # drawn only on the steps that update the weighting net
         if rw.is_meta_step():
             x_meta, y_meta = next_meta_batch(self.meta_batches)
+            if rw.checks and self._batch_soft_labels is not None:
+                check_labels(y_meta, self._batch_soft_labels.shape[-1], "meta")
         if self.mixup:
             self._mix = _Mix.draw(len(y), x.device)
             x = self._mix.apply(x)
