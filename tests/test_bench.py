@@ -39,10 +39,14 @@ def test_bench_step_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert row.keys() >= KEYS
         assert row["model"] == "cnn_small" and row["batch"] == 8
         assert row["median_ms"] > 0 and row["ratio_to_plain"] > 0
-        if sys.platform.startswith("linux"):
-            assert row["peak_mem_mb"] >= 0
     assert rows[0]["ratio_to_plain"] == 1.0
-    if rows[0]["peak_mem_mb"]:
+    if sys.platform.startswith("linux"):
+        # each mode runs in a fresh process, whose step needs memory above the resident
+        # model and data: a measurement of nothing reads 0 here
+        plain = rows[0]["peak_mem_mb"]
+        for row in rows:
+            assert row["peak_mem_mb"] > 1, row["mode"]
+            assert row["peak_mem_ratio"] == pytest.approx(row["peak_mem_mb"] / plain)
         assert rows[0]["peak_mem_ratio"] == 1.0
 
 
@@ -52,7 +56,7 @@ def test_bench_step_live_memory(capsys: pytest.CaptureFixture[str]) -> None:
     assert [r["mode"] for r in rows] == ["plain", "fast+lowmem"]
     if sys.platform.startswith("linux"):
         assert all(r["memory_measure"] == "cpu-rss-live" for r in rows)
-        assert all(r["peak_mem_mb"] >= 0 for r in rows)
+        assert all(r["peak_mem_mb"] > 1 for r in rows)
 
 
 def test_bench_step_interval_table(capsys: pytest.CaptureFixture[str]) -> None:

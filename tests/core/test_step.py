@@ -7,7 +7,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import BnCnn, Mlp, WithBuffers, random_batches, reference_iteration
+from nets import (
+    BnCnn,
+    Mlp,
+    WithBuffers,
+    random_batches,
+    reference_iteration,
+    reference_weights,
+)
 from torch import nn
 
 import mwnet
@@ -36,6 +43,7 @@ def test_steps_match_independent_reference(hypergrad, virtual_step, normalize):
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     theta = [p.detach().clone() for p in vnet.parameters()]
+    theta_before = [t.clone() for t in theta]
     momentum = {}
     opt = torch.optim.SGD(
         model.parameters(),
@@ -61,9 +69,10 @@ def test_steps_match_independent_reference(hypergrad, virtual_step, normalize):
         )
     _assert_same(dict(model.named_parameters()), params, rtol=1e-9, atol=1e-12)
     _assert_same(dict(model.named_buffers()), buffers, rtol=1e-9, atol=1e-12)
-    for got, want in zip(vnet.parameters(), theta, strict=True):
+    for got, want, before in zip(vnet.parameters(), theta, theta_before, strict=True):
         torch.testing.assert_close(got.detach(), want, rtol=1e-9, atol=1e-12)
-    assert not torch.equal(theta[0], mwnet.WeightNet(hidden=10).double().net[0].weight)
+        # the comparison means something: every tensor of the weighting net moved
+        assert (got.detach() - before).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("hypergrad", ["reverse", "fast"])
@@ -242,16 +251,35 @@ def test_state_dict_round_trip_continues_identically():
 
 @pytest.mark.parametrize("hypergrad", ["reverse", "fast"])
 def test_step_under_bf16_autocast(hypergrad):
-    """Under autocast the weighting net stays in float32 and its weights match the losses."""
+    """Under autocast the weighting net stays in float32 and its weights match the losses:
+    the step's losses are the model's autocast cross-entropies, and its weights are the
+    (updated) weighting net's float32 outputs on exactly those losses, not a bfloat16
+    approximation of them."""
     torch.manual_seed(0)
     model = BnCnn()
+    same_model = copy.deepcopy(model)
     rw = mwnet.MetaReweighter(
         model, torch.optim.SGD(model.parameters(), lr=0.1), hypergrad=hypergrad
     )
+    theta_before = [p.detach().clone() for p in rw.weight_net.parameters()]
+    x, y, xm, ym = random_batches((3, 8, 8), 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        result = rw.step(*random_batches((3, 8, 8), 5))
+        result = rw.step(x, y, xm, ym)
+        logits = same_model(x)  # the real forward, on an untouched copy
+    assert logits.dtype == torch.bfloat16  # autocast really ran the model in bfloat16
     assert torch.isfinite(result.loss) and result.meta_loss is not None
+    want_losses = F.cross_entropy(logits.float(), y, reduction="none")
+    torch.testing.assert_close(result.losses, want_losses, rtol=1e-6, atol=1e-6)
+
+    theta = [p.detach() for p in rw.weight_net.parameters()]
+    assert all(p.dtype == torch.float32 for p in theta)
+    assert any(not torch.equal(t, b) for t, b in zip(theta, theta_before, strict=True))
     assert result.weights.dtype == torch.float32
+    want_weights = reference_weights(theta, result.losses.float())
+    torch.testing.assert_close(result.weights, want_weights, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        result.coefficients, want_weights / want_weights.sum(), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_virtual_step_reads_the_lr_after_optimizer_load_state_dict():

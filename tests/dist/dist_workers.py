@@ -1,4 +1,5 @@
-"""Training runs that the equivalence tests execute once on W ranks and once in one process.
+"""Training runs on W spawned ranks: the equivalence tests' (also run once in one process)
+and the real training loop's (:func:`run_loop_on_ranks`).
 
 The functions here run in processes started with the ``spawn`` method, so they live in a
 module of their own (importable by name in the children), not in a test file.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +24,10 @@ from torch import nn
 import mwnet
 from mwnet import ClassAwareWeightNet, MetaReweighter, WeightNet
 from mwnet.core.reducer import GradientReducer
+from mwnet.distributed import DataParallel
 from mwnet.methods import L2RW, CrossEntropy
+from mwnet.train import loop
+from mwnet.train.config import load_config
 
 STEPS = 3
 CLASSES = 4
@@ -88,9 +93,7 @@ def train(case: Case, reducer: GradientReducer | None) -> dict:
     weight_net = None
     if case.method == "mwnet":
         weight_net = (
-            ClassAwareWeightNet([300, 200, 50, 10], hidden=100)
-            if case.class_aware
-            else WeightNet()
+            ClassAwareWeightNet([300, 200, 50, 10], hidden=100) if case.class_aware else WeightNet()
         ).double()
         method = MetaReweighter(
             model,
@@ -149,9 +152,16 @@ def run_rank(rank: int, world: int, store: str, cases: list[Case], out_dir: str)
 
 def run_on_ranks(cases: list[Case], world: int, tmp: Path, timeout: float = 120) -> list[dict]:
     """Run ``cases`` on ``world`` spawned ranks (gloo, file store); results per rank."""
+    return _spawn(run_rank, (cases,), world, tmp, timeout)
+
+
+def _spawn(target, args: tuple, world: int, tmp: Path, timeout: float) -> list[dict]:
+    """``target(rank, world, store, *args, out_dir)`` on ``world`` spawned processes; the
+    results each saved to ``out_dir/rank{rank}.pt``."""
+    tmp.mkdir(parents=True, exist_ok=True)
     context = mp.start_processes(
-        run_rank,
-        args=(world, str(tmp / "store"), cases, str(tmp)),
+        target,
+        args=(world, str(tmp / "store"), *args, str(tmp)),
         nprocs=world,
         join=False,
         start_method="spawn",
@@ -163,6 +173,57 @@ def run_on_ranks(cases: list[Case], world: int, tmp: Path, timeout: float = 120)
                 process.kill()
             raise TimeoutError(f"the {world} ranks did not finish within {timeout} s")
     return [torch.load(tmp / f"rank{r}.pt") for r in range(world)]
+
+
+def _model_state(trainer: loop.Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.exp.model.state_dict().items()}
+
+
+def run_loop_rank(
+    rank: int, world: int, store: str, preset: str, overrides: list[str], out_dir: str
+) -> None:
+    """One spawned rank of the real training loop (:mod:`mwnet.train.loop`) on gloo.
+
+    Trains run ``straight`` to its end; run ``cut`` for its first epoch only, whose
+    checkpoint rank 0 then copies to ``checkpoint-1.pt``; then resumes ``cut`` with a new
+    trainer, as ``mwnet train --resume`` does, to its end. Keeps each rank's model at
+    every start and end. ``overrides`` name no run.
+    """
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    parallel = DataParallel(rank, world, 0, torch.device("cpu"), "gloo", GradientReducer())
+    results: dict[str, object] = {}
+    try:
+        for name, stop in (("straight", None), ("cut", 1)):
+            cfg = load_config(preset, [*overrides, f"name={name}"])
+            trainer, run_dir = loop.start(cfg, quiet=True, parallel=parallel)
+            results[f"{name}_start"] = _model_state(trainer)
+            trainer.fit(stop_after=stop)  # ends with a barrier: rank 0 has written
+            results[f"{name}_end"] = _model_state(trainer)
+        if rank == 0:
+            shutil.copyfile(run_dir / loop.CHECKPOINT, run_dir / "checkpoint-1.pt")
+        parallel.barrier()
+        del trainer
+        resumed = loop.resume(run_dir, quiet=True, parallel=parallel)
+        results["resumed_after"] = resumed.epoch
+        resumed.fit()
+        results["resumed_end"] = _model_state(resumed)
+    finally:
+        parallel.close()
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+
+
+def run_loop_on_ranks(
+    preset: str, overrides: list[str], world: int, tmp: Path, timeout: float = 120
+) -> list[dict]:
+    """:func:`run_loop_rank` on ``world`` spawned ranks; its results per rank."""
+    return _spawn(run_loop_rank, (preset, overrides), world, tmp, timeout)
 
 
 def source_env() -> dict[str, str]:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fake_data import write_idx
 
-from mwnet.run import CheckpointError, read_jsonl
+import mwnet
+from mwnet.run import CheckpointError, load_checkpoint, read_jsonl
 from mwnet.train import loop
 from mwnet.train.config import load_config
 
@@ -76,7 +84,13 @@ def test_run_directory_has_every_artifact(fmnist_root, tmp_path):
     assert saved == summary
     assert saved["last_test_acc"] == records[-1]["test_acc"]
     assert saved["best_test_acc"] == max(r["test_acc"] for r in records)
-    assert 0 < saved["realized_noise_rate"] < 1
+    # the share of training labels the run changed, counted from its per-sample table;
+    # flip2 at 40 % changes each label with probability 0.4 (within 4 binomial sd)
+    table = np.genfromtxt(run_dir / "sample_weights.csv", delimiter=",", names=True)
+    changed = table["label"] != table["true_label"]
+    assert np.array_equal(changed, table["corrupted"] == 1)
+    assert saved["realized_noise_rate"] == pytest.approx(changed.mean(), abs=1e-12)
+    assert abs(saved["realized_noise_rate"] - 0.4) <= 4 * math.sqrt(0.4 * 0.6 / len(changed))
 
 
 @pytest.mark.parametrize("method", ["mwnet", "finetune"])
@@ -140,3 +154,92 @@ def test_existing_run_is_not_overwritten(fmnist_root, tmp_path):
     trainer.fit(stop_after=1)
     with pytest.raises(FileExistsError, match="--resume"):
         loop.start(cfg, quiet=True)
+
+
+def _assert_identical(a, b, where: str = "checkpoint") -> None:
+    """``a`` and ``b`` hold the same values bit for bit (NaN where NaN), recursively."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict), where
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=where)
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b), where
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_run_killed_hard_resumes_in_a_new_process_to_the_same_final_state(fmnist_root, tmp_path):
+    """`mwnet train` killed with SIGKILL once its first epoch is saved, then `mwnet train
+    --resume` in a new process, ends bit for bit where an uninterrupted run of the same
+    config ends: model parameters and BatchNorm buffers, optimizer momentum, weighting net
+    and its Adam state, schedule, RNG and batch iterators, and the logged metrics."""
+    out = tmp_path / "runs"
+    src = str(Path(mwnet.__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
+        "OMP_NUM_THREADS": "1",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # nothing cached is found ...
+    }
+    env.pop("MWNET_DATA", None)
+
+    def train(name: str) -> subprocess.Popen:
+        overrides = tiny_overrides(fmnist_root, out, name)  # cnn_small: BN and dropout
+        overrides += ["data.download=false", "threads=1"]  # ... nor downloaded
+        cmd = [sys.executable, "-m", "mwnet", "train", "--preset", "fmnist-flip2-40"]
+        return subprocess.Popen(
+            [*cmd, "--quiet", *overrides],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    straight, killed = train("straight"), train("killed")
+    run_dir = out / "killed"
+    deadline = time.monotonic() + 120
+    metrics, checkpoint = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
+    # epoch 1's metrics line comes first, then its checkpoint (atomic: whole once it exists)
+    while not (metrics.exists() and checkpoint.exists()):
+        assert killed.poll() is None, killed.communicate()[1]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    saved_epoch = load_checkpoint(checkpoint)["epoch"]
+    assert 1 <= saved_epoch < 3  # killed mid-run, not after it ended
+    assert read_jsonl(metrics)[0]["epoch"] == 1
+    assert not (run_dir / "sample_weights.csv").exists()
+
+    resume = [sys.executable, "-m", "mwnet", "train", "--resume", str(run_dir), "--quiet"]
+    done = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {run_dir} after epoch {saved_epoch}" in done.stderr
+    _, err = straight.communicate(timeout=120)
+    assert straight.returncode == 0, err
+
+    want = load_checkpoint(out / "straight" / "checkpoint.pt")
+    got = load_checkpoint(run_dir / "checkpoint.pt")
+    assert got["epoch"] == want["epoch"] == 3
+    assert any("running_var" in k for k in want["model"])  # the model has BatchNorm
+    assert want["method"]["weight_optimizer"]["state"]  # the weighting net was trained
+    for part in ("model", "optimizer", "method", "schedule", "rng", "train_batches"):
+        _assert_identical(got[part], want[part], part)
+    _assert_identical(
+        {k: v for k, v in got.items() if k != "wall_time"},
+        {k: v for k, v in want.items() if k != "wall_time"},
+    )
+    a = _without_timing(read_jsonl(out / "straight" / "metrics.jsonl"))
+    b = _without_timing(read_jsonl(run_dir / "metrics.jsonl"))
+    assert [r["epoch"] for r in b] == [1, 2, 3] and a == b
+    for name in ("sample_weights.csv", "weight_function.csv"):
+        assert (run_dir / name).read_text() == (out / "straight" / name).read_text()
