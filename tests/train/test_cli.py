@@ -16,6 +16,7 @@ from test_loop import tiny_overrides
 
 from mwnet.cli import main
 from mwnet.run import read_jsonl
+from mwnet.train.config import preset_names
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,9 @@ def test_help(argv, capsys):
 def test_presets_lists_one_line_each(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 37 and any(line.startswith("fmnist-flip2-40 ") for line in lines)
+    assert len(lines) == len(preset_names()) > 37
+    assert [line.split()[0] for line in lines] == preset_names()
+    assert any(line.startswith("fmnist-flip2-40 ") for line in lines)
 
 
 @pytest.mark.parametrize(
