@@ -133,8 +133,8 @@ def train(case: Case, reducer: GradientReducer | None) -> dict:
     }
 
 
-def run_rank(rank: int, world: int, store: str, cases: list[Case], out_dir: str) -> None:
-    """The body of one spawned rank: every case in order, results saved to a file."""
+def join_gloo(rank: int, world: int, store: str) -> None:
+    """One thread, and this spawned process joined to the others by gloo (file store)."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -143,6 +143,11 @@ def run_rank(rank: int, world: int, store: str, cases: list[Case], out_dir: str)
         world_size=world,
         timeout=datetime.timedelta(seconds=60),
     )
+
+
+def run_rank(rank: int, world: int, store: str, cases: list[Case], out_dir: str) -> None:
+    """The body of one spawned rank: every case in order, results saved to a file."""
+    join_gloo(rank, world, store)
     try:
         results = {case.name: train(case, GradientReducer()) for case in cases}
     finally:
@@ -189,14 +194,7 @@ def run_loop_rank(
     trainer, as ``mwnet train --resume`` does, to its end. Keeps each rank's model at
     every start and end. ``overrides`` name no run.
     """
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    join_gloo(rank, world, store)
     parallel = DataParallel(rank, world, 0, torch.device("cpu"), "gloo", GradientReducer())
     results: dict[str, object] = {}
     try:

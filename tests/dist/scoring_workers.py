@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from dist_workers import join_gloo
 from torch import nn
 
 from mwnet.core.reducer import GradientReducer
@@ -35,14 +35,7 @@ def score_here(parallel: DataParallel | None) -> torch.Tensor:
 
 
 def run_rank(rank: int, world: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    join_gloo(rank, world, store)
     try:
         parallel = DataParallel(rank, world, 0, torch.device("cpu"), "gloo", GradientReducer())
         scores = score_here(parallel)

@@ -15,10 +15,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-WEIGHTING: tuple[str, ...] = ("mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl")
-"""Methods that learn a weighting net (the methods layer's WEIGHTING_METHODS)."""
-LABEL_CORRECTION: tuple[str, ...] = ("mwnet-sl", "cmwnet-sl")
-"""Weighting methods whose weight mixes the given label with an EMA teacher's."""
+from mwnet.methods.registry import COMPILABLE, METHODS
+from mwnet.methods.registry import LABEL_CORRECTION_METHODS as LABEL_CORRECTION
+from mwnet.methods.registry import WEIGHTING_METHODS as WEIGHTING
+
 META_READERS: tuple[str, ...] = ("l2rw", "finetune", *WEIGHTING)
 """Methods that read the meta set."""
 
@@ -195,17 +195,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.normalize": ("auto", "imagenet", "none"),
     "data.pad_mode": ("reflect", "zero"),
     "optim.schedule": ("multistep", "cosine", "constant"),
-    "method.name": (
-        "ce",
-        "focal",
-        "class-balanced",
-        "l2rw",
-        "finetune",
-        "mwnet",
-        "cmwnet",
-        "mwnet-sl",
-        "cmwnet-sl",
-    ),
+    "method.name": METHODS,
     "method.hypergrad": ("fast", "reverse", "head"),
     "method.normalize": ("sum", "sum-detached", "mean", "none"),
     "method.virtual_step": ("sgd", "optimizer"),
@@ -346,9 +336,8 @@ def validate(cfg: Any) -> None:
             "training graph, head keeps only one already)",
         ),
         (
-            not m.compile or m.name in ("ce", "focal", "class-balanced", *WEIGHTING),
-            f"method.compile=true is supported by ce, focal, class-balanced, mwnet and cmwnet, "
-            f"not {m.name}",
+            not m.compile or m.name in COMPILABLE,
+            f"method.compile=true is supported by {', '.join(COMPILABLE)}, not {m.name}",
         ),
         (
             not (m.compile and m.name in WEIGHTING and m.hypergrad != "fast"),
