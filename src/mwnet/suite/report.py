@@ -724,8 +724,8 @@ def render(
                 "clean split is set aside unread), but no clean example at all: a "
                 "pseudo-meta set of the 10 lowest-loss samples per observed class is picked "
                 f"every epoch after a {scale.pseudo_meta_warmup}-epoch cross-entropy "
-                "warm-up, scored by the EMA "
-                "teacher (label correction) or the model. Last-epoch test accuracy; the "
+                "warm-up, ranked by the loss under an EMA teacher of the model. Last-epoch "
+                "test accuracy; the "
                 "best method of the default grid that reads the 1,000 clean images is "
                 "shown for reference, and the share of right labels in the last pseudo-meta "
                 "set (label-correction runs).",
