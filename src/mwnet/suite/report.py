@@ -96,7 +96,7 @@ def collect(out: Path) -> list[Run]:
                     run_dir,
                 )
                 weights_file = run_dir / "sample_weights.csv"
-                learns_weights = method.name.startswith(("mwnet", "l2rw"))
+                learns_weights = method.name.startswith(("mwnet", "cmwnet", "l2rw"))
                 if setting.noisy and learns_weights and weights_file.is_file():
                     table = read_sample_weights(weights_file)
                     # A low weight should flag a corrupted label: score = -weight.
@@ -608,6 +608,8 @@ def _meta_sizes(runs: Sequence[Run]) -> str:
     """ "1,000 (noisy and clean settings) and 100 (long-tailed)", from the runs' summaries."""
     by_kind: dict[str, set[int]] = {}
     for run in runs:
+        if run.method in PSEUDO_META_METHODS:  # they read no clean image at all
+            continue
         setting = next(s for s in SETTINGS if s.name == run.setting)
         kind = "long-tailed" if setting.imbalanced else "noisy and clean"
         by_kind.setdefault(kind, set()).add(int(run.summary["meta_samples"]))
@@ -656,7 +658,8 @@ def render(
         f"- Meta set: {_meta_sizes(runs)} clean images carved from the training set "
         "before anything else (the paper's sizes: 1,000 for label noise, 10 per class for "
         "class imbalance); the methods that use clean data (L2RW, fine-tune, MW-Net, "
-        "CMW-Net) use this set, the others never see it.",
+        "CMW-Net) use this set, the others never see it (the no-clean-data runs carve it "
+        "too, so that they train on the same images, and never read it).",
         f"- Seeds {', '.join(map(str, scale.noisy_seeds))} for the noisy and long-tailed "
         f"settings, seed {', '.join(map(str, scale.clean_seeds))} for clean labels; the seed "
         "sets the split, the corruption and the training.",
