@@ -123,8 +123,10 @@ def test_reuse_needs_a_weight_net_file(tmp_path):
     (tmp_path / "weight_net.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         mwnet.load_weight_net(tmp_path)
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
+    with pytest.raises(CheckpointError, match="no saved weighting net there"):
         mwnet.load_weight_net(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="no saved weighting net there"):
+        mwnet.load_weight_net(tmp_path / "a-run-without-one")
     from mwnet.run import save_checkpoint
 
     save_checkpoint(tmp_path / "other.pt", {"model": {}})

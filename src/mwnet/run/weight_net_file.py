@@ -59,6 +59,11 @@ def load_weight_net(path: str | os.PathLike[str]) -> SavedWeightNet:
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHT_NET_FILE
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no saved weighting net there; point at the run directory of a finished "
+            f"mwnet or cmwnet run, or at its {WEIGHT_NET_FILE}"
+        )
     state = load_checkpoint(path)
     saved = state.get("weight_net")
     if not isinstance(saved, dict) or not {"spec", "state_dict", "normalize"} <= saved.keys():
