@@ -21,6 +21,7 @@ from dist_workers import run_loop_on_ranks
 from mwnet.run import load_checkpoint, read_jsonl
 from mwnet.train.config import load_config_file
 from mwnet.train.experiment import build_experiment
+from same_state import assert_identical
 
 pytestmark = pytest.mark.distributed
 
@@ -66,26 +67,6 @@ def _shard_statistics(model: torch.nn.Module, state: dict, x: torch.Tensor) -> l
     return per_rank
 
 
-def _assert_identical(a, b, where: str) -> None:
-    """Bit for bit (NaN where NaN), recursively through dicts and lists."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict), where
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_identical(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), where
-        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=where)
-    elif isinstance(a, float) and math.isnan(a):
-        assert math.isnan(b), where
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def test_running_statistics_are_the_average_of_the_ranks_shards(runs: dict) -> None:
     out, ranks = runs["out"], runs["ranks"]
     exp = build_experiment(load_config_file(out / "cut" / "config.yaml"))
@@ -103,7 +84,7 @@ def test_running_statistics_are_the_average_of_the_ranks_shards(runs: dict) -> N
     ]
     assert any(k.endswith("running_var") for k in initial)
     for rank in ranks:  # every rank built the model this process built
-        _assert_identical(rank["cut_start"], initial, "initial model")
+        assert_identical(rank["cut_start"], initial, "initial model")
 
     for epoch, (before, saved, held) in enumerate(epochs, start=1):
         x, _, _ = next(iter(exp.train_batches))  # the epoch's one global batch
@@ -115,7 +96,7 @@ def test_running_statistics_are_the_average_of_the_ranks_shards(runs: dict) -> N
             average = (shards[0][key] + shards[1][key]) / 2
             torch.testing.assert_close(saved[key], average, rtol=1e-5, atol=1e-8)
         for rank, state in enumerate(held):  # every rank holds the checkpoint's state
-            _assert_identical(state, saved, f"epoch {epoch}, rank {rank}")
+            assert_identical(state, saved, f"epoch {epoch}, rank {rank}")
         assert all(int(v) == epoch for k, v in saved.items() if k.endswith("batches_tracked"))
 
 
@@ -126,15 +107,15 @@ def test_two_ranks_resume_to_the_same_final_state(runs: dict) -> None:
     got = load_checkpoint(out / "cut" / "checkpoint.pt")
     assert want["epoch"] == got["epoch"] == 2
     for part in ("model", "optimizer", "method"):
-        _assert_identical(got[part], want[part], part)
-    _assert_identical(
+        assert_identical(got[part], want[part], part)
+    assert_identical(
         {k: v for k, v in got.items() if k != "wall_time"},
         {k: v for k, v in want.items() if k != "wall_time"},
         "checkpoint",
     )
     for rank in range(WORLD):
-        _assert_identical(ranks[rank]["resumed_end"], want["model"], f"rank {rank}")
-        _assert_identical(ranks[rank]["straight_end"], want["model"], f"rank {rank}")
+        assert_identical(ranks[rank]["resumed_end"], want["model"], f"rank {rank}")
+        assert_identical(ranks[rank]["straight_end"], want["model"], f"rank {rank}")
 
     def metrics(name: str) -> list[dict]:
         records = read_jsonl(out / name / "metrics.jsonl")

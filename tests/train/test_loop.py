@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from fake_data import write_idx
+from same_state import assert_identical
 
 import mwnet
 from mwnet.run import CheckpointError, load_checkpoint, read_jsonl
@@ -156,26 +157,6 @@ def test_existing_run_is_not_overwritten(fmnist_root, tmp_path):
         loop.start(cfg, quiet=True)
 
 
-def _assert_identical(a, b, where: str = "checkpoint") -> None:
-    """``a`` and ``b`` hold the same values bit for bit (NaN where NaN), recursively."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict), where
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_identical(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), where
-        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=where)
-    elif isinstance(a, float) and math.isnan(a):
-        assert math.isnan(b), where
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def test_run_killed_hard_resumes_in_a_new_process_to_the_same_final_state(fmnist_root, tmp_path):
     """`mwnet train` killed with SIGKILL once its first epoch is saved, then `mwnet train
     --resume` in a new process, ends bit for bit where an uninterrupted run of the same
@@ -233,8 +214,8 @@ def test_run_killed_hard_resumes_in_a_new_process_to_the_same_final_state(fmnist
     assert any("running_var" in k for k in want["model"])  # the model has BatchNorm
     assert want["method"]["weight_optimizer"]["state"]  # the weighting net was trained
     for part in ("model", "optimizer", "method", "schedule", "rng", "train_batches"):
-        _assert_identical(got[part], want[part], part)
-    _assert_identical(
+        assert_identical(got[part], want[part], part)
+    assert_identical(
         {k: v for k, v in got.items() if k != "wall_time"},
         {k: v for k, v in want.items() if k != "wall_time"},
     )
