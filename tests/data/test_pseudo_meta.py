@@ -168,12 +168,17 @@ def test_scales_to_a_million_samples():
     n, k = 1_000_000, 1_000
     scores = torch.rand(n, generator=g)
     labels = torch.randint(0, k, (n,), generator=g)
-    best = float("inf")
-    for _ in range(2):
+    # Timed against one stable sort of the scores, interleaved in this process, so that
+    # a loaded machine slows both alike: the selection is a few sorts' work, not a loop.
+    best, sort = float("inf"), float("inf")
+    for _ in range(3):
         start = time.perf_counter()
         got = select_pseudo_meta(scores, labels, 10, k)
         best = min(best, time.perf_counter() - start)
-    assert best < 1.0, f"selection took {best:.2f} s"
+        start = time.perf_counter()
+        torch.sort(scores, stable=True)
+        sort = min(sort, time.perf_counter() - start)
+    assert best < 8 * sort, f"selection took {best / sort:.1f}x one sort"
     assert got.indices.numel() == 10 * k and got.complete
     # spot-check a few classes against a direct per-class sort
     for c in (0, 417, 999):
