@@ -87,14 +87,4 @@ def score_training_set(
     Under data parallelism each rank scores its contiguous shard and one all-gather puts
     the scores of the whole set on every rank.
     """
-    n = len(labels)
-    if parallel is None:
-        return predict(scorer, images, labels, normalize, device, batch_size)[1]
-    sizes = parallel.shard_sizes(n)
-    start = sum(sizes[: parallel.rank])
-    part = slice(start, start + sizes[parallel.rank])
-    if sizes[parallel.rank]:
-        local = predict(scorer, images[part], labels[part], normalize, device, batch_size)[1]
-    else:
-        local = torch.empty(0)
-    return parallel.gather(local.to(device), n).cpu()
+    return predict(scorer, images, labels, normalize, device, batch_size, parallel)[1]
