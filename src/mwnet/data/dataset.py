@@ -23,6 +23,8 @@ class ImageDataset:
         labels: ``int64`` tensor of shape ``(N,)`` with values in ``[0, len(classes))``.
         classes: class names; index ``i`` names label ``i``.
         name: a short name for reports (``"cifar10"``, a folder name, ...).
+        paths: for sets read from image files, each sample's file path (so a report can
+            point at the file); None for sets stored as arrays (IDX, CIFAR).
 
     Instances compare by identity: element-wise tensor equality has no single truth
     value, so a generated ``__eq__`` would only raise.
@@ -32,6 +34,7 @@ class ImageDataset:
     labels: torch.Tensor
     classes: list[str]
     name: str
+    paths: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -55,6 +58,8 @@ class ImageDataset:
                 f"{self.name}: labels must lie in [0, {len(self.classes)}), "
                 f"got [{int(self.labels.min())}, {int(self.labels.max())}]"
             )
+        if self.paths is not None and len(self.paths) != len(self.labels):
+            raise DataError(f"{self.name}: {len(self.paths)} paths but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -66,8 +71,11 @@ class ImageDataset:
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageDataset:
         """Return the samples at ``indices`` (e.g. the train or meta part of a split)."""
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        return ImageDataset(self.images[idx], self.labels[idx], list(self.classes), self.name)
+        paths = None if self.paths is None else tuple(self.paths[i] for i in idx.tolist())
+        return ImageDataset(
+            self.images[idx], self.labels[idx], list(self.classes), self.name, paths
+        )
 
     def with_labels(self, labels: torch.Tensor) -> ImageDataset:
         """Return the same images with replacement labels (e.g. after corruption)."""
-        return ImageDataset(self.images, labels, list(self.classes), self.name)
+        return ImageDataset(self.images, labels, list(self.classes), self.name, self.paths)

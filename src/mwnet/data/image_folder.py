@@ -87,19 +87,22 @@ def _build(
     cache: bool,
 ) -> ImageDataset:
     hw = _size_hw(size)
+    paths = tuple(str(f) for f in files)
     cache_file = None
     if cache:
         cache_file = cache_dir() / "images" / f"{_cache_key(files, labels, classes, hw)}.pt"
         if cache_file.is_file():
             try:
                 blob = torch.load(cache_file, weights_only=True)
-                return ImageDataset(blob["images"], blob["labels"], blob["classes"], blob["name"])
+                return ImageDataset(
+                    blob["images"], blob["labels"], blob["classes"], blob["name"], paths
+                )
             except Exception:  # a bad cache entry is rebuilt, not fatal
                 pass
     images = torch.empty((len(files), 3, *hw), dtype=torch.uint8)
     for i, (f, loc) in enumerate(zip(files, where, strict=True)):
         images[i] = decode_image(f, hw, loc)
-    dataset = ImageDataset(images, torch.tensor(labels, dtype=torch.int64), classes, name)
+    dataset = ImageDataset(images, torch.tensor(labels, dtype=torch.int64), classes, name, paths)
     if cache_file is not None:
         _save_atomic(
             {"images": images, "labels": dataset.labels, "classes": classes, "name": name},
