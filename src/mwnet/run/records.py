@@ -20,6 +20,8 @@ import numpy as np
 
 from mwnet.run.atomic import atomic_write, fsync_dir
 
+PATHS_FILE = "train_paths.txt"
+"""One image path per training sample (file datasets only), written when a run starts."""
 SAMPLE_WEIGHT_COLUMNS = ("index", "label", "true_label", "corrupted", "loss", "weight")
 WEIGHT_FUNCTION_COLUMNS = ("loss", "weight")
 _INT_COLUMNS = ("index", "label", "true_label")
@@ -138,6 +140,23 @@ def _to_builtin(obj: Any) -> Any:
     if callable(tolist):
         return tolist()
     raise TypeError(f"cannot store a {type(obj).__name__} in JSON")
+
+
+# --- per-sample paths ----------------------------------------------------------------
+
+
+def write_paths(path: str | os.PathLike[str], paths: list[str] | tuple[str, ...]) -> None:
+    """Atomically write the training samples' image paths, one per line, in training order."""
+    with atomic_write(path) as f:
+        f.writelines(f"{p}\n" for p in paths)
+
+
+def read_paths(path: str | os.PathLike[str]) -> list[str] | None:
+    """:func:`write_paths` output, or None when the run has no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").splitlines()
 
 
 # --- CSV tables ---------------------------------------------------------------------
