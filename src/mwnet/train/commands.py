@@ -23,6 +23,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", help="preset name (see `mwnet presets`)")
     p.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="start from a saved config, e.g. another run's config.yaml (its name is dropped: "
+        "the new run gets its own directory); overrides apply on top",
+    )
+    p.add_argument(
         "--resume",
         metavar="RUN_DIR",
         type=Path,
@@ -39,13 +46,17 @@ def run_train(args: argparse.Namespace) -> int:
     from mwnet.train.config import load_config
 
     if args.resume is not None:
-        if args.preset or args.overrides:
-            raise ValueError("--resume takes no --preset or overrides: the run keeps its config")
+        if args.preset or args.overrides or args.config:
+            raise ValueError(
+                "--resume takes no --preset, --config or overrides: the run keeps its config"
+            )
         cfg = loop.run_config(args.resume)
     else:
-        if not args.preset and not args.overrides:
-            raise ValueError("give --preset NAME (see `mwnet presets`) and/or key=value overrides")
-        cfg = load_config(args.preset, args.overrides)
+        if not args.preset and not args.overrides and not args.config:
+            raise ValueError(
+                "give --preset NAME (see `mwnet presets`), --config FILE and/or key=value overrides"
+            )
+        cfg = load_config(args.preset, args.overrides, base=args.config)
     if not distributed.launched_with_several_ranks():
         return _train(args, cfg, None)
     d = cfg.distributed

@@ -62,6 +62,12 @@ class DataConfig:
     is the one clean-set runs of the same seed train on (for comparisons)"""
     subset: int | None = None
     """Keep only this many training images (seeded), for quick runs."""
+    exclude: str | None = None
+    """Train without the samples this file lists: a label_issues.csv from `mwnet issues`
+    (its flagged rows), the run directory holding one, or one training-split index per line"""
+    relabel: str | None = None
+    """Train with new labels for the samples this file lists: a label_issues.csv (flagged
+    rows get their likely_label), its run directory, or 'index label' lines"""
     normalize: str = "auto"
     """auto (CIFAR constants for CIFAR, training-set statistics otherwise) | imagenet | none"""
     augment: bool = True
@@ -249,14 +255,33 @@ def valid_keys(node: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
-def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-    """Resolve a preset plus ``key=value`` overrides into a validated :class:`TrainConfig`."""
+def load_config(
+    preset: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: Path | None = None,
+) -> Any:
+    """Resolve a preset plus ``key=value`` overrides into a validated :class:`TrainConfig`.
+
+    ``base`` starts from a saved config instead (another run's ``config.yaml``), without
+    its ``name``, so that the new run gets a directory of its own.
+    """
     schema = OmegaConf.structured(TrainConfig)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad[0]!r}")
     try:
         layers = [schema]
+        if base is not None:
+            if not Path(base).is_file():
+                raise ConfigError(f"--config {base}: no such file")
+            try:
+                saved = OmegaConf.load(base)
+            except Exception as err:  # YAML syntax errors are not OmegaConf's
+                raise ConfigError(f"--config {base}: not a readable YAML config ({err})") from None
+            if not isinstance(saved, DictConfig):
+                raise ConfigError(f"--config {base}: expected a mapping of config keys")
+            saved.pop("name", None)
+            layers.append(saved)
         if preset is not None:
             layers.append(_read_preset(preset))
             layers.append(OmegaConf.create({"preset": preset}))

@@ -33,6 +33,7 @@ from mwnet.data import (
     long_tail_indices,
     meta_split,
 )
+from mwnet.data.label_edits import apply_label_edits, read_label_edits
 from mwnet.distributed import DataParallel, ShardedStream
 from mwnet.methods import CrossEntropy, Method, build_method
 from mwnet.run.weight_net_file import load_weight_net
@@ -58,6 +59,14 @@ class TrainData:
     test_labels: torch.Tensor
     classes: list[str]
     realized_noise_rate: float
+    source_index: torch.Tensor | None = None
+    """Each training sample's index in the dataset's training split (stable across runs of
+    any meta split, long tail or subset); None: the training samples are that split."""
+    paths: tuple[str, ...] | None = None
+    """Each training sample's image file, for datasets read from files."""
+    noise_known: bool = False
+    """The labels were corrupted synthetically, so ``true_labels`` and ``corrupted`` are
+    the truth; otherwise they only repeat the given labels."""
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +74,13 @@ class TrainData:
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.train_labels, minlength=self.num_classes)
+
+    @property
+    def train_index(self) -> torch.Tensor:
+        """Each training sample's index in the dataset's training split."""
+        if self.source_index is None:
+            return torch.arange(len(self.train_labels))
+        return self.source_index
 
 
 def _list_path(cfg_data: Any, name: str) -> Path:
@@ -147,6 +163,16 @@ def prepare_data(cfg: Any) -> TrainData:
         matrix = d.noise_matrix if d.noise == "matrix" else None
         c = corrupt_labels(true_labels, num_classes, d.noise, float(d.noise_rate), seed, matrix)
         observed, corrupted, rate = c.labels, c.corrupted, float(c.realized_rate)
+    if d.exclude or d.relabel:
+        exclude = read_label_edits(d.exclude, relabel=False) if d.exclude else None
+        relabel = read_label_edits(d.relabel, relabel=True) if d.relabel else None
+        keep, observed = apply_label_edits(train_idx, observed, num_classes, exclude, relabel)
+        train_idx, true_labels, observed = train_idx[keep], true_labels[keep], observed[keep]
+        if d.noise == "none":  # no truth beyond the given labels, now edited
+            true_labels = observed.clone()
+        corrupted = observed != true_labels
+        rate = float(corrupted.float().mean()) if d.noise != "none" else 0.0
+    paths = train.paths
     return TrainData(
         train_images=train.images[train_idx],
         train_labels=observed,
@@ -158,6 +184,9 @@ def prepare_data(cfg: Any) -> TrainData:
         test_labels=test.labels,
         classes=list(train.classes),
         realized_noise_rate=rate,
+        source_index=train_idx,
+        paths=None if paths is None else tuple(paths[i] for i in train_idx.tolist()),
+        noise_known=d.noise != "none",
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -42,9 +43,11 @@ from mwnet.run import (
     write_sample_weights,
     write_weight_function,
 )
+from mwnet.run.records import PATHS_FILE, write_paths
+from mwnet.run.signals import SIGNALS_FILE, EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import WEIGHT_NET_FILE, save_weight_net
 from mwnet.train.config import load_config_file, to_yaml
-from mwnet.train.evaluate import accuracy, predict
+from mwnet.train.evaluate import accuracy, per_sample, predict
 from mwnet.train.experiment import Experiment, build_experiment
 from mwnet.train.pseudo_meta_set import score_training_set
 
@@ -115,9 +118,7 @@ class Trainer:
         self.loss_range = [float("inf"), float("-inf")]
         self.best = {"epoch": None, "test_acc": float("-inf")}
         self.last_test_acc: float | None = None
-        n = len(exp.data.train_labels)
-        self.last_loss = torch.full((n,), float("nan"))
-        self.last_weight = torch.full((n,), float("nan"))
+        self.signals = SampleSignals(exp.data.train_labels, exp.data.num_classes)
 
     # -- checkpointing -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -137,8 +138,7 @@ class Trainer:
             "meta_batches": e.meta_batches.state_dict(),
             "meta_epochs": e.meta_epochs.state_dict(),
             "rng": _rng_state(e.device),
-            "last_loss": self.last_loss,
-            "last_weight": self.last_weight,
+            "signals": self.signals.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -159,8 +159,7 @@ class Trainer:
         e.meta_batches.load_state_dict(state["meta_batches"])
         e.meta_epochs.load_state_dict(state["meta_epochs"])
         _set_rng_state(state["rng"], e.device)
-        self.last_loss = state["last_loss"]
-        self.last_weight = state["last_weight"]
+        self.signals.load_state_dict(state["signals"])
 
     def _save(self, record: dict[str, Any]) -> None:
         """Metrics line, checkpoint, summary: written together, Ctrl-C deferred; rank 0 only."""
@@ -169,7 +168,17 @@ class Trainer:
         with interrupt_deferred():
             append_jsonl(self.run_dir / "metrics.jsonl", record)
             save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+            self.signals.save(self.run_dir / SIGNALS_FILE, self._sample_columns())
             write_json(self.run_dir / "summary.json", self.summary(record))
+
+    def _sample_columns(self) -> dict[str, Any]:
+        """What the signals file keeps beside the signals: each sample's index in the
+        dataset's training split, and the truth when the noise is synthetic."""
+        d = self.exp.data
+        columns = {"index": d.train_index, "classes": np.array(d.classes)}
+        if d.noise_known:
+            columns |= {"true_label": d.true_labels, "corrupted": d.corrupted}
+        return columns
 
     # -- one epoch -----------------------------------------------------------------
     def _train_epoch(self) -> EpochStats:
@@ -214,11 +223,9 @@ class Trainer:
                 stats.meta_loss_sum += float(out.meta_loss)
                 stats.meta_steps += 1
             if not from_meta:
-                cpu_idx = idx.cpu()
-                self.last_loss[cpu_idx] = losses.float().cpu()
+                self.signals.record_step(idx, losses, weights)
                 if weights is not None:
                     w, bad = weights.float(), corrupted[idx]
-                    self.last_weight[cpu_idx] = w.cpu()
                     stats.weight_corrupted += float(w[bad].sum())
                     stats.n_corrupted += int(bad.sum())
                     stats.weight_clean += float(w[~bad].sum())
@@ -275,17 +282,37 @@ class Trainer:
     def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float | None]:
         """Test accuracy (and on the training set, clean vs corrupted) of the model, or of
         ``model`` (e.g. the EMA teacher)."""
+        return self._evaluate(model)[0]
+
+    def _evaluate(
+        self, model: torch.nn.Module | None = None
+    ) -> tuple[dict[str, float | None], EpochPredictions | None]:
+        """:meth:`evaluate`'s scores, and (with ``eval_train``) the model's predictions for
+        every training sample, from the same pass."""
         e, d = self.exp, self.exp.data
         model = e.model if model is None else model
         bs = int(e.cfg.data.eval_batch_size)
-        pred, _ = predict(model, d.test_images, d.test_labels, e.normalize, e.device, bs)
+        pred, _ = predict(
+            model, d.test_images, d.test_labels, e.normalize, e.device, bs, self.parallel
+        )
         out = {"test_acc": accuracy(pred, d.test_labels)}
-        if e.cfg.eval_train:
-            pred, _ = predict(model, d.train_images, d.true_labels, e.normalize, e.device, bs)
-            out["train_acc_clean"] = accuracy(pred, d.true_labels, ~d.corrupted)
-            out["train_acc_corrupted"] = accuracy(pred, d.true_labels, d.corrupted)
-            out["memorized_corrupted"] = accuracy(pred, d.train_labels, d.corrupted)
-        return out
+        if not e.cfg.eval_train:
+            return out, None
+        table = per_sample(
+            model,
+            d.train_images,
+            d.train_labels,
+            e.normalize,
+            e.device,
+            bs,
+            reduce=lambda logits, y: EpochPredictions.from_logits(logits, y).stacked(),
+            parallel=self.parallel,
+        )
+        seen = EpochPredictions.unstacked(table)
+        out["train_acc_clean"] = accuracy(seen.pred, d.true_labels, ~d.corrupted)
+        out["train_acc_corrupted"] = accuracy(seen.pred, d.true_labels, d.corrupted)
+        out["memorized_corrupted"] = accuracy(seen.pred, d.train_labels, d.corrupted)
+        return out, seen
 
     def _record(self, stats: EpochStats, scores: dict, seconds: float) -> dict[str, Any]:
         def mean(total: float, count: int) -> float | None:
@@ -318,11 +345,20 @@ class Trainer:
             "train_samples": len(d.train_labels),
             "meta_samples": len(d.meta_labels),
             "realized_noise_rate": d.realized_noise_rate,
+            "class_counts": self._class_counts(),
             "wall_time": self.wall_time,
             "device": str(e.device),
             "ranks": 1 if self.parallel is None else self.parallel.world_size,
             **self._class_clusters(),
         }
+
+    def _class_counts(self) -> dict[str, list[int]]:
+        """Training samples per class: by given label, and by true label where known."""
+        d = self.exp.data
+        counts = {"given": d.class_counts().tolist()}
+        if d.noise_known:
+            counts["true"] = torch.bincount(d.true_labels, minlength=d.num_classes).tolist()
+        return counts
 
     def _class_clusters(self) -> dict[str, list[int]]:
         """The class-aware net's cluster of each class (0: largest classes), if it has one."""
@@ -347,7 +383,9 @@ class Trainer:
                 self.parallel.average_buffers(e.model)
                 if e.teacher is not None:
                     self.parallel.average_buffers(e.teacher.module)
-            scores = self.evaluate()
+            scores, seen = self._evaluate()
+            if seen is not None:
+                self.signals.record_epoch(seen)
             self.last_test_acc = scores["test_acc"]
             seconds = time.perf_counter() - start
             self.wall_time += seconds
@@ -395,15 +433,15 @@ class Trainer:
         if weighting is not None:
             net, normalize = weighting
             save_weight_net(self.run_dir / WEIGHT_NET_FILE, net, normalize=normalize)
-        if not torch.isnan(self.last_weight).all():
+        if self.signals.has_weights:
             write_sample_weights(
                 self.run_dir / "sample_weights.csv",
-                torch.arange(len(d.train_labels)),
+                d.train_index,
                 d.train_labels,
                 d.true_labels,
                 d.corrupted,
-                self.last_loss,
-                self.last_weight,
+                self.signals.last_loss,
+                self.signals.last_weight,
             )
         low, high = self.loss_range
         if low <= high:
@@ -461,6 +499,8 @@ def start(
     if parallel is None or parallel.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG).write_text(to_yaml(cfg))
+        if exp.data.paths is not None:
+            write_paths(run_dir / PATHS_FILE, exp.data.paths)
     return Trainer(exp, run_dir, quiet, parallel), run_dir
 
 

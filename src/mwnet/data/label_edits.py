@@ -1,0 +1,189 @@
+"""Closing the loop of a label-issue report: train again without some samples, or with
+other labels for them (``data.exclude=FILE``, ``data.relabel=FILE``).
+
+A file names samples by their index in the dataset's training split (the ``index`` column
+of ``label_issues.csv``), which does not depend on the meta split, long tail or subset of
+a run. A report's file also carries each sample's ``given_label``: if it differs from the
+label this run gives the sample, the file was made on another dataset, noise or seed, and
+applying it would drop or relabel the wrong samples, so that is an error, not a warning.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mwnet.data.errors import DataError
+
+ISSUES_FILE = "label_issues.csv"
+INDEX_COLUMN = "index"
+GIVEN_COLUMN = "given_label"
+LIKELY_COLUMN = "likely_label"
+FLAG_COLUMN = "flagged"
+
+
+@dataclass(frozen=True)
+class LabelEdits:
+    """Samples named by a file: their training-split indices, and new labels if given."""
+
+    path: Path
+    index: torch.Tensor
+    labels: torch.Tensor | None
+    """For relabelling: the new label of each listed sample."""
+    given: torch.Tensor | None
+    """The label each sample had where the file was made (to check it fits this run)."""
+
+
+def _resolve(path: str | os.PathLike[str], key: str) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / ISSUES_FILE
+    if not path.is_file():
+        raise DataError(
+            f"{key}={path}: no such file; give a label_issues.csv written by `mwnet issues "
+            "RUN_DIR` (or that run directory), or a file of training-set indices"
+        )
+    return path
+
+
+def read_label_edits(path: str | os.PathLike[str], relabel: bool) -> LabelEdits:
+    """Read an exclusion or relabelling file.
+
+    Accepted forms: a ``label_issues.csv`` (or the run directory holding one; only rows
+    with ``flagged`` = 1 count when that column exists, and the new labels are the
+    ``likely_label`` column), any CSV with an ``index`` column (and ``likely_label`` or
+    ``label`` for relabelling), or lines of ``index`` (exclusion) / ``index label``.
+    """
+    key = "data.relabel" if relabel else "data.exclude"
+    path = _resolve(path, key)
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if not lines:
+        raise DataError(f"{key}={path}: the file lists no samples")
+    first = lines[0].replace(",", " ").split()
+    if first and not first[0].lstrip("-").isdigit():
+        rows = _csv_rows(path, lines, key, relabel)
+    else:
+        rows = _plain_rows(path, lines, key, relabel)
+    index, labels, given = rows
+    return LabelEdits(
+        path=path,
+        index=torch.tensor(index, dtype=torch.int64),
+        labels=torch.tensor(labels, dtype=torch.int64) if relabel else None,
+        given=torch.tensor(given, dtype=torch.int64) if given is not None else None,
+    )
+
+
+def _csv_rows(
+    path: Path, lines: list[str], key: str, relabel: bool
+) -> tuple[list[int], list[int], list[int] | None]:
+    reader = csv.DictReader(lines)
+    columns = reader.fieldnames or []
+    label_column = next((c for c in (LIKELY_COLUMN, "label") if c in columns), None)
+    if INDEX_COLUMN not in columns or (relabel and label_column is None):
+        need = "'index' and 'likely_label' (or 'label')" if relabel else "'index'"
+        raise DataError(f"{key}={path}: a CSV here needs the column(s) {need}; got {columns}")
+    index, labels, given = [], [], []
+    for number, row in enumerate(reader, start=2):
+        try:
+            if FLAG_COLUMN in columns and int(row[FLAG_COLUMN]) == 0:
+                continue
+            index.append(int(row[INDEX_COLUMN]))
+            if relabel:
+                labels.append(int(row[label_column]))
+            if GIVEN_COLUMN in columns:
+                given.append(int(row[GIVEN_COLUMN]))
+        except (TypeError, ValueError):
+            raise DataError(f"{path}:{number}: not a row of integers: {row}") from None
+    return index, labels, (given if GIVEN_COLUMN in columns else None)
+
+
+def _plain_rows(
+    path: Path, lines: list[str], key: str, relabel: bool
+) -> tuple[list[int], list[int], None]:
+    index, labels = [], []
+    want = 2 if relabel else 1
+    form = "'index label'" if relabel else "one index"
+    for number, line in enumerate(lines, start=1):
+        fields = line.replace(",", " ").split()
+        if len(fields) != want or not all(f.lstrip("-").isdigit() for f in fields):
+            raise DataError(f"{path}:{number}: expected {form} per line, got {line!r}")
+        index.append(int(fields[0]))
+        if relabel:
+            labels.append(int(fields[1]))
+    return index, labels, None
+
+
+def apply_label_edits(
+    source_index: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    exclude: LabelEdits | None = None,
+    relabel: LabelEdits | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which training samples to keep, and their labels after relabelling.
+
+    Args:
+        source_index: every training sample's index in the dataset's training split.
+        labels: their labels as this run gives them (after any synthetic corruption).
+        exclude / relabel: files read by :func:`read_label_edits`.
+
+    Returns:
+        ``(keep, new_labels)``: positions into ``source_index`` to keep, in order, and the
+        labels of every sample (relabelled ones changed), before the selection.
+
+    Raises:
+        DataError: a listed index is not in this training set, a file's given labels do
+            not match this run's, or a new label is out of range.
+    """
+    position = {int(s): p for p, s in enumerate(source_index.tolist())}
+    new_labels = labels.clone()
+    dropped = torch.zeros(len(labels), dtype=torch.bool)
+    for key, edits in (("data.relabel", relabel), ("data.exclude", exclude)):
+        if edits is None:
+            continue
+        rows = _positions(edits, position, key, len(source_index))
+        if edits.given is not None:
+            _check_given(edits, labels[rows], key)
+        if edits.labels is not None:
+            bad = (edits.labels < 0) | (edits.labels >= num_classes)
+            if bad.any():
+                raise DataError(
+                    f"{key}={edits.path}: label {int(edits.labels[bad][0])} is out of range "
+                    f"for {num_classes} classes"
+                )
+            new_labels[rows] = edits.labels
+        else:
+            dropped[rows] = True
+    if dropped.all():
+        raise DataError("data.exclude drops every training sample; nothing would be left to train")
+    return torch.nonzero(~dropped).flatten(), new_labels
+
+
+def _positions(edits: LabelEdits, position: dict[int, int], key: str, n: int) -> torch.Tensor:
+    unknown = [i for i in edits.index.tolist() if i not in position]
+    if unknown:
+        shown = ", ".join(str(i) for i in unknown[:5])
+        raise DataError(
+            f"{key}={edits.path}: {len(unknown)} listed index(es) are not in this run's "
+            f"training set of {n} samples (e.g. {shown}); indices must come from a run on "
+            "the same data settings (they may be out of range, in the clean meta split, or "
+            "left out by the long tail or data.subset)"
+        )
+    return torch.tensor([position[i] for i in edits.index.tolist()], dtype=torch.int64)
+
+
+def _check_given(edits: LabelEdits, labels: torch.Tensor, key: str) -> None:
+    assert edits.given is not None
+    differ = torch.nonzero(edits.given != labels).flatten()
+    if len(differ):
+        k = int(differ[0])
+        raise DataError(
+            f"{key}={edits.path} was made on other labels: at {len(differ)} of "
+            f"{len(labels)} listed samples its given_label differs from this run's (e.g. index "
+            f"{int(edits.index[k])}: {int(edits.given[k])} there, {int(labels[k])} here); make "
+            "it from a run of the same dataset, noise and seed"
+        )
