@@ -12,17 +12,22 @@ from mwnet.core import (
     cluster_by_count,
     normalize_weights,
 )
+from mwnet.label_issues import LabelIssues, find_label_issues
+from mwnet.run.signals import SampleSignals
 from mwnet.run.weight_net_file import SavedWeightNet, load_weight_net, save_weight_net
 
 __version__ = "0.1.0"
 __all__ = [
     "ClassAwareWeightNet",
+    "LabelIssues",
     "MetaReweighter",
+    "SampleSignals",
     "SavedWeightNet",
     "StepResult",
     "WeightNet",
     "__version__",
     "cluster_by_count",
+    "find_label_issues",
     "load_weight_net",
     "normalize_weights",
     "save_weight_net",

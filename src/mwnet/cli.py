@@ -83,6 +83,13 @@ def _add_training(sub) -> None:
 
 
 @command
+def _add_issues(sub) -> None:
+    from mwnet.label_issues.command import add_issues
+
+    add_issues(sub)
+
+
+@command
 def _add_suite(sub) -> None:
     from mwnet.suite.command import add_suite
 

@@ -11,9 +11,10 @@ import pytest
 from fake_data import write_idx
 
 from mwnet.cli import main
+from mwnet.label_issues.metrics import auroc
 from mwnet.run import read_jsonl
 from mwnet.suite.grid import DEFAULT_METHODS, FULL, QUICK, SETTING_NAMES, cells
-from mwnet.suite.report import HEADLINE_END, HEADLINE_START, READING_END, READING_START, auroc
+from mwnet.suite.report import HEADLINE_END, HEADLINE_START, READING_END, READING_START
 from mwnet.suite.runner import run_cell, run_dir_of
 from mwnet.train import loop
 from mwnet.train.config import load_config

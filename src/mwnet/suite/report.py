@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mwnet.label_issues.metrics import auroc
 from mwnet.run.atomic import atomic_write
 from mwnet.run.records import read_json, read_jsonl, read_sample_weights, read_weight_function
 from mwnet.suite.grid import METHODS, NO_CLEAN_METHODS, SETTINGS, MethodSpec, Setting
@@ -54,24 +55,6 @@ class Run:
     @property
     def last(self) -> float:
         return float(self.summary["last_test_acc"])
-
-
-def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
-    """Area under the ROC curve of ``scores`` for ``positives`` (Mann-Whitney U, ties
-    counted as half); None when one class is empty."""
-    positives = positives.astype(bool)
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(average, counts)
-    u = ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 def collect(out: Path) -> list[Run]:

@@ -1,0 +1,94 @@
+"""``mwnet issues RUN_DIR``: the label-issue report of a run, in files and in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _threshold(text: str) -> float | str:
+    if text == "mixture":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number in [0, 1] or 'mixture', got {text!r}"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_issues(sub: argparse._SubParsersAction) -> None:
+    from mwnet.label_issues.score import SIGNALS
+
+    p = sub.add_parser(
+        "issues",
+        help="which training labels are likely wrong, from a finished (or running) run",
+        description="Score every training sample of a run by what the run recorded about it "
+        "(no retraining, no clean labels), flag the likely wrong labels, estimate the noise "
+        "rate overall and per class, and write label_issues.csv, label_issues.json and a "
+        "montage of the most suspicious images (label_issues.png) into the run directory. "
+        "Train again without them with data.exclude=RUN_DIR/label_issues.csv, or with the "
+        "likely labels with data.relabel=RUN_DIR/label_issues.csv.",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--signal",
+        choices=SIGNALS,
+        default="auto",
+        help="what scores a sample (default auto: how often the model agreed with the label)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=0.5,
+        help="flag scores below this (default 0.5), or 'mixture' for a two-component fit",
+    )
+    p.add_argument(
+        "--top", type=_count, default=36, help="images in the montage (default 36; 0: none)"
+    )
+    p.add_argument("--out", type=Path, help="write the files here instead of the run directory")
+    p.set_defaults(func=run_issues)
+
+
+def run_issues(args: argparse.Namespace) -> int:
+    from mwnet.data import DataError
+    from mwnet.data.label_edits import ISSUES_FILE
+    from mwnet.label_issues.montage import MONTAGE_FILE, suspicious_images, write_montage
+    from mwnet.label_issues.report import SUMMARY_FILE, find_label_issues
+    from mwnet.train import loop
+
+    run_dir = args.run_dir
+    cfg = loop.run_config(run_dir)
+    issues = find_label_issues(run_dir, signal=args.signal, threshold=args.threshold)
+    out = args.out or run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    issues.write_csv(out / ISSUES_FILE)
+    issues.write_summary(out / SUMMARY_FILE)
+    written = [out / ISSUES_FILE, out / SUMMARY_FILE]
+    if args.top:
+        try:
+            positions, images = suspicious_images(issues, cfg, args.top)
+            written.append(write_montage(out / MONTAGE_FILE, issues, positions, images))
+        except (DataError, FileNotFoundError, OSError) as err:
+            print(f"mwnet: no montage: cannot read the images again ({err})", file=sys.stderr)
+    print(issues.headline())
+    print(f"  wrote {', '.join(str(p) for p in written)}")
+    csv_file = out / ISSUES_FILE
+    print(
+        "  train without them: mwnet train --config "
+        f"{run_dir / loop.CONFIG} data.exclude={csv_file}\n"
+        f"  or with the likely labels: mwnet train --config {run_dir / loop.CONFIG} "
+        f"data.relabel={csv_file}"
+    )
+    return 0
