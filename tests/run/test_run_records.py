@@ -121,23 +121,26 @@ def test_failed_json_write_keeps_the_previous_file(tmp_path: Path) -> None:
 
 def test_sample_weights_round_trip_from_tensors_and_arrays(tmp_path: Path) -> None:
     path = tmp_path / "sample_weights.csv"
-    index = torch.arange(4)
+    index = torch.tensor([7, 3, 9, 0])
     label = np.array([3, 1, 4, 1])
     true_label = torch.tensor([3, 2, 4, 0])
     corrupted = label != true_label.numpy()
     loss = torch.tensor([0.123456789, 2.5, 1e-8, 12345678.9], dtype=torch.float64)
     weight = np.array([0.9, 0.1, 1.0, 0.0], dtype=np.float32)
-    write_sample_weights(path, index, label, true_label, corrupted, loss, weight)
+    write_sample_weights(
+        path, index, label, loss, weight, true_label=true_label, corrupted=corrupted
+    )
 
     lines = path.read_text().splitlines()
-    assert lines[0] == "index,label,true_label,corrupted,loss,weight"
-    assert lines[1] == "0,3,3,0,0.123457,0.9"
-    assert lines[2] == "1,1,2,1,2.5,0.1"
-    assert lines[4] == "3,1,0,1,1.23457e+07,0"
+    assert lines[0] == "index,given_label,true_label,corrupted,loss,weight"
+    assert lines[1] == "7,3,3,0,0.123457,0.9"
+    assert lines[2] == "3,1,2,1,2.5,0.1"
+    assert lines[4] == "0,1,0,1,1.23457e+07,0"
 
     table = read_sample_weights(path)
-    assert list(table) == ["index", "label", "true_label", "corrupted", "loss", "weight"]
+    assert list(table) == ["index", "given_label", "true_label", "corrupted", "loss", "weight"]
     assert table["index"].dtype == np.int64 and table["corrupted"].dtype == np.bool_
+    np.testing.assert_array_equal(table["index"], [7, 3, 9, 0])
     np.testing.assert_array_equal(table["true_label"], [3, 2, 4, 0])
     np.testing.assert_array_equal(table["corrupted"], [False, True, False, True])
     np.testing.assert_allclose(table["loss"], loss.numpy(), rtol=1e-5)
@@ -145,32 +148,52 @@ def test_sample_weights_round_trip_from_tensors_and_arrays(tmp_path: Path) -> No
     only_file(path)
 
 
+def test_sample_weights_without_truth_name_only_the_given_label(tmp_path: Path) -> None:
+    """On real data nothing says which labels are wrong: no true_label/corrupted columns;
+    file datasets get the image path, commas and all."""
+    path = tmp_path / "sample_weights.csv"
+    paths = ["a/1.png", "b, with comma/2.png"]
+    write_sample_weights(path, [4, 5], [0, 1], [0.5, 1.5], [0.9, 0.2], paths=paths)
+    assert path.read_text().splitlines()[0] == "index,path,given_label,loss,weight"
+    table = read_sample_weights(path)
+    assert "corrupted" not in table and table["path"] == paths
+    np.testing.assert_array_equal(table["given_label"], [0, 1])
+
+
+def test_sample_weights_of_the_earlier_layout_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "sample_weights.csv"
+    path.write_text("index,label,true_label,corrupted,loss,weight\n0,3,3,0,0.5,0.9\n")
+    table = read_sample_weights(path)
+    assert table["given_label"].tolist() == [3] and table["corrupted"].tolist() == [False]
+
+
 def test_sample_weights_accept_bfloat16_on_any_device(tmp_path: Path) -> None:
     path = tmp_path / "sample_weights.csv"
     ones = torch.ones(2, dtype=torch.long)
     half = torch.full((2,), 0.5, dtype=torch.bfloat16)
-    write_sample_weights(path, ones, ones, ones, torch.zeros(2, dtype=torch.bool), half, half)
+    write_sample_weights(path, ones, ones, half, half)
     assert read_sample_weights(path)["weight"].tolist() == [0.5, 0.5]
 
 
 def test_empty_sample_weights_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "sample_weights.csv"
     empty = np.array([], dtype=np.int64)
-    write_sample_weights(path, empty, empty, empty, empty, empty, empty)
+    write_sample_weights(path, empty, empty, empty, empty, true_label=empty, corrupted=empty)
     assert all(len(column) == 0 for column in read_sample_weights(path).values())
 
 
 @pytest.mark.parametrize(
-    ("columns", "message"),
+    ("columns", "truth", "message"),
     [
-        (([0, 1], [0, 1], [0, 1], [0, 1], [0.1, 0.2], [0.1]), "one length"),
-        (([[0, 1]], [0], [0], [0], [0.1], [0.1]), "index must be 1-d"),
-        (([0], [0], [0], [2], [0.1], [0.1]), "only 0/1"),
+        (([0, 1], [0, 1], [0.1, 0.2], [0.1]), {}, "one length"),
+        (([[0, 1]], [0], [0.1], [0.1]), {}, "index must be 1-d"),
+        (([0], [0], [0.1], [0.1]), {"true_label": [0], "corrupted": [2]}, "only 0/1"),
+        (([0], [0], [0.1], [0.1]), {"true_label": [0]}, "together"),
     ],
 )
-def test_sample_weights_reject_bad_columns(tmp_path: Path, columns, message) -> None:
+def test_sample_weights_reject_bad_columns(tmp_path: Path, columns, truth, message) -> None:
     with pytest.raises(ValueError, match=message):
-        write_sample_weights(tmp_path / "s.csv", *columns)
+        write_sample_weights(tmp_path / "s.csv", *columns, **truth)
     assert not (tmp_path / "s.csv").exists()
 
 

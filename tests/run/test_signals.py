@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mwnet.run.signals import EpochPredictions, SampleSignals
@@ -64,6 +64,7 @@ def test_epoch_counters_match_a_direct_count() -> None:
     assert torch.equal(s.last_pred, all_logits[-1].argmax(1))
 
 
+@settings(deadline=None)
 @given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=9), min_size=1, max_size=6))
 def test_likely_label_is_the_majority_runner_up_when_one_exists(votes_per_sample) -> None:
     """Boyer-Moore against brute force: whenever one class won more than half of the

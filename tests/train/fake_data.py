@@ -85,3 +85,26 @@ def write_image_list(root: Path, classes: int = 4, per_class: int = 6) -> Path:
             lines.append(f"{rel} {int(label)}")
         (root / list_name).write_text("\n".join(lines) + "\n")
     return root
+
+
+def write_image_folder(
+    root: Path, classes: int = 3, per_class: int = 8, meta_classes: int | None = None
+) -> Path:
+    """A user's own images: ``train/<class>/``, ``test/<class>/`` and, if ``meta_classes``
+    is given, a trusted ``meta/<class>/`` holding the first ``meta_classes`` classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    parts = [("train", per_class), ("test", 2)]
+    if meta_classes is not None:
+        parts.append(("meta", 2))
+    for part, n in parts:
+        count = meta_classes if part == "meta" else classes
+        for c in range(count):
+            folder = root / part / f"class-{'abcdefgh'[c]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 100, size=(12, 12, 3), dtype=np.uint8)
+                pixels[:, : 4 * (c + 1)] = 255  # learnable: the class sets a bright band
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root

@@ -88,7 +88,7 @@ def test_run_directory_has_every_artifact(fmnist_root, tmp_path):
     # the share of training labels the run changed, counted from its per-sample table;
     # flip2 at 40 % changes each label with probability 0.4 (within 4 binomial sd)
     table = np.genfromtxt(run_dir / "sample_weights.csv", delimiter=",", names=True)
-    changed = table["label"] != table["true_label"]
+    changed = table["given_label"] != table["true_label"]
     assert np.array_equal(changed, table["corrupted"] == 1)
     assert saved["realized_noise_rate"] == pytest.approx(changed.mean(), abs=1e-12)
     assert abs(saved["realized_noise_rate"] - 0.4) <= 4 * math.sqrt(0.4 * 0.6 / len(changed))

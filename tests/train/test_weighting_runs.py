@@ -77,7 +77,7 @@ def test_frozen_reuse_never_reads_the_meta_set_and_keeps_the_net(
     assert all(torch.equal(before[k], after[k]) for k in before)
     records = read_jsonl(run / "metrics.jsonl")
     assert all(r["meta_loss"] is None for r in records)
-    assert all(r["mean_weight_clean"] is not None for r in records)  # it still weighs
+    assert all(r["mean_weight"] is not None for r in records)  # it still weighs
 
 
 def test_starting_from_a_saved_net_continues_learning_it(cmwnet_run, tmp_path, fmnist_root):
@@ -152,7 +152,7 @@ def test_warmup_epochs_train_plain_cross_entropy_first(fmnist_root, tmp_path):
     run = _train(fmnist_root, tmp_path, "wu", "mwnet", "method.warmup_epochs=2")
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["meta_loss"] is None for r in records] == [True, True, False]
-    assert [r["mean_weight_clean"] is None for r in records] == [True, True, False]
+    assert [r["mean_weight"] is None for r in records] == [True, True, False]
 
 
 def test_warmup_resumes_into_the_meta_phase(fmnist_root, tmp_path):

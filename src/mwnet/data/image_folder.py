@@ -125,7 +125,12 @@ def _save_atomic(obj: dict, path: Path) -> None:
             os.unlink(tmp)
 
 
-def load_image_folder(root: str | os.PathLike[str], size: Size, cache: bool = True) -> ImageDataset:
+def load_image_folder(
+    root: str | os.PathLike[str],
+    size: Size,
+    cache: bool = True,
+    classes: Sequence[str] | None = None,
+) -> ImageDataset:
     """Load ``root/<class>/**/<image>`` with one class per subfolder, classes sorted.
 
     Sorted class names give the same label numbering on every machine, whatever order
@@ -135,16 +140,29 @@ def load_image_folder(root: str | os.PathLike[str], size: Size, cache: bool = Tr
         root: directory whose subdirectories are the classes.
         size: output ``h == w`` or ``(h, w)``.
         cache: reuse / write the decoded tensor in the cache directory.
+        classes: number the labels by these class names (e.g. the training folder's), so
+            that a folder holding only some of the classes labels them alike; a subfolder
+            not among them is an error.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: image folder does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
         raise DatasetError(f"{root}: no class subdirectories found")
+    if classes is not None:
+        unknown = [c for c in found if c not in classes]
+        if unknown:
+            raise DatasetError(
+                f"{root}: class folder(s) {', '.join(unknown)} are not classes of the training "
+                f"set ({', '.join(classes)})"
+            )
+    classes = list(found if classes is None else classes)
     files: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
+        if not (root / cls).is_dir():
+            continue
         found = sorted(
             p
             for p in (root / cls).rglob("*")

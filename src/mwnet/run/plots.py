@@ -97,9 +97,44 @@ def _weighting_function_figure(source: Path) -> Figure | None:
     ax.set_title("Learned weighting function")
     ax.set_xlabel("training loss of a sample")
     ax.set_ylabel("weight")
-    ax.set_xlim(losses.min(), losses.max())
+    high = float(losses.max())
+    samples = source.parent / SAMPLE_WEIGHTS_FILE
+    if samples.is_file():
+        high = _draw_loss_distribution(ax, read_sample_weights(samples)["loss"], losses)
+    ax.set_xlim(losses.min(), high)
     ax.set_ylim(bottom=0, top=max(1.05 * float(weights.max()), 1e-6))
     return figure
+
+
+def _draw_loss_distribution(ax: Axes, sample_losses: np.ndarray, grid: np.ndarray) -> float:
+    """Shade where the training samples' final losses lie, behind the curve, and return
+    the right end of the range worth showing: the curve far beyond every sample's loss is
+    an extrapolation nobody's weight came from."""
+    sample_losses = sample_losses[np.isfinite(sample_losses)]
+    if len(sample_losses) == 0:
+        return float(grid.max())
+    high = min(float(grid.max()), float(np.quantile(sample_losses, 0.995)) * 1.1)
+    high = max(high, float(grid.min()) + 1e-6)
+    shown = sample_losses[sample_losses <= high]
+    beyond = 1 - len(shown) / len(sample_losses)
+    twin = ax.twinx()
+    twin.hist(shown, bins=60, density=True, color="0.85", zorder=0)
+    twin.set_ylabel("density of final sample losses", color="0.5")
+    twin.tick_params(axis="y", colors="0.5")
+    ax.set_zorder(twin.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    if beyond > 0:
+        ax.text(
+            0.99,
+            0.98,
+            f"{100 * beyond:.1f} % of samples beyond",
+            ha="right",
+            va="top",
+            transform=ax.transAxes,
+            fontsize=8,
+            color="0.4",
+        )
+    return high
 
 
 def _cluster_label(k: int, curves: np.ndarray) -> str:
@@ -111,14 +146,19 @@ def _cluster_label(k: int, curves: np.ndarray) -> str:
 def _weight_histogram_figure(source: Path) -> Figure | None:
     table = read_sample_weights(source)
     finite = np.isfinite(table["weight"])  # a diverged run can leave NaN weights
-    weights, corrupted = table["weight"][finite], table["corrupted"][finite]
+    known = "corrupted" in table
+    corrupted = table["corrupted"] if known else np.zeros(len(finite), dtype=bool)
+    weights, corrupted = table["weight"][finite], corrupted[finite]
     if len(weights) == 0:
         return None
     figure, (ax,) = _new_figure()
     bins = np.histogram_bin_edges(weights, bins=50)
     title = "Final sample weights, clean vs corrupted labels"
     groups = [("clean", ~corrupted, _CLEAN_COLOR), ("corrupted", corrupted, _CORRUPTED_COLOR)]
-    if not corrupted.any():
+    if not known:
+        title = "Final sample weights (given labels; which are wrong is not known)"
+        groups = [("all samples", ~corrupted, _CLEAN_COLOR)]
+    elif not corrupted.any():
         title = "Final sample weights (no corrupted labels)"
         groups = [("all samples", ~corrupted, _CLEAN_COLOR)]
     for name, mask, color in groups:
@@ -139,10 +179,12 @@ _TRAIN_SERIES = (
     ("train_acc_clean", "train, clean samples", _CLEAN_COLOR),
     ("train_acc_corrupted", "train, corrupted samples (vs true label)", _CORRUPTED_COLOR),
 )
+_GIVEN_TRAIN_SERIES = (("train_acc", "train (vs given labels)", _CLEAN_COLOR),)
 _WEIGHT_SERIES = (
     ("mean_weight_clean", "clean samples", _CLEAN_COLOR),
     ("mean_weight_corrupted", "corrupted samples", _CORRUPTED_COLOR),
 )
+_GIVEN_WEIGHT_SERIES = (("mean_weight", "all samples", _CLEAN_COLOR),)
 
 
 def _accuracy_figure(source: Path) -> Figure | None:
@@ -150,14 +192,20 @@ def _accuracy_figure(source: Path) -> Figure | None:
     test = _series(by_epoch, "test_acc")
     if test is None:
         return None
-    weight_series = [(key, _series(by_epoch, key)) for key, _, _ in _WEIGHT_SERIES]
+    # Clean vs corrupted where the run knew the truth (synthetic noise), else all samples.
+    known = any(r.get("train_acc_corrupted") is not None for r in by_epoch.values()) or any(
+        r.get("mean_weight_corrupted") is not None for r in by_epoch.values()
+    )
+    train_series = _TRAIN_SERIES if known else _GIVEN_TRAIN_SERIES
+    weight_specs = _WEIGHT_SERIES if known else _GIVEN_WEIGHT_SERIES
+    weight_series = [(key, _series(by_epoch, key)) for key, _, _ in weight_specs]
     has_weights = any(series is not None for _, series in weight_series)
     figure, axes = _new_figure(nrows=2 if has_weights else 1, height=6.4 if has_weights else 4)
 
     ax = axes[0]
     accuracy_values = [test[1]]
     ax.plot(*test, color=_TEST_COLOR, linewidth=2, label="test")
-    for key, label, color in _TRAIN_SERIES:
+    for key, label, color in train_series:
         series = _series(by_epoch, key)
         if series is not None:
             ax.plot(*series, color=color, label=label)
@@ -172,7 +220,7 @@ def _accuracy_figure(source: Path) -> Figure | None:
 
     if has_weights:
         ax = axes[1]
-        for (_, series), (_, label, color) in zip(weight_series, _WEIGHT_SERIES, strict=True):
+        for (_, series), (_, label, color) in zip(weight_series, weight_specs, strict=True):
             if series is not None:
                 ax.plot(*series, color=color, label=label)
         ax.set_title("Mean sample weight per epoch")
@@ -216,5 +264,8 @@ def _format_accuracy_axis(ax: Axes, values: np.ndarray) -> float:
     scale = 1.0 if values.max() <= 1.0 else 100.0
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=scale))
     ax.set_ylabel("accuracy")
-    ax.set_ylim(bottom=0, top=scale * 1.02)
+    # Zoomed on the values, so that a point of accuracy shows; never past 0 % or 100 %.
+    low, high = float(values.min()), float(values.max())
+    pad = max(0.05 * (high - low), 0.005 * scale)
+    ax.set_ylim(bottom=max(0.0, low - pad), top=min(scale * 1.005, high + pad))
     return scale

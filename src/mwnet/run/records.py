@@ -9,6 +9,7 @@ plain text with a fixed header so that a spreadsheet or pandas reads them as the
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -22,9 +23,7 @@ from mwnet.run.atomic import atomic_write, fsync_dir
 
 PATHS_FILE = "train_paths.txt"
 """One image path per training sample (file datasets only), written when a run starts."""
-SAMPLE_WEIGHT_COLUMNS = ("index", "label", "true_label", "corrupted", "loss", "weight")
 WEIGHT_FUNCTION_COLUMNS = ("loss", "weight")
-_INT_COLUMNS = ("index", "label", "true_label")
 _TAIL_CHUNK = 1 << 16
 
 
@@ -165,41 +164,82 @@ def read_paths(path: str | os.PathLike[str]) -> list[str] | None:
 def write_sample_weights(
     path: str | os.PathLike[str],
     index: Any,
-    label: Any,
-    true_label: Any,
-    corrupted: Any,
+    given_label: Any,
     loss: Any,
     weight: Any,
+    *,
+    true_label: Any = None,
+    corrupted: Any = None,
+    paths: Any = None,
 ) -> None:
     """Atomically write one CSV row per training sample: what MW-Net made of it.
 
-    Columns ``index,label,true_label,corrupted,loss,weight``: the sample's index in the
-    training set, the (possibly corrupted) label trained on, the original label, 1 if the
-    two differ by corruption, the sample's final loss and its weight. Arrays or tensors,
-    all 1-d and of one length; floats keep 6 significant digits.
+    Columns ``index,[path,]given_label,[true_label,corrupted,]loss,weight``: the sample's
+    index in the dataset's training split, its image file (file datasets), the label
+    trained on, the true label and 1 if the two differ (only where the truth is known,
+    i.e. synthetic noise), the sample's final loss and its weight. Arrays or tensors, all
+    1-d and of one length; floats keep 6 significant digits.
     """
-    columns = _columns(SAMPLE_WEIGHT_COLUMNS, (index, label, true_label, corrupted, loss, weight))
-    flags = columns["corrupted"]
-    if not np.isin(flags, (0, 1)).all():
+    if (true_label is None) != (corrupted is None):
+        raise ValueError("give true_label and corrupted together, or neither")
+    names = ["index", "given_label", "loss", "weight"]
+    values = [index, given_label, loss, weight]
+    if true_label is not None:
+        names[2:2], values[2:2] = ["true_label", "corrupted"], [true_label, corrupted]
+    columns = _columns(tuple(names), tuple(values))
+    if true_label is not None and not np.isin(columns["corrupted"], (0, 1)).all():
         raise ValueError("corrupted must hold only 0/1 or booleans")
-    rows = zip(
-        *(columns[name].astype(np.int64).tolist() for name in (*_INT_COLUMNS, "corrupted")),
-        columns["loss"].astype(np.float64).tolist(),
-        columns["weight"].astype(np.float64).tolist(),
-        strict=True,
-    )
+    header = list(names)
+    if paths is not None:
+        paths = [str(p) for p in paths]
+        if len(paths) != len(columns["index"]):
+            raise ValueError(f"columns must have one length, got {len(paths)} paths")
+        header.insert(1, "path")
+    ints = [columns[n].astype(np.int64).tolist() for n in names if n not in ("loss", "weight")]
+    floats = [columns[n].astype(np.float64).tolist() for n in ("loss", "weight")]
     with atomic_write(path) as f:
-        f.write(",".join(SAMPLE_WEIGHT_COLUMNS) + "\n")
-        f.writelines(f"{i},{y},{t},{c},{lo:.6g},{w:.6g}\n" for i, y, t, c, lo, w in rows)
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        for k, row in enumerate(zip(*ints, *floats, strict=True)):
+            *whole, lo, w = row
+            cells: list[Any] = [*whole, f"{lo:.6g}", f"{w:.6g}"]
+            if paths is not None:
+                cells.insert(1, paths[k])
+            writer.writerow(cells)
 
 
-def read_sample_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read :func:`write_sample_weights` output: int64 ids/labels, bool ``corrupted``."""
-    table = _read_csv(path, SAMPLE_WEIGHT_COLUMNS)
-    out = {name: table[:, k] for k, name in enumerate(SAMPLE_WEIGHT_COLUMNS)}
-    for name in _INT_COLUMNS:
-        out[name] = out[name].astype(np.int64)
-    out["corrupted"] = out["corrupted"] != 0
+def read_sample_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read :func:`write_sample_weights` output: int64 ``index``/``given_label``
+    (/``true_label``), bool ``corrupted``, float ``loss``/``weight``, and ``path`` (a list)
+    where present. Files of the earlier layout (``index,label,true_label,corrupted,...``)
+    read the same, ``label`` as ``given_label``."""
+    path = Path(path)
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        rows = list(reader)
+    if header is None:
+        raise ValueError(f"{path}: empty file, expected a header")
+    header = ["given_label" if h == "label" else h for h in header]
+    required = {"index", "given_label", "loss", "weight"}
+    if not required <= set(header) or len(set(header)) != len(header):
+        raise ValueError(f"{path}: expected the columns {sorted(required)}, got {header!r}")
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError(f"{path}: rows have another number of fields than the header")
+    out: dict[str, Any] = {}
+    for k, name in enumerate(header):
+        values = [row[k] for row in rows]
+        try:
+            if name == "path":
+                out[name] = values
+            elif name in ("loss", "weight"):
+                out[name] = np.array(values, dtype=np.float64)
+            elif name == "corrupted":
+                out[name] = np.array(values, dtype=np.int64).astype(bool)
+            else:
+                out[name] = np.array(values, dtype=np.int64)
+        except ValueError as exc:
+            raise ValueError(f"{path}: malformed {name} column ({exc})") from None
     return out
 
 

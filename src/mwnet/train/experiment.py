@@ -102,11 +102,12 @@ def _load_sources(d: Any) -> tuple[ImageDataset, ImageDataset, ImageDataset | No
                 f"data.dataset=folder expects {root}/train/<class>/... and {root}/test/<class>/..."
                 f"; missing: {', '.join(missing)}"
             )
-        return (
-            load_image_folder(root / "train", d.image_size),
-            load_image_folder(root / "test", d.image_size),
-            None,
-        )
+        train = load_image_folder(root / "train", d.image_size)
+        test = load_image_folder(root / "test", d.image_size, classes=train.classes)
+        meta = None
+        if (root / "meta").is_dir():
+            meta = load_image_folder(root / "meta", d.image_size, classes=train.classes)
+        return train, test, meta
     if d.dataset == "list":
         if not d.test_list:
             raise ConfigError("data.dataset=list needs data.test_list=PATH as well")
@@ -123,6 +124,43 @@ def _load_sources(d: Any) -> tuple[ImageDataset, ImageDataset, ImageDataset | No
     )
 
 
+def _carve_from_own_labels(cfg: Any) -> bool:
+    """A user's own images carry the labels in question: a meta set carved from them
+    would be as noisy as they are, so it is never done. A method that needs a trusted set
+    is refused; the others train on every image."""
+    d = cfg.data
+    if cfg.method.name not in META_READERS:
+        return False
+    where = f"{d.root}/meta/<class>/..." if d.dataset == "folder" else "data.meta_list=FILE"
+    raise ConfigError(
+        f"method.name={cfg.method.name} needs a trusted set of correctly labelled images, "
+        f"and data.dataset={d.dataset} gives none: put some in {where}, or train without "
+        "one with data.meta_source=auto (a pseudo-meta set picked from the training data; "
+        "see the README). The training labels themselves are never taken as trusted"
+    )
+
+
+def _meta_split(
+    labels: torch.Tensor, classes: list[str], per_class: int, seed: int, d: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`meta_split`, with its size errors phrased in the config's keys."""
+    counts = torch.bincount(labels, minlength=len(classes))
+    short = [c for c in range(len(classes)) if int(counts[c]) < per_class]
+    if short:
+        c = short[0]
+        raise ConfigError(
+            f"class {classes[c]!r} has {int(counts[c])} training images, fewer than the "
+            f"{per_class} per class the clean meta set takes (data.meta_per_class); set "
+            f"data.meta_per_class to at most {int(counts.min())}, or give a trusted set"
+        )
+    if int(counts.sum()) <= per_class * len(classes):
+        raise ConfigError(
+            f"data.meta_per_class={per_class} takes all {int(counts.sum())} training images "
+            "for the meta set, leaving none to train on; choose a smaller data.meta_per_class"
+        )
+    return meta_split(labels, len(classes), per_class, seed)
+
+
 def prepare_data(cfg: Any) -> TrainData:
     """Load, split, subsample and corrupt as configured (see the module docstring)."""
     d, seed = cfg.data, int(cfg.seed)
@@ -130,10 +168,13 @@ def prepare_data(cfg: Any) -> TrainData:
     num_classes = len(train.classes)
     labels = train.labels
     no_clean_set = d.meta_source == "auto"
-    if meta is None and (not no_clean_set or d.holdout_meta):
+    carve = meta is None and (not no_clean_set or d.holdout_meta)
+    if carve and d.dataset in ("folder", "list") and d.noise == "none":
+        carve = _carve_from_own_labels(cfg)
+    if carve:
         setting = "imbalance" if d.imbalance_factor > 1 else "noise"
         per_class = d.meta_per_class or default_meta_per_class(setting, num_classes)
-        train_idx, meta_idx = meta_split(labels, num_classes, per_class, seed)
+        train_idx, meta_idx = _meta_split(labels, train.classes, per_class, seed, d)
         meta_images, meta_labels = train.images[meta_idx], labels[meta_idx]
     elif meta is None:
         train_idx = torch.arange(len(labels))

@@ -309,9 +309,11 @@ class Trainer:
             parallel=self.parallel,
         )
         seen = EpochPredictions.unstacked(table)
-        out["train_acc_clean"] = accuracy(seen.pred, d.true_labels, ~d.corrupted)
-        out["train_acc_corrupted"] = accuracy(seen.pred, d.true_labels, d.corrupted)
-        out["memorized_corrupted"] = accuracy(seen.pred, d.train_labels, d.corrupted)
+        out["train_acc"] = accuracy(seen.pred, d.train_labels)
+        if d.noise_known:
+            out["train_acc_clean"] = accuracy(seen.pred, d.true_labels, ~d.corrupted)
+            out["train_acc_corrupted"] = accuracy(seen.pred, d.true_labels, d.corrupted)
+            out["memorized_corrupted"] = accuracy(seen.pred, d.train_labels, d.corrupted)
         return out, seen
 
     def _record(self, stats: EpochStats, scores: dict, seconds: float) -> dict[str, Any]:
@@ -323,8 +325,17 @@ class Trainer:
             "lr": self.exp.optimizer.param_groups[0]["lr"],
             "train_loss": mean(stats.loss_sum, stats.steps),
             "meta_loss": mean(stats.meta_loss_sum, stats.meta_steps),
-            "mean_weight_clean": mean(stats.weight_clean, stats.n_clean),
-            "mean_weight_corrupted": mean(stats.weight_corrupted, stats.n_corrupted),
+            "mean_weight": mean(
+                stats.weight_clean + stats.weight_corrupted, stats.n_clean + stats.n_corrupted
+            ),
+            **(
+                {
+                    "mean_weight_clean": mean(stats.weight_clean, stats.n_clean),
+                    "mean_weight_corrupted": mean(stats.weight_corrupted, stats.n_corrupted),
+                }
+                if self.exp.data.noise_known
+                else {}
+            ),
             **scores,
             "epoch_time": seconds,
             "wall_time": self.wall_time,
@@ -417,6 +428,8 @@ class Trainer:
         clean, corrupted = r.get("mean_weight_clean"), r.get("mean_weight_corrupted")
         if clean is not None and corrupted is not None:
             parts.append(f"weight clean/corrupted {clean:.3f}/{corrupted:.3f}")
+        elif r.get("mean_weight") is not None:
+            parts.append(f"mean weight {r['mean_weight']:.3f}")
         if r.get("meta_size") is not None:
             right = r.get("meta_precision")
             right = "" if right is None else f", {100 * right:.0f}% labels right"
@@ -434,18 +447,19 @@ class Trainer:
             net, normalize = weighting
             save_weight_net(self.run_dir / WEIGHT_NET_FILE, net, normalize=normalize)
         if self.signals.has_weights:
+            truth = {"true_label": d.true_labels, "corrupted": d.corrupted}
             write_sample_weights(
                 self.run_dir / "sample_weights.csv",
                 d.train_index,
                 d.train_labels,
-                d.true_labels,
-                d.corrupted,
                 self.signals.last_loss,
                 self.signals.last_weight,
+                paths=d.paths,
+                **(truth if d.noise_known else {}),
             )
         low, high = self.loss_range
         if low <= high:
-            grid = torch.linspace(low, high, 200, device=e.device)
+            grid = self._loss_grid(low, high).to(e.device)
             with torch.no_grad():
                 weights = e.method.weighting_function(grid)
             if weights is not None:
@@ -453,6 +467,18 @@ class Trainer:
                     self.run_dir / "weight_function.csv", grid.cpu(), weights.float().cpu()
                 )
         return plot_run(self.run_dir)
+
+    def _loss_grid(self, low: float, high: float) -> torch.Tensor:
+        """Where to sample the learned weighting function: the whole range of losses the
+        run saw, and densely where the final losses lie (a few samples' large losses
+        would otherwise leave the bulk of them a handful of points)."""
+        points = [torch.linspace(low, high, 200, dtype=torch.float64)]
+        final = self.signals.last_loss[torch.isfinite(self.signals.last_loss)]
+        if len(final):
+            bulk = min(high, float(np.quantile(final.double().numpy(), 0.995)) * 1.1)
+            if bulk > low:
+                points.append(torch.linspace(low, bulk, 200, dtype=torch.float64))
+        return torch.cat(points).unique().float()
 
 
 def new_run_dir(cfg: Any) -> Path:
