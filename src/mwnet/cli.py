@@ -78,7 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _add_training(sub) -> None:
     from mwnet.train import commands
 
-    for add in (commands.add_train, commands.add_presets, commands.add_eval, commands.add_plot):
+    for add in (
+        commands.add_train,
+        commands.add_compare,
+        commands.add_presets,
+        commands.add_eval,
+        commands.add_plot,
+    ):
         add(sub)
 
 

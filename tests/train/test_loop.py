@@ -83,14 +83,15 @@ def test_run_directory_has_every_artifact(fmnist_root, tmp_path):
     assert records[0]["lr"] == pytest.approx(0.01) and records[2]["lr"] == pytest.approx(0.001)
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved == summary
-    assert saved["last_test_acc"] == records[-1]["test_acc"]
-    assert saved["best_test_acc"] == max(r["test_acc"] for r in records)
+    assert saved["last_test_acc"] == round(records[-1]["test_acc"], 2)
+    assert saved["best_test_acc"] == round(max(r["test_acc"] for r in records), 2)
+    assert saved["units"]["last_test_acc"] == "percent"
     # the share of training labels the run changed, counted from its per-sample table;
     # flip2 at 40 % changes each label with probability 0.4 (within 4 binomial sd)
     table = np.genfromtxt(run_dir / "sample_weights.csv", delimiter=",", names=True)
     changed = table["given_label"] != table["true_label"]
     assert np.array_equal(changed, table["corrupted"] == 1)
-    assert saved["realized_noise_rate"] == pytest.approx(changed.mean(), abs=1e-12)
+    assert saved["realized_noise_rate"] == round(changed.mean(), 4)
     assert abs(saved["realized_noise_rate"] - 0.4) <= 4 * math.sqrt(0.4 * 0.6 / len(changed))
 
 
@@ -224,3 +225,25 @@ def test_run_killed_hard_resumes_in_a_new_process_to_the_same_final_state(fmnist
     assert [r["epoch"] for r in b] == [1, 2, 3] and a == b
     for name in ("sample_weights.csv", "weight_function.csv"):
         assert (run_dir / name).read_text() == (out / "straight" / name).read_text()
+
+
+def test_each_epoch_is_evaluated_with_that_epochs_weights(fmnist_root, tmp_path):
+    """The test accuracy logged for epoch k is that of the model saved after epoch k,
+    computed here independently of the loop from the checkpoint alone."""
+    from mwnet.train.evaluate import accuracy, predict
+    from mwnet.train.experiment import build_experiment
+
+    cfg = load_config("fmnist-flip2-40", tiny_overrides(fmnist_root, tmp_path, "evals"))
+    trainer, run_dir = loop.start(cfg, quiet=True)
+    fresh = build_experiment(cfg)  # another model, loaded from each checkpoint in turn
+    seen = []
+    for epoch in (1, 2, 3):
+        trainer.fit(stop_after=epoch)
+        fresh.model.load_state_dict(load_checkpoint(run_dir / loop.CHECKPOINT)["model"])
+        d = fresh.data
+        pred, _ = predict(fresh.model, d.test_images, d.test_labels, fresh.normalize, fresh.device)
+        logged = read_jsonl(run_dir / "metrics.jsonl")[-1]
+        assert logged["epoch"] == epoch
+        assert logged["test_acc"] == pytest.approx(accuracy(pred, d.test_labels), abs=1e-9)
+        seen.append({k: v.clone() for k, v in fresh.model.state_dict().items()})
+    assert any(not torch.equal(seen[0][k], seen[2][k]) for k in seen[0])  # it did train

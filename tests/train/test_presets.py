@@ -85,12 +85,21 @@ DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "fmnist": "fashion-mni
 NOISE_NAMES = {"uniform": "uniform", "flip2": "flip2"}
 
 
+MODELS = {"mlp": "mlp"}
+
+
 def _expected_from_name(name: str) -> dict:
-    """What a preset's name promises: dataset, corruption and method."""
+    """What a preset's name promises: dataset, corruption, method and (as a last part)
+    another model than the dataset's default."""
     parts = name.split("-")
+    model = MODELS.get(parts[-1]) if len(parts) > 3 else None
+    if model is not None:
+        parts = parts[:-1]
     method = "-".join(parts[3:]) or "mwnet"  # e.g. cifar10-asym-40-cmwnet-sl
     dataset, kind, amount = DATASETS[parts[0]], parts[1], int(parts[2])
     want = {"data.dataset": dataset, "method.name": method}
+    if model is not None:
+        want["model.name"] = model
     # label correction trains without a clean set, everything else with one
     want["data.meta_source"] = "auto" if method.endswith("-sl") else "clean"
     if kind == "lt":

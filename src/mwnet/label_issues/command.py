@@ -61,34 +61,55 @@ def add_issues(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_issues)
 
 
-def run_issues(args: argparse.Namespace) -> int:
+def write_report(
+    run_dir: Path,
+    out: Path,
+    *,
+    signal: str = "auto",
+    threshold: float | str = 0.5,
+    montage: int = 36,
+):
+    """The label-issue report of ``run_dir`` written into ``out``: the CSV, the JSON
+    summary and (``montage`` > 0) the picture of the most suspicious images.
+
+    Returns:
+        ``(issues, written)``: the :class:`~mwnet.label_issues.LabelIssues` and the files.
+    """
     from mwnet.data import DataError
     from mwnet.data.label_edits import ISSUES_FILE
     from mwnet.label_issues.montage import MONTAGE_FILE, suspicious_images, write_montage
     from mwnet.label_issues.report import SUMMARY_FILE, find_label_issues
     from mwnet.train import loop
 
-    run_dir = args.run_dir
     cfg = loop.run_config(run_dir)
-    issues = find_label_issues(run_dir, signal=args.signal, threshold=args.threshold)
-    out = args.out or run_dir
+    issues = find_label_issues(run_dir, signal=signal, threshold=threshold)
     out.mkdir(parents=True, exist_ok=True)
     issues.write_csv(out / ISSUES_FILE)
     issues.write_summary(out / SUMMARY_FILE)
     written = [out / ISSUES_FILE, out / SUMMARY_FILE]
-    if args.top:
+    if montage:
         try:
-            positions, images = suspicious_images(issues, cfg, args.top)
+            positions, images = suspicious_images(issues, cfg, montage)
             written.append(write_montage(out / MONTAGE_FILE, issues, positions, images))
         except (DataError, FileNotFoundError, OSError) as err:
             print(f"mwnet: no montage: cannot read the images again ({err})", file=sys.stderr)
+    return issues, written
+
+
+def run_issues(args: argparse.Namespace) -> int:
+    from mwnet.data.label_edits import ISSUES_FILE
+    from mwnet.train import loop
+
+    run_dir, out = args.run_dir, args.out or args.run_dir
+    issues, written = write_report(
+        run_dir, out, signal=args.signal, threshold=args.threshold, montage=args.top
+    )
     print(issues.headline())
     print(f"  wrote {', '.join(str(p) for p in written)}")
     csv_file = out / ISSUES_FILE
+    config = run_dir / loop.CONFIG
     print(
-        "  train without them: mwnet train --config "
-        f"{run_dir / loop.CONFIG} data.exclude={csv_file}\n"
-        f"  or with the likely labels: mwnet train --config {run_dir / loop.CONFIG} "
-        f"data.relabel={csv_file}"
+        f"  train without them: mwnet train --config {config} data.exclude={csv_file}\n"
+        f"  or with the likely labels: mwnet train --config {config} data.relabel={csv_file}"
     )
     return 0

@@ -46,51 +46,19 @@ def _cell_config(cell: Cell, out: Path) -> Any:
     )
 
 
-def _finished(run_dir: Path) -> bool:
-    from mwnet.run.records import read_json
-
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        return False
-    s = read_json(summary)
-    return s["epochs_done"] == s["epochs_total"] and (run_dir / "accuracy.png").is_file()
-
-
 def run_cell(cell: Cell, out: Path) -> CellResult:
     """Train one cell to the end of its schedule, or skip it when it is already done."""
-    from mwnet.run.records import read_json
     from mwnet.train import loop
-    from mwnet.train.config import load_config_file, to_yaml
 
-    cfg = _cell_config(cell, out)
-    run_dir = run_dir_of(out, cell)
-    saved = run_dir / loop.CONFIG
-    if saved.is_file():
-        if to_yaml(load_config_file(saved)) != to_yaml(cfg):
-            raise FileExistsError(
-                f"{run_dir} holds a run with a different configuration; delete it or choose "
-                "another --out"
-            )
-        if _finished(run_dir):
-            s = read_json(run_dir / "summary.json")
-            return CellResult(
-                cell.label, str(run_dir), "done", s["best_test_acc"], s["last_test_acc"], 0.0
-            )
-        trainer, status = loop.resume(run_dir, quiet=True), "resumed"
-    else:
-        trainer, _ = loop.start(cfg, quiet=True)
-        status = "trained"
     start = time.perf_counter()
-    summary = trainer.fit()
-    if trainer.epoch == trainer.exp.total_epochs and not (run_dir / "accuracy.png").is_file():
-        trainer.finish()
+    summary, run_dir, status = loop.train_to_end(_cell_config(cell, out))
     return CellResult(
         cell.label,
         str(run_dir),
         status,
         summary["best_test_acc"],
         summary["last_test_acc"],
-        time.perf_counter() - start,
+        0.0 if status == "done" else time.perf_counter() - start,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -36,6 +37,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="continue a run after its last finished epoch",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar: one log line per epoch")
+    p.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config before training (it is saved in RUN_DIR/config.yaml)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run_train)
 
@@ -72,6 +78,22 @@ def run_train(args: argparse.Namespace) -> int:
     return code
 
 
+def _one_line(trainer: Any) -> str:
+    """What is about to train, in one line."""
+    cfg, d = trainer.exp.cfg, trainer.exp.data
+    noise = (
+        "clean labels"
+        if cfg.data.noise == "none"
+        else (f"{cfg.data.noise} noise {100 * cfg.data.noise_rate:g} %")
+    )
+    meta = f", {len(d.meta_labels):,} trusted" if len(d.meta_labels) else ""
+    return (
+        f"training {cfg.method.name} on {cfg.data.dataset} ({len(d.train_labels):,} images, "
+        f"{noise}{meta}), model {cfg.model.name}, {trainer.exp.total_epochs} epochs, "
+        f"on {trainer.exp.device}"
+    )
+
+
 def _lost_contact_message(rank: int, err: BaseException) -> str:
     """One line for a collective that failed: which rank noticed, and what to read next."""
     lines = str(err).strip().splitlines()
@@ -97,8 +119,10 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
     else:
         trainer, run_dir = loop.start(cfg, quiet=args.quiet, parallel=parallel)
         if main:
-            print(loop.to_yaml(cfg), file=sys.stderr)
-            print(f"run directory: {run_dir}", file=sys.stderr)
+            if args.show_config:
+                print(loop.to_yaml(cfg), file=sys.stderr)
+            print(_one_line(trainer), file=sys.stderr)
+            print(f"run directory: {run_dir} (config: {run_dir / loop.CONFIG})", file=sys.stderr)
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
@@ -117,6 +141,65 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
     pngs = sorted(run_dir.glob("*.png"))
     if pngs:
         print(f"plots:   {', '.join(str(p) for p in pngs)}", file=sys.stderr)
+    return 0
+
+
+def _method_list(text: str) -> list[str]:
+    from mwnet.methods.registry import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {bad[0] if bad else '(none given)'!r}; choose from "
+            f"{', '.join(METHODS)}"
+        )
+    if len(set(methods)) != len(methods):
+        raise argparse.ArgumentTypeError(f"a method is named twice in {text!r}")
+    return methods
+
+
+def add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="train several methods on the same data and show them side by side",
+        description="Train each method with the same config (same data, split, noise and "
+        "seed; only method.name differs), in parallel worker processes with one CPU thread "
+        "each, then print a table of accuracy and cost and the label-issue report of the "
+        "best weighting run. Runs go to OUT_DIR/<name>/<method>; running it again resumes "
+        "unfinished runs and reads finished ones.",
+    )
+    p.add_argument("--preset", help="preset name (see `mwnet presets`)")
+    p.add_argument("--config", metavar="FILE", type=Path, help="start from a saved config")
+    p.add_argument(
+        "--methods",
+        type=_method_list,
+        default=["ce", "mwnet"],
+        help="comma list, the first is the cost baseline (default ce,mwnet)",
+    )
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time")
+    p.add_argument("--name", help="directory under out_dir (default <preset>-compare-seed<seed>)")
+    p.add_argument("--top", type=int, default=36, help="images in the label-issue montage")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from mwnet.train.compare import compare, method_configs
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if not args.preset and not args.config and not args.overrides:
+        raise ValueError("give --preset NAME (see `mwnet presets`), --config FILE or overrides")
+    out, configs = method_configs(
+        args.preset, args.overrides, args.methods, base=args.config, name=args.name
+    )
+    print(
+        f"training {', '.join(args.methods)} on the same data under {out}, {args.jobs} at a "
+        "time...",
+        file=sys.stderr,
+    )
+    compare(configs, out, args.jobs, montage=args.top)
     return 0
 
 

@@ -7,6 +7,7 @@ the valid keys or values.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -230,7 +231,8 @@ def _read_preset(name: str, seen: tuple[str, ...] = ()) -> DictConfig:
     path = _presets_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(
-            f"unknown preset {name!r}; run `mwnet presets` to list them (e.g. {preset_names()[:3]})"
+            f"unknown preset {name!r}{_did_you_mean(name, preset_names())}; run "
+            f"`mwnet presets` to list them"
         )
     raw = OmegaConf.create(path.read_text())
     base = raw.pop("base", None)
@@ -303,11 +305,27 @@ def load_config_file(path: Path) -> Any:
     return cfg
 
 
+def _did_you_mean(word: str, options: list[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest option, by spelling or by the last part
+    of a dotted key (``lr`` -> ``optim.lr``), or ``""``."""
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not close:
+        tail = word.rsplit(".", 1)[-1]
+        tails = {o.rsplit(".", 1)[-1]: o for o in reversed(options) if "." in o}
+        near = difflib.get_close_matches(tail, list(tails), n=1, cutoff=0.75)
+        close = [tails[near[0]]] if near else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _explain(err: OmegaConfBaseException) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0]
     if msg.startswith("Key '") and "not in" in msg:
-        return ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+        keys = valid_keys()
+        hint = _did_you_mean(key, keys)
+        if hint:
+            return ConfigError(f"unknown config key {key!r}{hint}")
+        return ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
     return ConfigError(f"bad value for {key!r}: {msg}")
 
 
@@ -316,7 +334,10 @@ def validate(cfg: Any) -> None:
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
+            hint = _did_you_mean(str(value), [str(c) for c in choices])
+            raise ConfigError(
+                f"{key}={value!r} is not valid{hint}; choose one of {', '.join(choices)}"
+            )
     d, o, m = cfg.data, cfg.optim, cfg.method
     checks = [
         (0.0 <= d.noise_rate <= 1.0, "data.noise_rate must lie in [0, 1]"),

@@ -36,6 +36,7 @@ from mwnet.run import (
     interrupt_deferred,
     load_checkpoint,
     plot_run,
+    read_json,
     read_jsonl,
     save_checkpoint,
     truncate_jsonl,
@@ -119,6 +120,9 @@ class Trainer:
         self.best = {"epoch": None, "test_acc": float("-inf")}
         self.last_test_acc: float | None = None
         self.signals = SampleSignals(exp.data.train_labels, exp.data.num_classes)
+        self.label: str | None = None
+        """Prefixes the epoch lines, e.g. the method's name when several runs share a
+        terminal."""
 
     # -- checkpointing -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -230,11 +234,21 @@ class Trainer:
                     stats.n_corrupted += int(bad.sum())
                     stats.weight_clean += float(w[~bad].sum())
                     stats.n_clean += int((~bad).sum())
-            postfix = {"loss": f"{stats.loss_sum / stats.steps:.3f}"}
+            postfix = {"train loss": f"{stats.loss_sum / stats.steps:.3f}"}
             if self.last_test_acc is not None:
-                postfix["test_acc"] = f"{self.last_test_acc:.2f}%"
+                postfix["last test acc"] = f"{self.last_test_acc:.2f}%"
+            if not self.quiet:
+                postfix["run ETA"] = self._eta(bar.format_dict["elapsed"], stats.steps, len(bar))
             bar.set_postfix(postfix, refresh=False)
         return stats
+
+    def _eta(self, elapsed: float, steps: int, steps_per_epoch: int) -> str:
+        """Time left in the whole run: this epoch's pace for the rest of it, then the mean
+        finished epoch (evaluation included) for each epoch still to come."""
+        this_epoch = elapsed / max(steps, 1) * steps_per_epoch
+        per_epoch = self.wall_time / self.epoch if self.epoch else this_epoch
+        left = this_epoch - elapsed + per_epoch * (self.exp.total_epochs - self.epoch - 1)
+        return _duration(max(left, 0.0))
 
     def _pick_pseudo_meta(self) -> dict[str, Any]:
         """With no clean set: this epoch's pseudo-meta set, the lowest-loss samples of each
@@ -342,7 +356,13 @@ class Trainer:
         }
 
     def summary(self, last: dict[str, Any]) -> dict[str, Any]:
+        """``summary.json``: the run's result in rounded numbers, their units in ``units``
+        (``metrics.jsonl`` keeps every epoch's values unrounded)."""
         e, d = self.exp, self.exp.data
+
+        def rounded(value: float | None, digits: int) -> float | None:
+            return None if value is None else round(float(value), digits)
+
         return {
             "preset": e.cfg.preset,
             "method": e.cfg.method.name,
@@ -350,14 +370,22 @@ class Trainer:
             "epochs_done": self.epoch,
             "epochs_total": e.total_epochs,
             "best_epoch": self.best["epoch"],
-            "best_test_acc": self.best["test_acc"] if self.best["epoch"] else None,
+            "best_test_acc": rounded(self.best["test_acc"], 2) if self.best["epoch"] else None,
             "last_epoch": last.get("epoch"),
-            "last_test_acc": last.get("test_acc"),
+            "last_test_acc": rounded(last.get("test_acc"), 2),
             "train_samples": len(d.train_labels),
             "meta_samples": len(d.meta_labels),
-            "realized_noise_rate": d.realized_noise_rate,
+            "test_samples": len(d.test_labels),
+            "noise_known": d.noise_known,
+            "realized_noise_rate": rounded(d.realized_noise_rate, 4),
             "class_counts": self._class_counts(),
-            "wall_time": self.wall_time,
+            "wall_time": rounded(self.wall_time, 1),
+            "units": {
+                "best_test_acc": "percent",
+                "last_test_acc": "percent",
+                "realized_noise_rate": "share of training labels changed by the noise",
+                "wall_time": "seconds of training and evaluation",
+            },
             "device": str(e.device),
             "ranks": 1 if self.parallel is None else self.parallel.world_size,
             **self._class_clusters(),
@@ -424,6 +452,8 @@ class Trainer:
         if not self.main:
             return
         parts = [f"epoch {r['epoch']}/{self.exp.total_epochs}", f"loss {r['train_loss']:.4f}"]
+        if self.label:
+            parts[0] = f"[{self.label}] {parts[0]}"
         parts.append(f"test acc {r['test_acc']:.2f}%")
         clean, corrupted = r.get("mean_weight_clean"), r.get("mean_weight_corrupted")
         if clean is not None and corrupted is not None:
@@ -479,6 +509,16 @@ class Trainer:
             if bulk > low:
                 points.append(torch.linspace(low, bulk, 200, dtype=torch.float64))
         return torch.cat(points).unique().float()
+
+
+def _duration(seconds: float) -> str:
+    """``"1h05m"``, ``"4m10s"`` or ``"37s"``."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def new_run_dir(cfg: Any) -> Path:
@@ -555,3 +595,47 @@ def resume(run_dir: Path, quiet: bool = False, parallel: DataParallel | None = N
     if metrics.exists() and trainer.main:
         truncate_jsonl(metrics, lambda r: int(r.get("epoch", 0)) <= done)
     return trainer
+
+
+def finished(run_dir: Path) -> bool:
+    """The run trained its whole schedule and wrote its end-of-run files."""
+    summary = Path(run_dir) / "summary.json"
+    if not summary.is_file():
+        return False
+    s = read_json(summary)
+    return s["epochs_done"] == s["epochs_total"] and (Path(run_dir) / "accuracy.png").is_file()
+
+
+def train_to_end(
+    cfg: Any, quiet: bool = True, label: str | None = None
+) -> tuple[dict[str, Any], Path, str]:
+    """Train the run ``cfg`` names (``out_dir/name``) to the end of its schedule.
+
+    A new directory starts the run, an unfinished one is resumed, a finished one is only
+    read; a directory holding a run of another configuration is refused, never mixed in.
+
+    ``label`` prefixes the run's epoch lines (several runs writing to one terminal).
+
+    Returns:
+        ``(summary, run_dir, status)``, status ``"trained"``, ``"resumed"`` or ``"done"``.
+    """
+    if not cfg.name:
+        raise ValueError("train_to_end needs a config with a name (its run directory)")
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if (run_dir / CONFIG).is_file():
+        if to_yaml(load_config_file(run_dir / CONFIG)) != to_yaml(cfg):
+            raise FileExistsError(
+                f"{run_dir} holds a run with a different configuration; delete it or choose "
+                "another output directory"
+            )
+        if finished(run_dir):
+            return read_json(run_dir / "summary.json"), run_dir, "done"
+        trainer, status = resume(run_dir, quiet=quiet), "resumed"
+    else:
+        trainer, _ = start(cfg, quiet=quiet)
+        status = "trained"
+    trainer.label = label
+    summary = trainer.fit()
+    if trainer.epoch == trainer.exp.total_epochs and not (run_dir / "accuracy.png").is_file():
+        trainer.finish()
+    return summary, run_dir, status
