@@ -40,3 +40,14 @@ def test_class_aware_example_learns_and_its_frozen_net_beats_plain_training(caps
     assert wrong < 0.5 * clean, lines[1]
     (frozen,), (plain,) = _numbers(lines[2]), _numbers(lines[3])
     assert frozen > plain + 0.05, lines[2:]
+
+
+def test_custom_loop_trains_records_and_finds_the_wrong_labels(capsys):
+    runpy.run_path(str(EXAMPLES / "custom_loop.py"), run_name="__main__")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:8]] == [f"epoch {e}" for e in range(1, 9)]
+    assert _numbers(lines[7])[0] > 0.9, lines[7]
+    clean, wrong = _numbers(lines[8])
+    assert wrong < 0.6 * clean, lines[8]
+    estimated, true, precision = _numbers(lines[9])
+    assert abs(estimated - true) < 0.05 and precision > 0.85, lines[9]

@@ -13,12 +13,13 @@ from mwnet.core import (
     normalize_weights,
 )
 from mwnet.label_issues import LabelIssues, find_label_issues
-from mwnet.run.signals import SampleSignals
+from mwnet.run.signals import EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import SavedWeightNet, load_weight_net, save_weight_net
 
 __version__ = "0.1.0"
 __all__ = [
     "ClassAwareWeightNet",
+    "EpochPredictions",
     "LabelIssues",
     "MetaReweighter",
     "SampleSignals",

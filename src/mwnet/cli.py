@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from mwnet.argtypes import comma_list, positive_int
+
 CommandAdder = Callable[..., None]
 
 _COMMANDS: list[CommandAdder] = []
@@ -105,21 +107,10 @@ def _add_suite(sub) -> None:
 # --- bench -------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _mode_list(text: str) -> tuple[str, ...]:
     from mwnet.bench.step import MODES
 
-    modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise argparse.ArgumentTypeError(f"modes must be a comma list of {', '.join(MODES)}")
-    return modes
+    return comma_list(MODES, "mode")(text)
 
 
 def _run_bench_step(args: argparse.Namespace) -> int:
@@ -156,11 +147,7 @@ def _run_bench_step(args: argparse.Namespace) -> int:
 def _variant_list(text: str) -> tuple[str, ...]:
     from mwnet.bench.epoch import VARIANTS
 
-    variants = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad or not variants:
-        raise argparse.ArgumentTypeError(f"variants must be a comma list of {', '.join(VARIANTS)}")
-    return variants
+    return comma_list(VARIANTS, "variant")(text)
 
 
 def _run_bench_epoch(args: argparse.Namespace) -> int:
@@ -212,20 +199,20 @@ def _add_bench_epoch(benches) -> None:
     )
     epoch.add_argument(
         "--meta-interval",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         metavar="K",
         help="K > 1 also times fast and head with a weighting-net update every K steps "
         "(default 5; 1 to skip)",
     )
     epoch.add_argument(
-        "--subset", type=_positive_int, default=5000, help="training images (default 5000)"
+        "--subset", type=positive_int, default=5000, help="training images (default 5000)"
     )
     epoch.add_argument("--model", default=None, help="model name (default: the preset's)")
-    epoch.add_argument("--repeats", type=_positive_int, default=1, help="timed epochs each")
+    epoch.add_argument("--repeats", type=positive_int, default=1, help="timed epochs each")
     epoch.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first")
     epoch.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    epoch.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    epoch.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     epoch.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     epoch.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every variant"
@@ -251,9 +238,9 @@ def _add_bench(sub) -> None:
         help="resnet32 (default, 3x32x32), wrn-D-W (e.g. wrn-16-2), cnn_small (1x28x28) or "
         "any registered model name",
     )
-    step.add_argument("--batch", type=_positive_int, default=100, help="training batch size")
-    step.add_argument("--meta-batch", type=_positive_int, default=100, help="meta batch size")
-    step.add_argument("--repeats", type=_positive_int, default=20, help="timed rounds")
+    step.add_argument("--batch", type=positive_int, default=100, help="training batch size")
+    step.add_argument("--meta-batch", type=positive_int, default=100, help="meta batch size")
+    step.add_argument("--repeats", type=positive_int, default=20, help="timed rounds")
     step.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     step.add_argument(
         "--modes",
@@ -264,13 +251,13 @@ def _add_bench(sub) -> None:
     )
     step.add_argument(
         "--meta-interval",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="K > 1 also times '<mode>+interval(K)': a weighting-net update every K steps",
     )
     step.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    step.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    step.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     step.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     step.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     step.add_argument(

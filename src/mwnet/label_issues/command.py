@@ -21,14 +21,8 @@ def _threshold(text: str) -> float | str:
     return value
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def add_issues(sub: argparse._SubParsersAction) -> None:
+    from mwnet.argtypes import non_negative_int
     from mwnet.label_issues.score import SIGNALS
 
     p = sub.add_parser(
@@ -55,7 +49,10 @@ def add_issues(sub: argparse._SubParsersAction) -> None:
         help="flag scores below this (default 0.5), or 'mixture' for a two-component fit",
     )
     p.add_argument(
-        "--top", type=_count, default=36, help="images in the montage (default 36; 0: none)"
+        "--top",
+        type=non_negative_int,
+        default=36,
+        help="images in the montage (default 36; 0: none)",
     )
     p.add_argument("--out", type=Path, help="write the files here instead of the run directory")
     p.set_defaults(func=run_issues)

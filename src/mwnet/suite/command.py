@@ -9,20 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from mwnet.argtypes import comma_list
 from mwnet.suite.grid import DEFAULT_METHODS, FULL, METHOD_NAMES, QUICK, SETTING_NAMES
-
-
-def _names(choices: tuple[str, ...]):
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(n.strip() for n in text.split(",") if n.strip())
-        bad = [n for n in names if n not in choices]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(
-                f"unknown {bad[0] if bad else 'empty list'!r}; choose from {', '.join(choices)}"
-            )
-        return names
-
-    return parse
 
 
 def add_suite(sub: argparse._SubParsersAction) -> None:
@@ -48,13 +36,13 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--settings",
-        type=_names(SETTING_NAMES),
+        type=comma_list(SETTING_NAMES, "setting"),
         default=SETTING_NAMES,
         help=f"comma list (default all: {','.join(SETTING_NAMES)})",
     )
     p.add_argument(
         "--methods",
-        type=_names(METHOD_NAMES),
+        type=comma_list(METHOD_NAMES, "method"),
         default=DEFAULT_METHODS,
         help=f"comma list (default {','.join(DEFAULT_METHODS)}; also: "
         f"{','.join(m for m in METHOD_NAMES if m not in DEFAULT_METHODS)})",

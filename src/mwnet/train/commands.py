@@ -144,21 +144,6 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
     return 0
 
 
-def _method_list(text: str) -> list[str]:
-    from mwnet.methods.registry import METHODS
-
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise argparse.ArgumentTypeError(
-            f"unknown method {bad[0] if bad else '(none given)'!r}; choose from "
-            f"{', '.join(METHODS)}"
-        )
-    if len(set(methods)) != len(methods):
-        raise argparse.ArgumentTypeError(f"a method is named twice in {text!r}")
-    return methods
-
-
 def add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
@@ -171,15 +156,22 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", help="preset name (see `mwnet presets`)")
     p.add_argument("--config", metavar="FILE", type=Path, help="start from a saved config")
+    from mwnet.argtypes import comma_list, non_negative_int, positive_int
+    from mwnet.methods.registry import METHODS
+
     p.add_argument(
         "--methods",
-        type=_method_list,
-        default=["ce", "mwnet"],
+        type=comma_list(METHODS, "method"),
+        default=("ce", "mwnet"),
         help="comma list, the first is the cost baseline (default ce,mwnet)",
     )
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time")
+    p.add_argument(
+        "--jobs", type=positive_int, default=min(2, os.cpu_count() or 1), help="runs at a time"
+    )
     p.add_argument("--name", help="directory under out_dir (default <preset>-compare-seed<seed>)")
-    p.add_argument("--top", type=int, default=36, help="images in the label-issue montage")
+    p.add_argument(
+        "--top", type=non_negative_int, default=36, help="images in the label-issue montage"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run_compare)
 
@@ -187,12 +179,10 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from mwnet.train.compare import compare, method_configs
 
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if not args.preset and not args.config and not args.overrides:
         raise ValueError("give --preset NAME (see `mwnet presets`), --config FILE or overrides")
     out, configs = method_configs(
-        args.preset, args.overrides, args.methods, base=args.config, name=args.name
+        args.preset, args.overrides, list(args.methods), base=args.config, name=args.name
     )
     print(
         f"training {', '.join(args.methods)} on the same data under {out}, {args.jobs} at a "

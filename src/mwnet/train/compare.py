@@ -121,9 +121,11 @@ def report_run(results: list[Compared]) -> Compared:
 
 
 def compare(
-    configs: list[Any], out: Path, jobs: int, montage: int = 36, stream=sys.stdout
+    configs: list[Any], out: Path, jobs: int, montage: int = 36, stream: Any = None
 ) -> dict[str, Any]:
-    """Run the comparison, write ``comparison.json`` and the label issues, print it all."""
+    """Run the comparison, write ``comparison.json`` and the label issues, print it all
+    (to ``stream``, default standard output)."""
+    stream = sys.stdout if stream is None else stream
     from mwnet.label_issues.command import write_report
 
     out.mkdir(parents=True, exist_ok=True)
