@@ -372,6 +372,9 @@ def build_experiment(
         soft_labels=(
             teacher.soft_labels if teacher and cfg.method.name in LABEL_CORRECTION else None
         ),
+        soft_label_model=(
+            teacher.module if teacher and cfg.method.name in LABEL_CORRECTION else None
+        ),
     )
     return Experiment(
         cfg=cfg,
