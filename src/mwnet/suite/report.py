@@ -21,6 +21,7 @@ import numpy as np
 from mwnet.run.atomic import atomic_write
 from mwnet.run.records import read_json, read_jsonl, read_sample_weights, read_weight_function
 from mwnet.suite.grid import METHODS, NO_CLEAN_METHODS, SETTINGS, MethodSpec, Setting
+from mwnet.suite.runner import finished
 
 READING_START = "<!-- reading -->"
 READING_END = "<!-- /reading -->"
@@ -84,7 +85,7 @@ def collect(out: Path) -> list[Run]:
                 if not summary_file.is_file():
                     continue
                 summary = read_json(summary_file)
-                if summary["epochs_done"] != summary["epochs_total"]:
+                if not finished(summary):
                     continue
                 seed = int(run_dir.name.rsplit("seed", 1)[1])
                 run = Run(

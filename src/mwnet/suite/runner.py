@@ -46,14 +46,22 @@ def _cell_config(cell: Cell, out: Path) -> Any:
     )
 
 
+def finished(summary: dict[str, Any]) -> bool:
+    """Whether a run's ``summary.json`` says it has finished: its ``finished`` flag, which
+    the loop sets only after the last epoch's files and plots are written (older runs,
+    without the flag: all epochs done)."""
+    if "finished" in summary:
+        return bool(summary["finished"])
+    return summary["epochs_done"] == summary["epochs_total"]
+
+
 def _finished(run_dir: Path) -> bool:
     from mwnet.run.records import read_json
 
     summary = run_dir / "summary.json"
     if not summary.is_file():
         return False
-    s = read_json(summary)
-    return s["epochs_done"] == s["epochs_total"] and (run_dir / "accuracy.png").is_file()
+    return finished(read_json(summary)) and (run_dir / "accuracy.png").is_file()
 
 
 def run_cell(cell: Cell, out: Path) -> CellResult:

@@ -28,6 +28,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="continue a run after its last finished epoch",
     )
+    p.add_argument(
+        "--allow-change",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="with --resume: continue although config.yaml changed KEY since the run "
+        "started (repeatable or comma-separated); only keys that do not change what was "
+        "trained may: optim.epochs, eval_train, data.root, device, threads, ... (README)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar: one log line per epoch")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run_train)
@@ -40,9 +49,15 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         if args.preset or args.overrides:
-            raise ValueError("--resume takes no --preset or overrides: the run keeps its config")
+            raise ValueError(
+                "--resume takes no --preset or overrides: the run keeps its config. To change "
+                f"a key that may change (e.g. optim.epochs), edit {args.resume / loop.CONFIG} "
+                "and add --allow-change KEY"
+            )
         cfg = loop.run_config(args.resume)
     else:
+        if args.allow_change:
+            raise ValueError("--allow-change is for --resume RUN_DIR only; a new run has no past")
         if not args.preset and not args.overrides:
             raise ValueError("give --preset NAME (see `mwnet presets`) and/or key=value overrides")
         cfg = load_config(args.preset, args.overrides)
@@ -79,7 +94,8 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
 
     main = parallel is None or parallel.is_main
     if args.resume is not None:
-        trainer = loop.resume(args.resume, quiet=args.quiet, parallel=parallel)
+        allow = tuple(args.allow_change)
+        trainer = loop.resume(args.resume, quiet=args.quiet, parallel=parallel, allow_change=allow)
         if main:
             ranks = f" on {parallel.world_size} ranks" if parallel is not None else ""
             print(f"resuming {args.resume} after epoch {trainer.epoch}{ranks}", file=sys.stderr)
@@ -90,14 +106,12 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
             print(f"run directory: {run_dir}", file=sys.stderr)
     try:
         summary = trainer.fit()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a batch scheduler's stop)
         if main:
-            print(
-                f"\ninterrupted; finished epochs are saved. Continue with: "
-                f"mwnet train --resume {trainer.run_dir}",
-                file=sys.stderr,
-            )
-        return 130
+            print(f"\n{_stopped_message(trainer, stop)}", file=sys.stderr)
+        return int(getattr(stop, "exit_code", 130))
+    finally:
+        trainer.close()
     if not main:
         return 0
     print(json.dumps(summary, indent=2))
@@ -107,6 +121,15 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
     if pngs:
         print(f"plots:   {', '.join(str(p) for p in pngs)}", file=sys.stderr)
     return 0
+
+
+def _stopped_message(trainer: Any, stop: KeyboardInterrupt) -> str:
+    what = "stopped by SIGTERM" if getattr(stop, "exit_code", 130) != 130 else "interrupted"
+    if not trainer.run_dir.exists():
+        return f"{what} before the first epoch ended; nothing was saved"
+    return (
+        f"{what}; finished epochs are saved. Continue with: mwnet train --resume {trainer.run_dir}"
+    )
 
 
 def add_presets(sub: argparse._SubParsersAction) -> None:
@@ -147,7 +170,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if not config.is_file():
         raise FileNotFoundError(f"{args.run_dir} is not a run directory (no {loop.CONFIG} in it)")
     trainer = loop.Trainer(build_experiment(load_config_file(config)), args.run_dir, quiet=True)
-    trainer.load_state_dict(load_checkpoint(args.checkpoint or args.run_dir / loop.CHECKPOINT))
+    checkpoint = args.checkpoint or args.run_dir / loop.CHECKPOINT
+    loop.restore(trainer, load_checkpoint(checkpoint), checkpoint, evaluating=True)
     model = None
     if args.teacher:
         if trainer.exp.teacher is None:

@@ -37,6 +37,7 @@ from mwnet.distributed import DataParallel, ShardedStream
 from mwnet.methods import CrossEntropy, Method, build_method
 from mwnet.run.weight_net_file import load_weight_net
 from mwnet.train.config import LABEL_CORRECTION, META_READERS, ConfigError
+from mwnet.train.preflight import check_model_fits
 from mwnet.train.pseudo_meta_set import PseudoMetaStream
 from mwnet.train.teacher import EmaTeacher
 
@@ -107,6 +108,17 @@ def _load_sources(d: Any) -> tuple[ImageDataset, ImageDataset, ImageDataset | No
     )
 
 
+def _check_left_to_train(train_labels: torch.Tensor, num_classes: int, per_class: int) -> None:
+    """The clean meta split must leave every class something to train on."""
+    left = torch.bincount(train_labels, minlength=num_classes)
+    if bool((left == 0).any()):
+        c = int((left == 0).nonzero()[0, 0])
+        raise ConfigError(
+            f"data.meta_per_class={per_class} puts every sample of class {c} into the meta set, "
+            f"leaving none of it to train on; choose data.meta_per_class below {per_class}"
+        )
+
+
 def prepare_data(cfg: Any) -> TrainData:
     """Load, split, subsample and corrupt as configured (see the module docstring)."""
     d, seed = cfg.data, int(cfg.seed)
@@ -118,6 +130,7 @@ def prepare_data(cfg: Any) -> TrainData:
         setting = "imbalance" if d.imbalance_factor > 1 else "noise"
         per_class = d.meta_per_class or default_meta_per_class(setting, num_classes)
         train_idx, meta_idx = meta_split(labels, num_classes, per_class, seed)
+        _check_left_to_train(labels[train_idx], num_classes, per_class)
         meta_images, meta_labels = train.images[meta_idx], labels[meta_idx]
     elif meta is None:
         train_idx = torch.arange(len(labels))
@@ -162,11 +175,23 @@ def prepare_data(cfg: Any) -> TrainData:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``device=name`` means here, checked to exist before any work."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or auto")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(
+                f"device={name} but this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name} but MPS is not available here; use device=cpu or auto")
     return device
 
 
@@ -335,6 +360,7 @@ def build_experiment(
         weight_decay=o.weight_decay,
     )
     normalize = _normalization(cfg, data)
+    check_model_fits(model, data, normalize, device, cfg.model.name)
     d = cfg.data
     augment = Augment(d.padding, d.pad_mode, d.flip) if d.augment else None
     seed = int(cfg.seed)
