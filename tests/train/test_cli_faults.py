@@ -95,6 +95,45 @@ TRAIN_ERRORS = [
     ),
     Row(
         "bad input",
+        "optim.milestones=[-1]",
+        "optim.milestones=[-1]: milestones are epochs, each >= 1",
+        ("optim.milestones=[-1]",),
+    ),
+    Row("bad input", "seed=-1", "seed must be a non-negative integer", ("seed=-1",)),
+    Row("bad input", "optim.momentum=-1", "Invalid momentum value: -1.0", ("optim.momentum=-1",)),
+    Row(
+        "bad input",
+        "model.options that do not fit the model (dropout=2)",
+        "dropout probability has to be between 0 and 1",
+        ("model.options.dropout=2.0",),
+    ),
+    Row("bad input", "an unknown model name", "unknown model 'nosuch'", ("model.name=nosuch",)),
+    Row(
+        "bad input",
+        "method.head without hypergrad=head",
+        "head='fc' is used by hypergrad='head' only",
+        ("method.name=mwnet", "method.head=fc"),
+    ),
+    Row(
+        "bad input",
+        "data.noise=matrix with a matrix file that does not exist",
+        "cannot read transition matrix",
+        ("data.noise=matrix", "data.noise_matrix=/nonexistent.npy"),
+    ),
+    Row(
+        "bad input",
+        "method.weight_net_from=/dev/zero",
+        "/dev/zero: not a regular file",
+        ("method.name=mwnet", "method.weight_net_from=/dev/zero"),
+    ),
+    Row(
+        "bad input",
+        "amp=bf16 on the CPU",
+        "amp=bf16 needs a CUDA device",
+        ("amp=bf16",),
+    ),
+    Row(
+        "bad input",
         "--allow-change on a new run",
         "--allow-change is for --resume RUN_DIR only",
         ("--allow-change", "optim.epochs"),
@@ -290,3 +329,28 @@ def test_missing_train_extra_names_the_extra(command):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("mwnet: error: `mwnet ") and "Traceback" not in done.stderr
     assert "which is not installed: pip install 'mwnet[train]'" in done.stderr
+
+
+@covers(
+    "damaged files",
+    "a damaged line in metrics.jsonl, then --resume or mwnet plot",
+    "mwnet: error: RUN/metrics.jsonl:LINE: not a valid JSON line",
+)
+def test_damaged_metrics_line(fmnist_root, tmp_path, capsys):
+    assert main(_train_argv(fmnist_root, tmp_path)) == 0
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    metrics.write_text("garbage{\n" + metrics.read_text())
+    capsys.readouterr()
+    for argv in (["train", "--resume", str(tmp_path / "r")], ["plot", str(tmp_path / "r")]):
+        _one_error_line(capsys, main(argv), "metrics.jsonl:1: not a valid JSON line")
+
+
+@covers(
+    "bad input",
+    "mwnet suite --out naming a file",
+    "mwnet: error: --out FILE is a file; give a directory",
+)
+def test_suite_out_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    code = main(["suite", "--quick", "--out", str(tmp_path / "f")])
+    _one_error_line(capsys, code, "is a file; give a directory for the suite's runs")

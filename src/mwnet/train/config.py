@@ -352,6 +352,10 @@ def validate(cfg: Any) -> None:
         (d.subset is None or d.subset >= 1, "data.subset must be >= 1 or null"),
         (d.meta_per_class is None or d.meta_per_class >= 1, "data.meta_per_class must be >= 1"),
         (o.epochs >= 1, "optim.epochs must be >= 1"),
+        (
+            all(m >= 1 for m in o.milestones),
+            f"optim.milestones={list(o.milestones)}: milestones are epochs, each >= 1",
+        ),
         (o.lr > 0, "optim.lr must be > 0"),
         (m.meta_interval >= 1, "method.meta_interval must be >= 1"),
         (m.weight_clusters >= 1, "method.weight_clusters must be >= 1"),
