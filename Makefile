@@ -27,7 +27,7 @@ setup-train:
 	$(PIP) install -q -e ".[train]"
 
 train: setup-train
-	$(PYTHON) -m mwnet compare --preset $(PRESET)
+	$(PYTHON) -m mwnet compare --preset $(PRESET) --retrain
 
 suite: setup-train
 	$(PYTHON) -m mwnet suite --readme README.md

@@ -26,3 +26,12 @@ def assert_identical(a, b, where: str = "checkpoint") -> None:
         assert math.isnan(b), where
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def training_state(checkpoint: dict) -> dict:
+    """A checkpoint without what differs between two directories holding the same run:
+    the wall time, and the run's name and place in its saved config."""
+    state = {k: v for k, v in checkpoint.items() if k != "wall_time"}
+    if "config" in state:
+        state["config"] = {k: v for k, v in state["config"].items() if k not in ("name", "out_dir")}
+    return state

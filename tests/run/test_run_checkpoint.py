@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability import covers
 
+from mwnet.run.atomic import remove_stale_temporaries
 from mwnet.run.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -109,6 +111,11 @@ def test_state_must_be_a_dict(tmp_path: Path) -> None:
         save_checkpoint(tmp_path / "c.pt", [1, 2])  # type: ignore[arg-type]
 
 
+@covers(
+    "damaged files",
+    "truncated checkpoint (cut anywhere)",
+    "one-line CheckpointError: truncated or corrupt, delete it or restart",
+)
 @pytest.mark.parametrize("keep", [0, 1, 4, 100, 0.5, -200, -22, -1])
 def test_truncated_file_is_reported_as_corrupt(saved: Path, keep: float) -> None:
     data = saved.read_bytes()
@@ -117,6 +124,11 @@ def test_truncated_file_is_reported_as_corrupt(saved: Path, keep: float) -> None
     assert "truncated or corrupt" in load_error(saved)
 
 
+@covers(
+    "damaged files",
+    "one flipped bit in a checkpoint's tensor data",
+    "CheckpointError: checksum mismatch (torch.load alone would load wrong weights)",
+)
 def test_flipped_bit_in_tensor_data_is_caught(tmp_path: Path) -> None:
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"w": torch.zeros(4096)})
@@ -131,6 +143,11 @@ def test_flipped_bit_in_tensor_data_is_caught(tmp_path: Path) -> None:
     assert "truncated or corrupt" in message and "checksum" in message
 
 
+@covers(
+    "damaged files",
+    "random bytes as checkpoint",
+    "CheckpointError: truncated or corrupt",
+)
 @pytest.mark.parametrize("seed", range(8))
 def test_random_bytes_are_reported_as_corrupt(tmp_path: Path, seed: int) -> None:
     path = tmp_path / "c.pt"
@@ -138,6 +155,11 @@ def test_random_bytes_are_reported_as_corrupt(tmp_path: Path, seed: int) -> None
     assert "truncated or corrupt" in load_error(path)
 
 
+@covers(
+    "damaged files",
+    "a valid torch file that is not an mwnet checkpoint (bare state_dict, tensor)",
+    "CheckpointError: not an mwnet checkpoint",
+)
 @pytest.mark.parametrize(
     "foreign",
     [
@@ -154,6 +176,11 @@ def test_foreign_torch_file_is_not_a_checkpoint(tmp_path: Path, foreign) -> None
     assert "not an mwnet checkpoint" in message and "torch.load" in message
 
 
+@covers(
+    "damaged files",
+    "a checkpoint pickle that would run code (os.system)",
+    "CheckpointError: refused (possible tampering); the code never runs",
+)
 @pytest.mark.parametrize(
     "write",
     [
@@ -177,6 +204,11 @@ def test_pickle_that_runs_code_is_refused_and_not_run(
     assert not (tmp_path / "marker").exists()
 
 
+@covers(
+    "damaged files",
+    "a checkpoint of an unknown format version",
+    "CheckpointError naming the version",
+)
 def test_wrong_version_names_the_version(tmp_path: Path) -> None:
     path = tmp_path / "c.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "version": 2, "state": {}}, path)
@@ -184,14 +216,29 @@ def test_wrong_version_names_the_version(tmp_path: Path) -> None:
     assert "version 2 is not supported" in message
 
 
+@covers(
+    "damaged files",
+    "a checkpoint path that does not exist",
+    "CheckpointError: no such checkpoint",
+)
 def test_missing_file(tmp_path: Path) -> None:
     assert "no such checkpoint" in load_error(tmp_path / "nope.pt")
 
 
+@covers(
+    "damaged files",
+    "a checkpoint path that is a directory",
+    "CheckpointError: a directory, not a checkpoint file",
+)
 def test_directory_instead_of_file(tmp_path: Path) -> None:
-    assert "cannot read" in load_error(tmp_path)
+    assert "a directory, not a checkpoint file" in load_error(tmp_path)
 
 
+@covers(
+    "interrupts",
+    "a crash between writing and renaming a checkpoint",
+    "the previous checkpoint is intact, no temporary file is left",
+)
 def test_crash_before_rename_keeps_previous_checkpoint(
     saved: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,6 +253,11 @@ def test_crash_before_rename_keeps_previous_checkpoint(
     assert sorted(p.name for p in saved.parent.iterdir()) == ["checkpoint.pt"]
 
 
+@covers(
+    "interrupts",
+    "Ctrl-C in the middle of writing a checkpoint",
+    "the previous checkpoint is intact, no temporary file is left",
+)
 def test_interrupt_during_write_keeps_previous_checkpoint(
     saved: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,3 +271,36 @@ def test_interrupt_during_write_keeps_previous_checkpoint(
     monkeypatch.undo()
     assert load_checkpoint(saved)["epoch"] == 7
     assert sorted(p.name for p in saved.parent.iterdir()) == ["checkpoint.pt"]
+
+
+@covers(
+    "damaged files",
+    "a checkpoint path that is a device or a pipe (/dev/zero, a FIFO): reading never ends",
+    "CheckpointError at once: not a regular file",
+)
+@pytest.mark.skipif(os.name != "posix", reason="POSIX devices and FIFOs")
+def test_device_or_pipe_instead_of_file(tmp_path: Path) -> None:
+    assert "not a regular file" in load_error(Path("/dev/zero"))
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    assert "not a regular file" in load_error(fifo)
+
+
+@covers(
+    "interrupts",
+    "a process killed during an atomic write leaves .<name>.<pid>.<hex>.tmp behind",
+    "removed by the next process that locks the run directory; other files are kept",
+)
+def test_stale_temporaries_are_removed(saved: Path) -> None:
+    run = saved.parent
+    stale = [run / ".checkpoint.pt.4242.0badf00d.tmp", run / ".summary.json.7.deadbeef.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    kept = [run / "notes.tmp", run / ".hidden", run / ".checkpoint.pt.x.0badf00d.tmp"]
+    for path in kept:
+        path.write_text("mine")
+    assert sorted(remove_stale_temporaries(run)) == sorted(stale)
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["checkpoint.pt", *(p.name for p in kept)]
+    )
+    assert load_checkpoint(saved)["epoch"] == 7

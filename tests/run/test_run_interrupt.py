@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mwnet.run import interrupt_deferred
+from mwnet.run import Terminated, interrupt_deferred, sigterm_as_interrupt
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals to self")
 
@@ -31,12 +31,23 @@ def test_sigint_is_deferred_until_the_block_ends(capsys: pytest.CaptureFixture[s
     assert "finishing the checkpoint, then stopping" in capsys.readouterr().err
 
 
-def test_sigterm_becomes_exit_143() -> None:
+def test_deferred_sigterm_is_a_keyboard_interrupt_with_exit_code_143() -> None:
     finished = False
-    with pytest.raises(SystemExit) as info, interrupt_deferred():
+    with pytest.raises(KeyboardInterrupt) as info, interrupt_deferred():
         deliver(signal.SIGTERM)
         finished = True
-    assert finished and info.value.code == 143
+    assert finished and isinstance(info.value, Terminated) and info.value.exit_code == 143
+
+
+def test_sigterm_as_interrupt_raises_where_ctrl_c_would() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    steps = []
+    with pytest.raises(Terminated), sigterm_as_interrupt():
+        steps.append("before")
+        deliver(signal.SIGTERM)
+        steps.append("unreachable")
+    assert steps == ["before"]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_second_signal_stops_at_once() -> None:

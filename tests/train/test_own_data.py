@@ -63,7 +63,7 @@ def test_meta_size_errors_name_the_key(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"class 'class-a' has 8 .*data.meta_per_class"):
         prepare_data(load_config(None, too_many))
     everything = _overrides(root, tmp_path, "mwnet", *noisy, "data.meta_per_class=8")
-    with pytest.raises(ConfigError, match="leaving none to train on"):
+    with pytest.raises(ConfigError, match="leaving none of it to train on"):
         prepare_data(load_config(None, everything))
 
 

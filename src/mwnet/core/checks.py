@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
+from torch import nn
+
+
+class NonFiniteError(FloatingPointError):
+    """A step met NaN/Inf and stopped; the step changed nothing (see :func:`step_guard`)."""
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor, which: str) -> None:
@@ -58,7 +67,68 @@ def raise_if_not_finite(step: int, **values: torch.Tensor | None) -> None:
             if value.dim() == 1 and value.numel() > 1:
                 idx = bad.nonzero().flatten()[:5].tolist()
                 where = f" ({int(bad.sum())} of {value.numel()} values, e.g. positions {idx})"
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"non-finite {name.replace('_', ' ')} at step {step}{where}; nothing was "
                 "updated. Lower the learning rate, clip gradients or check the inputs for NaN/Inf"
             )
+
+
+def gradient_norms(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """The norm of each gradient ``optimizer`` is about to apply, for
+    :func:`raise_if_not_finite` (a NaN or Inf anywhere in a gradient makes its norm
+    non-finite); None when it holds no gradient."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    grads = [g for g in grads if g is not None]
+    if not grads:
+        return None
+    return torch.stack([norm.float() for norm in torch._foreach_norm(grads)])
+
+
+@contextmanager
+def step_guard(
+    model: nn.Module,
+    *,
+    modules: Sequence[nn.Module] = (),
+    optimizers: Sequence[torch.optim.Optimizer | None] = (),
+    enabled: bool = True,
+) -> Iterator[None]:
+    """Run one training step; if it raises, put back everything the step changed before
+    its checks: every buffer of ``model`` (BatchNorm running statistics and
+    ``num_batches_tracked`` move in the real forward, before the loss is checked), and the
+    whole state of ``modules`` and ``optimizers`` (a weighting net updated before the real
+    update's gradient was found non-finite).
+
+    The model's parameters and its optimizer are not saved: a step only changes them in
+    its last action, ``optimizer.step()``, after every check. So "nothing was updated"
+    holds for the whole step, and the model computes exactly what it computed before.
+    Saving costs a copy of the buffers per step (small next to the activations), and a
+    copy of the (tiny) weighting net and its optimizer on steps that update it.
+    """
+    if not enabled:
+        yield
+        return
+    buffers = {name: (b, b.clone()) for name, b in model.named_buffers()}
+    states = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    saved_optimizers = [
+        (opt, copy.deepcopy(opt.state_dict())) for opt in optimizers if opt is not None
+    ]
+    try:
+        yield
+    except Exception:
+        with torch.no_grad():
+            _restore_buffers(model, buffers)
+            for module, state in zip(modules, states, strict=True):
+                module.load_state_dict(state)
+        for opt, state in saved_optimizers:
+            opt.load_state_dict(state)
+        raise
+
+
+def _restore_buffers(model: nn.Module, saved: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy the saved values back into the original tensors, and set those back on their
+    modules (a forward may have replaced a buffer instead of updating it in place)."""
+    for name, (original, value) in saved.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        original.copy_(value)
+        owner._buffers[attr] = original

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from mwnet.core.head_output import check_head_output
 from mwnet.core.hypergrad import MetaProblem
 from mwnet.core.objective import WeightedLoss
 from mwnet.core.reducer import GradientReducer
@@ -75,8 +76,11 @@ class LinearHead:
     ``nn.Linear`` that ran in the forward, and accepted only if its output *is* the model's
     output (the same tensor, or an equal one): otherwise the loss would not be a function
     of that layer's output alone and the head problem would silently be a different one.
-    With a name, the layer's output is taken as what ``loss_fn`` receives, whatever the
-    model does after it (the user's explicit choice).
+    With a name, the layer's output is taken as what ``loss_fn`` receives, even if the
+    model post-processes it without parameters (a fixed scale, a tuple). Either way, on
+    every meta update, nothing trainable may act on the head's output before the model
+    returns it (:mod:`mwnet.core.head_output`): not a layer after a named hidden one, not a
+    learnable scale that starts as the identity and drifts.
 
     Args:
         model: the reweighter's model.
@@ -175,6 +179,7 @@ class LinearHead:
                     f"{_hint(self.model)}; its output is then what loss_fn receives"
                 )
             self._bind(call.name)
+        check_head_output(self.model, call.name, call.output, output, self.explicit)
         return call.inputs.detach()
 
     def meta_features(self, snapshot: ForwardSnapshot, x_meta: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from mwnet.core.checks import check_batch, check_labels, raise_if_not_finite
+from mwnet.core.checks import (
+    check_batch,
+    check_labels,
+    gradient_norms,
+    raise_if_not_finite,
+    step_guard,
+)
 from mwnet.core.compiled import (
     CompiledLossesJvp,
     compiled_functional,
@@ -445,8 +451,21 @@ class MetaReweighter:
 
         The meta batch may be None on steps that do not update the weighting net (see
         :meth:`is_meta_step`). Raises FloatingPointError (naming the step) instead of
-        applying an update computed from a non-finite loss or gradient.
+        applying an update computed from a non-finite loss or gradient; a step that raises
+        leaves the model's buffers, the weighting net and its optimizer as they were.
         """
+        learning = [self.weight_net] if self.is_meta_step() else []
+        optimizers = [self.weight_optimizer] if learning else []
+        with step_guard(self.model, modules=learning, optimizers=optimizers, enabled=self.checks):
+            return self._step(x, y, x_meta, y_meta)
+
+    def _step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_meta: torch.Tensor | None,
+        y_meta: torch.Tensor | None,
+    ) -> StepResult:
         meta_update = self.is_meta_step()
         recompute = meta_update and self.low_memory
         if meta_update and (x_meta is None or y_meta is None):
@@ -482,8 +501,6 @@ class MetaReweighter:
             for p, g in zip(self._weight_params, hyper, strict=True):
                 p.grad = g
             self.weight_optimizer.step()
-        elif self.checks:
-            raise_if_not_finite(self.steps_done, training_loss=terms.weighted.detach())
         if recompute:
             output, terms = self._replayed_forward(x, y, snapshot)
         with torch.no_grad():
@@ -503,6 +520,12 @@ class MetaReweighter:
                 self.optimizer,
                 self.reducer,
                 unweighted=terms.unweighted,
+            )
+        if self.checks:  # the update's own gradient, before it touches the model
+            raise_if_not_finite(
+                self.steps_done,
+                training_loss=terms.weighted.detach(),
+                model_gradient=gradient_norms(self.optimizer),
             )
         self.optimizer.step()
         result = StepResult(

@@ -28,7 +28,7 @@ import torch
 from mwnet.data.dataset import ImageDataset
 from mwnet.data.download import download_file, md5_of
 from mwnet.data.errors import DatasetError
-from mwnet.data.paths import MWNET_DATA_ENV, cache_dir, search_dirs
+from mwnet.data.paths import MWNET_DATA_ENV, download_dir, search_dirs
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,21 @@ def _not_found(source: CifarSource, dirs: list[Path], reason: str) -> DatasetErr
     )
 
 
+def _refuse_partial(source: CifarSource, split: str, dirs: list[Path]) -> None:
+    """An explicit root holding some batch files but not this split's is an incomplete
+    copy: say what is missing, never complete it from another copy."""
+    every = {f for files in source.splits.values() for f in files} | {source.meta_file}
+    for d in dirs:
+        for candidate in (d / source.dirname, d):
+            if any((candidate / f).is_file() for f in every):
+                missing = [f for f in source.needed(split) if not (candidate / f).is_file()]
+                raise DatasetError(
+                    f"{candidate} holds part of {source.title} but not its {split} split: "
+                    f"missing {', '.join(missing)}. Add them there, or drop data.root (root=) "
+                    "to use the standard locations"
+                )
+
+
 def load_cifar(
     source: CifarSource,
     split: str = "train",
@@ -258,8 +273,10 @@ def load_cifar(
             if _has_split(candidate, source, split):
                 return parse_cifar_dir(source, candidate, split)
 
-    target = cache_dir() / source.name
+    target = download_dir(source.name, root)
     archive = next((d / source.archive for d in dirs if (d / source.archive).is_file()), None)
+    if archive is None and root is not None:
+        _refuse_partial(source, split, dirs)
     if archive is not None:
         got = md5_of(archive)
         if got != source.md5:

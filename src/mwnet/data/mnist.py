@@ -22,7 +22,7 @@ from mwnet.data.dataset import ImageDataset
 from mwnet.data.download import download_file
 from mwnet.data.errors import DatasetError
 from mwnet.data.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
-from mwnet.data.paths import MWNET_DATA_ENV, cache_dir, search_dirs
+from mwnet.data.paths import MWNET_DATA_ENV, download_dir, search_dirs
 
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -132,6 +132,21 @@ def _not_found(source: IdxSource, split: str, dirs: list[Path], reason: str) -> 
     )
 
 
+def _refuse_partial(source: IdxSource, split: str, dirs: list[Path]) -> None:
+    """An explicit root with some of the dataset's files but not this split's pair is a
+    damaged or incomplete copy: say what is missing, never complete it from elsewhere."""
+    every = [stem for pair in _STEMS.values() for stem in pair]
+    for directory in dirs:
+        present = [s for s in every if _find_file(directory, s) is not None]
+        if present:
+            missing = [f"{s}[.gz]" for s in _STEMS[split] if _find_file(directory, s) is None]
+            raise DatasetError(
+                f"{directory} holds part of {source.title} but not its {split} split: missing "
+                f"{', '.join(missing)}. Add the missing files there, or drop data.root (root=) "
+                "to use the standard locations"
+            )
+
+
 def load_idx_dataset(
     source: IdxSource,
     split: str = "train",
@@ -150,10 +165,12 @@ def load_idx_dataset(
     if split not in _STEMS:
         raise DatasetError(f"unknown split {split!r}; expected 'train' or 'test'")
     files, dirs = find_idx_files(source, split, root)
+    if files is None and root is not None:
+        _refuse_partial(source, split, dirs)
     if files is None:
         if not download:
             raise _not_found(source, split, dirs, " (download=False)")
-        target = cache_dir() / source.name
+        target = download_dir(source.name, root)
         try:
             for stem in _STEMS[split]:
                 dest = target / f"{stem}.gz"

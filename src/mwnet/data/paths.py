@@ -29,14 +29,16 @@ def search_dirs(
 ) -> list[Path]:
     """Return the directories to search for dataset ``name``, in priority order.
 
-    The order is: ``root`` and ``root/<name>`` when given, ``$MWNET_DATA/<name>``,
-    any distribution-provided ``system_dirs``, then the cache ``cache_dir()/<name>``.
-    Duplicates are dropped, existence is not checked (the caller reports every place it
-    looked, including those that do not exist).
+    An explicit ``root`` is the only place looked in: ``root`` and ``root/<name>``. A root
+    that lacks the files must not quietly give way to another copy found elsewhere (the
+    run would record one path and train on another). Without a root the order is
+    ``$MWNET_DATA/<name>``, any distribution-provided ``system_dirs``, then the cache
+    ``cache_dir()/<name>``. Duplicates are dropped, existence is not checked (the caller
+    reports every place it looked, including those that do not exist).
     """
-    dirs: list[Path] = []
     if root is not None:
-        dirs += [Path(root).expanduser(), Path(root).expanduser() / name]
+        return [Path(root).expanduser(), Path(root).expanduser() / name]
+    dirs: list[Path] = []
     env = os.environ.get(MWNET_DATA_ENV)
     if env:
         dirs.append(Path(env).expanduser() / name)
@@ -47,3 +49,11 @@ def search_dirs(
         if d not in unique:
             unique.append(d)
     return unique
+
+
+def download_dir(name: str, root: str | os.PathLike[str] | None) -> Path:
+    """Where a download of dataset ``name`` goes: ``root/<name>`` for an explicit root
+    (so the files are where the run says they are), else the cache."""
+    if root is not None:
+        return Path(root).expanduser() / name
+    return cache_dir() / name

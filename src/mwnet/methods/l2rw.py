@@ -23,7 +23,13 @@ from torch import nn
 from torch.func import functional_call
 
 from mwnet.core import normalize_weights
-from mwnet.core.checks import check_batch, check_labels, raise_if_not_finite
+from mwnet.core.checks import (
+    check_batch,
+    check_labels,
+    gradient_norms,
+    raise_if_not_finite,
+    step_guard,
+)
 from mwnet.core.data_parallel import weighted_backward
 from mwnet.core.hypergrad import HYPERGRAD_MODES
 from mwnet.core.parameters import virtual_parameters
@@ -79,6 +85,10 @@ class L2RW(Method):
         virtual_parameters(model, optimizer)  # fail at construction, not at the first step
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        with step_guard(self.model, enabled=self.checks):  # a failed step moves no buffer
+            return self._step(x, y)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         x_meta, y_meta = next_meta_batch(self.meta_batches)
         self._check_batches(x, y, x_meta, y_meta)
         state = ForwardSnapshot.capture(self.model, x.device)
@@ -98,6 +108,7 @@ class L2RW(Method):
         loss = torch.dot(weights, losses)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._check_gradient()
         self.optimizer.step()
         self.steps_done += 1
         return StepOutput(
@@ -124,6 +135,7 @@ class L2RW(Method):
         weights, loss, (meta_loss,) = weighted_backward(
             losses, raw, "sum", self.optimizer, reducer, extras=[meta_share]
         )
+        self._check_gradient()
         self.optimizer.step()
         self.steps_done += 1
         return StepOutput(
@@ -146,6 +158,10 @@ class L2RW(Method):
         if self.reducer is not None:
             (meta_loss,) = self.reducer.sum([meta_loss], "meta_loss")
         return scores, meta_loss
+
+    def _check_gradient(self) -> None:
+        if self.checks:
+            raise_if_not_finite(self.steps_done, model_gradient=gradient_norms(self.optimizer))
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
         if self.checks:

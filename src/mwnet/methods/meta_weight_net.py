@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mwnet.core import ClassAwareWeightNet, MetaReweighter, WeightNet
-from mwnet.core.checks import check_batch, check_labels
+from mwnet.core.checks import check_batch, check_labels, step_guard
 from mwnet.core.hypergrad import HypergradMode
 from mwnet.core.objective import (
     WeightedLoss,
@@ -80,6 +80,8 @@ class MetaWeightNet(Method):
             v_i CE(f(x_i), y_i) + (1 − v_i) CE(f(x_i), p_i) with v_i its weight (exact, see
             :mod:`mwnet.core.objective`), and the meta loss the plain cross-entropy of the
             meta batch. The authors normalise with ``normalize="mean"``.
+        soft_label_model: the module ``soft_labels`` runs (the teacher), whose buffers a
+            step that fails puts back, as it does the model's.
         mixup: label correction on mixup batches, as the authors train: each step mixes
             the batch with a permutation of itself, λ ~ Beta(1, 1) folded to λ >= 1/2,
             and each mixed input gets a weight for each of its two labels (see
@@ -116,6 +118,7 @@ class MetaWeightNet(Method):
         weight_net: nn.Module | None = None,
         frozen: bool = False,
         soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        soft_label_model: nn.Module | None = None,
         mixup: bool = False,
         checks: bool = True,
         reducer: GradientReducer | None = None,
@@ -170,6 +173,7 @@ class MetaWeightNet(Method):
         self.name = "cmwnet" if isinstance(net, ClassAwareWeightNet) else "mwnet"
         self.name += "-sl" if soft_labels is not None else ""
         self.soft_labels = soft_labels
+        self.soft_label_model = soft_label_model
         self.mixup = mixup
         self._batch_soft_labels: torch.Tensor | None = None
         self._mix: _Mix | None = None
@@ -202,6 +206,17 @@ class MetaWeightNet(Method):
         return mix.lam * loss + (1 - mix.lam) * F.cross_entropy(logits, y[mix.partner])
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        teacher = self.soft_label_model
+        if teacher is None or not self.checks:
+            return self._step(x, y)
+        with step_guard(teacher):  # the reweighter guards the model and the weighting net
+            return self._step(x, y)
+
+    @property
+    def checks(self) -> bool:
+        return self.reweighter.checks
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         rw = self.reweighter
         if self.soft_labels is not None:
             if rw.checks:

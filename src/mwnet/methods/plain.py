@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mwnet.core.checks import check_batch, check_labels, raise_if_not_finite
+from mwnet.core.checks import (
+    check_batch,
+    check_labels,
+    gradient_norms,
+    raise_if_not_finite,
+    step_guard,
+)
 from mwnet.core.data_parallel import mean_backward
 from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import Method, StepOutput
@@ -51,6 +57,10 @@ class PlainMethod(Method):
         return "training"
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        with step_guard(self.model, enabled=self.checks):  # a failed step moves no buffer
+            return self._step(x, y)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         which = self.batch_kind()
         if self.checks:
             check_batch(x, y, which)
@@ -59,13 +69,18 @@ class PlainMethod(Method):
             check_labels(y, logits.shape[-1], which)
         losses = F.cross_entropy(logits, y, reduction="none")
         loss, weights = self.objective(logits, losses, y)
-        if self.checks:
-            raise_if_not_finite(self.steps_done, training_loss=losses.detach(), loss=loss.detach())
         if self.reducer is None:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         else:
             loss = mean_backward(loss, len(losses), self.optimizer, self.reducer)
+        if self.checks:  # one check of the losses and of the update's gradient
+            raise_if_not_finite(
+                self.steps_done,
+                training_loss=losses.detach(),
+                loss=loss.detach(),
+                model_gradient=gradient_norms(self.optimizer),
+            )
         self.optimizer.step()
         self.steps_done += 1
         return StepOutput(

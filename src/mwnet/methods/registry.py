@@ -67,6 +67,7 @@ def build_method(
     reducer: GradientReducer | None = None,
     weight_net: nn.Module | None = None,
     soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    soft_label_model: nn.Module | None = None,
 ) -> Method:
     """The training method ``name`` (one of :data:`METHODS`) for ``model`` and ``optimizer``.
 
@@ -91,6 +92,8 @@ def build_method(
             in another run) instead of a fresh one; it must be of the method's kind.
         soft_labels: required by ``mwnet-sl``/``cmwnet-sl`` (label correction): a teacher's
             class probabilities for a batch's inputs.
+        soft_label_model: the module ``soft_labels`` runs, if it has state that a step
+            moves (an EMA teacher's BatchNorm statistics): restored when a step fails.
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
@@ -158,6 +161,7 @@ def build_method(
             weight_net=weight_net,
             frozen=not options.get("meta", True),
             soft_labels=soft_labels,
+            soft_label_model=soft_label_model,
             mixup=bool(options.get("mixup", False)),
             **common,
         )

@@ -12,7 +12,8 @@ from mwnet.run.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from mwnet.run.interrupt import interrupt_deferred
+from mwnet.run.claim import RunDirBusy, RunDirError
+from mwnet.run.interrupt import Terminated, interrupt_deferred, sigterm_as_interrupt
 from mwnet.run.plots import plot_run
 from mwnet.run.records import (
     append_jsonl,
@@ -30,6 +31,9 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "RunDirBusy",
+    "RunDirError",
+    "Terminated",
     "append_jsonl",
     "interrupt_deferred",
     "load_checkpoint",
@@ -39,6 +43,7 @@ __all__ = [
     "read_sample_weights",
     "read_weight_function",
     "save_checkpoint",
+    "sigterm_as_interrupt",
     "truncate_jsonl",
     "write_json",
     "write_sample_weights",

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+_TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+"""What :func:`atomic_write` names its temporary files: ``.<target>.<pid>.<hex>.tmp``."""
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -45,7 +50,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[A
     path = Path(path)
     # Not tempfile.mkstemp: it creates files readable by the owner only, and run
     # directories are often shared. os.open applies the umask like a plain open() would.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         if mode == "wb":
@@ -62,3 +67,20 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[A
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`atomic_write` calls left behind.
+
+    A process killed mid-write (SIGKILL, power loss) never reaches the cleanup, so its
+    ``.<target>.<pid>.<hex>.tmp`` stays forever, and a checkpoint-sized one each time.
+    Call this only while no other process can be writing into ``directory`` (a run
+    directory whose lock you hold): every such file is then stale. Returns what was removed.
+    """
+    removed = []
+    for entry in Path(directory).iterdir():
+        if _TMP_NAME.match(entry.name) and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed

@@ -88,6 +88,9 @@ def _check_readable(path: Path) -> None:
         raise CheckpointError(
             f"{path}: no such checkpoint; check the path, or start the run without resuming"
         )
+    if not path.is_file():  # a directory, or a device or pipe that never ends (/dev/zero)
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise CheckpointError(f"{path}: {kind}, not a checkpoint file; point at a checkpoint")
     try:
         with path.open("rb") as f:
             f.read(1)

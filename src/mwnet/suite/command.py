@@ -61,6 +61,8 @@ def run_suite(args: argparse.Namespace) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     scale = QUICK if args.quick else FULL
     out = args.out or Path("runs") / ("suite-quick" if args.quick else "suite")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the suite's runs")
     todo = cells(scale, args.settings, args.methods)
     info_file = out / SUITE_FILE
     info = read_json(info_file) if info_file.is_file() else {"elapsed_seconds": 0.0}

@@ -22,6 +22,7 @@ from mwnet.label_issues.metrics import auroc
 from mwnet.run.atomic import atomic_write
 from mwnet.run.records import read_json, read_jsonl, read_sample_weights, read_weight_function
 from mwnet.suite.grid import METHODS, NO_CLEAN_METHODS, SETTINGS, MethodSpec, Setting
+from mwnet.train.loop import summary_finished as finished
 
 READING_START = "<!-- reading -->"
 READING_END = "<!-- /reading -->"
@@ -67,7 +68,7 @@ def collect(out: Path) -> list[Run]:
                 if not summary_file.is_file():
                     continue
                 summary = read_json(summary_file)
-                if summary["epochs_done"] != summary["epochs_total"]:
+                if not finished(summary):
                     continue
                 seed = int(run_dir.name.rsplit("seed", 1)[1])
                 run = Run(
@@ -230,10 +231,8 @@ def cost_table(runs: Sequence[Run], setting: str = "flip2-40") -> str:
         if not rs:
             continue
         wall = float(np.mean([r.summary["wall_time"] for r in rs]))
-        lines.append(
-            f"| {method.title} | {_fmt([r.last for r in rs])} | {wall:.0f} s "
-            f"| {wall / ce_time:.2f} |"
-        )
+        ratio = f"{wall / ce_time:.2f}" if ce_time > 0 else "n/a"
+        lines.append(f"| {method.title} | {_fmt([r.last for r in rs])} | {wall:.0f} s | {ratio} |")
     return "\n".join(lines)
 
 

@@ -36,6 +36,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="continue a run after its last finished epoch",
     )
+    p.add_argument(
+        "--allow-change",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="with --resume: continue although config.yaml changed KEY since the run "
+        "started (repeatable or comma-separated); only keys that do not change what was "
+        "trained may: optim.epochs, eval_train, data.root, device, threads, ... (README)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar: one log line per epoch")
     p.add_argument(
         "--show-config",
@@ -54,10 +63,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.preset or args.overrides or args.config:
             raise ValueError(
-                "--resume takes no --preset, --config or overrides: the run keeps its config"
+                "--resume takes no --preset, --config or overrides: the run keeps its config. "
+                f"To change a key that may change (e.g. optim.epochs), edit "
+                f"{args.resume / loop.CONFIG} and add --allow-change KEY"
             )
         cfg = loop.run_config(args.resume)
     else:
+        if args.allow_change:
+            raise ValueError("--allow-change is for --resume RUN_DIR only; a new run has no past")
         if not args.preset and not args.overrides and not args.config:
             raise ValueError(
                 "give --preset NAME (see `mwnet presets`), --config FILE and/or key=value overrides"
@@ -112,7 +125,8 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
 
     main = parallel is None or parallel.is_main
     if args.resume is not None:
-        trainer = loop.resume(args.resume, quiet=args.quiet, parallel=parallel)
+        allow = tuple(args.allow_change)
+        trainer = loop.resume(args.resume, quiet=args.quiet, parallel=parallel, allow_change=allow)
         if main:
             ranks = f" on {parallel.world_size} ranks" if parallel is not None else ""
             print(f"resuming {args.resume} after epoch {trainer.epoch}{ranks}", file=sys.stderr)
@@ -125,14 +139,12 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
             print(f"run directory: {run_dir} (config: {run_dir / loop.CONFIG})", file=sys.stderr)
     try:
         summary = trainer.fit()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a batch scheduler's stop)
         if main:
-            print(
-                f"\ninterrupted; finished epochs are saved. Continue with: "
-                f"mwnet train --resume {trainer.run_dir}",
-                file=sys.stderr,
-            )
-        return 130
+            print(f"\n{_stopped_message(trainer, stop)}", file=sys.stderr)
+        return int(getattr(stop, "exit_code", 130))
+    finally:
+        trainer.close()
     if not main:
         return 0
     print(json.dumps(summary, indent=2))
@@ -142,6 +154,15 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
     if pngs:
         print(f"plots:   {', '.join(str(p) for p in pngs)}", file=sys.stderr)
     return 0
+
+
+def _stopped_message(trainer: Any, stop: KeyboardInterrupt) -> str:
+    what = "stopped by SIGTERM" if getattr(stop, "exit_code", 130) != 130 else "interrupted"
+    if not trainer.run_dir.exists():
+        return f"{what} before the first epoch ended; nothing was saved"
+    return (
+        f"{what}; finished epochs are saved. Continue with: mwnet train --resume {trainer.run_dir}"
+    )
 
 
 def add_compare(sub: argparse._SubParsersAction) -> None:
@@ -172,6 +193,12 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--top", type=non_negative_int, default=36, help="images in the label-issue montage"
     )
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="then train the first method again without the labels the report flags "
+        "(data.exclude), and add it to the table",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run_compare)
 
@@ -189,7 +216,7 @@ def run_compare(args: argparse.Namespace) -> int:
         "time...",
         file=sys.stderr,
     )
-    compare(configs, out, args.jobs, montage=args.top)
+    compare(configs, out, args.jobs, montage=args.top, retrain=args.retrain)
     return 0
 
 
@@ -231,7 +258,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if not config.is_file():
         raise FileNotFoundError(f"{args.run_dir} is not a run directory (no {loop.CONFIG} in it)")
     trainer = loop.Trainer(build_experiment(load_config_file(config)), args.run_dir, quiet=True)
-    trainer.load_state_dict(load_checkpoint(args.checkpoint or args.run_dir / loop.CHECKPOINT))
+    checkpoint = args.checkpoint or args.run_dir / loop.CHECKPOINT
+    loop.restore(trainer, load_checkpoint(checkpoint), checkpoint, evaluating=True)
     model = None
     if args.teacher:
         if trainer.exp.teacher is None:

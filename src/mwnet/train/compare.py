@@ -14,7 +14,7 @@ import multiprocessing
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,20 +120,44 @@ def report_run(results: list[Compared]) -> Compared:
     return max(weighting, key=lambda r: float(r.summary["last_test_acc"]))
 
 
+def without_flagged(cfg: Any, issues_csv: Path) -> Any:
+    """``cfg`` (the comparison's first method) trained again without the samples the
+    label-issue report flagged: ``data.exclude`` set, a run directory of its own."""
+    from omegaconf import OmegaConf
+
+    from mwnet.train.config import validate
+
+    name = f"{cfg.method.name}-without-flagged"
+    cleaned = OmegaConf.merge(cfg, {"data": {"exclude": str(issues_csv)}, "name": name})
+    validate(cleaned)
+    return cleaned
+
+
 def compare(
-    configs: list[Any], out: Path, jobs: int, montage: int = 36, stream: Any = None
+    configs: list[Any],
+    out: Path,
+    jobs: int,
+    montage: int = 36,
+    retrain: bool = False,
+    stream: Any = None,
 ) -> dict[str, Any]:
     """Run the comparison, write ``comparison.json`` and the label issues, print it all
-    (to ``stream``, default standard output)."""
+    (to ``stream``, default standard output). With ``retrain`` the first method is trained
+    once more without the flagged samples (the loop a user would close next)."""
     stream = sys.stdout if stream is None else stream
+    from mwnet.data.label_edits import ISSUES_FILE
     from mwnet.label_issues.command import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results = run_comparison(configs, jobs)
-    elapsed = time.perf_counter() - start
     chosen = report_run(results)
     issues, written = write_report(chosen.run_dir, chosen.run_dir, montage=montage)
+    if retrain:
+        cleaned = _train_one(without_flagged(configs[0], chosen.run_dir / ISSUES_FILE))
+        label = f"{cleaned.method}, {chosen.method}'s flagged labels removed"
+        results.append(replace(cleaned, method=label))
+    elapsed = time.perf_counter() - start
     record = {
         "elapsed_seconds": elapsed,
         "jobs": jobs,

@@ -8,11 +8,14 @@ the valid keys or values.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -296,11 +299,29 @@ def load_config(
 
 
 def load_config_file(path: Path) -> Any:
-    """A resolved config saved in a run directory."""
+    """A resolved config saved in a run directory.
+
+    Raises:
+        ConfigError: the file cannot be read, is not YAML, or is not a valid config (the
+            file, the line where YAML gave up, or the bad key is named).
+    """
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+        saved = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(
+            f"{path} is not valid YAML{where}: {problem}; fix the file or restore it"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    if not isinstance(saved, DictConfig):
+        raise ConfigError(f"{path} holds a YAML {type(saved).__name__}, not a config mapping")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
     except OmegaConfBaseException as err:
-        raise _explain(err) from None
+        raise ConfigError(f"{path}: {_explain(err)}") from None
     validate(cfg)
     return cfg
 
@@ -329,6 +350,23 @@ def _explain(err: OmegaConfBaseException) -> ConfigError:
     return ConfigError(f"bad value for {key!r}: {msg}")
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+"""What ``device`` may name (whether it exists here is checked when the run starts)."""
+
+
+def _non_finite_floats(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of float values that are NaN or infinite (OmegaConf accepts both)."""
+    bad = []
+    for key in node:
+        value = node[key] if not OmegaConf.is_missing(node, key) else None
+        dotted = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            bad += _non_finite_floats(value, dotted + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad.append(f"{dotted}={value}")
+    return bad
+
+
 def validate(cfg: Any) -> None:
     """Check the values OmegaConf's types cannot: choices, ranges, consistency."""
     for key, choices in CHOICES.items():
@@ -338,14 +376,32 @@ def validate(cfg: Any) -> None:
             raise ConfigError(
                 f"{key}={value!r} is not valid{hint}; choose one of {', '.join(choices)}"
             )
+    non_finite = _non_finite_floats(cfg)
+    if non_finite:
+        raise ConfigError(f"{non_finite[0]} is not a finite number; give a finite value")
+    if not DEVICE_PATTERN.fullmatch(str(cfg.device)):
+        raise ConfigError(
+            f"device={cfg.device!r} is not a device mwnet can train on; use auto, cpu, cuda, "
+            "cuda:N (a GPU index) or mps"
+        )
     d, o, m = cfg.data, cfg.optim, cfg.method
     checks = [
+        (
+            cfg.threads is None or cfg.threads >= 1,
+            f"threads={cfg.threads} must be >= 1 (or null for torch's default)",
+        ),
+        (d.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
+        (d.image_size >= 1 and d.padding >= 0, "data.image_size must be >= 1, data.padding >= 0"),
         (0.0 <= d.noise_rate <= 1.0, "data.noise_rate must lie in [0, 1]"),
         (d.imbalance_factor >= 1.0, "data.imbalance_factor must be >= 1 (1 means balanced)"),
         (d.batch_size >= 1 and d.meta_batch_size >= 1, "batch sizes must be >= 1"),
         (d.subset is None or d.subset >= 1, "data.subset must be >= 1 or null"),
         (d.meta_per_class is None or d.meta_per_class >= 1, "data.meta_per_class must be >= 1"),
         (o.epochs >= 1, "optim.epochs must be >= 1"),
+        (
+            all(m >= 1 for m in o.milestones),
+            f"optim.milestones={list(o.milestones)}: milestones are epochs, each >= 1",
+        ),
         (o.lr > 0, "optim.lr must be > 0"),
         (m.meta_interval >= 1, "method.meta_interval must be >= 1"),
         (m.weight_clusters >= 1, "method.weight_clusters must be >= 1"),

@@ -38,6 +38,7 @@ from mwnet.distributed import DataParallel, ShardedStream
 from mwnet.methods import CrossEntropy, Method, build_method
 from mwnet.run.weight_net_file import load_weight_net
 from mwnet.train.config import LABEL_CORRECTION, META_READERS, ConfigError
+from mwnet.train.preflight import check_model_fits
 from mwnet.train.pseudo_meta_set import PseudoMetaStream
 from mwnet.train.teacher import EmaTeacher
 
@@ -153,10 +154,12 @@ def _meta_split(
             f"{per_class} per class the clean meta set takes (data.meta_per_class); set "
             f"data.meta_per_class to at most {int(counts.min())}, or give a trusted set"
         )
-    if int(counts.sum()) <= per_class * len(classes):
+    emptied = [c for c in range(len(classes)) if int(counts[c]) == per_class]
+    if emptied:
         raise ConfigError(
-            f"data.meta_per_class={per_class} takes all {int(counts.sum())} training images "
-            "for the meta set, leaving none to train on; choose a smaller data.meta_per_class"
+            f"data.meta_per_class={per_class} puts every sample of class {classes[emptied[0]]!r} "
+            "into the meta set, leaving none of it to train on; choose data.meta_per_class "
+            f"below {per_class}"
         )
     return meta_split(labels, len(classes), per_class, seed)
 
@@ -232,11 +235,23 @@ def prepare_data(cfg: Any) -> TrainData:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``device=name`` means here, checked to exist before any work."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or auto")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(
+                f"device={name} but this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name} but MPS is not available here; use device=cpu or auto")
     return device
 
 
@@ -405,6 +420,7 @@ def build_experiment(
         weight_decay=o.weight_decay,
     )
     normalize = _normalization(cfg, data)
+    check_model_fits(model, data, normalize, device, cfg.model.name)
     d = cfg.data
     augment = Augment(d.padding, d.pad_mode, d.flip) if d.augment else None
     seed = int(cfg.seed)
@@ -441,6 +457,9 @@ def build_experiment(
         weight_net=weight_net,
         soft_labels=(
             teacher.soft_labels if teacher and cfg.method.name in LABEL_CORRECTION else None
+        ),
+        soft_label_model=(
+            teacher.module if teacher and cfg.method.name in LABEL_CORRECTION else None
         ),
     )
     return Experiment(

@@ -29,9 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mwnet.core.checks import NonFiniteError
 from mwnet.data import pseudo_meta_precision, select_pseudo_meta
 from mwnet.distributed import DataParallel, FaultHook
 from mwnet.run import (
+    CheckpointError,
     append_jsonl,
     interrupt_deferred,
     load_checkpoint,
@@ -44,9 +46,12 @@ from mwnet.run import (
     write_sample_weights,
     write_weight_function,
 )
+from mwnet.run.atomic import atomic_write
+from mwnet.run.claim import RunClaim, RunDirBusy, RunDirError, claim_fresh, claim_run_dir
 from mwnet.run.records import PATHS_FILE, write_paths
 from mwnet.run.signals import SIGNALS_FILE, EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import WEIGHT_NET_FILE, save_weight_net
+from mwnet.train import resume_check
 from mwnet.train.config import load_config_file, to_yaml
 from mwnet.train.evaluate import accuracy, per_sample, predict
 from mwnet.train.experiment import Experiment, build_experiment
@@ -114,6 +119,8 @@ class Trainer:
         self.main = parallel is None or parallel.is_main
         self.quiet = quiet or not self.main
         self.fault = FaultHook.from_env() if parallel is not None else None
+        self.claim: RunClaim | None = None
+        """The run directory's lock (rank 0 only), taken by :func:`start` / :func:`resume`."""
         self.epoch = 0
         self.wall_time = 0.0
         self.loss_range = [float("inf"), float("-inf")]
@@ -143,7 +150,18 @@ class Trainer:
             "meta_epochs": e.meta_epochs.state_dict(),
             "rng": _rng_state(e.device),
             "signals": self.signals.state_dict(),
+            "config": resume_check.config_snapshot(e.cfg),
+            "data_crc": self.data_crc,
         }
+
+    @property
+    def data_crc(self) -> int:
+        """Fingerprint of the run's data (split, noise and all), computed once."""
+        if getattr(self, "_data_crc", None) is None:
+            d = self.exp.data
+            parts = (d.train_images, d.train_labels, d.true_labels, d.meta_images, d.meta_labels)
+            self._data_crc = resume_check.data_fingerprint(*parts, d.test_images, d.test_labels)
+        return self._data_crc
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         e = self.exp
@@ -169,11 +187,19 @@ class Trainer:
         """Metrics line, checkpoint, summary: written together, Ctrl-C deferred; rank 0 only."""
         if not self.main:
             return
-        with interrupt_deferred():
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
-            save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
-            self.signals.save(self.run_dir / SIGNALS_FILE, self._sample_columns())
-            write_json(self.run_dir / "summary.json", self.summary(record))
+        try:
+            with interrupt_deferred():
+                append_jsonl(self.run_dir / "metrics.jsonl", record)
+                save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+                self.signals.save(self.run_dir / SIGNALS_FILE, self._sample_columns())
+                write_json(self.run_dir / "summary.json", self.summary(record))
+        except OSError as err:  # a full disk, a directory gone read-only or removed
+            kept = f"epoch {self.epoch - 1}'s checkpoint is intact" if self.epoch > 1 else ""
+            raise RunDirError(
+                f"cannot save epoch {self.epoch} in {self.run_dir} ({err.strerror or err}); "
+                f"{kept or 'nothing was saved'}: fix that, then mwnet train --resume "
+                f"{self.run_dir}"
+            ) from err
 
     def _sample_columns(self) -> dict[str, Any]:
         """What the signals file keeps beside the signals: each sample's index in the
@@ -389,6 +415,7 @@ class Trainer:
             "device": str(e.device),
             "ranks": 1 if self.parallel is None else self.parallel.world_size,
             **self._class_clusters(),
+            "finished": False,
         }
 
     def _class_counts(self) -> dict[str, list[int]]:
@@ -408,7 +435,47 @@ class Trainer:
     # -- the run -------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         """Train to the end of the schedule, or only until epoch ``stop_after`` is saved
-        (the run can then be resumed as if it had been interrupted there)."""
+        (the run can then be resumed as if it had been interrupted there).
+
+        Holds the run directory's lock meanwhile (taking it again if an earlier ``fit``
+        let it go). A run that stops before saving its first epoch (an error, Ctrl-C)
+        removes the directory :func:`start` created for it. A finished run's
+        ``summary.json`` is written last, with ``"finished": true``.
+        """
+        claim = self.claim if self.main else None
+        if claim is not None:
+            claim.lock.acquire()
+        try:
+            summary = self._fit(stop_after)
+        except NonFiniteError as err:
+            if claim is not None:
+                claim.abandon((CONFIG, PATHS_FILE))
+            raise NonFiniteError(f"{err} [{self._what_is_saved()}]") from err
+        except BaseException:
+            if claim is not None:
+                claim.abandon((CONFIG, PATHS_FILE))
+            raise
+        if self.epoch == self.exp.total_epochs and self.main:
+            summary = {**summary, "finished": True}
+            write_json(self.run_dir / "summary.json", summary)
+        if claim is not None:
+            claim.release()
+        return summary
+
+    def close(self) -> None:
+        """Let go of the run directory (a no-op if :meth:`fit` already did)."""
+        if self.claim is not None:
+            self.claim.release()
+
+    def _what_is_saved(self) -> str:
+        if not self.epoch:
+            return "in epoch 1: nothing was saved"
+        return (
+            f"in epoch {self.epoch + 1}: epochs 1-{self.epoch} are saved in {self.run_dir}, but "
+            "resuming would repeat the same steps; start a new run (e.g. a lower optim.lr)"
+        )
+
+    def _fit(self, stop_after: int | None) -> dict[str, Any]:
         e = self.exp
         record: dict[str, Any] = {}
         end = e.total_epochs if stop_after is None else min(stop_after, e.total_epochs)
@@ -521,53 +588,66 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def new_run_dir(cfg: Any) -> Path:
-    """``out_dir/name``, or a fresh ``out_dir/<preset>-<method>-seed<seed>[-N]``."""
+def new_run_dir(cfg: Any) -> RunClaim:
+    """Create and lock ``out_dir/name``, or a fresh ``out_dir/<preset>-<method>-seed<seed>[-N]``.
+
+    One ``mkdir`` decides who gets a fresh name, so two runs started at once never share a
+    directory; a named directory that holds a run (or is in use) is refused.
+    """
     out = Path(cfg.out_dir)
     if cfg.name:
-        run_dir = out / cfg.name
-        if (run_dir / CHECKPOINT).exists():
+        claim = claim_run_dir(out / cfg.name, create=True)
+        if (claim.run_dir / CHECKPOINT).exists():
+            claim.release()
             raise FileExistsError(
-                f"{run_dir} already holds a run; resume it with `mwnet train --resume {run_dir}` "
-                "or choose another name=..."
+                f"{claim.run_dir} already holds a run; resume it with `mwnet train --resume "
+                f"{claim.run_dir}` or choose another name=..."
             )
-        return run_dir
-    stem = f"{cfg.preset or 'custom'}-{cfg.method.name}-seed{cfg.seed}"
-    run_dir, n = out / stem, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = out / f"{stem}-{n}"
-    return run_dir
+        return claim
+    return claim_fresh(out, f"{cfg.preset or 'custom'}-{cfg.method.name}-seed{cfg.seed}")
 
 
-def _agreed_run_dir(cfg: Any, parallel: DataParallel | None) -> Path:
-    """Rank 0 picks the run directory (or the error) and every rank gets the same answer."""
+_CLAIM_ERRORS = {c.__name__: c for c in (FileExistsError, RunDirError, RunDirBusy)}
+
+
+def _claimed(claim: Any, parallel: DataParallel | None) -> tuple[RunClaim | None, Path]:
+    """Rank 0 claims the run directory (``claim()``); every rank learns its path, or rank
+    0's error, which every rank then raises."""
     if parallel is None:
-        return new_run_dir(cfg)
-    choice: tuple[str, str | None] = ("", None)
+        mine = claim()
+        return mine, mine.run_dir
+    mine, outcome = None, ("", None, None)
     if parallel.is_main:
         try:
-            choice = (str(new_run_dir(cfg)), None)
-        except FileExistsError as err:
-            choice = ("", str(err))
-    path, error = parallel.broadcast(choice)
-    if error is not None:
-        raise FileExistsError(error)
-    return Path(path)
+            mine = claim()
+            outcome = (str(mine.run_dir), None, None)
+        except tuple(_CLAIM_ERRORS.values()) as err:
+            outcome = ("", type(err).__name__, str(err))
+    path, kind, message = parallel.broadcast(outcome)
+    if kind is not None:
+        raise _CLAIM_ERRORS[kind](message)
+    return mine, Path(path)
 
 
 def start(
     cfg: Any, quiet: bool = False, parallel: DataParallel | None = None
 ) -> tuple[Trainer, Path]:
-    """A new run: creates the run directory and saves the resolved config in it."""
-    run_dir = _agreed_run_dir(cfg, parallel)
-    exp = build_experiment(cfg, parallel=parallel)
-    if parallel is None or parallel.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(to_yaml(cfg))
-        if exp.data.paths is not None:
-            write_paths(run_dir / PATHS_FILE, exp.data.paths)
-    return Trainer(exp, run_dir, quiet, parallel), run_dir
+    """A new run: claims the run directory and saves the resolved config in it before any
+    data is read; an error before the trainer exists gives the directory back."""
+    claim, run_dir = _claimed(lambda: new_run_dir(cfg), parallel)
+    try:
+        if claim is not None:
+            with atomic_write(run_dir / CONFIG) as f:
+                f.write(to_yaml(cfg))
+        trainer = Trainer(build_experiment(cfg, parallel=parallel), run_dir, quiet, parallel)
+        if claim is not None and trainer.exp.data.paths is not None:
+            write_paths(run_dir / PATHS_FILE, trainer.exp.data.paths)
+    except BaseException:
+        if claim is not None:
+            claim.abandon((CONFIG, PATHS_FILE))
+        raise
+    trainer.claim = claim
+    return trainer, run_dir
 
 
 def run_config(run_dir: Path) -> Any:
@@ -578,23 +658,104 @@ def run_config(run_dir: Path) -> Any:
     return load_config_file(run_dir / CONFIG)
 
 
-def resume(run_dir: Path, quiet: bool = False, parallel: DataParallel | None = None) -> Trainer:
+def restore(
+    trainer: Trainer,
+    state: dict[str, Any],
+    path: Path,
+    allow_change: tuple[str, ...] = (),
+    evaluating: bool = False,
+) -> None:
+    """Load a checkpoint's state into ``trainer`` after checking that it is this run's:
+    the same config (see :mod:`mwnet.train.resume_check`; the keys in ``allow_change``
+    may differ, and when ``evaluating`` every key that does not change what was trained)
+    and the same data. Anything else that does not fit (another model, damaged contents)
+    is a :class:`CheckpointError` naming the file."""
+    check_config(state, trainer.exp.cfg, trainer.run_dir, path, allow_change, evaluating)
+    saved_crc = state.get("data_crc")
+    if saved_crc is not None and saved_crc != trainer.data_crc:
+        raise CheckpointError(
+            f"{path}: the run was trained on other data than data.* loads now (the dataset "
+            "files changed, or data.root points at another copy); point data.root at the "
+            "files it was trained on, or start a new run"
+        )
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise CheckpointError(
+            f"{path}: this checkpoint does not fit the run in {trainer.run_dir} ({detail}); "
+            "it is damaged or belongs to another run: use that run's directory, or start anew"
+        ) from err
+
+
+def check_config(
+    state: dict[str, Any],
+    cfg: Any,
+    run_dir: Path,
+    path: Path,
+    allow_change: tuple[str, ...] = (),
+    evaluating: bool = False,
+) -> None:
+    """The checkpoint's config against ``cfg`` (from ``run_dir/config.yaml``)."""
+    try:
+        done = int(state["epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: damaged checkpoint (no epoch count in it)") from None
+    resume_check.check_resume_config(
+        state.get("config"),
+        cfg,
+        str(run_dir / CONFIG),
+        allow=tuple(resume_check.SAFE_CHANGES) if evaluating else allow_change,
+        epochs_done=None if evaluating else done,
+    )
+
+
+def resume(
+    run_dir: Path,
+    quiet: bool = False,
+    parallel: DataParallel | None = None,
+    allow_change: tuple[str, ...] = (),
+) -> Trainer:
     """Rebuild a run from its saved config and continue after its last finished epoch.
 
-    Under data parallelism every rank loads the same checkpoint, on any number of ranks.
+    The run directory is locked first; the checkpoint's config is compared with
+    ``config.yaml`` before any data is read (see :mod:`mwnet.train.resume_check`; the keys
+    in ``allow_change`` may differ). Under data parallelism every rank loads the same
+    checkpoint, on any number of ranks.
     """
     run_dir = Path(run_dir)
+    allow_change = resume_check.check_allowed(allow_change)
     cfg = run_config(run_dir)
-    trainer = Trainer(build_experiment(cfg, parallel=parallel), run_dir, quiet, parallel)
-    if (run_dir / CHECKPOINT).exists():
-        trainer.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
-    done = trainer.epoch
-    if parallel is not None:  # every rank has read the checkpoint before rank 0 writes again
-        parallel.barrier()
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists() and trainer.main:
-        truncate_jsonl(metrics, lambda r: int(r.get("epoch", 0)) <= done)
+    claim, _ = _claimed(lambda: claim_run_dir(run_dir), parallel)
+    try:
+        checkpoint = run_dir / CHECKPOINT
+        state = load_checkpoint(checkpoint) if checkpoint.exists() else None
+        if state is not None:  # before any data is read
+            check_config(state, cfg, run_dir, checkpoint, allow_change)
+        trainer = Trainer(build_experiment(cfg, parallel=parallel), run_dir, quiet, parallel)
+        if state is not None:
+            restore(trainer, state, checkpoint, allow_change)
+        done = trainer.epoch
+        if parallel is not None:  # every rank has read the checkpoint before rank 0 writes again
+            parallel.barrier()
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and trainer.main:
+            truncate_jsonl(metrics, lambda r: int(r.get("epoch", 0)) <= done)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+    trainer.claim = claim
     return trainer
+
+
+def summary_finished(summary: dict[str, Any]) -> bool:
+    """Whether a run's ``summary.json`` says it has finished: its ``finished`` flag, which
+    the loop sets only after the last epoch's files and plots are written (older runs,
+    without the flag: all epochs done)."""
+    if "finished" in summary:
+        return bool(summary["finished"])
+    return summary["epochs_done"] == summary["epochs_total"]
 
 
 def finished(run_dir: Path) -> bool:
@@ -602,8 +763,7 @@ def finished(run_dir: Path) -> bool:
     summary = Path(run_dir) / "summary.json"
     if not summary.is_file():
         return False
-    s = read_json(summary)
-    return s["epochs_done"] == s["epochs_total"] and (Path(run_dir) / "accuracy.png").is_file()
+    return summary_finished(read_json(summary)) and (Path(run_dir) / "accuracy.png").is_file()
 
 
 def train_to_end(
