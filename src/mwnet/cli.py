@@ -109,6 +109,13 @@ def _mode_list(text: str) -> tuple[str, ...]:
     return modes
 
 
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give a comma list of module names")
+    return names
+
+
 def _run_bench_step(args: argparse.Namespace) -> int:
     from mwnet.bench.step import (
         StepBenchConfig,
@@ -125,6 +132,7 @@ def _run_bench_step(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         modes=args.modes,
+        cuts=args.cuts,
         meta_interval=args.meta_interval,
         device=args.device,
         threads=args.threads,
@@ -132,7 +140,7 @@ def _run_bench_step(args: argparse.Namespace) -> int:
         compile=args.compile,
         live_memory=args.live_memory,
     )
-    n_modes = len(mode_specs(config.modes, config.meta_interval, config.compile))
+    n_modes = len(mode_specs(config.modes, config.meta_interval, config.compile, config.cuts))
     rounds = config.warmup + config.repeats
     print(f"timing {config.model}: {n_modes} modes x {rounds} rounds...", file=sys.stderr)
     rows = run_step_bench(config)
@@ -245,9 +253,19 @@ def _add_bench(sub) -> None:
     step.add_argument(
         "--modes",
         type=_mode_list,
-        default=("plain", "reverse", "fast", "fast+lowmem", "head"),
-        help="comma list of plain,reverse,fast,fast+lowmem,head (default all; plain always "
-        "runs: it is the baseline; fast+lowmem is fast with low_memory=True)",
+        default=("plain", "reverse", "fast", "fast+lowmem", "head", "partial"),
+        help="comma list of plain,reverse,fast,fast+lowmem,head,partial (default all; plain "
+        "always runs: it is the baseline; fast+lowmem is fast with low_memory=True; partial "
+        "the partial virtual step with the model's default top)",
+    )
+    step.add_argument(
+        "--cuts",
+        type=_name_list,
+        default=(),
+        metavar="NAMES",
+        help="comma list of module names (e.g. stage2,stage3.4,fc): each adds a row "
+        "partial@NAME whose top begins at that module (it and every module registered "
+        "after it)",
     )
     step.add_argument(
         "--meta-interval",
