@@ -150,11 +150,15 @@ def _run_bench_step(args: argparse.Namespace) -> int:
 
 def _variant_list(text: str) -> tuple[str, ...]:
     from mwnet.bench.epoch import VARIANTS
+    from mwnet.suite.grid import METHOD_NAMES
 
     variants = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in variants if v not in VARIANTS]
+    bad = [v for v in variants if v not in VARIANTS and v not in METHOD_NAMES]
     if bad or not variants:
-        raise argparse.ArgumentTypeError(f"variants must be a comma list of {', '.join(VARIANTS)}")
+        raise argparse.ArgumentTypeError(
+            f"variants must be a comma list of {', '.join(VARIANTS)} (or, with --suite, of "
+            f"the suite's methods: {', '.join(METHOD_NAMES)})"
+        )
     return variants
 
 
@@ -178,10 +182,12 @@ def _run_bench_epoch(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         overrides=tuple(args.overrides),
+        suite_setting=args.suite,
     )
-    n = len(variant_overrides(config.variants, config.meta_interval))
+    n = len(variant_overrides(config.variants, config.meta_interval, config.suite_setting))
+    what = f"the suite's {args.suite} cells" if args.suite else f"{config.subset} images"
     print(
-        f"timing one epoch of {config.subset} images: {n} variants x {config.repeats} round(s)...",
+        f"timing one epoch of {what}: {n} variants x {config.repeats} round(s)...",
         file=sys.stderr,
     )
     rows = run_epoch_bench(config)
@@ -190,6 +196,8 @@ def _run_bench_epoch(args: argparse.Namespace) -> int:
 
 
 def _add_bench_epoch(benches) -> None:
+    from mwnet.suite.grid import SETTING_NAMES
+
     epoch = benches.add_parser(
         "epoch",
         help="wall time of one training epoch on Fashion-MNIST, ce vs MW-Net",
@@ -200,10 +208,20 @@ def _add_bench_epoch(benches) -> None:
     )
     epoch.add_argument("--preset", default="fmnist-flip2-40", help="base preset")
     epoch.add_argument(
+        "--suite",
+        choices=SETTING_NAMES,
+        default=None,
+        metavar="SETTING",
+        help="time the evidence suite's cells of this setting (its MLP, 12,000 images, seed "
+        "0) instead of --preset's; --variants may then name suite methods (mwnet-fast, ...). "
+        f"Settings: {', '.join(SETTING_NAMES)}",
+    )
+    epoch.add_argument(
         "--variants",
         type=_variant_list,
         default=("ce", "fast", "head"),
-        help="comma list of ce,fast,fast+lowmem,head (default ce,fast,head)",
+        help="comma list of ce,fast,fast+lowmem,head,partial,cmwnet,frozen (default "
+        "ce,fast,head), or with --suite also suite method names",
     )
     epoch.add_argument(
         "--meta-interval",
@@ -217,7 +235,13 @@ def _add_bench_epoch(benches) -> None:
         "--subset", type=_positive_int, default=5000, help="training images (default 5000)"
     )
     epoch.add_argument("--model", default=None, help="model name (default: the preset's)")
-    epoch.add_argument("--repeats", type=_positive_int, default=1, help="timed epochs each")
+    epoch.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=1,
+        help="timed epochs each: round r is epoch r of every variant's run, so as many rounds "
+        "as the run has epochs time a whole run ('x ce total')",
+    )
     epoch.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first")
     epoch.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     epoch.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")

@@ -514,6 +514,12 @@ class MetaReweighter:
             check_batch(x, y, "training")
             check_batch(x_meta, y_meta, "meta")
 
+    def freeze(self) -> None:
+        """Stop updating the weighting net: from now on every step uses it as it is, with
+        no meta batch and no meta step, as with ``frozen=True`` (for a net whose curve has
+        settled). ``meta_interval`` may likewise be changed between steps."""
+        self.frozen = True
+
     def is_meta_step(self) -> bool:
         """Whether the next :meth:`step` updates the weighting net (and needs a meta batch)."""
         return not self.frozen and self.steps_done % self.meta_interval == 0
