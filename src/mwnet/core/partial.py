@@ -41,7 +41,7 @@ ReLU after a recorded BatchNorm) change neither the recording nor the training g
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
 from mwnet.core.snapshot import ForwardSnapshot, RngState
+from mwnet.core.tangents import ForwardRecord
 
 
 def _holds_parameters(module: nn.Module) -> bool:
@@ -151,6 +152,10 @@ class Recording:
     calls: dict[int, list[_Call]] = field(default_factory=dict)
     """Recorded calls by frozen block (index into :attr:`TopPart.blocks`), in call order."""
     top_started: bool = False
+    ops: ForwardRecord | None = None
+    """With ``record_ops``: the outputs the JVP's tangent replay reuses, recorded outside
+    the recorded frozen-block calls (which its replay answers without running them)."""
+    _pausing: list[bool] = field(default_factory=list)
 
 
 class _TopReached(Exception):
@@ -224,9 +229,12 @@ class TopPart:
         return not self.blocks
 
     @contextmanager
-    def recording(self, device: torch.device, stop_at_top: bool = False) -> Iterator[Recording]:
+    def recording(
+        self, device: torch.device, stop_at_top: bool = False, record_ops: bool = False
+    ) -> Iterator[Recording]:
         """Record the frozen blocks' upstream calls of the forward run in the block; with
-        ``stop_at_top`` the forward ends (silently) where the first top module is called."""
+        ``stop_at_top`` the forward ends (silently) where the first top module is called;
+        with ``record_ops`` the top's ops are recorded too (:class:`ForwardRecord`)."""
         record = Recording(RngState.capture(device))
         handles = []
         if self.blocks:
@@ -234,9 +242,13 @@ class TopPart:
             for owner in self._owners:
                 handles.append(owner.register_forward_pre_hook(begins))
             for index, (_, module) in enumerate(self.blocks):
+                handles.append(module.register_forward_pre_hook(self._enter(record)))
                 handles.append(module.register_forward_hook(self._record(record, index, device)))
+        ops = ForwardRecord() if record_ops else nullcontext()
         try:
-            yield record
+            with ops:
+                record.ops = ops if record_ops else None
+                yield record
         except _TopReached:
             pass
         finally:
@@ -253,8 +265,20 @@ class TopPart:
         return pre_hook
 
     @staticmethod
+    def _enter(record: Recording):
+        def pre_hook(module: nn.Module, args: Any) -> None:
+            pause = record.ops is not None and not record.top_started
+            record._pausing.append(pause)
+            if pause:
+                record.ops.paused += 1
+
+        return pre_hook
+
+    @staticmethod
     def _record(record: Recording, index: int, device: torch.device):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if record._pausing and record._pausing.pop() and record.ops is not None:
+                record.ops.paused -= 1
             if not record.top_started:
                 call = _Call(_copy(output), RngState.capture(device))
                 record.calls.setdefault(index, []).append(call)

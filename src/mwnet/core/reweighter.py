@@ -34,6 +34,7 @@ from mwnet.core.parameters import virtual_parameters
 from mwnet.core.partial import Recording, TopPart
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
+from mwnet.core.tangents import ForwardRecord, TangentReplay
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
 from mwnet.core.weight_net import WeightNet, takes_labels
 
@@ -269,11 +270,12 @@ class MetaReweighter:
         self._head = (
             LinearHead(model, self._names, self._params, head) if hypergrad == HEAD_MODE else None
         )
-        self._top = (
-            TopPart(model, self._names, self._params, partial)
-            if hypergrad == PARTIAL_MODE
-            else None
-        )
+        top = None
+        if hypergrad == PARTIAL_MODE:
+            top = TopPart(model, self._names, self._params, partial)
+        # a top that holds every parameter is fast's problem, and takes fast's passes
+        self._top = None if top is None or top.is_everything else top
+        self._jvp_mode = hypergrad in ("fast", PARTIAL_MODE) and self._top is None
 
     def _groups(self) -> list[dict]:
         """Each virtual parameter's current param group (with the lr a schedule set)."""
@@ -340,16 +342,20 @@ class MetaReweighter:
 
     def _watching(
         self, meta_update: bool, device: torch.device
-    ) -> AbstractContextManager[HeadCall | Recording | None]:
-        """Around the training forward: records the head's input, or the bottom's
-        activations, when the head or partial mode will need them (a meta update), and
-        installs nothing otherwise."""
+    ) -> AbstractContextManager[HeadCall | Recording | ForwardRecord | None]:
+        """Around the training forward: records the head's input, the bottom's activations,
+        or (``fast``) the outputs its JVP reuses (:mod:`mwnet.core.tangents`), when the
+        mode will need them (a meta update), and installs nothing otherwise. Not with
+        ``low_memory``, whose point is to keep no activation of that forward, nor with
+        ``compile``, whose JVP is one compiled function."""
         if not meta_update:
             return nullcontext()
         if self._head is not None:
             return self._head.watching()
         if self._top is not None:
-            return self._top.recording(device)
+            return self._top.recording(device, record_ops=True)
+        if self._jvp_mode and not self.low_memory and not self.compile:
+            return ForwardRecord()
         return nullcontext()
 
     def _problem(
@@ -381,7 +387,14 @@ class MetaReweighter:
 
         def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             with snapshot.replaying_rng():
-                out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
+                if isinstance(call, ForwardRecord):
+                    with TangentReplay(call) as replay:
+                        out = functional_call(
+                            self.model, {**theta, **snapshot.buffer_copies()}, (x,)
+                        )
+                    replay.check_complete()
+                else:
+                    out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
             return self._weighted_part(out, y)
 
         jvp = self._losses_jvp
@@ -473,8 +486,11 @@ class MetaReweighter:
             return self._meta_loss(out, y_meta)
 
         def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            assert recording.ops is not None
             with snapshot.replaying_rng(), top.replaying(recording):
-                out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
+                with TangentReplay(recording.ops) as replay:
+                    out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
+                replay.check_complete()
             return self._weighted_part(out, y)
 
         return MetaProblem(
