@@ -97,7 +97,7 @@ def test_replay_equals_forward_mode_ad(frozen):
 
 def test_replay_reuses_the_recorded_outputs():
     """The primal of each handled call is the recorded tensor itself, not a recomputation."""
-    model, x, y, tangents, record = _setup()
+    model, x, _, tangents, record = _setup()
     seen = []
 
     class Spy(TangentReplay):
