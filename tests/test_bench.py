@@ -269,3 +269,18 @@ def test_bench_epoch_times_cmwnet_and_a_frozen_net(
     assert list(rows) == ["ce", "cmwnet", "frozen"]
     assert (rows["cmwnet"]["method"], rows["cmwnet"]["hypergrad"]) == ("cmwnet", "fast")
     assert (rows["frozen"]["method"], rows["frozen"]["hypergrad"]) == ("mwnet", None)
+
+
+def test_suite_variants_are_the_suite_cells() -> None:
+    """``--suite SETTING``: suite method names time the suite's own cells (seed 0), and the
+    bench's variants run on the same base (model, data size, setting)."""
+    from mwnet.suite.grid import FULL, cells
+
+    chosen = variant_overrides(["ce", "head", "mwnet-fast-k5"], 5, "pair-40")
+    (k5,) = [c for c in cells(FULL, ("pair-40",), ("mwnet-fast-k5",)) if c.seed == 0]
+    assert chosen["mwnet-fast-k5"] == list(k5.overrides)
+    assert chosen["head"][-2:] == ["method.name=mwnet", "method.hypergrad=head"]
+    assert "data.noise=pair" in chosen["head"] and "model.name=mlp" in chosen["ce"]
+    assert list(chosen) == ["ce", "head", "head+interval(5)", "mwnet-fast-k5"]
+    with pytest.raises(ValueError, match="suite method names need a suite setting"):
+        variant_overrides(["mwnet-fast-k5"], 1)
