@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,9 +153,17 @@ def test_a_directory_with_another_config_is_refused(fake_fmnist: Path, tmp_path:
     cfg = load_config(None, [*cell.overrides, "optim.lr=0.5", f"out_dir={run_dir.parent}"])
     cfg.name = cell.run_name
     loop.start(cfg, quiet=True)
-    with pytest.raises(FileExistsError, match="different configuration"):
+    with pytest.raises(FileExistsError, match=r"different configuration \(optim.lr: 0.5 there"):
         run_cell(cell, out)
     assert os.path.isdir(run_dir)
+
+
+def test_a_moved_suite_directory_is_still_finished(fake_fmnist: Path, tmp_path: Path) -> None:
+    """Runs copied to another output directory are the same runs: not refused, not rerun."""
+    cell = cells(QUICK, settings=("clean",), methods=("ce",))[0]
+    assert run_cell(cell, tmp_path / "before").status == "trained"
+    shutil.copytree(tmp_path / "before", tmp_path / "after")
+    assert run_cell(cell, tmp_path / "after").status == "done"
 
 
 def test_quick_suite_reports_the_no_clean_data_group(fake_fmnist: Path, tmp_path: Path) -> None:

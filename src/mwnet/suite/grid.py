@@ -199,28 +199,10 @@ METHODS: tuple[MethodSpec, ...] = (
     # measurement): fewer updates with a larger step, a larger meta batch on the update
     # steps, every step early and sparser later, and a net frozen once it has learned.
     _mwnet_fast("k10-wlr0.01", "k=10, weight lr x10", ("meta_interval=10",), 1.5, weight_lr=0.01),
-    _mwnet_fast(
-        "k5-wlr0.005-freeze8",
-        "k=5, weight lr x5, frozen after epoch 8",
-        ("meta_interval=5", "weight_net_freeze_epoch=8"),
-        1.3,
-        weight_lr=0.005,
-    ),
-    _mwnet_fast(
-        "k10-wlr0.01-freeze8",
-        "k=10, weight lr x10, frozen after epoch 8",
-        ("meta_interval=10", "weight_net_freeze_epoch=8"),
-        1.2,
-        weight_lr=0.01,
-    ),
-    _mwnet_fast(
-        "k10-mb500-wlr0.01-freeze8",
-        "k=10, meta batch 500, weight lr x10, frozen after epoch 8",
-        ("meta_interval=10", "weight_net_freeze_epoch=8"),
-        1.3,
-        data=("data.meta_batch_size=500",),
-        weight_lr=0.01,
-    ),
+    _mwnet_fast("k5-wlr0.003", "k=5, weight lr x3", ("meta_interval=5",), 1.4, weight_lr=0.003),
+    _mwnet_fast("k10-wlr0.003", "k=10, weight lr x3", ("meta_interval=10",), 1.3, weight_lr=0.003),
+    _mwnet("head", "k3", "k=3", ("meta_interval=3",), 1.3),
+    _mwnet("head", "k5-wlr0.003", "k=5, weight lr x3", ("meta_interval=5",), 1.2, weight_lr=0.003),
     _mwnet_fast("freeze3", "frozen after epoch 3", ("weight_net_freeze_epoch=3",), 1.3),
     _mwnet_fast("k1to20", "k=1 for 2 epochs, then k=20", ("meta_interval_schedule=20@2",), 1.4),
     _mwnet_fast("freeze2", "frozen after epoch 2", ("weight_net_freeze_epoch=2",), 1.3),

@@ -784,10 +784,17 @@ def train_to_end(
         raise ValueError("train_to_end needs a config with a name (its run directory)")
     run_dir = Path(cfg.out_dir) / cfg.name
     if (run_dir / CONFIG).is_file():
-        if to_yaml(load_config_file(run_dir / CONFIG)) != to_yaml(cfg):
+        # where the directory lives is not part of the run: a moved run is the same run
+        changed = resume_check.config_changes(
+            resume_check.config_snapshot(load_config_file(run_dir / CONFIG)),
+            resume_check.config_snapshot(cfg),
+        )
+        if changed:
+            key, (old, new) = next(iter(changed.items()))
             raise FileExistsError(
-                f"{run_dir} holds a run with a different configuration; delete it or choose "
-                "another output directory"
+                f"{run_dir} holds a run with a different configuration ({key}: {old!r} there, "
+                f"{new!r} here{f', and {len(changed) - 1} more' if len(changed) > 1 else ''}); "
+                "delete it or choose another output directory"
             )
         if finished(run_dir):
             return read_json(run_dir / "summary.json"), run_dir, "done"
