@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,7 +111,7 @@ def step_guard(
     buffers = {name: (b, b.clone()) for name, b in model.named_buffers()}
     states = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
     saved_optimizers = [
-        (opt, copy.deepcopy(opt.state_dict())) for opt in optimizers if opt is not None
+        (opt, _copy_state_dict(opt.state_dict())) for opt in optimizers if opt is not None
     ]
     try:
         yield
@@ -122,6 +123,18 @@ def step_guard(
         for opt, state in saved_optimizers:
             opt.load_state_dict(state)
         raise
+
+
+def _copy_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer ``state_dict()`` with its tensors cloned: what ``copy.deepcopy`` gives,
+    without deepcopy's per-tensor Python work (a tenth of a small model's step)."""
+    return {
+        "state": {
+            key: {n: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for n, v in s.items()}
+            for key, s in state["state"].items()
+        },
+        "param_groups": copy.deepcopy(state["param_groups"]),
+    }
 
 
 def _restore_buffers(model: nn.Module, saved: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
