@@ -95,10 +95,13 @@ def test_train_eval_plot_and_corrupt_checkpoint(fmnist_root, tmp_path, capsys):
         "--preset",
         "fmnist-flip2-40",
         "--quiet",
+        "--recipe",
+        "cheap",
         *tiny_overrides(fmnist_root, tmp_path, "cli"),
         "optim.epochs=1",
     ]
     assert main(args) == 0
+    assert "hypergrad: head" in (tmp_path / "cli" / "config.yaml").read_text()
     out, err = capsys.readouterr()
     assert json.loads(out)["epochs_done"] == 1
     assert "summary: " in err and "plots:" in err and "  noise_rate: 0.4" not in err
@@ -152,3 +155,16 @@ def test_training_killed_mid_epoch_resumes_and_finishes(fmnist_root, tmp_path):
     assert f"after epoch {done}" in finished.stderr
     assert [r["epoch"] for r in read_jsonl(metrics)] == [1, 2, 3]
     assert json.loads(finished.stdout)["epochs_done"] == 3
+
+
+def test_a_recipe_is_overrides_that_the_command_line_overrides():
+    from mwnet.train.config import load_config
+    from mwnet.train.recipes import recipe_overrides
+
+    cheap = load_config("fmnist-flip2-40", recipe_overrides("cheap", []))
+    assert cheap.method.hypergrad == "head"
+    mine = load_config("fmnist-flip2-40", recipe_overrides("cheap", ["method.hypergrad=fast"]))
+    assert mine.method.hypergrad == "fast"
+    assert load_config("fmnist-flip2-40", recipe_overrides("exact", [])).method.hypergrad == "fast"
+    with pytest.raises(ValueError, match="unknown recipe 'fastest'; choose from exact, cheap"):
+        recipe_overrides("fastest", [])

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mwnet.train.recipes import RECIPES
+
 if TYPE_CHECKING:
     from mwnet.distributed import DataParallel
 
@@ -51,6 +53,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the resolved config before training (it is saved in RUN_DIR/config.yaml)",
     )
+    p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default="exact",
+        help="exact: the paper's step (default); cheap: the head hypergradient, about 1.4x "
+        "a plain step, chosen by the suite (docs/PERFORMANCE.md); overrides win over it",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run_train)
 
@@ -59,11 +68,13 @@ def run_train(args: argparse.Namespace) -> int:
     from mwnet import distributed
     from mwnet.train import loop
     from mwnet.train.config import load_config
+    from mwnet.train.recipes import recipe_overrides
 
     if args.resume is not None:
-        if args.preset or args.overrides or args.config:
+        if args.preset or args.overrides or args.config or args.recipe != "exact":
             raise ValueError(
-                "--resume takes no --preset, --config or overrides: the run keeps its config. "
+                "--resume takes no --preset, --config, --recipe or overrides: the run keeps its "
+                "config. "
                 f"To change a key that may change (e.g. optim.epochs), edit "
                 f"{args.resume / loop.CONFIG} and add --allow-change KEY"
             )
@@ -75,7 +86,9 @@ def run_train(args: argparse.Namespace) -> int:
             raise ValueError(
                 "give --preset NAME (see `mwnet presets`), --config FILE and/or key=value overrides"
             )
-        cfg = load_config(args.preset, args.overrides, base=args.config)
+        cfg = load_config(
+            args.preset, recipe_overrides(args.recipe, args.overrides), base=args.config
+        )
     if not distributed.launched_with_several_ranks():
         return _train(args, cfg, None)
     d = cfg.distributed
@@ -199,17 +212,29 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         help="then train the first method again without the labels the report flags "
         "(data.exclude), and add it to the table",
     )
+    p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default="exact",
+        help="exact: the paper's step (default); cheap: the head hypergradient, about 1.4x "
+        "a plain step, chosen by the suite (docs/PERFORMANCE.md); overrides win over it",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run_compare)
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from mwnet.train.compare import compare, method_configs
+    from mwnet.train.recipes import recipe_overrides
 
     if not args.preset and not args.config and not args.overrides:
         raise ValueError("give --preset NAME (see `mwnet presets`), --config FILE or overrides")
     out, configs = method_configs(
-        args.preset, args.overrides, list(args.methods), base=args.config, name=args.name
+        args.preset,
+        recipe_overrides(args.recipe, args.overrides),
+        list(args.methods),
+        base=args.config,
+        name=args.name,
     )
     print(
         f"training {', '.join(args.methods)} on the same data under {out}, {args.jobs} at a "
