@@ -14,7 +14,7 @@ import pytest
 
 from mwnet.bench import mode_specs
 from mwnet.bench.epoch import variant_overrides
-from mwnet.bench.step import bench_model
+from mwnet.bench.step import bench_model, mode_spec
 from mwnet.cli import main
 
 TINY = ["bench", "step", "--model", "cnn_small", "--batch", "8", "--meta-batch", "8"]
@@ -34,7 +34,14 @@ KEYS = {
 def test_bench_step_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*TINY, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["mode"] for r in rows] == ["plain", "reverse", "fast", "fast+lowmem", "head"]
+    assert [r["mode"] for r in rows] == [
+        "plain",
+        "reverse",
+        "fast",
+        "fast+lowmem",
+        "head",
+        "partial",
+    ]
     for row in rows:
         assert row.keys() >= KEYS
         assert row["model"] == "cnn_small" and row["batch"] == 8
@@ -83,6 +90,33 @@ def test_mode_specs() -> None:
     lowmem = specs[1]
     assert (lowmem.hypergrad, lowmem.low_memory, lowmem.meta_interval) == ("fast", True, 1)
     assert (specs[4].hypergrad, specs[4].low_memory, specs[4].meta_interval) == ("head", False, 5)
+
+
+def test_partial_rows_at_several_cuts(capsys: pytest.CaptureFixture[str]) -> None:
+    """``partial`` (the model's default top) and one ``partial@NAME`` row per cut, each
+    with the top that begins at that module."""
+    args = [*TINY, "--no-memory", "--json", "--modes", "partial", "--cuts", "features.1,head"]
+    assert main([*args, "--meta-interval", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in rows] == [
+        "plain",
+        "partial",
+        "partial@features.1",
+        "partial@head",
+        "partial+interval(2)",
+        "partial@features.1+interval(2)",
+        "partial@head+interval(2)",
+    ]
+    assert all(r["hypergrad"] == "partial" for r in rows[1:])
+    specs = mode_specs(["partial"], cuts=["features.1"])
+    assert (specs[1].cut, specs[2].cut) == (None, "features.1")
+    with pytest.raises(ValueError, match="partial@MODULE"):
+        mode_spec("fast@features.1")
+
+
+def test_a_cut_that_is_not_a_module_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY, "--no-memory", "--modes", "partial", "--cuts", "layer9"]) == 2
+    assert "mwnet: error: 'layer9' is not a module of the model" in capsys.readouterr().err
 
 
 def test_mode_specs_with_compile() -> None:
@@ -235,3 +269,18 @@ def test_bench_epoch_times_cmwnet_and_a_frozen_net(
     assert list(rows) == ["ce", "cmwnet", "frozen"]
     assert (rows["cmwnet"]["method"], rows["cmwnet"]["hypergrad"]) == ("cmwnet", "fast")
     assert (rows["frozen"]["method"], rows["frozen"]["hypergrad"]) == ("mwnet", None)
+
+
+def test_suite_variants_are_the_suite_cells() -> None:
+    """``--suite SETTING``: suite method names time the suite's own cells (seed 0), and the
+    bench's variants run on the same base (model, data size, setting)."""
+    from mwnet.suite.grid import FULL, cells
+
+    chosen = variant_overrides(["ce", "head", "mwnet-fast-k5"], 5, "pair-40")
+    (k5,) = [c for c in cells(FULL, ("pair-40",), ("mwnet-fast-k5",)) if c.seed == 0]
+    assert chosen["mwnet-fast-k5"] == list(k5.overrides)
+    assert chosen["head"][-2:] == ["method.name=mwnet", "method.hypergrad=head"]
+    assert "data.noise=pair" in chosen["head"] and "model.name=mlp" in chosen["ce"]
+    assert list(chosen) == ["ce", "head", "head+interval(5)", "mwnet-fast-k5"]
+    with pytest.raises(ValueError, match="suite method names need a suite setting"):
+        variant_overrides(["mwnet-fast-k5"], 1)

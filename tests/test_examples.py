@@ -51,3 +51,39 @@ def test_custom_loop_trains_records_and_finds_the_wrong_labels(capsys):
     assert wrong < 0.6 * clean, lines[8]
     estimated, true, precision = _numbers(lines[9])
     assert abs(estimated - true) < 0.05 and precision > 0.85, lines[9]
+
+
+def test_make_image_folder_writes_the_layout_the_folder_source_reads(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "fake_data", Path(__file__).parent / "train" / "fake_data.py"
+    )
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    raw = fake.write_idx(tmp_path / "fmnist", per_class=12, test_per_class=3)
+    out = tmp_path / "images"
+    argv = ["make_image_folder.py", str(out), "--train", "8", "--meta", "2", "--test", "3"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--noise", "0.5", "--data-root", str(raw)])
+    runpy.run_path(str(EXAMPLES / "make_image_folder.py"), run_name="__main__")
+    wrong = int(re.search(r"\((\d+) under a wrong class\)", capsys.readouterr().out).group(1))
+    from mwnet.data import load_dataset, load_image_folder
+
+    train = load_image_folder(out / "train", 28, cache=False)
+    meta = load_image_folder(out / "meta", 28, cache=False, classes=train.classes)
+    assert len(train) == 80 and len(meta) == 20 and len(train.classes) == 10
+    assert "T-shirt_top" in train.classes  # a class name usable as a folder name
+    # the images are Fashion-MNIST's, filed under their own class except the wrong ones
+    source = load_dataset("fashion-mnist", "train", root=str(raw), download=False)
+    pairs = zip(source.images, source.labels, strict=True)
+    label_of = {bytes(img[0].numpy()): int(y) for img, y in pairs}
+    names = [c.replace("/", "_") for c in source.classes]  # folders sort by name
+
+    def true_class(img) -> str:
+        return names[label_of[bytes(img[0].numpy())]]
+
+    filed = [train.classes[int(y)] for y in train.labels]
+    misfiled = sum(true_class(img) != c for img, c in zip(train.images, filed, strict=True))
+    assert misfiled == wrong and 0 < wrong < 80
+    assert [true_class(img) for img in meta.images] == [meta.classes[int(y)] for y in meta.labels]

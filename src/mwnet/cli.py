@@ -191,6 +191,13 @@ def _mode_list(text: str) -> tuple[str, ...]:
     return comma_list(MODES, "mode")(text)
 
 
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give a comma list of module names")
+    return names
+
+
 def _run_bench_step(args: argparse.Namespace) -> int:
     from mwnet.bench.step import (
         StepBenchConfig,
@@ -207,6 +214,7 @@ def _run_bench_step(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         modes=args.modes,
+        cuts=args.cuts,
         meta_interval=args.meta_interval,
         device=args.device,
         threads=args.threads,
@@ -214,7 +222,7 @@ def _run_bench_step(args: argparse.Namespace) -> int:
         compile=args.compile,
         live_memory=args.live_memory,
     )
-    n_modes = len(mode_specs(config.modes, config.meta_interval, config.compile))
+    n_modes = len(mode_specs(config.modes, config.meta_interval, config.compile, config.cuts))
     rounds = config.warmup + config.repeats
     print(f"timing {config.model}: {n_modes} modes x {rounds} rounds...", file=sys.stderr)
     rows = run_step_bench(config)
@@ -224,8 +232,10 @@ def _run_bench_step(args: argparse.Namespace) -> int:
 
 def _variant_list(text: str) -> tuple[str, ...]:
     from mwnet.bench.epoch import VARIANTS
+    from mwnet.suite.grid import METHOD_NAMES
 
-    return comma_list(VARIANTS, "variant")(text)
+    # with --suite, the suite's method names are variants too (its own cells)
+    return comma_list((*VARIANTS, *METHOD_NAMES), "variant")(text)
 
 
 def _run_bench_epoch(args: argparse.Namespace) -> int:
@@ -248,10 +258,12 @@ def _run_bench_epoch(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         overrides=tuple(args.overrides),
+        suite_setting=args.suite,
     )
-    n = len(variant_overrides(config.variants, config.meta_interval))
+    n = len(variant_overrides(config.variants, config.meta_interval, config.suite_setting))
+    what = f"the suite's {args.suite} cells" if args.suite else f"{config.subset} images"
     print(
-        f"timing one epoch of {config.subset} images: {n} variants x {config.repeats} round(s)...",
+        f"timing one epoch of {what}: {n} variants x {config.repeats} round(s)...",
         file=sys.stderr,
     )
     rows = run_epoch_bench(config)
@@ -260,6 +272,8 @@ def _run_bench_epoch(args: argparse.Namespace) -> int:
 
 
 def _add_bench_epoch(benches) -> None:
+    from mwnet.suite.grid import SETTING_NAMES
+
     epoch = benches.add_parser(
         "epoch",
         help="wall time of one training epoch on Fashion-MNIST, ce vs MW-Net",
@@ -270,10 +284,20 @@ def _add_bench_epoch(benches) -> None:
     )
     epoch.add_argument("--preset", default="fmnist-flip2-40", help="base preset")
     epoch.add_argument(
+        "--suite",
+        choices=SETTING_NAMES,
+        default=None,
+        metavar="SETTING",
+        help="time the evidence suite's cells of this setting (its MLP, 12,000 images, seed "
+        "0) instead of --preset's; --variants may then name suite methods (mwnet-fast, ...). "
+        f"Settings: {', '.join(SETTING_NAMES)}",
+    )
+    epoch.add_argument(
         "--variants",
         type=_variant_list,
         default=("ce", "fast", "head"),
-        help="comma list of ce,fast,fast+lowmem,head (default ce,fast,head)",
+        help="comma list of ce,fast,fast+lowmem,head,partial,cmwnet,frozen (default "
+        "ce,fast,head), or with --suite also suite method names",
     )
     epoch.add_argument(
         "--meta-interval",
@@ -287,7 +311,13 @@ def _add_bench_epoch(benches) -> None:
         "--subset", type=positive_int, default=5000, help="training images (default 5000)"
     )
     epoch.add_argument("--model", default=None, help="model name (default: the preset's)")
-    epoch.add_argument("--repeats", type=positive_int, default=1, help="timed epochs each")
+    epoch.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=1,
+        help="timed epochs each: round r is epoch r of every variant's run, so as many rounds "
+        "as the run has epochs time a whole run ('x ce total')",
+    )
     epoch.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first")
     epoch.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     epoch.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
@@ -323,9 +353,19 @@ def _add_bench(sub) -> None:
     step.add_argument(
         "--modes",
         type=_mode_list,
-        default=("plain", "reverse", "fast", "fast+lowmem", "head"),
-        help="comma list of plain,reverse,fast,fast+lowmem,head (default all; plain always "
-        "runs: it is the baseline; fast+lowmem is fast with low_memory=True)",
+        default=("plain", "reverse", "fast", "fast+lowmem", "head", "partial"),
+        help="comma list of plain,reverse,fast,fast+lowmem,head,partial (default all; plain "
+        "always runs: it is the baseline; fast+lowmem is fast with low_memory=True; partial "
+        "the partial virtual step with the model's default top)",
+    )
+    step.add_argument(
+        "--cuts",
+        type=_name_list,
+        default=(),
+        metavar="NAMES",
+        help="comma list of module names (e.g. stage2,stage3.4,fc): each adds a row "
+        "partial@NAME whose top begins at that module (it and every module registered "
+        "after it)",
     )
     step.add_argument(
         "--meta-interval",

@@ -46,6 +46,8 @@ class Case:
     meta_interval: int = 1
     class_aware: bool = False
     frozen: bool = False
+    partial: str | None = None
+    """hypergrad="partial" only: the top (module names)."""
     batch: int = 100
     meta_batch: int = 100
 
@@ -106,6 +108,7 @@ def train(case: Case, reducer: GradientReducer | None) -> dict:
             normalize=case.normalize,  # type: ignore[arg-type]
             virtual_step=case.virtual_step,  # type: ignore[arg-type]
             hypergrad=case.hypergrad,  # type: ignore[arg-type]
+            partial=case.partial,
             meta_interval=case.meta_interval,
             reducer=reducer,
         )

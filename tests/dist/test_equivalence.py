@@ -17,6 +17,14 @@ CASES = [
     Case("mwnet-reverse-sum", hypergrad="reverse"),
     Case("mwnet-fast-sum", hypergrad="fast"),
     Case("mwnet-head-sum", hypergrad="head"),
+    Case("mwnet-partial-sum", hypergrad="partial", partial="head"),
+    Case(
+        "mwnet-partial-top-feeds-a-block",
+        hypergrad="partial",
+        partial="body",
+        virtual_step="optimizer",
+        meta_interval=2,
+    ),
     Case("mwnet-fast-mean", normalize="mean"),
     Case("mwnet-fast-sum-detached", normalize="sum-detached"),
     Case("mwnet-reverse-mean", hypergrad="reverse", normalize="mean"),
@@ -25,6 +33,13 @@ CASES = [
     Case("mwnet-fast-uneven-shards", batch=99),
     Case("cmwnet-fast-sum", class_aware=True),
     Case("cmwnet-head-mean", hypergrad="head", normalize="mean", class_aware=True),
+    Case(
+        "cmwnet-partial-mean",
+        hypergrad="partial",
+        partial="head",
+        normalize="mean",
+        class_aware=True,
+    ),
     Case("cmwnet-frozen", class_aware=True, frozen=True),
     Case("l2rw-fast", method="l2rw"),
     Case("l2rw-reverse", method="l2rw", hypergrad="reverse"),
@@ -87,3 +102,8 @@ def test_communication_by_category(two_ranks: list[dict]) -> None:
     assert fast["weight_net_grad"] == steps * n_weight_net * f64
     assert reverse["weight_net_grad"] == steps * (n_weight_net + 1) * f64  # + the meta loss
     assert set(two_ranks[0]["ce"]["bytes"]) == {"real_grad"}
+    # partial: the virtual step and the meta gradient are the top's (the head's) alone
+    partial = two_ranks[0]["mwnet-partial-sum"]["bytes"]
+    n_head = sum(v.numel() for k, v in two_ranks[0]["ce"]["model"].items() if k.startswith("head"))
+    assert partial["virtual_grad"] == partial["meta_grad"] - steps * f64 == steps * n_head * f64
+    assert partial["real_grad"] == fast["real_grad"]

@@ -7,6 +7,14 @@ loop's own epoch (:class:`Trainer`: batches made on the device, the method's ste
 per-step bookkeeping; no evaluation). All variants live in one process and take turns,
 round by round in a rotating order, so a busy machine slows them alike and the ratios to
 ``ce`` compare like with like. The data is read from disk only, never downloaded.
+
+Round r is epoch r of each variant's training (its model keeps training, and
+:meth:`~mwnet.methods.Method.begin_epoch` sees epoch r), so a variant whose cost changes
+from epoch to epoch (a schedule of meta updates, a weighting net frozen after a few
+epochs) is timed as it trains: with as many rounds as the run has epochs, ``ratio_total``
+(its summed epoch times over CE's) is the cost of the whole run. ``suite_setting`` times
+the evidence suite's cells instead of a preset's: the suite's model, data size and
+setting, and its method names as variants (``mwnet-fast``, ...).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch
 
 from mwnet.bench.step import device_name, load_average
 from mwnet.data import DatasetError
+from mwnet.suite.grid import FULL, METHOD_NAMES, cells
 from mwnet.train.config import load_config
 from mwnet.train.experiment import build_experiment, prepare_data
 from mwnet.train.loop import Trainer
@@ -34,13 +43,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "fast": ("method.name=mwnet", "method.hypergrad=fast"),
     "fast+lowmem": ("method.name=mwnet", "method.hypergrad=fast", "method.low_memory=true"),
     "head": ("method.name=mwnet", "method.hypergrad=head"),
+    "partial": ("method.name=mwnet", "method.hypergrad=partial"),
     "cmwnet": ("method.name=cmwnet", "method.hypergrad=fast"),
     "frozen": ("method.name=mwnet", "method.meta=false"),
 }
 """Each variant's config overrides on top of the preset. ``frozen`` applies a weighting net
 learned elsewhere without any meta step: the net of ``method.weight_net_from`` when the
 overrides name one, else a fresh MW-Net net (its cost does not depend on what it learned)."""
-WEIGHTING = ("mwnet", "cmwnet")
+WEIGHTING = ("mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl")
 INTERVAL_VARIANTS = ("fast", "head")
 """Variants that are also timed with ``method.meta_interval=K`` when K > 1."""
 
@@ -63,6 +73,9 @@ class EpochBenchConfig:
     device: str = "auto"
     overrides: tuple[str, ...] = field(default_factory=tuple)
     """Further ``key=value`` config overrides for every variant (e.g. ``data.root=DIR``)."""
+    suite_setting: str | None = None
+    """Time the suite's cells of this setting (seed 0, full scale) instead of ``preset``'s:
+    variants may then be suite method names too; ``subset`` and ``model`` are the suite's."""
 
 
 @dataclass
@@ -83,6 +96,10 @@ class EpochRow:
     epoch_s_all: list[float]
     ms_per_step: float
     ratio_to_ce: float | None
+    epoch_s_total: float
+    """Summed wall time of all rounds (epochs 0, 1, ... of the variant's training)."""
+    ratio_total: float | None
+    """``epoch_s_total`` over CE's: the cost of that many epochs of the variant's run."""
     device: str
     device_name: str
     torch_version: str
@@ -90,11 +107,16 @@ class EpochRow:
     load_average: list[float] | None
 
 
-def variant_overrides(variants: Sequence[str], meta_interval: int) -> dict[str, list[str]]:
-    """Variant name -> its config overrides, ``ce`` first when asked for (the baseline)."""
-    unknown = [v for v in variants if v not in VARIANTS]
+def variant_overrides(
+    variants: Sequence[str], meta_interval: int, suite_setting: str | None = None
+) -> dict[str, list[str]]:
+    """Variant name -> its config overrides, ``ce`` first when asked for (the baseline);
+    with ``suite_setting``, suite method names (after the bench's own variants) too."""
+    known = (*VARIANTS, *METHOD_NAMES) if suite_setting else tuple(VARIANTS)
+    unknown = [v for v in variants if v not in known]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        extra = "" if suite_setting else "; suite method names need a suite setting (--suite)"
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(known)}{extra}")
     if meta_interval < 1:
         raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
     chosen = {v: list(VARIANTS[v]) for v in VARIANTS if v in variants}
@@ -105,11 +127,24 @@ def variant_overrides(variants: Sequence[str], meta_interval: int) -> dict[str, 
                     *VARIANTS[v],
                     f"method.meta_interval={meta_interval}",
                 ]
+    if suite_setting is not None:
+        base = _suite_overrides(suite_setting, CE)
+        chosen = {name: [*base, *o] for name, o in chosen.items()}
+        for name in (v for v in variants if v not in VARIANTS):
+            chosen[name] = _suite_overrides(suite_setting, name)
     return chosen
 
 
+def _suite_overrides(setting: str, method: str) -> list[str]:
+    """The suite's full-scale cell of ``setting`` x ``method``, seed 0, as overrides."""
+    (cell,) = [c for c in cells(FULL, (setting,), (method,)) if c.seed == 0]
+    return list(cell.overrides)
+
+
 def _base_overrides(config: EpochBenchConfig) -> list[str]:
-    base = [f"data.subset={config.subset}", f"device={config.device}"]
+    base = [f"device={config.device}"]
+    if config.suite_setting is None:
+        base.append(f"data.subset={config.subset}")
     if config.model is not None:
         base.append(f"model.name={config.model}")
     if config.threads is not None:
@@ -140,14 +175,15 @@ def run_epoch_bench(config: EpochBenchConfig) -> list[EpochRow]:
     """
     if config.repeats < 1 or config.warmup_steps < 0 or config.subset < 1:
         raise ValueError("repeats and subset must be >= 1 and warmup_steps >= 0")
-    overrides = variant_overrides(config.variants, config.meta_interval)
+    overrides = variant_overrides(config.variants, config.meta_interval, config.suite_setting)
     base = _base_overrides(config)
+    preset = None if config.suite_setting else config.preset
     threads_before = torch.get_num_threads()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if "frozen" in overrides and not any("weight_net_from=" in o for o in base):
                 overrides["frozen"].append(f"method.weight_net_from={_fresh_weight_net(tmp)}")
-            cfgs = {name: load_config(config.preset, [*base, *o]) for name, o in overrides.items()}
+            cfgs = {name: load_config(preset, [*base, *o]) for name, o in overrides.items()}
             data = _load_data(next(iter(cfgs.values())))
             trainers = {
                 name: Trainer(build_experiment(cfg, data), Path(tmp) / name, quiet=True)
@@ -181,6 +217,7 @@ def _time(config: EpochBenchConfig, trainers: dict[str, Trainer]) -> list[EpochR
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             trainer = trainers[name]
+            trainer.epoch = round_  # what the method's epoch schedule sees
             _sync(trainer.exp.device)
             start = time.perf_counter()
             trainer._train_epoch()  # the loop's epoch, exactly as `mwnet train` runs it
@@ -188,6 +225,7 @@ def _time(config: EpochBenchConfig, trainers: dict[str, Trainer]) -> list[EpochR
             times[name].append(time.perf_counter() - start)
     loads = None if load_before is None else [load_before, load_average()]
     base = statistics.median(times[CE]) if CE in times else None
+    base_total = sum(times[CE]) if CE in times else None
     rows = []
     for name in names:
         exp = trainers[name].exp
@@ -201,7 +239,7 @@ def _time(config: EpochBenchConfig, trainers: dict[str, Trainer]) -> list[EpochR
                 hypergrad=m.hypergrad if m.name in WEIGHTING and m.meta else None,
                 meta_interval=int(m.meta_interval) if m.name in WEIGHTING else 1,
                 low_memory=bool(m.low_memory) if m.name in WEIGHTING else False,
-                preset=config.preset,
+                preset=(f"suite:{config.suite_setting}" if config.suite_setting else config.preset),
                 model=exp.cfg.model.name,
                 train_samples=len(exp.data.train_labels),
                 steps=steps,
@@ -209,6 +247,8 @@ def _time(config: EpochBenchConfig, trainers: dict[str, Trainer]) -> list[EpochR
                 epoch_s_all=times[name],
                 ms_per_step=median / steps * 1e3,
                 ratio_to_ce=None if base is None else median / base,
+                epoch_s_total=sum(times[name]),
+                ratio_total=None if base_total is None else sum(times[name]) / base_total,
                 device=exp.device.type,
                 device_name=device_name(exp.device),
                 torch_version=torch.__version__,
@@ -237,13 +277,15 @@ def format_table(rows: list[EpochRow]) -> str:
     lines = [
         f"mwnet bench epoch: preset {first.preset}, model {first.model}, "
         f"{first.train_samples} training images ({first.steps} steps), "
-        f"median of {len(first.epoch_s_all)} epoch(s) per variant",
+        f"median of {len(first.epoch_s_all)} epoch(s) per variant; 'x ce total': summed "
+        "over the rounds (epochs 1, 2, ... of each variant's run)",
         f"machine: {first.device} ({first.device_name}), torch {first.torch_version}, "
         f"threads {first.threads}{load}",
         "",
-        f"{'variant':<22}{'epoch s':>9}{'ms/step':>9}{'x ce':>7}",
+        f"{'variant':<26}{'epoch s':>9}{'ms/step':>9}{'x ce':>7}{'x ce total':>12}",
     ]
     for r in rows:
         ratio = "-" if r.ratio_to_ce is None else f"{r.ratio_to_ce:.2f}"
-        lines.append(f"{r.variant:<22}{r.epoch_s:>9.2f}{r.ms_per_step:>9.1f}{ratio:>7}")
+        total = "-" if r.ratio_total is None else f"{r.ratio_total:.2f}"
+        lines.append(f"{r.variant:<26}{r.epoch_s:>9.2f}{r.ms_per_step:>9.1f}{ratio:>7}{total:>12}")
     return "\n".join(lines)

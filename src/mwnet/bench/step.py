@@ -8,7 +8,11 @@ mode (weighting-net update every K steps) is timed over K consecutive steps per 
 divided by K: the amortised cost, not the median of mostly cheap steps.
 
 ``fast+lowmem`` is ``fast`` with ``low_memory=True`` (the training graph freed before the
-meta pass, the forward run again for the real update). With ``compile`` the run adds
+meta pass, the forward run again for the real update). ``partial`` is the partial virtual
+step with the model's default top (its last stage and classifier); each ``cuts`` entry
+NAME adds ``partial@NAME``, whose top begins at the module NAME
+(:func:`mwnet.core.partial.modules_from`: NAME and every module registered after it).
+With ``compile`` the run adds
 ``plain+compile`` and ``<mode>+compile`` for the modes ``torch.compile`` supports, timed in
 the same rounds; their ratios are to ``plain+compile``, so they show what the meta step
 costs when both sides are compiled (compare the medians for what compiling gains).
@@ -42,13 +46,16 @@ import torch
 import torch.nn.functional as F
 
 from mwnet.core import MetaReweighter, WeightNet
+from mwnet.core.partial import modules_from
 from mwnet.models import build, input_shape
 
 PLAIN = "plain"
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
 LIVE_MMAP_THRESHOLD = 128 * 1024
 LOW_MEMORY_SUFFIX = "+lowmem"
-HYPERGRAD_MODES = ("reverse", "fast", "fast" + LOW_MEMORY_SUFFIX, "head")
+PARTIAL = "partial"
+CUT_SEPARATOR = "@"
+HYPERGRAD_MODES = ("reverse", "fast", "fast" + LOW_MEMORY_SUFFIX, "head", PARTIAL)
 MODES = (PLAIN, *HYPERGRAD_MODES)
 COMPILE_SUFFIX = "+compile"
 COMPILABLE_MODES = (PLAIN, "fast", "fast" + LOW_MEMORY_SUFFIX)
@@ -64,14 +71,17 @@ class ModeSpec:
     meta_interval: int = 1
     low_memory: bool = False
     compile: bool = False
+    cut: str | None = None
+    """``partial`` only: the module where the top begins; None: the default top."""
 
 
 def mode_spec(mode: str, meta_interval: int = 1, compile: bool = False) -> ModeSpec:
-    """The variant a mode name means: ``plain``, ``<hypergrad>``, ``fast+lowmem``, each with
-    ``+interval(K)`` appended to its name when ``meta_interval`` K > 1 and ``+compile``
-    when compiled."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    """The variant a mode name means: ``plain``, ``<hypergrad>``, ``fast+lowmem``,
+    ``partial@NAME``, each with ``+interval(K)`` appended to its name when ``meta_interval``
+    K > 1 and ``+compile`` when compiled."""
+    base, at, cut = mode.partition(CUT_SEPARATOR)
+    if base not in MODES or (at and (base != PARTIAL or not cut)):
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)} or partial@MODULE")
     if meta_interval < 1:
         raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
     if compile and mode not in COMPILABLE_MODES:
@@ -80,21 +90,28 @@ def mode_spec(mode: str, meta_interval: int = 1, compile: bool = False) -> ModeS
     if mode == PLAIN:
         return ModeSpec(PLAIN + suffix, compile=compile)
     name = mode if meta_interval == 1 else f"{mode}+interval({meta_interval})"
-    hypergrad = mode.removesuffix(LOW_MEMORY_SUFFIX)
-    return ModeSpec(name + suffix, hypergrad, meta_interval, hypergrad != mode, compile)
+    hypergrad = base.removesuffix(LOW_MEMORY_SUFFIX)
+    low_memory = hypergrad != base
+    return ModeSpec(name + suffix, hypergrad, meta_interval, low_memory, compile, cut or None)
 
 
 def mode_specs(
-    modes: Sequence[str], meta_interval: int = 1, compile: bool = False
+    modes: Sequence[str], meta_interval: int = 1, compile: bool = False, cuts: Sequence[str] = ()
 ) -> list[ModeSpec]:
     """The variants to run: always ``plain`` first (the ratios' baseline), then each
-    requested hypergradient mode, then ``<mode>+interval(K)`` for each when K > 1, then
-    with ``compile`` ``plain+compile`` and the compiled variants of the requested modes
-    (and of their interval variants)."""
+    requested hypergradient mode (``partial@NAME`` for each of ``cuts`` after ``partial``'s
+    place), then ``<mode>+interval(K)`` for each when K > 1, then with ``compile``
+    ``plain+compile`` and the compiled variants of the requested modes (and of their
+    interval variants)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
-    wanted = [m for m in HYPERGRAD_MODES if m in modes]
+    wanted = []
+    for m in HYPERGRAD_MODES:
+        if m in modes:
+            wanted.append(m)
+        if m == PARTIAL:
+            wanted += [f"{PARTIAL}{CUT_SEPARATOR}{c}" for c in cuts]
     specs = [mode_spec(PLAIN, meta_interval)] + [mode_spec(m) for m in wanted]
     if meta_interval > 1:
         specs += [mode_spec(m, meta_interval) for m in wanted]
@@ -129,6 +146,8 @@ class StepBenchConfig:
     repeats: int = 20
     warmup: int = 3
     modes: tuple[str, ...] = MODES
+    cuts: tuple[str, ...] = ()
+    """Module names where a ``partial@NAME`` variant's top begins (see the module doc)."""
     meta_interval: int = 1
     device: str = "auto"
     threads: int | None = None
@@ -234,6 +253,7 @@ def make_runner(
         optimizer,
         weight_net,
         hypergrad=spec.hypergrad,  # type: ignore[arg-type]
+        partial=None if spec.cut is None else modules_from(model, spec.cut),
         meta_interval=spec.meta_interval,
         low_memory=spec.low_memory,
         compile=spec.compile,
@@ -329,7 +349,8 @@ def base_mode(spec: ModeSpec) -> str:
     """The mode name of ``spec`` without its interval suffix (what ``--modes`` takes)."""
     if spec.hypergrad is None:
         return PLAIN
-    return spec.hypergrad + (LOW_MEMORY_SUFFIX if spec.low_memory else "")
+    cut = "" if spec.cut is None else f"{CUT_SEPARATOR}{spec.cut}"
+    return spec.hypergrad + (LOW_MEMORY_SUFFIX if spec.low_memory else "") + cut
 
 
 def load_average() -> float | None:
@@ -358,7 +379,7 @@ def run_step_bench(config: StepBenchConfig) -> list[BenchRow]:
 
 def _run(config: StepBenchConfig) -> list[BenchRow]:
     device = resolve_device(config.device)
-    specs = mode_specs(config.modes, config.meta_interval, config.compile)
+    specs = mode_specs(config.modes, config.meta_interval, config.compile, config.cuts)
     model, batches = make_inputs(config, device)
     runners = [make_runner(spec, copy.deepcopy(model), batches) for spec in specs]
     del model

@@ -74,7 +74,7 @@ def measure(config: StepBenchConfig, mode: str, calls: int = 3) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mwnet.bench.step_memory")
     parser.add_argument("--model", default="resnet32")
-    parser.add_argument("--mode", choices=MODES, default=PLAIN)
+    parser.add_argument("--mode", default=PLAIN, help=f"{', '.join(MODES)} or partial@MODULE")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--meta-batch", type=int, default=100)
     parser.add_argument("--meta-interval", type=int, default=1)

@@ -24,6 +24,8 @@ The ``head`` mode (:mod:`mwnet.core.head`) is not a third way to compute this qu
 but the same quantity for a smaller problem: only the final linear layer takes the
 virtual step. Its problem lives in head space, where :func:`reverse_hypergradient` is
 tiny, so it uses that (exact for the restricted problem, any twice-differentiable loss).
+The ``partial`` mode (:mod:`mwnet.core.partial`) restricts the virtual step to a top part
+of the model and runs :func:`fast_hypergradient` on that problem.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ import torch.autograd.forward_ad as fwad
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.virtual_step import AffineStep
 
-HypergradMode = Literal["reverse", "fast", "head"]
+HypergradMode = Literal["reverse", "fast", "head", "partial"]
 LossesJvp = Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor | None]
 HYPERGRAD_MODES: tuple[str, ...] = ("reverse", "fast")
 """The exact modes: ∂L_meta/∂Θ with every trainable parameter in the virtual step."""
 HEAD_MODE = "head"
-REWEIGHTER_MODES: tuple[str, ...] = (*HYPERGRAD_MODES, HEAD_MODE)
-"""What :class:`mwnet.MetaReweighter` accepts: the exact modes plus the head approximation."""
+PARTIAL_MODE = "partial"
+REWEIGHTER_MODES: tuple[str, ...] = (*HYPERGRAD_MODES, HEAD_MODE, PARTIAL_MODE)
+"""What :class:`mwnet.MetaReweighter` accepts: the exact modes plus the restricted ones
+(the head alone, a top part of the model)."""
 
 
 @dataclass
@@ -200,4 +204,5 @@ HYPERGRADIENTS: dict[str, Callable[[MetaProblem], tuple[list[torch.Tensor], torc
     "reverse": reverse_hypergradient,
     "fast": fast_hypergradient,
     HEAD_MODE: reverse_hypergradient,
+    PARTIAL_MODE: fast_hypergradient,
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,14 +30,17 @@ from mwnet.core.head import HeadCall, LinearHead, head_problem
 from mwnet.core.hypergrad import (
     HEAD_MODE,
     HYPERGRADIENTS,
+    PARTIAL_MODE,
     REWEIGHTER_MODES,
     HypergradMode,
     MetaProblem,
 )
 from mwnet.core.objective import WeightedLoss, as_weighted_loss
 from mwnet.core.parameters import virtual_parameters
+from mwnet.core.partial import Recording, TopPart
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
+from mwnet.core.tangents import ForwardRecord, TangentReplay
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
 from mwnet.core.weight_net import WeightNet, takes_labels
 
@@ -131,13 +134,17 @@ class MetaReweighter:
         virtual_step: ``"sgd"`` (paper: plain SGD at the current lr) | ``"optimizer"``
             (one torch.optim.SGD step: momentum, Nesterov, weight decay).
         hypergrad: ``"fast"`` (forward-mode JVP; default) | ``"reverse"`` (second-order
-            backward, the authors' method) | ``"head"``. ``fast`` and ``reverse`` give the
-            same, exact gradient. ``head`` is an approximation at about the cost of a plain
-            step plus one no-grad forward of the meta batch: only the final ``nn.Linear``
-            takes the virtual step, on the features the real forward already computed
+            backward, the authors' method) | ``"head"`` | ``"partial"``. ``fast`` and
+            ``reverse`` give the same, exact gradient. ``head`` is an approximation at
+            about the cost of a plain step plus one no-grad forward of the meta batch: only
+            the final ``nn.Linear`` takes the virtual step, on the features the real
+            forward already computed
             (the body is frozen for the meta step, not for the real update, which trains
             every parameter as usual); its gradient is exact for that restricted problem.
-            See :mod:`mwnet.core.head`.
+            See :mod:`mwnet.core.head`. ``partial``: a top part of the model (``partial=``)
+            takes the virtual step, the rest is frozen for the meta step and its
+            activations are reused: the meta forward, meta backward and JVP run through
+            the top only; exact for that restricted problem (:mod:`mwnet.core.partial`).
         head: ``hypergrad="head"`` only: the module name (as in ``model.named_modules()``)
             of the final ``nn.Linear``, whose output is then taken as what ``loss_fn``
             receives. Default: detected at the first meta update as the last
@@ -145,6 +152,12 @@ class MetaReweighter:
             ValueError asks for this name). The head must be trainable and in
             ``optimizer``. Hooks capture its input only during the reweighter's own
             forwards and are removed after each.
+        partial: ``hypergrad="partial"`` only: the top that takes the virtual step, as
+            module or parameter names (a comma list like ``"stage3,fc"`` or a sequence; a
+            name covers every parameter under it). Default: the last stage of the body and
+            the classifier, read from the module tree (see
+            :func:`mwnet.core.partial.default_top`). The top must be trainable and in
+            ``optimizer``.
         meta_interval: update the weighting net every k-th step only; steps in between
             use the current weighting net and cost about a plain step.
         low_memory: ``hypergrad="fast"`` only. By default the real update reuses the
@@ -187,6 +200,7 @@ class MetaReweighter:
         virtual_step: VirtualStepKind = "sgd",
         hypergrad: HypergradMode = "fast",
         head: str | None = None,
+        partial: str | Sequence[str] | None = None,
         meta_interval: int = 1,
         low_memory: bool = False,
         compile: bool = False,
@@ -203,20 +217,27 @@ class MetaReweighter:
                 f"head={head!r} is used by hypergrad='head' only, but hypergrad={hypergrad!r}; "
                 "drop head= or set hypergrad='head'"
             )
+        if partial is not None and hypergrad != PARTIAL_MODE:
+            raise ValueError(
+                f"partial={partial!r} is used by hypergrad='partial' only, but hypergrad="
+                f"{hypergrad!r}; drop partial= or set hypergrad='partial'"
+            )
         check_virtual_step(virtual_step, optimizer)
         if not isinstance(meta_interval, int) or meta_interval < 1:
             raise ValueError(f"meta_interval must be an integer >= 1, got {meta_interval!r}")
         if low_memory and hypergrad != "fast":
             raise ValueError(
                 f"low_memory=True needs hypergrad='fast', got {hypergrad!r}: 'reverse' "
-                "differentiates through the training graph, so it cannot be freed early, and "
-                "'head' keeps only one graph already; use hypergrad='fast' or low_memory=False"
+                "differentiates through the training graph, so it cannot be freed early, "
+                "'head' keeps only one graph already, and 'partial' keeps the bottom's "
+                "activations; use hypergrad='fast' or low_memory=False"
             )
         if compile and hypergrad != "fast":
             raise ValueError(
                 f"compile=True needs hypergrad='fast', got {hypergrad!r}: compiled graphs "
                 "support neither the double backward of 'reverse' nor the forward hooks "
-                "'head' captures its features with; use hypergrad='fast' or compile=False"
+                "'head' and 'partial' record activations with; use hypergrad='fast' or "
+                "compile=False"
             )
         self.model = model
         self._forward = compiled_module(model) if compile else model
@@ -255,6 +276,12 @@ class MetaReweighter:
         self._head = (
             LinearHead(model, self._names, self._params, head) if hypergrad == HEAD_MODE else None
         )
+        top = None
+        if hypergrad == PARTIAL_MODE:
+            top = TopPart(model, self._names, self._params, partial)
+        # a top that holds every parameter is fast's problem, and takes fast's passes
+        self._top = None if top is None or top.is_everything else top
+        self._jvp_mode = hypergrad in ("fast", PARTIAL_MODE) and self._top is None
 
     def _groups(self) -> list[dict]:
         """Each virtual parameter's current param group (with the lr a schedule set)."""
@@ -319,12 +346,23 @@ class MetaReweighter:
             )
         return meta_loss
 
-    def _watching(self, meta_update: bool) -> AbstractContextManager[HeadCall | None]:
-        """Around the training forward: records the head's input when the head mode will
-        need it (a meta update), and installs nothing otherwise."""
-        if self._head is None or not meta_update:
+    def _watching(
+        self, meta_update: bool, device: torch.device
+    ) -> AbstractContextManager[HeadCall | Recording | ForwardRecord | None]:
+        """Around the training forward: records the head's input, the bottom's activations,
+        or (``fast``) the outputs its JVP reuses (:mod:`mwnet.core.tangents`), when the
+        mode will need them (a meta update), and installs nothing otherwise. Not with
+        ``low_memory``, whose point is to keep no activation of that forward, nor with
+        ``compile``, whose JVP is one compiled function."""
+        if not meta_update:
             return nullcontext()
-        return self._head.watching()
+        if self._head is not None:
+            return self._head.watching()
+        if self._top is not None:
+            return self._top.recording(device, record_ops=True)
+        if self._jvp_mode and not self.low_memory and not self.compile:
+            return ForwardRecord()
+        return nullcontext()
 
     def _problem(
         self,
@@ -335,14 +373,19 @@ class MetaReweighter:
         snapshot: ForwardSnapshot,
         x_meta: torch.Tensor,
         y_meta: torch.Tensor,
-        call: HeadCall | None,
+        call: HeadCall | Recording | None,
         keep_graph: bool = True,
     ) -> MetaProblem:
         weights = self.weights(terms.losses.detach(), _labels(terms, y))
         coefficients = self._coefficients(weights).to(terms.weighted.dtype)
         if self._head is not None:
-            assert call is not None
+            assert isinstance(call, HeadCall)
             return self._head_problem(output, y, coefficients, snapshot, x_meta, y_meta, call)
+        if self._top is not None:
+            assert isinstance(call, Recording)
+            return self._partial_problem(
+                x, y, terms, coefficients, snapshot, x_meta, y_meta, call, keep_graph
+            )
 
         def meta_loss_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             out = self._functional({**theta, **snapshot.buffer_copies()}, x_meta)
@@ -350,7 +393,14 @@ class MetaReweighter:
 
         def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             with snapshot.replaying_rng():
-                out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
+                if isinstance(call, ForwardRecord):
+                    with TangentReplay(call) as replay:
+                        out = functional_call(
+                            self.model, {**theta, **snapshot.buffer_copies()}, (x,)
+                        )
+                    replay.check_complete()
+                else:
+                    out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
             return self._weighted_part(out, y)
 
         jvp = self._losses_jvp
@@ -415,6 +465,56 @@ class MetaReweighter:
             reducer=self.reducer,
         )
 
+    def _partial_problem(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        terms: WeightedLoss,
+        coefficients: torch.Tensor,
+        snapshot: ForwardSnapshot,
+        x_meta: torch.Tensor,
+        y_meta: torch.Tensor,
+        recording: Recording,
+        keep_graph: bool,
+    ) -> MetaProblem:
+        """The meta problem of ``hypergrad="partial"``: the top's parameters only, with the
+        bottom's recorded activations standing in for the bottom in every extra pass."""
+        top = self._top
+        assert top is not None
+        names = top.names
+        params = [self._params[i] for i in top.indices]
+        groups = self._groups()
+
+        def meta_loss_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            meta = top.meta_recording(snapshot, x_meta, x_meta.device)
+            with top.replaying(meta, from_start=True):
+                out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x_meta,))
+            return self._meta_loss(out, y_meta)
+
+        def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            assert recording.ops is not None
+            with snapshot.replaying_rng(), top.replaying(recording):
+                with TangentReplay(recording.ops) as replay:
+                    out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
+                replay.check_complete()
+            return self._weighted_part(out, y)
+
+        return MetaProblem(
+            names=names,
+            params=params,
+            losses=terms.weighted,
+            coefficients=coefficients,
+            unweighted_mean=self._unweighted_mean(terms),
+            step=affine_step(
+                self.virtual_step, params, [groups[i] for i in top.indices], self.optimizer
+            ),
+            meta_loss_at=meta_loss_at,
+            losses_at=losses_at,
+            weight_params=self._weight_params,
+            reducer=self.reducer,
+            keep_graph=keep_graph,
+        )
+
     def meta_gradient(
         self, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor, y_meta: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -425,7 +525,7 @@ class MetaReweighter:
         """
         self._check_batches(x, y, x_meta, y_meta)
         snapshot = ForwardSnapshot.capture(self.model, x.device)
-        with self._watching(True) as call:
+        with self._watching(True, x.device) as call:
             output = functional_call(self.model, snapshot.buffer_copies(), (x,))
         terms = self._per_sample(output, y, "training")
         problem = self._problem(x, y, output, terms, snapshot, x_meta, y_meta, call, False)
@@ -435,6 +535,12 @@ class MetaReweighter:
         if self.checks:
             check_batch(x, y, "training")
             check_batch(x_meta, y_meta, "meta")
+
+    def freeze(self) -> None:
+        """Stop updating the weighting net: from now on every step uses it as it is, with
+        no meta batch and no meta step, as with ``frozen=True`` (for a net whose curve has
+        settled). ``meta_interval`` may likewise be changed between steps."""
+        self.frozen = True
 
     def is_meta_step(self) -> bool:
         """Whether the next :meth:`step` updates the weighting net (and needs a meta batch)."""
@@ -478,7 +584,7 @@ class MetaReweighter:
             snapshot = ForwardSnapshot.capture(self.model, x.device)
         elif self.checks:
             check_batch(x, y, "training")
-        with self._watching(meta_update) as call:
+        with self._watching(meta_update, x.device) as call:
             if recompute:  # on buffer copies: the real forward comes after the meta step
                 output = self._functional(snapshot.buffer_copies(), x)
             else:

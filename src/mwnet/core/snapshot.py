@@ -41,6 +41,10 @@ class ForwardSnapshot:
         """Fresh copies of the recorded buffers, for one pass to update and throw away."""
         return {k: b.clone() for k, b in self.buffers.items()}
 
+    def rng(self) -> RngState:
+        """The recorded RNG state, as an :class:`RngState`."""
+        return RngState(self.cpu_rng, self.cuda_rng)
+
     @contextmanager
     def replaying_rng(self) -> Iterator[None]:
         """Run a block with the recorded RNG state (same dropout masks), restoring it after."""
@@ -50,3 +54,28 @@ class ForwardSnapshot:
             if self.cuda_rng:
                 torch.cuda.set_rng_state(self.cuda_rng[1], self.cuda_rng[0])
             yield
+
+
+@dataclass(frozen=True)
+class RngState:
+    """The generator state of the CPU (and of one CUDA device) at one point of a forward.
+
+    A replay that skips part of a forward sets it where the skipped part left it, so the
+    random ops after it (dropout) draw what they drew the first time.
+    """
+
+    cpu: torch.Tensor
+    cuda: tuple[int, torch.Tensor] | None
+
+    @classmethod
+    def capture(cls, device: torch.device) -> RngState:
+        cuda = None
+        if device.type == "cuda":
+            cuda = (device.index or 0, torch.cuda.get_rng_state(device))
+        return cls(torch.get_rng_state(), cuda)
+
+    def restore(self) -> None:
+        """Set the generators to this state (not scoped: the caller forks if it must)."""
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda[1], self.cuda[0])

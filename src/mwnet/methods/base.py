@@ -43,6 +43,13 @@ class Method(abc.ABC):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         """One optimisation step on a batch (inputs and integer labels, on the model's device)."""
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the loop at the start of epoch ``epoch`` (from 0), before its steps, for
+        methods whose behaviour follows the epoch (a schedule of meta updates). The method's
+        state after it must depend only on the epoch and on :meth:`state_dict`'s contents,
+        so that a resumed run does what an uninterrupted one does."""
+        return None
+
     def source(self, epoch: int) -> str:
         """Which batches epoch ``epoch`` (from 0) trains on: ``"train"`` or ``"meta"``.
 

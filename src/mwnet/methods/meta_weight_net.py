@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from mwnet.core.reducer import GradientReducer
 from mwnet.core.reweighter import Normalization
 from mwnet.core.virtual_step import VirtualStepKind
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
+from mwnet.methods.meta_schedule import CURVE_LOSSES, UpdateSchedule, parse_interval_schedule
 
 WeightOptimizer = Literal["adam", "sgd"]
 WEIGHT_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -82,6 +83,14 @@ class MetaWeightNet(Method):
             meta batch. The authors normalise with ``normalize="mean"``.
         soft_label_model: the module ``soft_labels`` runs (the teacher), whose buffers a
             step that fails puts back, as it does the model's.
+        meta_interval_schedule: ``"K@E,K@E"``, a weighting-net update every K-th step
+            from epoch E on (see :mod:`mwnet.methods.meta_schedule`); before the first E,
+            ``meta_interval``. Applied by :meth:`begin_epoch`.
+        freeze_epoch: freeze the weighting net from this epoch on (it learned for that
+            many epochs): no meta batch, no meta step after it.
+        freeze_tolerance: freeze it from the first epoch at whose start its curve moved by
+            less than this since the start of the previous epoch (largest change of a
+            weight on fixed losses, :data:`~mwnet.methods.meta_schedule.CURVE_LOSSES`).
         mixup: label correction on mixup batches, as the authors train: each step mixes
             the batch with a permutation of itself, λ ~ Beta(1, 1) folded to λ >= 1/2,
             and each mixed input gets a weight for each of its two labels (see
@@ -101,9 +110,13 @@ class MetaWeightNet(Method):
         *,
         hypergrad: HypergradMode = "fast",
         head: str | None = None,
+        partial: str | Sequence[str] | None = None,
         normalize: Normalization = "sum",
         virtual_step: VirtualStepKind = "sgd",
         meta_interval: int = 1,
+        meta_interval_schedule: str | Sequence[tuple[int, int]] | None = None,
+        freeze_epoch: int | None = None,
+        freeze_tolerance: float | None = None,
         low_memory: bool = False,
         compile: bool = False,
         weight_hidden: int = 100,
@@ -134,6 +147,21 @@ class MetaWeightNet(Method):
                 f"cmwnet-sl) and normalize='mean', got normalize={normalize!r} and "
                 f"soft_labels={'set' if soft_labels is not None else 'None'}"
             )
+        schedule = UpdateSchedule(
+            meta_interval,
+            (
+                parse_interval_schedule(meta_interval_schedule)
+                if meta_interval_schedule is None or isinstance(meta_interval_schedule, str)
+                else tuple(meta_interval_schedule)
+            ),
+            freeze_epoch,
+            freeze_tolerance,
+        )
+        if frozen and schedule.active:
+            raise ValueError(
+                "a frozen weighting net is never updated, so a meta_interval_schedule, "
+                "freeze_epoch or freeze_tolerance has nothing to do; drop them or frozen"
+            )
         param = next(model.parameters())
         if weight_net is not None:
             net = weight_net
@@ -163,7 +191,8 @@ class MetaWeightNet(Method):
             virtual_step=virtual_step,
             hypergrad=hypergrad,
             head=head,
-            meta_interval=meta_interval,
+            partial=partial,
+            meta_interval=schedule.interval(0),
             low_memory=low_memory,
             compile=compile,
             frozen=frozen,
@@ -180,6 +209,7 @@ class MetaWeightNet(Method):
         self._meta_mix: _Mix | None = None
         self.normalize = normalize
         self.meta_batches = meta_batches
+        self.updates = schedule
         super().__init__()
 
     @property
@@ -190,6 +220,18 @@ class MetaWeightNet(Method):
     @steps_done.setter
     def steps_done(self, value: int) -> None:
         self.reweighter.steps_done = value
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Apply the update schedule: this epoch's meta interval, and freezing."""
+        updates, rw = self.updates, self.reweighter
+        if not updates.active:
+            return
+        rw.meta_interval = updates.interval(epoch)
+        curve = None
+        if updates.freeze_tolerance is not None and updates.frozen_at is None:
+            curve = self.weighting_function(CURVE_LOSSES)
+        if updates.freezes and updates.freeze_now(epoch, curve):
+            rw.freeze()
 
     def _label_correction(self, logits: torch.Tensor, y: torch.Tensor) -> WeightedLoss:
         assert self._batch_soft_labels is not None
@@ -260,10 +302,17 @@ class MetaWeightNet(Method):
         return self.reweighter.weight_net, self.normalize
 
     def state_dict(self) -> dict[str, Any]:
-        return self.reweighter.state_dict()
+        state = self.reweighter.state_dict()
+        if self.updates.active:
+            state["updates"] = self.updates.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reweighter.load_state_dict(state)
+        if self.updates.active:
+            self.updates.load_state_dict(state.get("updates", {}))
+            if self.updates.frozen_at is not None:
+                self.reweighter.freeze()
 
 
 @dataclass(frozen=True)

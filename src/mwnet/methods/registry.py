@@ -40,9 +40,11 @@ weighting methods' ``fast`` mode (see :mod:`mwnet.core.compiled`)."""
 _MWNET_OPTIONS: tuple[str, ...] = (
     "hypergrad",
     "head",
+    "partial",
     "normalize",
     "virtual_step",
     "meta_interval",
+    "meta_interval_schedule",
     "low_memory",
     "compile",
     "weight_hidden",
@@ -79,8 +81,10 @@ def build_method(
         options: method hyperparameters, each method reading its own and ignoring the rest
             (the config layer validates names): ``focal_gamma``; ``cb_beta``, ``cb_loss``;
             ``epochs`` (required by ``finetune``), ``finetune_epochs``, ``finetune_lr``;
-            ``hypergrad`` (also ``l2rw``); ``head``, ``normalize``, ``virtual_step``,
-            ``meta_interval``, ``low_memory``, ``weight_hidden``, ``weight_depth``,
+            ``hypergrad`` (also ``l2rw``); ``head``, ``partial``, ``normalize``,
+            ``virtual_step``, ``meta_interval``, ``meta_interval_schedule``,
+            ``weight_net_freeze_epoch``, ``weight_net_freeze_tolerance``, ``low_memory``,
+            ``weight_hidden``, ``weight_depth``,
             ``weight_optimizer``, ``weight_lr``, ``weight_momentum``, ``weight_nesterov``,
             ``weight_decay``, ``meta`` (false: ``weight_net`` frozen), ``mixup`` (-sl only)
             (``mwnet``, ``cmwnet``); ``weight_clusters`` (``cmwnet``); ``checks`` (all;
@@ -160,6 +164,8 @@ def build_method(
             class_counts=class_counts if class_aware else None,
             weight_net=weight_net,
             frozen=not options.get("meta", True),
+            freeze_epoch=options.get("weight_net_freeze_epoch"),
+            freeze_tolerance=options.get("weight_net_freeze_tolerance"),
             soft_labels=soft_labels,
             soft_label_model=soft_label_model,
             mixup=bool(options.get("mixup", False)),

@@ -288,6 +288,43 @@ SETTINGS += (
     *_full_train_settings(),
 )
 
+
+def _mwnet(
+    mode: str,
+    suffix: str,
+    what: str,
+    method: tuple[str, ...],
+    cost: float,
+    data: tuple[str, ...] = (),
+    weight_lr: float | None = None,
+) -> MethodSpec:
+    """A non-default MW-Net variant for the noisy settings: the hypergradient ``mode``,
+    ``method.*`` overrides (given without the ``method.`` prefix), other overrides
+    (``data.*``, ``model.*``), and the noise settings' Adam at another learning rate."""
+    vnet = None
+    if weight_lr is not None:
+        vnet = tuple(
+            f"method.weight_lr={weight_lr}" if o.startswith("method.weight_lr=") else o
+            for o in NOISE_WEIGHT_OPTIMIZER
+        )
+    return MethodSpec(
+        f"mwnet-{mode}-{suffix}",
+        f"MW-Net ({mode}, {what})",
+        ("method.name=mwnet", f"method.hypergrad={mode}", *(f"method.{m}" for m in method), *data),
+        cost,
+        default=False,
+        weight_optimizer=vnet,
+    )
+
+
+def _mwnet_fast(suffix: str, what: str, method: tuple[str, ...], cost: float, **kw) -> MethodSpec:
+    return _mwnet("fast", suffix, what, method, cost, **kw)
+
+
+MLP2 = ("model.options.hidden=[256,256]",)
+"""A second hidden layer, so that a partial step has a middle to cut at."""
+
+
 METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("ce", "CE", ("method.name=ce",), 1.0),
     MethodSpec("focal", "focal", ("method.name=focal",), 1.0, knob=FOCAL_GAMMA),
@@ -370,6 +407,74 @@ METHODS: tuple[MethodSpec, ...] = (
         default=False,
         knob=WEIGHT_LR,
     ),
+    # Spending the weighting-net updates well (the cheap recipe is chosen among these by
+    # measurement): fewer updates with a larger step, a larger meta batch on the update
+    # steps, every step early and sparser later, and a net frozen once it has learned.
+    _mwnet_fast("k10-wlr0.01", "k=10, weight lr x10", ("meta_interval=10",), 1.5, weight_lr=0.01),
+    _mwnet_fast(
+        "k5-wlr0.005-freeze8",
+        "k=5, weight lr x5, frozen after epoch 8",
+        ("meta_interval=5", "weight_net_freeze_epoch=8"),
+        1.3,
+        weight_lr=0.005,
+    ),
+    _mwnet_fast(
+        "k10-wlr0.01-freeze8",
+        "k=10, weight lr x10, frozen after epoch 8",
+        ("meta_interval=10", "weight_net_freeze_epoch=8"),
+        1.2,
+        weight_lr=0.01,
+    ),
+    _mwnet_fast(
+        "k10-mb500-wlr0.01-freeze8",
+        "k=10, meta batch 500, weight lr x10, frozen after epoch 8",
+        ("meta_interval=10", "weight_net_freeze_epoch=8"),
+        1.3,
+        data=("data.meta_batch_size=500",),
+        weight_lr=0.01,
+    ),
+    _mwnet_fast("freeze3", "frozen after epoch 3", ("weight_net_freeze_epoch=3",), 1.3),
+    _mwnet_fast("k1to20", "k=1 for 2 epochs, then k=20", ("meta_interval_schedule=20@2",), 1.4),
+    _mwnet_fast("freeze2", "frozen after epoch 2", ("weight_net_freeze_epoch=2",), 1.3),
+    _mwnet_fast(
+        "k2-freeze4",
+        "k=2, frozen after epoch 4",
+        ("meta_interval=2", "weight_net_freeze_epoch=4"),
+        1.3,
+    ),
+    _mwnet_fast(
+        "k5-freeze8",
+        "k=5, frozen after epoch 8",
+        ("meta_interval=5", "weight_net_freeze_epoch=8"),
+        1.3,
+    ),
+    _mwnet_fast(
+        "k10-mb500-freeze12",
+        "k=10, meta batch 500, frozen after epoch 12",
+        ("meta_interval=10", "weight_net_freeze_epoch=12"),
+        1.3,
+        data=("data.meta_batch_size=500",),
+    ),
+    _mwnet_fast(
+        "k5-tol0.1",
+        "k=5, frozen once the curve moves < 0.1 in an epoch",
+        ("meta_interval=5", "weight_net_freeze_tolerance=0.1"),
+        1.4,
+    ),
+    _mwnet("head", "freeze4", "frozen after epoch 4", ("weight_net_freeze_epoch=4",), 1.2),
+    MethodSpec(
+        "mwnet-reverse",
+        "MW-Net (reverse)",
+        ("method.name=mwnet", "method.hypergrad=reverse"),
+        5.0,
+        default=False,
+    ),
+    # A deeper MLP, where the partial step has a middle: fast, head and partial (the last
+    # hidden layer and the classifier take the virtual step) on the same model.
+    _mwnet("fast", "mlp2", "784-256-256-10 MLP", (), 3.5, data=MLP2),
+    _mwnet("head", "mlp2", "784-256-256-10 MLP", (), 1.8, data=MLP2),
+    _mwnet("partial", "mlp2", "784-256-256-10 MLP, top: the last hidden layer", (), 2.5, data=MLP2),
+    MethodSpec("ce-mlp2", "CE (784-256-256-10 MLP)", ("method.name=ce", *MLP2), 1.0, default=False),
     # The CMW-Net authors' long-tail protocol at the suite's scale: plain CE until the first
     # lr decay, then the weighting net by Adam 1e-4 (weight decay 1e-5), weights normalised
     # by a sum held constant in the hypergradient; and MW-Net under the same protocol.

@@ -34,6 +34,8 @@ class Compared:
     status: str
     peak_rss_mb: float
     """Peak resident memory of the process that trained it (this process's, if in it)."""
+    cpu_seconds: float = 0.0
+    """CPU time the training took: on a quiet machine, about its wall time (one thread)."""
 
 
 def method_configs(
@@ -68,9 +70,11 @@ def _train_one(cfg: Any) -> Compared:
     from mwnet.train import loop
 
     cfg.threads = cfg.threads or 1
+    before = resource.getrusage(resource.RUSAGE_SELF)
     summary, run_dir, status = loop.train_to_end(cfg, quiet=True, label=str(cfg.method.name))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return Compared(str(cfg.method.name), run_dir, summary, status, peak)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return Compared(str(cfg.method.name), run_dir, summary, status, after.ru_maxrss / 1024, cpu)
 
 
 def _thread_lock_for_tqdm() -> None:
@@ -172,6 +176,7 @@ def compare(
                 "best_epoch": r.summary.get("best_epoch"),
                 "train_seconds": r.summary["wall_time"],
                 "peak_rss_mb": round(r.peak_rss_mb, 1),
+                "cpu_seconds": round(r.cpu_seconds, 1),
             }
             for r in results
         ],

@@ -19,6 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mwnet.methods.meta_schedule import parse_interval_schedule
 from mwnet.methods.registry import COMPILABLE, METHODS
 from mwnet.methods.registry import LABEL_CORRECTION_METHODS as LABEL_CORRECTION
 from mwnet.methods.registry import WEIGHTING_METHODS as WEIGHTING
@@ -119,9 +120,20 @@ class MethodConfig:
     hypergrad: str = "fast"
     head: str | None = None
     """hypergrad=head only: module name of the final nn.Linear; None: detected"""
+    partial: str | None = None
+    """hypergrad=partial only: the top that takes the virtual step, a comma list of module
+    or parameter names (e.g. stage3,fc); None: the model's last stage and classifier"""
     normalize: str = "sum"
     virtual_step: str = "sgd"
     meta_interval: int = 1
+    meta_interval_schedule: str | None = None
+    """mwnet/cmwnet: "K@E,K@E": a weighting-net update every K-th step from epoch E on (E
+    epochs done); before the first E, meta_interval (e.g. "5@2,20@10")"""
+    weight_net_freeze_epoch: int | None = None
+    """mwnet/cmwnet: freeze the weighting net from this epoch on (no more meta steps)"""
+    weight_net_freeze_tolerance: float | None = None
+    """mwnet/cmwnet: freeze it from the first epoch at whose start its curve moved by less
+    than this since the previous epoch's start (largest weight change on losses 0..10)"""
     low_memory: bool = False
     """hypergrad=fast only: free the training graph before the meta pass and run the forward
     again for the real update (same result, about a plain step's peak memory)"""
@@ -216,7 +228,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.pad_mode": ("reflect", "zero"),
     "optim.schedule": ("multistep", "cosine", "constant"),
     "method.name": METHODS,
-    "method.hypergrad": ("fast", "reverse", "head"),
+    "method.hypergrad": ("fast", "reverse", "head", "partial"),
     "method.normalize": ("sum", "sum-detached", "mean", "none"),
     "method.virtual_step": ("sgd", "optimizer"),
     "method.weight_optimizer": ("adam", "sgd"),
@@ -419,6 +431,25 @@ def validate(cfg: Any) -> None:
         ),
         (o.lr > 0, "optim.lr must be > 0"),
         (m.meta_interval >= 1, "method.meta_interval must be >= 1"),
+        (
+            m.partial is None or (m.name in WEIGHTING and m.hypergrad == "partial"),
+            "method.partial names the top of hypergrad=partial; set method.hypergrad=partial "
+            "(mwnet, cmwnet) or drop method.partial",
+        ),
+        (
+            not _updates_scheduled(m) or (m.name in WEIGHTING and m.meta),
+            "method.meta_interval_schedule and method.weight_net_freeze_* schedule the "
+            "weighting-net updates of mwnet and cmwnet learning their net (method.meta=true)",
+        ),
+        (
+            m.weight_net_freeze_epoch is None or m.weight_net_freeze_epoch >= 1,
+            "method.weight_net_freeze_epoch must be >= 1 (the net learns for that many "
+            "epochs); to never learn it, use method.meta=false with method.weight_net_from",
+        ),
+        (
+            m.weight_net_freeze_tolerance is None or m.weight_net_freeze_tolerance > 0,
+            "method.weight_net_freeze_tolerance must be > 0",
+        ),
         (m.weight_clusters >= 1, "method.weight_clusters must be >= 1"),
         (m.warmup_epochs >= 0, "method.warmup_epochs must be >= 0"),
         (d.pseudo_meta_per_class >= 1, "data.pseudo_meta_per_class must be >= 1"),
@@ -450,7 +481,8 @@ def validate(cfg: Any) -> None:
         (
             not (m.low_memory and m.name in WEIGHTING and m.hypergrad != "fast"),
             "method.low_memory=true needs method.hypergrad=fast (reverse must keep the "
-            "training graph, head keeps only one already)",
+            "training graph, head keeps only one already, partial keeps the bottom's "
+            "activations)",
         ),
         (
             not m.compile or m.name in COMPILABLE,
@@ -459,7 +491,7 @@ def validate(cfg: Any) -> None:
         (
             not (m.compile and m.name in WEIGHTING and m.hypergrad != "fast"),
             f"method.compile=true with {m.name} needs method.hypergrad=fast (compiled graphs have "
-            "no double backward for reverse and no forward hooks for head)",
+            "no double backward for reverse and no forward hooks for head and partial)",
         ),
         (d.noise != "matrix" or d.noise_matrix, "data.noise=matrix needs data.noise_matrix=PATH"),
         (d.dataset != "list" or d.train_list, "data.dataset=list needs data.train_list=PATH"),
@@ -469,7 +501,17 @@ def validate(cfg: Any) -> None:
             raise ConfigError(message)
     if d.noise == "none" and d.noise_rate > 0:
         raise ConfigError("data.noise_rate > 0 needs a noise type (data.noise=uniform, flip2, ...)")
+    try:
+        parse_interval_schedule(m.meta_interval_schedule)
+    except ValueError as err:
+        raise ConfigError(f"method.{err}") from None
     check_sync_bn_method(cfg)
+
+
+def _updates_scheduled(m: Any) -> bool:
+    return bool(m.meta_interval_schedule) or (
+        m.weight_net_freeze_epoch is not None or m.weight_net_freeze_tolerance is not None
+    )
 
 
 def check_sync_bn_method(cfg: Any) -> None:
