@@ -4,6 +4,7 @@ corruption, the same for every method of a seed, never trained on, measured ever
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,9 @@ def test_validation_accuracy_is_the_models_on_the_held_out_labels(run_dir) -> No
     assert summary["best_val_epoch"] == best["epoch"]
     assert summary["best_val_acc"] == round(best["val_acc"], 2)
     assert summary["test_acc_at_best_val"] == round(best["test_acc"], 2)
+    # what always answering the split's most common given label scores
+    commonest = Counter(d.val_labels.tolist()).most_common(1)[0][1]
+    assert summary["val_majority_acc"] == round(100 * commonest / VAL, 2)
 
 
 def test_held_out_samples_are_never_trained_on(run_dir) -> None:

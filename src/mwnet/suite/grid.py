@@ -555,6 +555,10 @@ class Scale:
     """The small-data setting's training set, validation split and clean set."""
     small_seeds: int | None = None
     """Seeds of the small-data setting (the first ones of its list); None: all."""
+    chance_rule: bool = True
+    """A finished run no better on the validation split than a constant answer counts as
+    diverged and is never selected (off at the quick scale, whose 2-epoch models on a
+    20-sample split are at chance by design)."""
 
     @property
     def train_samples(self) -> int:
@@ -613,6 +617,7 @@ QUICK = Scale(
     clean_divisor=10,
     small_overrides=("data.subset=60", "data.val_size=10", "data.meta_per_class=1"),
     small_seeds=2,
+    chance_rule=False,
 )
 
 

@@ -140,6 +140,8 @@ class Results:
         self.planner = Planner(out, scale, list(SETTINGS), METHOD_NAMES)
         self._selections: dict[tuple[str, str], Selection] = {}
         self.runs: list[Run] = []
+        self.diverged: dict[tuple[str, str], list[int]] = {}
+        """Seeds whose run at the selected values diverged (left out of every number)."""
         for setting in SETTINGS:
             for method in methods_of(setting, METHOD_NAMES):
                 sel = self.selection(setting.name, method.name)
@@ -147,6 +149,9 @@ class Results:
                     continue
                 for seed in seeds_of(setting, scale):
                     cell = self.planner.cell(setting, method, seed, sel.chosen)
+                    if cell is not None and self.planner.state(cell).diverged:
+                        self.diverged.setdefault((setting.name, method.name), []).append(seed)
+                        continue
                     run = None if cell is None else self._read(cell.run_name, setting, method)
                     if run is not None:
                         self.runs.append(run)
@@ -292,6 +297,9 @@ def headline_table(res: Results, default: bool = True, group: str = "main") -> s
             text = _fmt([r.last for r in rs], 1)
             if not rs and _all_failed(res, setting, methods[k]):
                 text = "diverged"
+            lost = res.diverged.get((setting.name, methods[k].name), [])
+            if lost and rs:
+                text += f" ({len(lost)} of {len(lost) + len(rs)} seeds diverged)"
             texts.append(f"**{text}**" if k == top and rs else text)
         lines.append(f"| {setting.title} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
@@ -390,7 +398,7 @@ def _runs_method(setting: Setting, method: MethodSpec) -> bool:
 def _selection_text(sel: Selection) -> str:
     if not sel.complete:
         return "pending"
-    failed = sum(s.failed for _, s in sel.grid)
+    failed = sum(s.diverged for _, s in sel.grid)
     if sel.chosen is None:
         return "every candidate diverged" if sel.grid else "n/a"
     values = ", ".join(_value_text(label, v) for label, v in sel.chosen.values) or "defaults"
@@ -434,7 +442,9 @@ def _state_text(state: State) -> str:
         return "diverged"
     if not state.finished:
         return "pending"
-    return "n/a" if state.val_acc is None else f"{state.val_acc:.1f}"
+    if state.val_acc is None:
+        return "n/a"
+    return f"{state.val_acc:.1f} (at chance)" if state.at_chance else f"{state.val_acc:.1f}"
 
 
 def setting_table(res: Results, setting: Setting) -> str:

@@ -9,8 +9,12 @@ The protocol, for every setting and method:
    validation split is held out of the noisy training data; its labels are as noisy as
    the training labels). A tie, to the split's resolution of one sample, keeps the
    candidate that comes first in the grid: the larger learning rate, then the method's
-   default value of the knob. A run that stopped on a non-finite loss is never selected;
-   a method whose every candidate did so has no selection and no numbers.
+   default value of the knob. A diverged run is never selected: one that stopped on a
+   non-finite loss, or (at a scale with :attr:`~mwnet.suite.grid.Scale.chance_rule`) one
+   whose last-epoch validation accuracy is no better than always answering the split's
+   most common label plus one sample (``val_majority_acc``: a model collapsed to one
+   class, finite but at chance). A method whose every candidate diverged has no selection
+   and no numbers.
 3. The selected candidate trains on the remaining seeds. The report's numbers are those
    runs and the first seed's selected run: the test set is read for nothing else.
 
@@ -64,13 +68,33 @@ class State:
     finished: bool
     failed: bool
     val_acc: float | None
+    at_chance: bool = False
+    """Finished, but no better on the validation split than a constant answer."""
 
     @property
     def settled(self) -> bool:
         return self.finished or self.failed
 
+    @property
+    def diverged(self) -> bool:
+        return self.failed or self.at_chance
 
-def state_of(run_dir: Path) -> State:
+    @property
+    def selectable(self) -> bool:
+        return self.finished and not self.at_chance and self.val_acc is not None
+
+
+def at_chance(summary: dict, chance_rule: bool = True) -> bool:
+    """The run's last-epoch validation accuracy is at most the constant answer's
+    (``val_majority_acc``) plus one validation sample: what a collapsed model scores."""
+    val, majority = summary.get("last_val_acc"), summary.get("val_majority_acc")
+    samples = summary.get("val_samples") or 0
+    if not chance_rule or val is None or majority is None or samples < 1:
+        return False
+    return float(val) <= float(majority) + 100.0 / samples
+
+
+def state_of(run_dir: Path, chance_rule: bool = True) -> State:
     if failed_file(run_dir).is_file():
         return State(False, True, None)
     summary = run_dir / "summary.json"
@@ -79,7 +103,7 @@ def state_of(run_dir: Path) -> State:
     data = read_json(summary)
     if not data.get("finished"):
         return State(False, False, None)
-    return State(True, False, data.get("last_val_acc"))
+    return State(True, False, data.get("last_val_acc"), at_chance(data, chance_rule))
 
 
 def pick(vals: Sequence[float | None]) -> int | None:
@@ -151,12 +175,12 @@ class Planner:
         complete = True
         for candidate in candidates(setting, method, self.scale):
             cell = self.cell(setting, method, first, candidate)
-            state = State(False, False, None) if cell is None else state_of(self.dir(cell))
+            state = State(False, False, None) if cell is None else self.state(cell)
             complete = complete and state.settled
             grid.append((candidate, state))
         chosen = None
         if complete:
-            k = pick([s.val_acc if s.finished else None for _, s in grid])
+            k = pick([s.val_acc if s.selectable else None for _, s in grid])
             chosen = None if k is None else grid[k][0]
         return Selection(setting, method, grid, chosen, complete)
 
@@ -166,6 +190,9 @@ class Planner:
 
     def dir(self, cell: Cell) -> Path:
         return run_dir_of(self.out, cell)
+
+    def state(self, cell: Cell) -> State:
+        return state_of(self.dir(cell), self.scale.chance_rule)
 
     def ready(self) -> list[Cell]:
         """Every run that can start now and has not settled, in the order to start them:

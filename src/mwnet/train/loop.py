@@ -427,6 +427,7 @@ class Trainer:
                 "last_test_acc": "percent",
                 **(
                     {
+                        "val_majority_acc": "percent of the validation split's given labels",
                         "last_val_acc": "percent of the validation split's given labels",
                         "best_val_acc": "percent of the validation split's given labels",
                         "test_acc_at_best_val": "percent",
@@ -453,7 +454,10 @@ class Trainer:
         def pct(value: float | None) -> float | None:
             return None if value is None else round(float(value), 2)
 
+        labels = self.exp.data.val_labels
+        majority = 100.0 * float(torch.bincount(labels).max()) / len(labels)
         return {
+            "val_majority_acc": pct(majority),
             "last_val_acc": pct(last.get("val_acc")),
             "best_val_epoch": best["epoch"],
             "best_val_acc": pct(best["val_acc"]) if best["epoch"] else None,
