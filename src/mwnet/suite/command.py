@@ -90,9 +90,12 @@ def run_suite(args: argparse.Namespace) -> int:
     info = read_json(info_file) if info_file.is_file() else {"elapsed_seconds": 0.0}
     if not args.report_only:
         planner = Planner(out, scale, [setting_named(s) for s in args.settings], args.methods)
+        hours = planner.estimated_core_hours()
+        cost = "" if args.quick else f", about {hours:.1f} core-hours"
+        wall = "" if args.quick else f" (about {hours / args.jobs:.1f} h)"
         print(
-            f"{planner.total()} runs under {out} once every selection is made, "
-            f"{args.jobs} at a time",
+            f"{planner.total()} runs under {out} once every selection is made{cost}, "
+            f"{args.jobs} at a time{wall}",
             file=sys.stderr,
         )
         key = time_key(args.settings, args.methods)

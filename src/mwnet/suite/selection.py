@@ -35,6 +35,7 @@ from pathlib import Path
 
 from mwnet.run.records import read_json
 from mwnet.suite.grid import (
+    SECONDS_PER_COST,
     Candidate,
     Cell,
     MethodSpec,
@@ -230,20 +231,34 @@ class Planner:
                 extra.append(setting_named(name))
         return [*extra, *self.settings]
 
-    def total(self) -> int:
-        """Runs the plan holds once every selection is made (the grids, plus the other
-        seeds of one candidate per method)."""
-        n = 0
+    def counts(self) -> list[tuple[Setting, MethodSpec, int]]:
+        """Runs per setting and method once every selection is made: the first seed's
+        grid (one candidate where nothing is searched) and the selection on the other
+        seeds; a setting only needed for its selections runs its grid alone."""
+        out = []
         for setting in self._with_sources():
             seeds = seeds_of(setting, self.scale)
             searched = not setting.fixed and setting.select_from is None
             for method in methods_of(setting, self.methods):
-                grid = len(candidates(setting, method, self.scale)) if searched else 1
-                if setting not in self.settings:
-                    n += grid
+                if not searched:
+                    n = len(seeds)
                 else:
-                    n += grid + len(seeds) - 1
-        return n
+                    n = len(candidates(setting, method, self.scale))
+                    if setting in self.settings:
+                        n += len(seeds) - 1
+                out.append((setting, method, n))
+        return out
+
+    def total(self) -> int:
+        """Runs the plan holds once every selection is made."""
+        return sum(n for _, _, n in self.counts())
+
+    def estimated_core_hours(self) -> float:
+        """One thread's hours for the whole plan at the full scale, from each method's
+        relative cost and each setting's size (:data:`~mwnet.suite.grid.SECONDS_PER_COST`);
+        the quick scale's runs take seconds whatever this says."""
+        units = sum(n * m.cost * s.cost_factor for s, m, n in self.counts())
+        return units * SECONDS_PER_COST / 3600
 
 
 def write_failure(run_dir: Path, message: str) -> None:
