@@ -169,3 +169,13 @@ def test_every_method_of_a_setting_holds_out_the_same_validation_split(
         assert torch.equal(index, first_index), name
         assert torch.equal(labels, first_labels), name  # the same noisy labels, too
         assert set(train.tolist()).isdisjoint(index.tolist()), name
+
+
+def test_the_estimate_counts_every_planned_run_at_its_cost(tmp_path) -> None:
+    # CE in flip2-40: 3 learning rates on seed 0, the selection on seeds 1 and 2, 12 s each
+    assert _planner(tmp_path).total() == 5
+    assert _planner(tmp_path).estimated_core_hours() == pytest.approx(5 * 12.0 / 3600)
+    # MW-Net (fast, cost 3.5) on small data (0.15): 3 lrs x 2 weighting-net lrs, 4 more seeds
+    small = Planner(tmp_path, FULL, [setting_named("small-flip2-40")], ("mwnet-fast",))
+    assert small.total() == 6 + 4
+    assert small.estimated_core_hours() == pytest.approx(10 * 3.5 * 0.15 * 12.0 / 3600)
