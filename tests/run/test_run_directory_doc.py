@@ -56,7 +56,12 @@ def runs(tmp_path_factory) -> list[Path]:
         f"out_dir={out}",
     ]
     variants = {
-        "noisy-cmwnet": ["data.noise=flip2", "data.noise_rate=0.4", "method.name=cmwnet"],
+        "noisy-cmwnet": [
+            "data.noise=flip2",
+            "data.noise_rate=0.4",
+            "data.val_size=20",
+            "method.name=cmwnet",
+        ],
         "clean-ce": ["method.name=ce"],
         "auto-mwnet": [
             "data.noise=flip2",

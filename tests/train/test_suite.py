@@ -14,7 +14,15 @@ from fake_data import write_idx
 from mwnet.cli import main
 from mwnet.label_issues.metrics import auroc
 from mwnet.run import read_jsonl
-from mwnet.suite.grid import DEFAULT_METHODS, FULL, QUICK, SETTING_NAMES, cells
+from mwnet.suite.grid import (
+    DEFAULT_METHODS,
+    DEFAULT_SETTINGS,
+    FULL,
+    QUICK,
+    SETTINGS,
+    cells,
+    method_named,
+)
 from mwnet.suite.report import HEADLINE_END, HEADLINE_START, READING_END, READING_START
 from mwnet.suite.runner import run_cell, run_dir_of
 from mwnet.train import loop
@@ -23,11 +31,19 @@ from mwnet.train.config import load_config
 
 def test_full_grid_has_every_method_setting_and_seed() -> None:
     grid = cells(FULL)
-    # clean labels: seed 0 only; the 7 noisy or long-tailed settings: seeds 0-2
-    assert len(grid) == len(DEFAULT_METHODS) * (1 + 3 * (len(SETTING_NAMES) - 1))
+    trained = [m for m in DEFAULT_METHODS if method_named(m).after is None]  # no continuations
+    assert len(trained) == 9
+    clean_axis = ("l2rw", "finetune", "mwnet-fast", "cmwnet")
+    # the 8 main settings at seeds 0-2; the clean-set axis (2 noises x 2 sizes) at seeds 0-2
+    # for the methods that read the clean set; small data at seeds 0-4
+    assert len(grid) == 8 * 9 * 3 + 4 * 4 * 3 + 9 * 5
+    main = [s.name for s in SETTINGS if s.group == "main"]
+    axis = [s.name for s in SETTINGS if s.group == "clean-size"]
     assert {(c.setting.name, c.method.name) for c in grid} == {
-        (s, m) for s in SETTING_NAMES for m in DEFAULT_METHODS
+        *((s, m) for s in (*main, "small-flip2-40") for m in trained),
+        *((s, m) for s in axis for m in clean_axis),
     }
+    assert all(c.setting.name in DEFAULT_SETTINGS for c in grid)
     costs = [c.method.cost for c in grid]
     assert costs == sorted(costs, reverse=True)
 
@@ -117,7 +133,10 @@ def test_quick_suite_writes_the_report_and_reruns_train_nothing(
     text = readme.read_text()
     assert "old table" not in text and "| flip2 noise 40 % |" in text
     assert text.startswith("intro\n") and text.endswith("outro\n")
-    assert len(list(out.glob("*/*/summary.json"))) == 2 * len(DEFAULT_METHODS)
+    # per setting: 2 learning rates x 1 knob value on seed 0, the selected one on seed 1,
+    # for the 10 methods that train; the fine-tuning continuation searches no lr
+    assert len(DEFAULT_METHODS) == 11
+    assert len(list(out.glob("*/*/summary.json"))) == 2 * (10 * (2 + 1) + (1 + 1))
 
     # A hand-written reading survives; finished cells are not trained again.
     (docs / "RESULTS.md").write_text(
@@ -180,5 +199,7 @@ def test_quick_suite_reports_the_no_clean_data_group(fake_fmnist: Path, tmp_path
     assert (docs / "results" / "meta_precision.png").stat().st_size > 0
     # no clean image was read: the meta set those runs kept is empty
     for method in ("mwnet-sl", "cmwnet-sl", "mwnet-auto"):
-        summary = json.loads((out / "flip2-40" / f"{method}-seed0" / "summary.json").read_text())
-        assert summary["meta_samples"] == 0
+        found = list((out / "flip2-40").glob(f"{method}-lr*-seed*/summary.json"))
+        assert len(found) == 2 + 1  # the grid on seed 0 (2 lrs), the selection on seed 1
+        for path in found:
+            assert json.loads(path.read_text())["meta_samples"] == 0

@@ -35,6 +35,7 @@ from mwnet.data.mnist import FASHION_MNIST, FASHION_MNIST_CLASSES, MNIST, load_i
 from mwnet.data.paths import cache_dir, search_dirs
 from mwnet.data.pseudo_meta import PseudoMeta, pseudo_meta_precision, select_pseudo_meta
 from mwnet.data.sources import DATASET_NAMES, load_dataset
+from mwnet.data.val_split import val_split
 
 __all__ = [
     "ASYMMETRIC_MAPS",
@@ -80,4 +81,5 @@ __all__ = [
     "select_pseudo_meta",
     "to_float",
     "transition_matrix",
+    "val_split",
 ]

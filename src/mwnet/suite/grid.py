@@ -1,17 +1,23 @@
-"""What the Fashion-MNIST suite runs: settings x methods x seeds, at a size a 2-core CPU
-finishes in under two hours.
+"""What the Fashion-MNIST suite runs: settings x methods x hyperparameters x seeds.
 
 Every cell is an ordinary ``mwnet train`` run (a config built from ``key=value``
-overrides), so any cell can be re-run, inspected or resumed by hand. The size was chosen
-by measurement, not by taste: a 784-256-10 MLP on 12,000 training images trains an epoch
-in about 0.4 s on one quiet core (cross-entropy) and 1.2 s (MW-Net, exact hypergradient),
-and 30 epochs at lr 0.05 without augmentation are enough for cross-entropy to memorise
-noisy labels visibly (its last-epoch accuracy falls below its best).
+overrides), so any cell can be re-run, inspected or resumed by hand. The scale was chosen
+by measurement: a 784-256-10 MLP on 12,000 training images trains an epoch in about
+0.3 s on one core (cross-entropy) and 1 s (MW-Net, exact hypergradient), and 30 epochs
+without augmentation are enough for cross-entropy to memorise noisy labels visibly.
+
+No number is chosen on the test set. Each method's learning rate, and its one main
+hyperparameter where it has one (:class:`Knob`), is chosen from a small grid by the
+last-epoch accuracy on a validation split held out of the *noisy* training data
+(``data.val_size``: the same samples for every method of a seed, never trained on); see
+:mod:`mwnet.suite.selection` for the seeds and the tie rule.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 # The weighting net's optimizer follows the paper per kind of setting: Adam 1e-3 for label
 # noise (the authors' flip-noise script), SGD 1e-5 with Nesterov momentum for pure class
@@ -63,7 +69,8 @@ LABEL_CORRECTION = (
 
 @dataclass(frozen=True)
 class Setting:
-    """One corruption of the training set."""
+    """One corruption of the training set (and, for the clean-set and small-data axes, one
+    size of the clean set or of the training set)."""
 
     name: str
     title: str
@@ -71,6 +78,57 @@ class Setting:
     noisy: bool
     """Some training labels are wrong (a clean-vs-corrupted split exists)."""
     imbalanced: bool
+    group: str = "main"
+    """``main`` (the headline), ``clean-size`` (the clean-set size axis) or ``small``."""
+    methods: tuple[str, ...] | None = None
+    """The methods this setting runs (None: every method asked for)."""
+    clean_per_class: int | None = None
+    """Clean meta images per class, instead of the default (1,000 in all; 10 per class for
+    imbalance); the quick scale divides it by its ``clean_divisor``."""
+    small: bool = False
+    """Trains on the scale's small training set (``Scale.small_overrides``)."""
+    seeds: tuple[int, ...] | None = None
+    """Seeds instead of the scale's noisy/clean seeds."""
+    varies: str | None = None
+    """The main setting this one varies (the clean-set size axis, the full training set)."""
+    select_from: str | None = None
+    """Use the hyperparameters selected in this other setting instead of searching (the
+    full-training-set regime, too slow to search on 2 cores)."""
+    fixed: bool = False
+    """No search: every method at its default values and this setting's overrides."""
+    in_default: bool = True
+    """Run unless the settings are named (``--settings``)."""
+    cost_factor: float = 1.0
+    """A run's cost relative to the same method's in a main setting, at the full scale
+    (for the time estimate :data:`SECONDS_PER_COST`)."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A method's one main hyperparameter besides the learning rate, searched on a grid.
+
+    ``values`` are searched in order, the method's default first (a tie keeps the earlier
+    value). For the weighting net's learning rate the values depend on the optimizer the
+    setting gives the net: see :func:`knob_values`."""
+
+    key: str
+    tag: str
+    """Short name in run-directory names, e.g. ``gamma`` in ``focal-lr0.05-gamma2-seed0``."""
+    label: str
+    """Name in the report, e.g. ``focal gamma``."""
+    values: tuple[float, ...] = ()
+
+
+FOCAL_GAMMA = Knob("method.focal_gamma", "gamma", "focal gamma", (1.0, 2.0))
+CB_BETA = Knob("method.cb_beta", "beta", "class-balanced beta", (0.9999, 0.999))
+FINETUNE_LR = Knob("method.finetune_lr", "ftlr", "fine-tune lr", (0.001, 0.01))
+WEIGHT_LR = Knob("method.weight_lr", "wlr", "weighting-net lr")
+"""Values from the weighting net's optimizer: Adam 1e-3 and 1e-4, SGD 1e-5 and 1e-4."""
+WEIGHT_LRS = {"adam": (0.001, 0.0001), "sgd": (0.00001, 0.0001)}
+
+LRS = (0.05, 0.02, 0.01)
+"""The classifier's learning rates searched for every method (0.05: the suite's former
+shared value, first so that it wins a tie)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +142,16 @@ class MethodSpec:
     """Part of the suite unless asked for by name (``--methods``)."""
     weight_optimizer: tuple[str, ...] | None = None
     """The weighting net's optimizer and normalisation, instead of the setting's default."""
+    knob: Knob | None = None
+    """The main hyperparameter searched besides the learning rate, if any."""
+    tune_lr: bool = True
+    """Search ``optim.lr`` (False where it is not used, e.g. fine-tuning a finished model)."""
+    after: str | None = None
+    """A method whose selected run, same setting and seed, this one continues from."""
+    stage: str | None = None
+    """With ``after``: ``retrain`` (the same training without the labels ``mwnet issues``
+    flags in that run: ``data.exclude``) or ``finetune`` (fine-tune that run's model on the
+    clean set: ``model.init_from``)."""
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -115,6 +183,122 @@ SETTINGS: tuple[Setting, ...] = (
         True,
         True,
     ),
+)
+
+CLEAN_SIZE_METHODS = (
+    "l2rw",
+    "finetune",
+    "mwnet-fast",
+    "cmwnet",
+    "mwnet-fast-retrain",
+    "mwnet-fast-finetune",
+)
+"""The clean-set size axis: the methods that read the clean set, and the combinations a user
+with one would try. CE and the no-clean-set methods do not depend on its size; the axis
+shows their main-setting numbers as references."""
+CLEAN_SIZES = (10, 30)
+"""Clean images per class on the axis besides the main settings' 100 (1,000 in all)."""
+
+
+def _clean_size_settings() -> tuple[Setting, ...]:
+    out = []
+    for base in (s for s in SETTINGS if s.name in ("flip2-40", "uniform-60")):
+        for per_class in CLEAN_SIZES:
+            out.append(
+                Setting(
+                    f"{base.name}-clean{10 * per_class}",
+                    f"{base.title}, {10 * per_class:,} clean images",
+                    base.overrides,
+                    base.noisy,
+                    base.imbalanced,
+                    group="clean-size",
+                    methods=CLEAN_SIZE_METHODS,
+                    clean_per_class=per_class,
+                    varies=base.name,
+                )
+            )
+    return tuple(out)
+
+
+def _full_train_settings() -> tuple[Setting, ...]:
+    """The regime closer to the paper's: all 60,000 training images but the 1,000 clean
+    ones (1.7 %) and the validation split; MLP with the selections of the 12,000-image
+    settings, and the small CNN at its preset's values (10 epochs)."""
+    out = []
+    for base in (s for s in SETTINGS if s.name in ("flip2-40", "uniform-60")):
+        out.append(
+            Setting(
+                f"full-{base.name}",
+                f"{base.title}, all training images (1,000 clean = 1.7 %)",
+                (*base.overrides, "data.subset=null"),
+                True,
+                False,
+                group="full-train",
+                methods=FULL_TRAIN_METHODS,
+                varies=base.name,
+                select_from=base.name,
+                in_default=False,
+                cost_factor=FULL_TRAIN_SIZE,
+            )
+        )
+    for base in (s for s in SETTINGS if s.name in ("flip2-40", "uniform-60")):
+        out.append(
+            Setting(
+                f"full-cnn-{base.name}",
+                f"{base.title}, all training images, small CNN",
+                (*base.overrides, "data.subset=null", *CNN_OVERRIDES),
+                True,
+                False,
+                group="full-train",
+                methods=FULL_TRAIN_METHODS,
+                varies=base.name,
+                fixed=True,
+                in_default=False,
+                cost_factor=FULL_TRAIN_SIZE * CNN_STEP_COST * 10 / 30,
+            )
+        )
+    return tuple(out)
+
+
+FULL_TRAIN_METHODS = ("ce", "finetune", "mwnet-fast", "mwnet-fast-finetune")
+"""CE, fine-tuning, MW-Net and MW-Net then fine-tuning: the comparison the clean-set share
+is about (a retraining would be another whole CE run on 58,000 images)."""
+CNN_OVERRIDES = (
+    "model.name=cnn_small",
+    "model.options={}",
+    "optim.lr=0.01",
+    "optim.epochs=10",
+    "optim.milestones=[6,8]",
+)
+"""The ``fmnist-*`` presets' small CNN and schedule (lr 0.05 diverges there under 40 %
+noise): fixed values, not selected."""
+
+FULL_TRAIN_SIZE = 58000 / 12000
+"""Training images of the full-training-set regime against the main settings' (all 60,000
+but the clean set and the validation split)."""
+CNN_STEP_COST = 49.0
+"""A small-CNN training step against the 784-256-10 MLP's, batch 100, one thread (measured:
+85 ms against 1.7 ms on the suite's machine)."""
+SECONDS_PER_COST = 12.0
+"""Seconds of one thread per unit of :attr:`MethodSpec.cost` for a main-setting run at the
+full scale, measured: the former default grid's 176 runs (389 cost units) took 1.30 h
+summed over runs, two at a time on 2 shared cores."""
+
+SMALL_SEEDS = (0, 1, 2, 3, 4)
+SETTINGS += (
+    *_clean_size_settings(),
+    Setting(
+        "small-flip2-40",
+        "small data: 1,000 training images, 100 clean, flip2 noise 40 %",
+        ("data.noise=flip2", "data.noise_rate=0.4"),
+        True,
+        False,
+        group="small",
+        small=True,
+        seeds=SMALL_SEEDS,
+        cost_factor=0.15,  # a twelfth of the training, the same 10,000-image test pass
+    ),
+    *_full_train_settings(),
 )
 
 
@@ -156,29 +340,68 @@ MLP2 = ("model.options.hidden=[256,256]",)
 
 METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("ce", "CE", ("method.name=ce",), 1.0),
-    MethodSpec("focal", "focal", ("method.name=focal",), 1.0),
-    MethodSpec("class-balanced", "class-balanced", ("method.name=class-balanced",), 1.0),
+    MethodSpec("focal", "focal", ("method.name=focal",), 1.0, knob=FOCAL_GAMMA),
+    MethodSpec(
+        "class-balanced",
+        "class-balanced",
+        ("method.name=class-balanced",),
+        1.0,
+        knob=CB_BETA,
+    ),
     MethodSpec("l2rw", "L2RW", ("method.name=l2rw",), 3.0),
-    MethodSpec("finetune", "fine-tune", ("method.name=finetune",), 1.2),
-    MethodSpec("mwnet-fast", "MW-Net (fast)", ("method.name=mwnet", "method.hypergrad=fast"), 3.5),
-    MethodSpec("mwnet-head", "MW-Net (head)", ("method.name=mwnet", "method.hypergrad=head"), 1.8),
+    MethodSpec("finetune", "fine-tune", ("method.name=finetune",), 1.2, knob=FINETUNE_LR),
+    MethodSpec(
+        "mwnet-fast",
+        "MW-Net (fast)",
+        ("method.name=mwnet", "method.hypergrad=fast"),
+        3.5,
+        knob=WEIGHT_LR,
+    ),
+    MethodSpec(
+        "mwnet-head",
+        "MW-Net (head)",
+        ("method.name=mwnet", "method.hypergrad=head"),
+        3.4,
+        knob=WEIGHT_LR,
+    ),
     # CMW-Net's class-aware weighting net, with MW-Net's weighting-net optimizer per setting,
     # so the two differ only in the net.
-    MethodSpec("cmwnet", "CMW-Net (fast)", ("method.name=cmwnet", "method.hypergrad=fast"), 3.6),
-    # L2RW's weights often select a handful of samples per batch, and at the shared lr 0.05
-    # it diverges; this variant shows what it does at a stable learning rate.
     MethodSpec(
-        "l2rw-lr0.01", "L2RW (lr 0.01)", ("method.name=l2rw", "optim.lr=0.01"), 3.0, default=False
+        "cmwnet",
+        "CMW-Net (fast)",
+        ("method.name=cmwnet", "method.hypergrad=fast"),
+        3.6,
+        knob=WEIGHT_LR,
+    ),
+    # No clean image read: label correction on a pseudo-meta set (the class-aware net).
+    MethodSpec(
+        "cmwnet-sl",
+        "CMW-Net-SL (no clean data)",
+        ("method.name=cmwnet-sl", "method.hypergrad=fast", *NO_CLEAN_SET),
+        1.8,
+        weight_optimizer=LABEL_CORRECTION,
+        knob=WEIGHT_LR,
+    ),
+    # What a user with a clean set would try after a weighting run: drop the labels
+    # `mwnet issues` flags in it and train cross-entropy again, or fine-tune its model on
+    # the clean set.
+    MethodSpec(
+        "mwnet-fast-retrain",
+        "MW-Net → CE without flagged labels",
+        ("method.name=ce",),
+        1.0,
+        after="mwnet-fast",
+        stage="retrain",
     ),
     MethodSpec(
-        "ce-lr0.01", "CE (lr 0.01)", ("method.name=ce", "optim.lr=0.01"), 1.0, default=False
-    ),
-    MethodSpec(
-        "mwnet-fast-lr0.01",
-        "MW-Net (fast, lr 0.01)",
-        ("method.name=mwnet", "method.hypergrad=fast", "optim.lr=0.01"),
-        3.5,
-        default=False,
+        "mwnet-fast-finetune",
+        "MW-Net → fine-tune",
+        ("method.name=finetune", "optim.epochs=0"),
+        0.3,
+        knob=FINETUNE_LR,
+        tune_lr=False,
+        after="mwnet-fast",
+        stage="finetune",
     ),
     # The cheap modes of the speed comparison: a weighting-net update every 5th step.
     MethodSpec(
@@ -187,6 +410,7 @@ METHODS: tuple[MethodSpec, ...] = (
         ("method.name=mwnet", "method.hypergrad=fast", "method.meta_interval=5"),
         1.6,
         default=False,
+        knob=WEIGHT_LR,
     ),
     MethodSpec(
         "mwnet-head-k5",
@@ -194,6 +418,7 @@ METHODS: tuple[MethodSpec, ...] = (
         ("method.name=mwnet", "method.hypergrad=head", "method.meta_interval=5"),
         1.2,
         default=False,
+        knob=WEIGHT_LR,
     ),
     # Spending the weighting-net updates well (the cheap recipe is chosen among these by
     # measurement): fewer updates with a larger step, a larger meta batch on the update
@@ -264,14 +489,13 @@ METHODS: tuple[MethodSpec, ...] = (
         default=False,
         weight_optimizer=LONG_TAIL_PROTOCOL,
     ),
-    # The "no clean data" group (CE and focal never read the meta set, so their rows serve
-    # this group as they are).
     MethodSpec(
         "mwnet-auto",
         "MW-Net (pseudo-meta set)",
         ("method.name=mwnet", "method.hypergrad=fast", *NO_CLEAN_SET),
         3.0,
         default=False,
+        knob=WEIGHT_LR,
     ),
     MethodSpec(
         "mwnet-sl",
@@ -280,22 +504,24 @@ METHODS: tuple[MethodSpec, ...] = (
         1.6,
         default=False,
         weight_optimizer=LABEL_CORRECTION,
-    ),
-    MethodSpec(
-        "cmwnet-sl",
-        "CMW-Net-SL (no clean data)",
-        ("method.name=cmwnet-sl", "method.hypergrad=fast", *NO_CLEAN_SET),
-        1.6,
-        default=False,
-        weight_optimizer=LABEL_CORRECTION,
+        knob=WEIGHT_LR,
     ),
 )
-NO_CLEAN_METHODS = ("ce", "focal", "mwnet-auto", "mwnet-sl", "cmwnet-sl")
+NO_CLEAN_METHODS = ("ce", "focal", "class-balanced", "mwnet-auto", "mwnet-sl", "cmwnet-sl")
 """The "no clean data" group of the report: methods that never read a clean example."""
 
 SETTING_NAMES = tuple(s.name for s in SETTINGS)
+DEFAULT_SETTINGS = tuple(s.name for s in SETTINGS if s.in_default)
 METHOD_NAMES = tuple(m.name for m in METHODS)
 DEFAULT_METHODS = tuple(m.name for m in METHODS if m.default)
+
+
+def setting_named(name: str) -> Setting:
+    return next(s for s in SETTINGS if s.name == name)
+
+
+def method_named(name: str) -> MethodSpec:
+    return next(m for m in METHODS if m.name == name)
 
 
 @dataclass(frozen=True)
@@ -304,6 +530,8 @@ class Scale:
 
     name: str
     subset: int
+    """Training images kept (seeded) before the validation split is held out of them."""
+    val_size: int
     epochs: int
     milestones: tuple[int, ...]
     hidden: int
@@ -313,12 +541,30 @@ class Scale:
     """Cross-entropy epochs before the first pseudo-meta set (no-clean-data methods)."""
     clean_seeds: tuple[int, ...] = (0,)
     extra: tuple[str, ...] = field(default=())
+    lrs: tuple[float, ...] = LRS
+    knob_values: int = 2
+    """How many of each knob's values are searched (the first ones)."""
+    clean_divisor: int = 1
+    """Divides a setting's clean images per class (the quick scale's tiny data)."""
+    small_overrides: tuple[str, ...] = ()
+    """The small-data setting's training set, validation split and clean set."""
+    small_seeds: int | None = None
+    """Seeds of the small-data setting (the first ones of its list); None: all."""
+    chance_rule: bool = True
+    """A finished run no better on the validation split than a constant answer counts as
+    diverged and is never selected (off at the quick scale, whose 2-epoch models on a
+    20-sample split are at chance by design)."""
+
+    @property
+    def train_samples(self) -> int:
+        return self.subset - self.val_size
 
     def base_overrides(self) -> tuple[str, ...]:
         return (
             "data.dataset=fashion-mnist",
             "data.augment=false",
             f"data.subset={self.subset}",
+            f"data.val_size={self.val_size}",
             "data.batch_size=100",
             "data.meta_batch_size=100",
             "model.name=mlp",
@@ -338,25 +584,46 @@ class Scale:
 
 FULL = Scale(
     name="full",
-    subset=12000,
+    subset=13000,
+    val_size=1000,
     epochs=30,
     milestones=(15, 22),
     hidden=256,
     finetune_epochs=10,
     noisy_seeds=(0, 1, 2),
+    clean_seeds=(0, 1, 2),
     pseudo_meta_warmup=5,
+    small_overrides=("data.subset=1200", "data.val_size=200", "data.meta_per_class=10"),
 )
 QUICK = Scale(
     name="quick",
     subset=200,
+    val_size=20,
     epochs=2,
     milestones=(1,),
     hidden=16,
     finetune_epochs=1,
-    noisy_seeds=(0,),
+    noisy_seeds=(0, 1),
+    clean_seeds=(0,),
     pseudo_meta_warmup=1,
     extra=("data.meta_per_class=2", "data.batch_size=50", "data.meta_batch_size=20"),
+    lrs=(0.05, 0.01),
+    knob_values=1,
+    clean_divisor=10,
+    small_overrides=("data.subset=60", "data.val_size=10", "data.meta_per_class=1"),
+    small_seeds=2,
+    chance_rule=False,
 )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of a method's hyperparameter grid: a name for it and its overrides."""
+
+    tag: str
+    overrides: tuple[str, ...]
+    values: tuple[tuple[str, float], ...]
+    """(label, value) pairs, for the report."""
 
 
 @dataclass(frozen=True)
@@ -367,22 +634,162 @@ class Cell:
     method: MethodSpec
     seed: int
     overrides: tuple[str, ...]
+    tag: str = ""
+    """The hyperparameter candidate (empty: the method's default values)."""
 
     @property
     def run_name(self) -> str:
-        return f"{self.method.name}-seed{self.seed}"
+        middle = f"-{self.tag}" if self.tag else ""
+        return f"{self.method.name}{middle}-seed{self.seed}"
 
     @property
     def label(self) -> str:
-        return f"{self.setting.name} / {self.method.name} / seed {self.seed}"
+        tag = f" {self.tag}" if self.tag else ""
+        return f"{self.setting.name} / {self.method.name}{tag} / seed {self.seed}"
+
+
+def _number(value: float) -> str:
+    """A value as run names show it: ``0.05``, ``1e-05``."""
+    return f"{value:g}"
+
+
+def _decimal(value: float) -> str:
+    """A value as configs are given it: positional (``0.00001``, never ``1e-05``, which
+    YAML 1.1 would read as a string)."""
+    return np.format_float_positional(value, trim="-")
+
+
+def weight_optimizer(setting: Setting, method: MethodSpec) -> tuple[str, ...]:
+    """The weighting net's optimizer overrides a method gets in a setting."""
+    if method.weight_optimizer is not None:
+        return method.weight_optimizer
+    if setting.noisy or not setting.imbalanced:
+        return NOISE_WEIGHT_OPTIMIZER
+    return IMBALANCE_WEIGHT_OPTIMIZER
+
+
+def knob_values(setting: Setting, method: MethodSpec, scale: Scale) -> tuple[float, ...]:
+    """The values of the method's knob searched in this setting (its default first)."""
+    knob = method.knob
+    if knob is None:
+        return ()
+    if knob is WEIGHT_LR:
+        given = dict(o.split("=", 1) for o in weight_optimizer(setting, method))
+        default = float(given["method.weight_lr"])
+        family = WEIGHT_LRS[given["method.weight_optimizer"]]
+        values = (default, *(v for v in family if v != default))
+    else:
+        values = knob.values
+    return values[: scale.knob_values]
+
+
+def candidates(setting: Setting, method: MethodSpec, scale: Scale) -> list[Candidate]:
+    """The method's hyperparameter grid in this setting, in search order (defaults first);
+    a fixed setting has one candidate, with no overrides."""
+    if setting.fixed:
+        return [Candidate("", (), ())]
+    lrs = scale.lrs if method.tune_lr else (None,)
+    knob = method.knob
+    values = knob_values(setting, method, scale) if knob else (None,)
+    out = []
+    for lr in lrs:
+        for value in values:
+            tags, overrides, shown = [], [], []
+            if lr is not None:
+                tags.append(f"lr{_number(lr)}")
+                overrides.append(f"optim.lr={_decimal(lr)}")
+                shown.append(("lr", lr))
+            if knob is not None and value is not None:
+                tags.append(f"{knob.tag}{_number(value)}")
+                overrides.append(f"{knob.key}={_decimal(value)}")
+                shown.append((knob.label, value))
+            out.append(Candidate("-".join(tags), tuple(overrides), tuple(shown)))
+    return out
+
+
+def seeds_of(setting: Setting, scale: Scale) -> tuple[int, ...]:
+    if setting.seeds is not None:
+        return setting.seeds[: scale.small_seeds] if setting.small else setting.seeds
+    return scale.noisy_seeds if setting.noisy or setting.imbalanced else scale.clean_seeds
+
+
+def methods_of(setting: Setting, methods: tuple[str, ...]) -> list[MethodSpec]:
+    """The methods of ``methods`` a setting runs, in the suite's order."""
+    allowed = setting.methods if setting.methods is not None else METHOD_NAMES
+    return [m for m in METHODS if m.name in methods and m.name in allowed]
+
+
+def merged(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    """``key=value`` overrides with later keys replacing earlier ones, in first-seen order:
+    one value per key, so a run's config says plainly what it was trained with."""
+    values: dict[str, str] = {}
+    for group in groups:
+        for item in group:
+            key, value = item.split("=", 1)
+            for inner in [k for k in values if k.startswith(key + ".")]:
+                del values[inner]  # a whole mapping given anew replaces its keys
+            values[key] = value
+    return tuple(f"{k}={v}" for k, v in values.items())
+
+
+def cell_overrides(
+    scale: Scale,
+    setting: Setting,
+    method: MethodSpec,
+    seed: int,
+    candidate: Candidate | None = None,
+    source_dir: str | None = None,
+) -> tuple[str, ...]:
+    """The config of one run: shared, setting, method, candidate, continuation, seed."""
+    sized: tuple[str, ...] = ()
+    if setting.clean_per_class is not None:
+        per_class = max(1, setting.clean_per_class // scale.clean_divisor)
+        sized = (f"data.meta_per_class={per_class}",)
+    if setting.small:
+        sized = scale.small_overrides
+    stage: tuple[str, ...] = ()
+    if method.after is not None:
+        if source_dir is None:
+            raise ValueError(f"{method.name} continues a {method.after} run: give its directory")
+        key = "data.exclude" if method.stage == "retrain" else "model.init_from"
+        stage = (f"{key}={source_dir}",)
+    return merged(
+        scale.base_overrides(),
+        setting.overrides,
+        sized,
+        method.overrides,
+        weight_optimizer(setting, method),
+        (
+            (f"method.warmup_epochs={scale.pseudo_meta_warmup}",)
+            if "data.meta_source=auto" in method.overrides
+            else ()
+        ),
+        candidate.overrides if candidate is not None else (),
+        stage,
+        (f"seed={seed}",),
+    )
 
 
 def cells(
     scale: Scale,
-    settings: tuple[str, ...] = SETTING_NAMES,
+    settings: tuple[str, ...] = DEFAULT_SETTINGS,
     methods: tuple[str, ...] = DEFAULT_METHODS,
 ) -> list[Cell]:
-    """Every run of the suite, slowest first so parallel workers finish together."""
+    """Every run at each method's default hyperparameters (no search, no continuations):
+    the fixed protocol benchmarks build on. Slowest first."""
+    check_names(settings, methods)
+    out = []
+    for setting in (s for s in SETTINGS if s.name in settings):
+        for method in methods_of(setting, methods):
+            if method.after is not None:
+                continue
+            for seed in seeds_of(setting, scale):
+                overrides = cell_overrides(scale, setting, method, seed)
+                out.append(Cell(setting, method, seed, overrides))
+    return sorted(out, key=lambda c: -c.method.cost)
+
+
+def check_names(settings: tuple[str, ...], methods: tuple[str, ...]) -> None:
     unknown = [s for s in settings if s not in SETTING_NAMES]
     unknown += [m for m in methods if m not in METHOD_NAMES]
     if unknown:
@@ -390,25 +797,3 @@ def cells(
             f"unknown suite setting or method {unknown[0]!r}; settings: "
             f"{', '.join(SETTING_NAMES)}; methods: {', '.join(METHOD_NAMES)}"
         )
-    out = []
-    for setting in (s for s in SETTINGS if s.name in settings):
-        seeds = scale.noisy_seeds if setting.noisy or setting.imbalanced else scale.clean_seeds
-        vnet = IMBALANCE_WEIGHT_OPTIMIZER
-        if setting.noisy or not setting.imbalanced:
-            vnet = NOISE_WEIGHT_OPTIMIZER
-        for method in (m for m in METHODS if m.name in methods):
-            for seed in seeds:
-                overrides = (
-                    *scale.base_overrides(),
-                    *setting.overrides,
-                    *method.overrides,
-                    *(vnet if method.weight_optimizer is None else method.weight_optimizer),
-                    *(
-                        (f"method.warmup_epochs={scale.pseudo_meta_warmup}",)
-                        if "data.meta_source=auto" in method.overrides
-                        else ()
-                    ),
-                    f"seed={seed}",
-                )
-                out.append(Cell(setting, method, seed, overrides))
-    return sorted(out, key=lambda c: -c.method.cost)

@@ -1,10 +1,16 @@
 """Run the suite's cells in parallel worker processes, resuming whatever is unfinished.
 
-Each cell is a normal run directory, ``OUT/<setting>/<method>-seed<k>``, written by the
+Each cell is a normal run directory, ``OUT/<setting>/<run name>``, written by the
 training loop (atomic per-epoch checkpoints). Running the suite again skips finished
 cells and resumes interrupted ones after their last saved epoch, so Ctrl-C or a crash
 costs at most one epoch per worker. A directory that holds a run of a *different*
-configuration is an error, never silently mixed into the results.
+configuration is an error, never silently mixed into the results. A run that stops on a
+non-finite loss (a learning rate too large for the method) would stop again if resumed:
+it is marked failed beside its directory and never selected.
+
+:func:`run_plan` keeps the workers busy while the plan unfolds: whenever a run ends, the
+plan is recomputed from the run directories (a finished grid selects its candidate, which
+makes the other seeds' runs ready) and new runs start.
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mwnet.suite.grid import Cell
+from mwnet.suite.selection import Planner, run_dir_of, write_failure
+
+__all__ = ["SUITE_FILE", "CellResult", "run_cell", "run_cells", "run_dir_of", "run_plan"]
 
 SUITE_FILE = "suite.json"
 
@@ -27,14 +37,11 @@ class CellResult:
     label: str
     run_dir: str
     status: str
-    """"done" (already finished), "trained" (finished now) or "resumed"."""
+    """"done" (already finished), "trained" (finished now), "resumed" or "failed"."""
     best_test_acc: float | None
     last_test_acc: float | None
     wall_time: float
-
-
-def run_dir_of(out: Path, cell: Cell) -> Path:
-    return out / cell.setting.name / cell.run_name
+    last_val_acc: float | None = None
 
 
 def _cell_config(cell: Cell, out: Path) -> Any:
@@ -46,12 +53,30 @@ def _cell_config(cell: Cell, out: Path) -> Any:
     )
 
 
+def ensure_label_issues(run_dir: Path) -> None:
+    """``mwnet issues`` on a finished run, once: the flags a retraining excludes."""
+    from mwnet.data.label_edits import ISSUES_FILE
+    from mwnet.label_issues.command import write_report
+
+    if not (run_dir / ISSUES_FILE).is_file():
+        write_report(run_dir, run_dir, montage=0)
+
+
 def run_cell(cell: Cell, out: Path) -> CellResult:
     """Train one cell to the end of its schedule, or skip it when it is already done."""
+    from mwnet.core.checks import NonFiniteError
     from mwnet.train import loop
 
     start = time.perf_counter()
-    summary, run_dir, status = loop.train_to_end(_cell_config(cell, out))
+    if cell.method.stage == "retrain":
+        exclude = next(o for o in cell.overrides if o.startswith("data.exclude="))
+        ensure_label_issues(Path(exclude.split("=", 1)[1]))
+    run_dir = run_dir_of(out, cell)
+    try:
+        summary, run_dir, status = loop.train_to_end(_cell_config(cell, out))
+    except NonFiniteError as err:
+        write_failure(run_dir, str(err))
+        return CellResult(cell.label, str(run_dir), "failed", None, None, 0.0)
     return CellResult(
         cell.label,
         str(run_dir),
@@ -59,6 +84,7 @@ def run_cell(cell: Cell, out: Path) -> CellResult:
         summary["best_test_acc"],
         summary["last_test_acc"],
         0.0 if status == "done" else time.perf_counter() - start,
+        summary.get("last_val_acc"),
     )
 
 
@@ -100,3 +126,42 @@ def run_cells(
             if report:
                 report(i, len(work), result)
     return results
+
+
+def run_plan(
+    planner: Planner,
+    jobs: int = 1,
+    report: Callable[[int, int, CellResult], None] | None = None,
+) -> list[CellResult]:
+    """Run the plan to its end, ``jobs`` runs at a time (1: in this process), starting
+    each run as soon as what it depends on has finished."""
+    out = planner.out
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[CellResult] = []
+
+    def done(result: CellResult) -> None:
+        results.append(result)
+        if report:
+            report(len(results), planner.total(), result)
+
+    if jobs <= 1:
+        while ready := planner.ready():
+            done(run_cell(ready[0], out))
+        return results
+    context = multiprocessing.get_context("spawn")
+    running: dict[Future, str] = {}
+    with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=8) as pool:
+        while True:
+            busy = set(running.values())
+            for cell in planner.ready():
+                if len(running) >= jobs:
+                    break
+                if cell.label not in busy:
+                    running[pool.submit(_run_cell_quietly, (cell, out))] = cell.label
+                    busy.add(cell.label)
+            if not running:
+                return results
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                del running[future]
+                done(future.result())

@@ -67,6 +67,11 @@ class DataConfig:
     is the one clean-set runs of the same seed train on (for comparisons)"""
     subset: int | None = None
     """Keep only this many training images (seeded), for quick runs."""
+    val_size: int = 0
+    """Hold this many training samples out as a validation split, after the labels are
+    corrupted (so its labels are as noisy as the training labels), seeded by the seed alone
+    (the same samples for every method), never trained on; its accuracy is recorded every
+    epoch (val_acc) for choosing hyperparameters without the test set. 0: none"""
     exclude: str | None = None
     """Train without the samples this file lists: a label_issues.csv from `mwnet issues`
     (its flagged rows), the run directory holding one, or one training-split index per line"""
@@ -89,6 +94,11 @@ class ModelConfig:
     name: str = "resnet32"
     options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the model builder (e.g. dropout, weights_path)."""
+    init_from: str | None = None
+    """Start from the model another run saved (its run directory or checkpoint.pt: the
+    weights and BatchNorm statistics of its last epoch; same model and data shape). With
+    method.name=finetune and optim.epochs=0 this fine-tunes that run's model on the clean
+    set, e.g. after learned weighting"""
 
 
 @dataclass
@@ -408,8 +418,13 @@ def validate(cfg: Any) -> None:
         (d.imbalance_factor >= 1.0, "data.imbalance_factor must be >= 1 (1 means balanced)"),
         (d.batch_size >= 1 and d.meta_batch_size >= 1, "batch sizes must be >= 1"),
         (d.subset is None or d.subset >= 1, "data.subset must be >= 1 or null"),
+        (d.val_size >= 0, "data.val_size must be >= 0 (0: no validation split)"),
         (d.meta_per_class is None or d.meta_per_class >= 1, "data.meta_per_class must be >= 1"),
-        (o.epochs >= 1, "optim.epochs must be >= 1"),
+        (
+            o.epochs >= 1 or (o.epochs == 0 and m.name == "finetune" and cfg.model.init_from),
+            "optim.epochs must be >= 1 (0 only for method.name=finetune with model.init_from: "
+            "fine-tuning another run's model without training it further first)",
+        ),
         (
             all(m >= 1 for m in o.milestones),
             f"optim.milestones={list(o.milestones)}: milestones are epochs, each >= 1",

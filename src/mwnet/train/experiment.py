@@ -32,6 +32,7 @@ from mwnet.data import (
     long_tail_counts,
     long_tail_indices,
     meta_split,
+    val_split,
 )
 from mwnet.data.label_edits import apply_label_edits, read_label_edits
 from mwnet.distributed import DataParallel, ShardedStream
@@ -68,6 +69,13 @@ class TrainData:
     noise_known: bool = False
     """The labels were corrupted synthetically, so ``true_labels`` and ``corrupted`` are
     the truth; otherwise they only repeat the given labels."""
+    val_images: torch.Tensor | None = None
+    """The validation split (``data.val_size``): held out of the training set after the
+    corruption, never trained on; None when there is none."""
+    val_labels: torch.Tensor | None = None
+    """Its observed labels, noisy like the training labels: all a user would have."""
+    val_index: torch.Tensor | None = None
+    """Each validation sample's index in the dataset's training split."""
 
     @property
     def num_classes(self) -> int:
@@ -207,6 +215,19 @@ def prepare_data(cfg: Any) -> TrainData:
         matrix = d.noise_matrix if d.noise == "matrix" else None
         c = corrupt_labels(true_labels, num_classes, d.noise, float(d.noise_rate), seed, matrix)
         observed, corrupted, rate = c.labels, c.corrupted, float(c.realized_rate)
+    val_images = val_labels = val_index = None
+    if d.val_size:
+        if d.val_size >= len(train_idx):
+            raise ConfigError(
+                f"data.val_size={d.val_size} holds out all {len(train_idx)} training samples; "
+                f"choose fewer (at most {len(train_idx) - 1})"
+            )
+        keep, held = val_split(len(train_idx), int(d.val_size), seed)
+        val_index, val_labels = train_idx[held], observed[held]
+        val_images = train.images[val_index]
+        train_idx, true_labels = train_idx[keep], true_labels[keep]
+        observed, corrupted = observed[keep], corrupted[keep]
+        rate = float(corrupted.float().mean()) if d.noise != "none" else 0.0
     if d.exclude or d.relabel:
         exclude = read_label_edits(d.exclude, relabel=False) if d.exclude else None
         relabel = read_label_edits(d.relabel, relabel=True) if d.relabel else None
@@ -231,6 +252,9 @@ def prepare_data(cfg: Any) -> TrainData:
         source_index=train_idx,
         paths=None if paths is None else tuple(paths[i] for i in train_idx.tolist()),
         noise_known=d.noise != "none",
+        val_images=val_images,
+        val_labels=val_labels,
+        val_index=val_index,
     )
 
 
@@ -275,6 +299,27 @@ def build_model(cfg: Any, data: TrainData) -> nn.Module:
         return models.build(cfg.model.name, num_classes=data.num_classes, in_channels=c, **options)
     except TypeError as err:
         raise ConfigError(f"model.options do not fit model {cfg.model.name!r}: {err}") from None
+
+
+def load_initial_model(cfg: Any, model: nn.Module) -> None:
+    """Load ``model.init_from`` (a run directory or its checkpoint) into ``model``."""
+    from mwnet.run import CheckpointError, load_checkpoint
+
+    path = Path(cfg.model.init_from)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    state = load_checkpoint(path).get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: an mwnet checkpoint without a model; point at a run's")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()[0][:160]
+        raise ConfigError(
+            f"model.init_from={cfg.model.init_from}: its model does not fit "
+            f"model.name={cfg.model.name} with these model.options ({detail}); use the source "
+            "run's model settings"
+        ) from None
 
 
 def build_schedule(
@@ -410,7 +455,10 @@ def build_experiment(
     data = data if data is not None else prepare_data(cfg)
     if parallel is not None:
         check_shards(cfg, data, parallel.world_size)
-    model = use_sync_bn(cfg, build_model(cfg, data), parallel).to(device)
+    model = build_model(cfg, data)
+    if cfg.model.init_from:
+        load_initial_model(cfg, model)
+    model = use_sync_bn(cfg, model, parallel).to(device)
     o = cfg.optim
     optimizer = torch.optim.SGD(
         model.parameters(),

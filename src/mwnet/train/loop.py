@@ -125,6 +125,9 @@ class Trainer:
         self.wall_time = 0.0
         self.loss_range = [float("inf"), float("-inf")]
         self.best = {"epoch": None, "test_acc": float("-inf")}
+        self.best_val: dict[str, Any] = {"epoch": None, "val_acc": float("-inf"), "test_acc": None}
+        """The epoch with the highest validation accuracy (the first of equals), and its
+        test accuracy: what early stopping on the validation split would give."""
         self.last_test_acc: float | None = None
         self.signals = SampleSignals(exp.data.train_labels, exp.data.num_classes)
         self.label: str | None = None
@@ -139,6 +142,7 @@ class Trainer:
             "wall_time": self.wall_time,
             "loss_range": list(self.loss_range),
             "best": dict(self.best),
+            "best_val": dict(self.best_val),
             "model": e.model.state_dict(),
             "optimizer": e.optimizer.state_dict(),
             "schedule": e.schedule.state_dict(),
@@ -160,7 +164,10 @@ class Trainer:
         if getattr(self, "_data_crc", None) is None:
             d = self.exp.data
             parts = (d.train_images, d.train_labels, d.true_labels, d.meta_images, d.meta_labels)
-            self._data_crc = resume_check.data_fingerprint(*parts, d.test_images, d.test_labels)
+            held = () if d.val_labels is None else (d.val_images, d.val_labels)
+            self._data_crc = resume_check.data_fingerprint(
+                *parts, d.test_images, d.test_labels, *held
+            )
         return self._data_crc
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -169,6 +176,7 @@ class Trainer:
         self.wall_time = float(state["wall_time"])
         self.loss_range = [float(v) for v in state["loss_range"]]
         self.best = dict(state["best"])
+        self.best_val = dict(state.get("best_val") or self.best_val)
         e.model.load_state_dict(state["model"])
         e.optimizer.load_state_dict(state["optimizer"])
         e.schedule.load_state_dict(state["schedule"])
@@ -337,6 +345,11 @@ class Trainer:
             model, d.test_images, d.test_labels, e.normalize, e.device, bs, self.parallel
         )
         out = {"test_acc": accuracy(pred, d.test_labels)}
+        if d.val_labels is not None:  # sharded like the test pass
+            pred, _ = predict(
+                model, d.val_images, d.val_labels, e.normalize, e.device, bs, self.parallel
+            )
+            out["val_acc"] = accuracy(pred, d.val_labels)
         if not e.cfg.eval_train:
             return out, None
         table = per_sample(
@@ -402,7 +415,9 @@ class Trainer:
             "last_test_acc": rounded(last.get("test_acc"), 2),
             "train_samples": len(d.train_labels),
             "meta_samples": len(d.meta_labels),
+            "val_samples": 0 if d.val_labels is None else len(d.val_labels),
             "test_samples": len(d.test_labels),
+            **self._validation(last),
             "noise_known": d.noise_known,
             "realized_noise_rate": rounded(d.realized_noise_rate, 4),
             "class_counts": self._class_counts(),
@@ -410,6 +425,16 @@ class Trainer:
             "units": {
                 "best_test_acc": "percent",
                 "last_test_acc": "percent",
+                **(
+                    {
+                        "val_majority_acc": "percent of the validation split's given labels",
+                        "last_val_acc": "percent of the validation split's given labels",
+                        "best_val_acc": "percent of the validation split's given labels",
+                        "test_acc_at_best_val": "percent",
+                    }
+                    if d.val_labels is not None
+                    else {}
+                ),
                 "realized_noise_rate": "share of training labels changed by the noise",
                 "wall_time": "seconds of training and evaluation",
             },
@@ -417,6 +442,26 @@ class Trainer:
             "ranks": 1 if self.parallel is None else self.parallel.world_size,
             **self._class_clusters(),
             "finished": False,
+        }
+
+    def _validation(self, last: dict[str, Any]) -> dict[str, Any]:
+        """The validation split's accuracy at the last epoch and at its best epoch, with the
+        test accuracy there (none of it without a validation split)."""
+        if self.exp.data.val_labels is None:
+            return {}
+        best = self.best_val
+
+        def pct(value: float | None) -> float | None:
+            return None if value is None else round(float(value), 2)
+
+        labels = self.exp.data.val_labels
+        majority = 100.0 * float(torch.bincount(labels).max()) / len(labels)
+        return {
+            "val_majority_acc": pct(majority),
+            "last_val_acc": pct(last.get("val_acc")),
+            "best_val_epoch": best["epoch"],
+            "best_val_acc": pct(best["val_acc"]) if best["epoch"] else None,
+            "test_acc_at_best_val": pct(best["test_acc"]) if best["epoch"] else None,
         }
 
     def _class_counts(self) -> dict[str, list[int]]:
@@ -504,6 +549,13 @@ class Trainer:
             self.epoch += 1
             if scores["test_acc"] is not None and scores["test_acc"] > self.best["test_acc"]:
                 self.best = {"epoch": self.epoch, "test_acc": scores["test_acc"]}
+            val = scores.get("val_acc")
+            if val is not None and val > self.best_val["val_acc"]:
+                self.best_val = {
+                    "epoch": self.epoch,
+                    "val_acc": val,
+                    "test_acc": scores["test_acc"],
+                }
             self._save(record)
             self._log(record)
         if self.epoch == e.total_epochs and self.main:
@@ -523,6 +575,8 @@ class Trainer:
         if self.label:
             parts[0] = f"[{self.label}] {parts[0]}"
         parts.append(f"test acc {r['test_acc']:.2f}%")
+        if r.get("val_acc") is not None:
+            parts.append(f"val acc {r['val_acc']:.2f}%")
         clean, corrupted = r.get("mean_weight_clean"), r.get("mean_weight_corrupted")
         if clean is not None and corrupted is not None:
             parts.append(f"weight clean/corrupted {clean:.3f}/{corrupted:.3f}")
