@@ -239,3 +239,14 @@ def torchrun(ranks: int, args: list[str], env: dict[str, str], timeout: float):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += [f"--nproc_per_node={ranks}", "-m", "mwnet", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_on_two_ranks_and_one(args: list[str], out: Path, timeout: float = 180) -> None:
+    """``mwnet ARGS`` under torchrun on 2 ranks (run ``out/two``), then in this process
+    (``out/one``): the two run directories an equivalence test compares."""
+    from mwnet.cli import main
+
+    two = torchrun(2, [*args, "name=two"], source_env(), timeout)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert main([*args, "name=one"]) == 0
+    assert (out / "one").is_dir() and (out / "two").is_dir()

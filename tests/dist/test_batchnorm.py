@@ -11,17 +11,16 @@ checkpoint of epoch 1), on the rank's half of the epoch's one batch.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from dist_workers import run_loop_on_ranks
+from same_state import assert_identical, training_state
 
 from mwnet.run import load_checkpoint, read_jsonl
 from mwnet.train.config import load_config_file
 from mwnet.train.experiment import build_experiment
-from same_state import assert_identical, training_state
 
 pytestmark = pytest.mark.distributed
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dist_workers import source_env, torchrun
+from dist_workers import train_on_two_ranks_and_one
 
-from mwnet.cli import main
 from mwnet.run import load_checkpoint, read_jsonl
 
 pytestmark = pytest.mark.distributed
@@ -37,9 +36,7 @@ def test_partial_step_with_a_schedule_and_freezing_equals_one_process(fmnist_roo
         "threads=1",
         f"out_dir={tmp_path}",
     ]
-    two = torchrun(2, [*args, "name=two"], source_env(), 180)
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert main([*args, "name=one"]) == 0
+    train_on_two_ranks_and_one(args, tmp_path)
     one_records = read_jsonl(tmp_path / "one" / "metrics.jsonl")
     two_records = read_jsonl(tmp_path / "two" / "metrics.jsonl")
     frozen = [r["meta_loss"] is None for r in one_records]

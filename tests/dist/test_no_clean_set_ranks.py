@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
-from dist_workers import source_env, torchrun
+from dist_workers import train_on_two_ranks_and_one
 from scoring_workers import run_rank, score_here
 
 from mwnet.run import read_jsonl
@@ -59,11 +59,7 @@ def test_label_correction_without_a_clean_set_under_torchrun(fmnist_root, tmp_pa
         "threads=1",
         f"out_dir={tmp_path}",
     ]
-    two = torchrun(2, [*args, "name=two"], source_env(), 180)
-    assert two.returncode == 0, two.stderr[-2000:]
-    from mwnet.cli import main
-
-    assert main([*args, "name=one"]) == 0
+    train_on_two_ranks_and_one(args, tmp_path)
     one_records = read_jsonl(tmp_path / "one" / "metrics.jsonl")
     two_records = read_jsonl(tmp_path / "two" / "metrics.jsonl")
     for a, b in zip(one_records, two_records, strict=True):

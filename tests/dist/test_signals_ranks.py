@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dist_workers import source_env, torchrun
+from dist_workers import train_on_two_ranks_and_one
 
-from mwnet.cli import main
 from mwnet.run.signals import SIGNALS_FILE, SampleSignals
 
 pytestmark = pytest.mark.distributed
@@ -35,9 +34,7 @@ def test_two_ranks_record_the_signals_of_one_process(fmnist_root, tmp_path):
         "threads=1",
         f"out_dir={tmp_path}",
     ]
-    two = torchrun(2, [*args, "name=two"], source_env(), 180)
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert main([*args, "name=one"]) == 0
+    train_on_two_ranks_and_one(args, tmp_path)
     one, one_extra = SampleSignals.load(tmp_path / "one" / SIGNALS_FILE)
     two, two_extra = SampleSignals.load(tmp_path / "two" / SIGNALS_FILE)
     assert one.epochs == two.epochs == 2

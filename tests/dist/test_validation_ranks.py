@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dist_workers import _spawn, source_env, torchrun
+from dist_workers import _spawn, train_on_two_ranks_and_one
 from validation_workers import evaluate_here, run_rank
 
-from mwnet.cli import main
 from mwnet.run import read_json, read_jsonl
 from mwnet.train.config import load_config
 from mwnet.train.experiment import build_model, prepare_data
@@ -65,9 +64,7 @@ def test_two_ranks_under_torchrun_record_the_validation_of_one_process(fmnist_ro
         "method.name=mwnet",
         f"out_dir={tmp_path}",
     ]
-    two = torchrun(2, [*args, "name=two"], source_env(), 180)
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert main([*args, "name=one"]) == 0
+    train_on_two_ranks_and_one(args, tmp_path)
     one_acc = [r["val_acc"] for r in read_jsonl(tmp_path / "one" / "metrics.jsonl")]
     two_acc = [r["val_acc"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl")]
     # the same split; the models differ only by the float rounding of summed gradients

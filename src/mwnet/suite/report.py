@@ -273,6 +273,14 @@ def _main_settings(res: Results) -> list[Setting]:
 # --- tables ---------------------------------------------------------------------------
 
 
+def _method_header(methods: list[MethodSpec]) -> list[str]:
+    """The first two lines of a settings x methods table."""
+    return [
+        "| setting | " + " | ".join(m.title for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+
+
 def headline_table(res: Results, default: bool = True, group: str = "main") -> str:
     """Settings x methods, last-epoch test accuracy (mean ± std) at the selected values,
     best mean in bold: the default grid's methods, or (``default=False``) the extra ones
@@ -282,10 +290,7 @@ def headline_table(res: Results, default: bool = True, group: str = "main") -> s
     methods = [m for m in METHODS if m.default == default and m.name in names]
     if not methods:
         return ""
-    lines = [
-        "| setting | " + " | ".join(m.title for m in methods) + " |",
-        "|---|" + "---|" * len(methods),
-    ]
+    lines = _method_header(methods)
     for setting in settings:
         cells = [res.select(setting.name, m.name) for m in methods]
         if not any(cells):
@@ -374,10 +379,7 @@ def selection_table(res: Results, group: str = "main") -> str:
     methods = [m for m in METHODS if any(started(s, m) for s in settings)]
     if not methods:
         return ""
-    lines = [
-        "| setting | " + " | ".join(m.title for m in methods) + " |",
-        "|---|" + "---|" * len(methods),
-    ]
+    lines = _method_header(methods)
     for setting in settings:
         texts = []
         for method in methods:

@@ -16,6 +16,16 @@ if TYPE_CHECKING:
     from mwnet.distributed import DataParallel
 
 
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default="exact",
+        help="exact: the paper's step (default); cheap: the head hypergradient, about 1.4x "
+        "a plain step, chosen by the suite (docs/PERFORMANCE.md); overrides win over it",
+    )
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -53,13 +63,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the resolved config before training (it is saved in RUN_DIR/config.yaml)",
     )
-    p.add_argument(
-        "--recipe",
-        choices=tuple(RECIPES),
-        default="exact",
-        help="exact: the paper's step (default); cheap: the head hypergradient, about 1.4x "
-        "a plain step, chosen by the suite (docs/PERFORMANCE.md); overrides win over it",
-    )
+    _add_recipe(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run_train)
 
@@ -212,13 +216,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         help="then train the first method again without the labels the report flags "
         "(data.exclude), and add it to the table",
     )
-    p.add_argument(
-        "--recipe",
-        choices=tuple(RECIPES),
-        default="exact",
-        help="exact: the paper's step (default); cheap: the head hypergradient, about 1.4x "
-        "a plain step, chosen by the suite (docs/PERFORMANCE.md); overrides win over it",
-    )
+    _add_recipe(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=run_compare)
 
