@@ -178,3 +178,28 @@ def test_warmup_resumes_into_the_meta_phase(fmnist_root, tmp_path):
         {k: v for k, v in r.items() if k not in strip} for r in read_jsonl(whole / "metrics.jsonl")
     ]
     assert got == want
+
+
+def test_a_curve_that_trusts_no_sample_is_reported(fmnist_root, tmp_path, capsys):
+    """A weighting net whose every weight is 0 trains nothing from the data: each epoch
+    counts those steps and its line warns; a working curve counts none."""
+    from mwnet.core import WeightNet
+    from mwnet.run.weight_net_file import save_weight_net
+
+    dead = WeightNet()
+    with torch.no_grad():
+        last = [m for m in dead.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.fill_(-1e4)  # sigmoid(-1e4) is exactly 0 in float32
+    save_weight_net(tmp_path / "dead.pt", dead, normalize="sum")
+    frozen = ("method.meta=false", f"method.weight_net_from={tmp_path / 'dead.pt'}")
+    overrides = [*tiny_overrides(fmnist_root, tmp_path, "dead", "mwnet"), "threads=1", *frozen]
+    trainer, run_dir = loop.start(load_config("fmnist-lt-10", overrides), quiet=False)
+    trainer.fit(stop_after=1)
+    (record,) = read_jsonl(run_dir / "metrics.jsonl")
+    assert record["zero_weight_steps"] == len(trainer.exp.train_batches) > 0
+    assert record["train_loss"] == 0.0
+    assert "WARNING: every weight was 0 on" in capsys.readouterr().err
+
+    working = _train(fmnist_root, tmp_path, "alive", "mwnet")
+    assert all(r["zero_weight_steps"] == 0 for r in read_jsonl(working / "metrics.jsonl"))

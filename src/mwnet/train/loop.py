@@ -71,6 +71,9 @@ class EpochStats:
     meta_steps: int = 0
     weight_clean: float = 0.0
     n_clean: int = 0
+    weighted_steps: int = 0
+    zero_weight_steps: int = 0
+    """Steps whose every weight was 0: the weighted loss was 0, nothing learned from the data."""
     weight_corrupted: float = 0.0
     n_corrupted: int = 0
     loss_min: float = float("inf")
@@ -265,6 +268,8 @@ class Trainer:
                 self.signals.record_step(idx, losses, weights)
                 if weights is not None:
                     w, bad = weights.float(), corrupted[idx]
+                    stats.weighted_steps += 1
+                    stats.zero_weight_steps += int(not bool((w != 0).any()))
                     stats.weight_corrupted += float(w[bad].sum())
                     stats.n_corrupted += int(bad.sum())
                     stats.weight_clean += float(w[~bad].sum())
@@ -382,6 +387,7 @@ class Trainer:
             "mean_weight": mean(
                 stats.weight_clean + stats.weight_corrupted, stats.n_clean + stats.n_corrupted
             ),
+            "zero_weight_steps": stats.zero_weight_steps if stats.weighted_steps else None,
             **(
                 {
                     "mean_weight_clean": mean(stats.weight_clean, stats.n_clean),
@@ -582,6 +588,12 @@ class Trainer:
             parts.append(f"weight clean/corrupted {clean:.3f}/{corrupted:.3f}")
         elif r.get("mean_weight") is not None:
             parts.append(f"mean weight {r['mean_weight']:.3f}")
+        if r.get("zero_weight_steps"):
+            parts.append(
+                f"WARNING: every weight was 0 on {r['zero_weight_steps']} steps, which learned "
+                "nothing from the data (the weighting net trusts no sample: its curve has "
+                "collapsed; see docs/PERFORMANCE.md)"
+            )
         if r.get("meta_size") is not None:
             right = r.get("meta_precision")
             right = "" if right is None else f", {100 * right:.0f}% labels right"
