@@ -32,15 +32,22 @@ from mwnet.train.config import load_config
 def test_full_grid_has_every_method_setting_and_seed() -> None:
     grid = cells(FULL)
     trained = [m for m in DEFAULT_METHODS if method_named(m).after is None]  # no continuations
-    assert len(trained) == 9
+    assert len(trained) == 7
     clean_axis = ("l2rw", "finetune", "mwnet-fast", "cmwnet")
-    # the 8 main settings at seeds 0-2; the clean-set axis (2 noises x 2 sizes) at seeds 0-2
-    # for the methods that read the clean set; small data at seeds 0-4
-    assert len(grid) == 8 * 9 * 3 + 4 * 4 * 3 + 9 * 5
-    main = [s.name for s in SETTINGS if s.group == "main"]
-    axis = [s.name for s in SETTINGS if s.group == "clean-size"]
+    # the 6 default main settings at seeds 0-2 (class-balanced loss on the 2 long tails
+    # only); the clean-set axis's default (2 noises x 100 images) at seeds 0-2 for the
+    # methods that read the clean set; small data at seeds 0-4
+    assert len(grid) == 6 * 6 * 3 + 2 * 3 + 2 * 4 * 3 + 6 * 5
+    main = [s.name for s in SETTINGS if s.group == "main" and s.in_default]
+    axis = [s.name for s in SETTINGS if s.group == "clean-size" and s.in_default]
+    long_tails = {s.name for s in SETTINGS if s.imbalanced}
     assert {(c.setting.name, c.method.name) for c in grid} == {
-        *((s, m) for s in (*main, "small-flip2-40") for m in trained),
+        *(
+            (s, m)
+            for s in (*main, "small-flip2-40")
+            for m in trained
+            if m != "class-balanced" or s in long_tails
+        ),
         *((s, m) for s in axis for m in clean_axis),
     }
     assert all(c.setting.name in DEFAULT_SETTINGS for c in grid)
@@ -122,7 +129,7 @@ def test_quick_suite_writes_the_report_and_reruns_train_nothing(
     assert main(args) == 0
 
     results = (docs / "RESULTS.md").read_text()
-    for title in ("flip2 noise 40 %", "long tail IF 100", "MW-Net (fast)", "MW-Net (head)"):
+    for title in ("flip2 noise 40 %", "long tail IF 100", "MW-Net (fast)", "CMW-Net (fast)"):
         assert title in results
     assert "AUROC" in results
     assert "## CMW-Net: one weighting curve per class cluster" in results
@@ -134,9 +141,10 @@ def test_quick_suite_writes_the_report_and_reruns_train_nothing(
     assert "old table" not in text and "| flip2 noise 40 % |" in text
     assert text.startswith("intro\n") and text.endswith("outro\n")
     # per setting: 2 learning rates x 1 knob value on seed 0, the selected one on seed 1,
-    # for the 10 methods that train; the fine-tuning continuation searches no lr
-    assert len(DEFAULT_METHODS) == 11
-    assert len(list(out.glob("*/*/summary.json"))) == 2 * (10 * (2 + 1) + (1 + 1))
+    # for the 7 methods that train (8 on the long tail: class-balanced loss); the
+    # fine-tuning continuation searches no lr
+    assert len(DEFAULT_METHODS) == 9
+    assert len(list(out.glob("*/*/summary.json"))) == (7 + 8) * (2 + 1) + 2 * (1 + 1)
 
     # A hand-written reading survives; finished cells are not trained again.
     (docs / "RESULTS.md").write_text(
