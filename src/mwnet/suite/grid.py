@@ -291,10 +291,10 @@ but the clean set and the validation split)."""
 CNN_STEP_COST = 49.0
 """A small-CNN training step against the 784-256-10 MLP's, batch 100, one thread (measured:
 85 ms against 1.7 ms on the suite's machine)."""
-SECONDS_PER_COST = 12.0
+SECONDS_PER_COST = 31.0
 """Seconds of one thread per unit of :attr:`MethodSpec.cost` for a main-setting run at the
-full scale, measured: the former default grid's 176 runs (389 cost units) took 1.30 h
-summed over runs, two at a time on 2 shared cores."""
+full scale, measured: the default grid's 302 runs (486 cost units) took 4.22 h summed over
+runs, two at a time on 2 cores (start-up and plotting, about 7-10 s a run, not counted)."""
 
 SMALL_SEEDS = (0, 1, 2, 3, 4)
 SETTINGS += (
