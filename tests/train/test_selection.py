@@ -24,7 +24,13 @@ from mwnet.suite.grid import (
     seeds_of,
     setting_named,
 )
-from mwnet.suite.report import Results, headline_table, selection_table
+from mwnet.suite.report import (
+    Results,
+    full_train_table,
+    headline_table,
+    selection_table,
+    verdict_table,
+)
 from mwnet.suite.selection import Planner, failed_file
 from mwnet.train.config import load_config
 from mwnet.train.experiment import prepare_data
@@ -178,3 +184,96 @@ def test_the_estimate_counts_every_planned_run_at_its_cost(tmp_path) -> None:
     small = Planner(tmp_path, FULL, [setting_named("small-flip2-40")], ("mwnet-fast",))
     assert small.total() == 2 + 4
     assert small.estimated_core_hours() == pytest.approx(6 * 3.5 * 0.15 * per_cost)
+
+
+def _seeds(out: Path, method: str, tests: dict[int, float]) -> None:
+    """``method``'s flip2-40 runs with the given test accuracy per seed: seed 0's grid (the
+    first candidate selected) and the selection on the other seeds listed."""
+    first, *rest = [(50.0, tests[0])] + [(40.0, 10.0)] * (
+        len(candidates(FLIP, methods_of(FLIP, (method,))[0], FULL)) - 1
+    )
+    _grid(out, method, [first, *rest])
+    planner = _planner(out, (method,))
+    for cell in planner.ready():
+        if cell.seed in tests:
+            _write(planner.dir(cell), 50.0, tests[cell.seed])
+
+
+def _verdict_row(out: Path) -> str:
+    table = verdict_table(Results(out, FULL))
+    return next(line for line in table.splitlines() if line.startswith("| flip2 noise 40 %"))
+
+
+def test_the_verdict_gives_the_margin_to_the_best_method_paired_by_seed(tmp_path) -> None:
+    _seeds(tmp_path, "ce", {0: 80.0, 1: 82.0, 2: 84.0})
+    _seeds(tmp_path, "mwnet-fast", {0: 78.0, 1: 81.0, 2: 83.0})
+    row = _verdict_row(tmp_path)
+    assert "| CE: 82.0 ± 2.0 | MW-Net (fast): 80.7 ± 2.5 |" in row
+    assert "| -1.33 ± 0.58 | mwnet behind, beyond the spread |" in row
+
+
+def test_the_verdict_signs_a_win_and_a_negative_paired_margin(tmp_path) -> None:
+    _seeds(tmp_path, "ce", {0: 80.0, 1: 80.5, 2: 81.0})
+    _seeds(tmp_path, "mwnet-fast", {0: 82.0, 1: 82.5, 2: 83.0})
+    assert "| +2.00 ± 0.00 over CE | mwnet ahead, beyond the spread |" in _verdict_row(tmp_path)
+
+
+def test_a_best_mean_over_other_seeds_keeps_the_minus_of_its_paired_margin(tmp_path) -> None:
+    # MW-Net's mean is higher only because CE kept a weak seed MW-Net lost: paired on the
+    # seeds both have, MW-Net is 1 point behind, and the margin must not read "+-1.00"
+    _seeds(tmp_path, "ce", {0: 81.0, 1: 71.0, 2: 60.0})
+    _seeds(tmp_path, "mwnet-fast", {0: 80.0, 1: 70.0})
+    row = _verdict_row(tmp_path)
+    assert "MW-Net (fast): 75.0 ± 7.1 |" in row
+    assert "| -1.00 ± 0.00 over CE |" in row
+    assert "+-" not in row
+
+
+CNN_FLIP = setting_named("full-cnn-flip2-40")
+
+
+def test_the_full_cnn_regime_runs_whole_seeds_and_fine_tunes_the_ce_run(tmp_path) -> None:
+    methods = ("ce", "finetune", "ce-finetune", "mwnet-fast", "mwnet-fast-finetune")
+    planner = Planner(tmp_path, FULL, [CNN_FLIP], methods)
+    assert [m.name for m in methods_of(CNN_FLIP, methods)] == [
+        "ce",
+        "ce-finetune",
+        "mwnet-fast",
+        "mwnet-fast-finetune",
+    ]
+    # CE -> fine-tune runs only where a setting names it
+    assert "ce-finetune" not in [m.name for m in methods_of(FLIP, methods)]
+    assert planner.total() == 4 * 3
+    # seed by seed, slowest first: a regime stopped early leaves whole seeds
+    order = [(c.seed, c.method.name) for c in planner.ready()]
+    assert order == [(s, m) for s in (0, 1, 2) for m in ("mwnet-fast", "ce")]
+    ce0 = next(c for c in planner.ready() if c.method.name == "ce" and c.seed == 0)
+    _write(planner.dir(ce0), 50.0, 80.0)
+    follow = [c for c in planner.ready() if c.method.name == "ce-finetune"]
+    assert [c.seed for c in follow] == [0]
+    assert f"model.init_from={planner.dir(ce0)}" in follow[0].overrides
+    assert "optim.epochs=0" in follow[0].overrides
+    config = load_config(None, list(follow[0].overrides))
+    assert (config.method.finetune_lr, config.method.finetune_epochs) == (0.001, 10)
+
+
+def test_the_full_training_set_table_gives_seeds_wall_time_and_the_verdict(tmp_path) -> None:
+    planner = Planner(tmp_path, FULL, [CNN_FLIP], ("ce", "mwnet-fast"))
+    walls = {"ce": 600.0, "mwnet-fast": 1800.0}
+    tests = {"ce": {0: 80.0, 1: 81.0}, "mwnet-fast": {0: 83.0, 1: 83.5}}
+    for cell in planner.ready():
+        if cell.seed in tests[cell.method.name]:
+            run_dir = planner.dir(cell)
+            _write(run_dir, 50.0, tests[cell.method.name][cell.seed])
+            summary = json.loads((run_dir / "summary.json").read_text())
+            summary["wall_time"] = walls[cell.method.name]
+            (run_dir / "summary.json").write_text(json.dumps(summary))
+    results = Results(tmp_path, FULL)
+    row = next(
+        line
+        for line in full_train_table(results).splitlines()
+        if line.startswith(f"| {CNN_FLIP.title}")
+    )
+    assert row.endswith("| 80.5 ± 0.7 | **83.2 ± 0.4** | 0, 1 | 30 min (3.0x) |")
+    verdict = verdict_table(results, group="full-train")
+    assert "| +2.75 ± 0.35 over CE | mwnet ahead, beyond the spread |" in verdict

@@ -83,6 +83,23 @@ def test_unknown_setting_names_the_valid_ones() -> None:
         cells(FULL, settings=("flip-40",))
 
 
+def test_each_invocation_adds_its_time_to_its_own_clock() -> None:
+    from mwnet.suite.command import FULL_TRAIN, time_key
+    from mwnet.suite.grid import DEFAULT_METHODS, DEFAULT_SETTINGS
+
+    assert set(FULL_TRAIN) == {
+        "full-flip2-40",
+        "full-uniform-60",
+        "full-cnn-flip2-40",
+        "full-cnn-uniform-60",
+    }
+    assert time_key(DEFAULT_SETTINGS, DEFAULT_METHODS) == "elapsed_seconds"
+    assert time_key(("full-cnn-flip2-40",), DEFAULT_METHODS) == "full_train_elapsed_seconds"
+    # a milder variant or the 300-image clean set is an extra, not the full training set
+    assert time_key(("lt-10",), DEFAULT_METHODS) == "extra_elapsed_seconds"
+    assert time_key(("flip2-40-clean300",), DEFAULT_METHODS) == "extra_elapsed_seconds"
+
+
 def _pairwise_auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     pos, neg = scores[positives], scores[~positives]
     wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()

@@ -17,9 +17,12 @@ from mwnet.suite.grid import (
     METHOD_NAMES,
     QUICK,
     SETTING_NAMES,
+    SETTINGS,
 )
 
-FULL_TRAIN = tuple(n for n in SETTING_NAMES if n not in DEFAULT_SETTINGS)
+EXTRA_SETTINGS = tuple(n for n in SETTING_NAMES if n not in DEFAULT_SETTINGS)
+"""Settings run only when named: milder variants, 300 clean images, the full training set."""
+FULL_TRAIN = tuple(s.name for s in SETTINGS if s.group == "full-train")
 
 
 def add_suite(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +53,8 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
         "--settings",
         type=comma_list(SETTING_NAMES, "setting"),
         default=DEFAULT_SETTINGS,
-        help=f"comma list (default: {','.join(DEFAULT_SETTINGS)}; also: {','.join(FULL_TRAIN)})",
+        help=f"comma list (default: {','.join(DEFAULT_SETTINGS)}; "
+        f"also: {','.join(EXTRA_SETTINGS)})",
     )
     p.add_argument(
         "--methods",

@@ -197,7 +197,9 @@ class Planner:
 
     def ready(self) -> list[Cell]:
         """Every run that can start now and has not settled, in the order to start them:
-        the first seed's grids first (they decide everything else), slowest first."""
+        the first seed's grids first (they decide everything else), slowest first; then
+        seed by seed, slowest first within a seed, so that a suite stopped early leaves
+        whole seeds to compare (every method on the same data)."""
         first, rest = [], []
         for setting in self._with_sources():
             seeds = seeds_of(setting, self.scale)
@@ -220,7 +222,8 @@ class Planner:
                     if cell is not None and not state_of(self.dir(cell)).settled:
                         rest.append(cell)
         by_cost = lambda c: -c.method.cost  # noqa: E731
-        return sorted(first, key=by_cost) + sorted(rest, key=by_cost)
+        by_seed = lambda c: (c.seed, -c.method.cost)  # noqa: E731
+        return sorted(first, key=by_cost) + sorted(rest, key=by_seed)
 
     def _with_sources(self) -> list[Setting]:
         """The settings asked for, and before them those whose selections they take."""
