@@ -100,6 +100,16 @@ def test_each_invocation_adds_its_time_to_its_own_clock() -> None:
     assert time_key(("flip2-40-clean300",), DEFAULT_METHODS) == "extra_elapsed_seconds"
 
 
+def test_the_timing_line_reports_each_clock(tmp_path: Path) -> None:
+    from mwnet.suite.report import Results, _timing
+
+    info = {"elapsed_seconds": 3600.0, "jobs": 2, "full_train_elapsed_seconds": 9000.0}
+    text = _timing(Results(tmp_path, FULL), info)
+    assert "the suite took 1.00 h of wall-clock time with 2 parallel runs" in text
+    assert "the full-training-set regime took 2.50 h more" in text
+    assert "extra runs" not in text
+
+
 def _pairwise_auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     pos, neg = scores[positives], scores[~positives]
     wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()

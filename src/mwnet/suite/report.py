@@ -1078,6 +1078,9 @@ def _timing(res: Results, suite_info: dict[str, Any]) -> str:
     extra = suite_info.get("extra_elapsed_seconds")
     if extra:
         text += f"; extra runs took {extra / 3600:.2f} h more"
+    full = suite_info.get("full_train_elapsed_seconds")
+    if full:
+        text += f"; the full-training-set regime took {full / 3600:.2f} h more"
     return text + ". Wall time per run counts training and per-epoch evaluation, not start-up."
 
 
