@@ -169,8 +169,9 @@ def test_quick_suite_writes_the_report_and_reruns_train_nothing(
     assert text.startswith("intro\n") and text.endswith("outro\n")
     # per setting: 2 learning rates x 1 knob value on seed 0, the selected one on seed 1,
     # for the 7 methods that train (8 on the long tail: class-balanced loss); the
-    # fine-tuning continuation searches no lr
-    assert len(DEFAULT_METHODS) == 9
+    # fine-tuning continuation searches no lr; CE -> fine-tune runs only where a setting
+    # names it (the full-CNN regime)
+    assert len(DEFAULT_METHODS) == 10
     assert len(list(out.glob("*/*/summary.json"))) == (7 + 8) * (2 + 1) + 2 * (1 + 1)
 
     # A hand-written reading survives; finished cells are not trained again.
