@@ -280,8 +280,8 @@ is about (a retraining would be another whole CE run on 58,000 images). The MLP 
 12,000-image settings' selections, fine-tune's learning rates among them."""
 FULL_CNN_METHODS = ("ce", "ce-finetune", "mwnet-fast", "mwnet-fast-finetune")
 """The small CNN's: fine-tuning continues the CE run (CE -> fine-tune, like MW-Net ->
-fine-tune) instead of repeating its 10 epochs on 58,000 images, a quarter of the regime's
-time on 2 cores."""
+fine-tune) instead of repeating its 10 epochs on 58,000 images: 13 of a seed's about
+70 minutes of runs (measured, see :data:`CNN_STEP_COST`)."""
 CNN_OVERRIDES = (
     "model.name=cnn_small",
     "model.options={}",
