@@ -11,6 +11,7 @@ from mwnet.core import (
     WeightNet,
     cluster_by_count,
     normalize_weights,
+    start_flat,
 )
 from mwnet.label_issues import LabelIssues, find_label_issues
 from mwnet.run.signals import EpochPredictions, SampleSignals
@@ -32,4 +33,5 @@ __all__ = [
     "load_weight_net",
     "normalize_weights",
     "save_weight_net",
+    "start_flat",
 ]

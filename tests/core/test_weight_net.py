@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mwnet import WeightNet, normalize_weights
+from mwnet import ClassAwareWeightNet, WeightNet, normalize_weights, start_flat
 
 
 def test_default_is_the_papers_1_100_1_vnet():
@@ -53,3 +53,35 @@ def test_detached_sum_treats_the_sum_as_a_constant():
     torch.testing.assert_close(jac, torch.eye(4, dtype=torch.float64) / 2.0)
     full = torch.autograd.functional.jacobian(lambda v: normalize_weights(v, "sum"), w)
     assert not torch.allclose(full, jac)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: WeightNet(),
+        lambda: WeightNet(7, depth=2),
+        lambda: WeightNet(3, depth=0),
+        lambda: ClassAwareWeightNet([50, 20, 10, 5, 2], clusters=3),
+    ],
+)
+def test_a_flat_start_weights_every_sample_one_half(make):
+    torch.manual_seed(0)
+    default = make()
+    torch.manual_seed(0)
+    net = start_flat(make())
+    losses = torch.linspace(0, 20, 30)
+    args = (losses,) if not net.takes_labels else (losses, torch.arange(30) % 5)
+    with torch.no_grad():
+        assert torch.equal(net(*args), torch.full((30,), 0.5))
+        assert not torch.allclose(default(*args), torch.full((30,), 0.5))
+    # only the output layer changed: the hidden layers keep the seed's initialisation
+    changed = [
+        k for k, v in net.state_dict().items() if not torch.equal(v, default.state_dict()[k])
+    ]
+    last = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert changed and all(k.startswith(f"{last}.") for k in changed)
+
+
+def test_a_flat_start_needs_a_linear_output_layer():
+    with pytest.raises(TypeError, match=r"no nn\.Linear output layer"):
+        start_flat(torch.nn.Sigmoid())

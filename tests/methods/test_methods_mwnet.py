@@ -112,3 +112,47 @@ def test_weight_net_follows_the_model_dtype_and_gives_the_weighting_function():
 def test_unknown_weight_optimizer_is_named():
     with pytest.raises(ValueError, match="weight_optimizer must be one of"):
         build("mwnet", make_model("mlp"), "mlp", {"weight_optimizer": "lamb"})
+
+
+def test_a_flat_weighting_net_that_never_learns_trains_as_cross_entropy():
+    """Every weight 0.5 under sum normalisation is CE's mean loss: with the weighting net's
+    learning rate 0 the MW-Net run is the CE run; a default net's random slope is not."""
+
+    def run(name, options):
+        torch.manual_seed(0)
+        model = make_model("mlp", torch.float64)
+        _, method = build(name, model, "mlp", options)
+        for i in range(3):
+            method.step(*(t.double() if t.is_floating_point() else t for t in batch("mlp", i)))
+        return state(model)
+
+    ce = run("ce", {})
+    flat = run("mwnet", {"weight_init": "flat", "weight_lr": 0.0, "hypergrad": "reverse"})
+    default = run("mwnet", {"weight_lr": 0.0, "hypergrad": "reverse"})
+    assert_same(flat, ce, rtol=1e-12, atol=1e-12)
+    assert any(not torch.allclose(default[k], ce[k]) for k in ce)
+
+
+def test_a_flat_weighting_net_learns_from_its_first_meta_step():
+    torch.manual_seed(0)
+    options = {"weight_init": "flat", "weight_decay": 0.0}  # Adam's decay would move all
+    _, method = build("mwnet", make_model("mlp"), "mlp", options)
+    net = method.reweighter.weight_net
+    hidden = net.net[0].weight.detach().clone()
+    out = method.step(*batch("mlp", 0))
+    assert torch.equal(net.net[0].weight, hidden)  # a zero output layer passes no gradient down
+    assert bool(net.net[-1].weight.ne(0).any())  # ...but it moves itself
+    assert not torch.allclose(out.weights, out.weights[0].expand_as(out.weights))
+
+
+def test_weight_init_is_checked_and_not_applied_to_a_given_net():
+    with pytest.raises(ValueError, match="weight_init must be one of default, flat"):
+        build("mwnet", make_model("mlp"), "mlp", {"weight_init": "zeros"})
+    with pytest.raises(ValueError, match="weight_net was given"):
+        MetaWeightNet(
+            make_model("mlp"),
+            torch.optim.SGD(make_model("mlp").parameters(), lr=0.1),
+            meta_stream("mlp"),
+            weight_net=mwnet.WeightNet(),
+            weight_init="flat",
+        )

@@ -141,11 +141,28 @@ def test_reuse_needs_a_weight_net_file(tmp_path):
         (["method.name=ce", "method.weight_net_from=x"], "are for mwnet and cmwnet, not ce"),
         (["method.weight_clusters=0"], "method.weight_clusters must be >= 1"),
         (["method.warmup_epochs=-1"], "method.warmup_epochs must be >= 0"),
+        (["method.weight_init=zeros"], r"method.weight_init.*default, flat"),
+        (
+            ["method.weight_init=flat", "method.weight_net_from=x"],
+            "method.weight_init=flat initialises a fresh weighting net",
+        ),
     ],
 )
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("method", ["mwnet", "cmwnet"])
+def test_a_run_can_start_its_weighting_net_flat(fmnist_root, tmp_path, method):
+    overrides = [*tiny_overrides(fmnist_root, tmp_path, "flat", method), "threads=1"]
+    cfg = load_config("fmnist-lt-10", [*overrides, "method.weight_init=flat"])
+    trainer, _ = loop.start(cfg, quiet=True)
+    net = trainer.exp.method.reweighter.weight_net
+    losses = torch.linspace(0, 10, 7)
+    args = (losses, torch.arange(7)) if net.takes_labels else (losses,)
+    with torch.no_grad():
+        assert torch.equal(net(*args), torch.full((7,), 0.5))
 
 
 def test_warmup_epochs_train_plain_cross_entropy_first(fmnist_root, tmp_path):

@@ -3,9 +3,10 @@
 from mwnet.core.class_aware import ClassAwareWeightNet, cluster_by_count
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.reweighter import MetaReweighter, StepResult, normalize_weights
-from mwnet.core.weight_net import WeightNet
+from mwnet.core.weight_net import WEIGHT_INITS, WeightNet, start_flat
 
 __all__ = [
+    "WEIGHT_INITS",
     "ClassAwareWeightNet",
     "GradientReducer",
     "MetaReweighter",
@@ -13,4 +14,5 @@ __all__ = [
     "WeightNet",
     "cluster_by_count",
     "normalize_weights",
+    "start_flat",
 ]

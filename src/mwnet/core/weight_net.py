@@ -55,6 +55,31 @@ class WeightNet(nn.Module):
         )
 
 
+WEIGHT_INITS: tuple[str, ...] = ("default", "flat")
+"""How a fresh weighting net starts: ``default`` (PyTorch's ``nn.Linear`` initialisation,
+the paper's) or ``flat`` (:func:`start_flat`)."""
+
+
+def start_flat(weight_net: nn.Module) -> nn.Module:
+    """Zero the net's output layer (its last ``nn.Linear``), in place, and return the net.
+
+    Every sample then starts at weight ``sigmoid(0) = 0.5`` whatever its loss (and its
+    class, for :class:`~mwnet.ClassAwareWeightNet`), so under ``sum`` or ``mean``
+    normalisation the first virtual step is plain cross-entropy's. A default-initialised
+    net instead starts with a random slope over the losses, up or down by the seed, which
+    the first meta steps must undo. The hidden layers keep their random initialisation, so
+    the output layer's gradient is non-zero and the curve moves from the first meta step.
+    """
+    last = [m for m in weight_net.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise TypeError(f"{type(weight_net).__name__} has no nn.Linear output layer to zero")
+    with torch.no_grad():
+        last[-1].weight.zero_()
+        if last[-1].bias is not None:
+            last[-1].bias.zero_()
+    return weight_net
+
+
 def takes_labels(weight_net: nn.Module) -> bool:
     """Whether ``weight_net`` is called with each sample's label besides its loss."""
     return bool(getattr(weight_net, "takes_labels", False))

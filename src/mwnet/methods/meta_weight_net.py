@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mwnet.core import ClassAwareWeightNet, MetaReweighter, WeightNet
+from mwnet.core import WEIGHT_INITS, ClassAwareWeightNet, MetaReweighter, WeightNet, start_flat
 from mwnet.core.checks import check_batch, check_labels, step_guard
 from mwnet.core.hypergrad import HypergradMode
 from mwnet.core.objective import (
@@ -73,6 +73,9 @@ class MetaWeightNet(Method):
         class_counts: build a :class:`~mwnet.ClassAwareWeightNet` on these per-class
             counts with ``weight_clusters`` clusters (CMW-Net); None: a ``WeightNet``.
         weight_net: use this net (e.g. one learned in another run) instead of building one.
+        weight_init: how a net built here starts: ``default`` (PyTorch's initialisation,
+            the paper's) or ``flat`` (output layer zeroed: every weight 0.5 at the start,
+            :func:`mwnet.start_flat`). Only for a net built here, not a given one.
         frozen: never update the weighting net: no meta batch is drawn, a step costs a
             plain step plus the tiny net. Needs ``weight_net``.
         soft_labels: label correction (CMW-Net-SL): a callable giving a teacher's class
@@ -128,6 +131,7 @@ class MetaWeightNet(Method):
         weight_decay: float = 1e-4,
         class_counts: torch.Tensor | None = None,
         weight_clusters: int = 3,
+        weight_init: str = "default",
         weight_net: nn.Module | None = None,
         frozen: bool = False,
         soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -162,6 +166,15 @@ class MetaWeightNet(Method):
                 "a frozen weighting net is never updated, so a meta_interval_schedule, "
                 "freeze_epoch or freeze_tolerance has nothing to do; drop them or frozen"
             )
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(
+                f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {weight_init!r}"
+            )
+        if weight_net is not None and weight_init != "default":
+            raise ValueError(
+                f"weight_init={weight_init!r} initialises a net built here, but weight_net "
+                "was given (it starts as it is); drop one of them"
+            )
         param = next(model.parameters())
         if weight_net is not None:
             net = weight_net
@@ -169,6 +182,8 @@ class MetaWeightNet(Method):
             net = ClassAwareWeightNet(class_counts, clusters=weight_clusters, hidden=weight_hidden)
         else:
             net = WeightNet(hidden=weight_hidden, depth=weight_depth)
+        if weight_init == "flat":
+            start_flat(net)
         net = net.to(device=param.device, dtype=_float_dtype(model))
         net_optimizer = None
         if not frozen:

@@ -55,6 +55,7 @@ _MWNET_OPTIONS: tuple[str, ...] = (
     "weight_nesterov",
     "weight_decay",
     "weight_clusters",
+    "weight_init",
 )
 
 
@@ -84,7 +85,7 @@ def build_method(
             ``hypergrad`` (also ``l2rw``); ``head``, ``partial``, ``normalize``,
             ``virtual_step``, ``meta_interval``, ``meta_interval_schedule``,
             ``weight_net_freeze_epoch``, ``weight_net_freeze_tolerance``, ``low_memory``,
-            ``weight_hidden``, ``weight_depth``,
+            ``weight_hidden``, ``weight_depth``, ``weight_init``,
             ``weight_optimizer``, ``weight_lr``, ``weight_momentum``, ``weight_nesterov``,
             ``weight_decay``, ``meta`` (false: ``weight_net`` frozen), ``mixup`` (-sl only)
             (``mwnet``, ``cmwnet``); ``weight_clusters`` (``cmwnet``); ``checks`` (all;

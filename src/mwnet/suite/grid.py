@@ -331,10 +331,12 @@ def _mwnet(
     cost: float,
     data: tuple[str, ...] = (),
     weight_lr: float | None = None,
+    knob: Knob | None = None,
 ) -> MethodSpec:
     """A non-default MW-Net variant for the noisy settings: the hypergradient ``mode``,
     ``method.*`` overrides (given without the ``method.`` prefix), other overrides
-    (``data.*``, ``model.*``), and the noise settings' Adam at another learning rate."""
+    (``data.*``, ``model.*``), the noise settings' Adam at another learning rate, and the
+    knob searched besides the learning rate."""
     vnet = None
     if weight_lr is not None:
         vnet = tuple(
@@ -348,6 +350,7 @@ def _mwnet(
         cost,
         default=False,
         weight_optimizer=vnet,
+        knob=knob,
     )
 
 
@@ -496,6 +499,18 @@ METHODS: tuple[MethodSpec, ...] = (
         1.4,
     ),
     _mwnet("head", "freeze4", "frozen after epoch 4", ("weight_net_freeze_epoch=4",), 1.2),
+    # MW-Net's own defaults under the selection protocol, one at a time (searched exactly
+    # as MW-Net is): a weighting net that starts flat (every weight 0.5) instead of with
+    # the seed's random slope, and meta batches a quarter and four times the default 100
+    # (the four-times one only where the clean set has 1,000 images: a 100-image set
+    # would repeat samples within a batch).
+    _mwnet_fast("flat", "flat start", ("weight_init=flat",), 3.5, knob=WEIGHT_LR),
+    _mwnet_fast(
+        "mb25", "meta batch 25", (), 3.3, data=("data.meta_batch_size=25",), knob=WEIGHT_LR
+    ),
+    _mwnet_fast(
+        "mb400", "meta batch 400", (), 4.0, data=("data.meta_batch_size=400",), knob=WEIGHT_LR
+    ),
     MethodSpec(
         "mwnet-reverse",
         "MW-Net (reverse)",

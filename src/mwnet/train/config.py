@@ -142,6 +142,10 @@ class MethodConfig:
     hypergrad=fast (see docs/PERFORMANCE.md for what it gains)"""
     weight_hidden: int = 100
     weight_depth: int = 1
+    weight_init: str = "default"
+    """mwnet/cmwnet: how a fresh weighting net starts: default (PyTorch's initialisation,
+    the paper's) | flat (output layer zeroed: every weight 0.5 at the start, so the first
+    virtual step is plain cross-entropy's, whatever the seed)"""
     weight_optimizer: str = "adam"
     weight_lr: float = 1e-3
     weight_momentum: float = 0.9
@@ -232,6 +236,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "method.normalize": ("sum", "sum-detached", "mean", "none"),
     "method.virtual_step": ("sgd", "optimizer"),
     "method.weight_optimizer": ("adam", "sgd"),
+    "method.weight_init": ("default", "flat"),
     "method.cb_loss": ("ce", "focal"),
     "amp": ("none", "bf16", "fp16"),
     "distributed.backend": ("auto", "nccl", "gloo"),
@@ -476,6 +481,11 @@ def validate(cfg: Any) -> None:
         (
             (m.meta and not m.weight_net_from) or m.name in WEIGHTING,
             f"method.weight_net_from and method.meta=false are for mwnet and cmwnet, not {m.name}",
+        ),
+        (
+            m.weight_init == "default" or not m.weight_net_from,
+            f"method.weight_init={m.weight_init} initialises a fresh weighting net, but "
+            "method.weight_net_from starts from a learned one; drop one of them",
         ),
         (cfg.distributed.timeout > 0, "distributed.timeout must be > 0 seconds"),
         (
