@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import mwnet
-from mwnet import ClassAwareWeightNet, MetaReweighter, WeightNet
+from mwnet import ClassAwareWeightNet, MetaReweighter, WeightNet, start_flat
 from mwnet.core.reducer import GradientReducer
 from mwnet.distributed import DataParallel
 from mwnet.methods import L2RW, CrossEntropy
@@ -46,6 +46,8 @@ class Case:
     meta_interval: int = 1
     class_aware: bool = False
     frozen: bool = False
+    flat: bool = False
+    """Start the weighting net flat (:func:`mwnet.start_flat`)."""
     partial: str | None = None
     """hypergrad="partial" only: the top (module names)."""
     batch: int = 100
@@ -97,6 +99,8 @@ def train(case: Case, reducer: GradientReducer | None) -> dict:
         weight_net = (
             ClassAwareWeightNet([300, 200, 50, 10], hidden=100) if case.class_aware else WeightNet()
         ).double()
+        if case.flat:
+            start_flat(weight_net)
         method = MetaReweighter(
             model,
             optimizer,

@@ -41,6 +41,8 @@ CASES = [
         class_aware=True,
     ),
     Case("cmwnet-frozen", class_aware=True, frozen=True),
+    Case("mwnet-fast-flat-start", flat=True),
+    Case("cmwnet-reverse-flat-start", hypergrad="reverse", class_aware=True, flat=True),
     Case("l2rw-fast", method="l2rw"),
     Case("l2rw-reverse", method="l2rw", hypergrad="reverse"),
     Case("ce", method="ce"),
