@@ -110,6 +110,31 @@ def test_the_timing_line_reports_each_clock(tmp_path: Path) -> None:
     assert "extra runs" not in text
 
 
+def test_the_setup_says_whether_the_weighting_net_lr_was_searched() -> None:
+    """A knob with one value is the authors' value, not a search: the report says so."""
+    from dataclasses import replace
+
+    from mwnet.suite.report import _method_line, _weight_lr_text
+
+    assert _weight_lr_text(FULL) == (
+        "its learning rate is the authors', not searched (Adam 0.001; SGD 1e-05)"
+    )
+    wider = replace(FULL, weight_lr_values=2)
+    assert _weight_lr_text(wider) == (
+        "its learning rate is searched (Adam 0.001, 0.0001; SGD 1e-05, 0.0001)"
+    )
+    mwnet_fast = method_named("mwnet-fast")
+    assert _method_line(mwnet_fast, FULL).endswith(
+        "searched: lr 0.05, 0.01; fixed: weighting-net lr 0.001"
+    )
+    assert _method_line(mwnet_fast, wider).endswith(
+        "searched: lr 0.05, 0.01; weighting-net lr 0.001, 0.0001"
+    )
+    assert _method_line(method_named("finetune"), FULL).endswith(
+        "searched: lr 0.05, 0.01; fine-tune lr 0.001, 0.01"
+    )
+
+
 def _pairwise_auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     pos, neg = scores[positives], scores[~positives]
     wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()

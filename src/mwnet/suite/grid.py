@@ -501,10 +501,12 @@ METHODS: tuple[MethodSpec, ...] = (
     _mwnet("head", "freeze4", "frozen after epoch 4", ("weight_net_freeze_epoch=4",), 1.2),
     # MW-Net's own defaults under the selection protocol, one at a time (searched exactly
     # as MW-Net is): a weighting net that starts flat (every weight 0.5) instead of with
-    # the seed's random slope, and meta batches a quarter and four times the default 100
+    # the seed's random slope, the noise settings' Adam at the other rate the authors use
+    # (1e-4, in their "stable" scripts), and meta batches a quarter and four times the default 100
     # (the four-times one only where the clean set has 1,000 images: a 100-image set
     # would repeat samples within a batch).
     _mwnet_fast("flat", "flat start", ("weight_init=flat",), 3.5, knob=WEIGHT_LR),
+    _mwnet_fast("wlr0.0001", "weighting-net lr 1e-4", (), 3.5, weight_lr=0.0001, knob=WEIGHT_LR),
     _mwnet_fast(
         "mb25", "meta batch 25", (), 3.3, data=("data.meta_batch_size=25",), knob=WEIGHT_LR
     ),

@@ -32,6 +32,7 @@ from mwnet.suite.grid import (
     METHODS,
     NO_CLEAN_METHODS,
     SETTINGS,
+    WEIGHT_LRS,
     MethodSpec,
     Scale,
     Setting,
@@ -1029,20 +1030,36 @@ def _meta_sizes(res: Results) -> str:
     return " and ".join(parts) or "no"
 
 
+def _weight_lr_text(scale: Scale) -> str:
+    """How the weighting net's learning rate was chosen at this scale: searched over its
+    optimizer's values, or the authors' value alone."""
+    per_optimizer = [
+        f"{name.replace('adam', 'Adam').replace('sgd', 'SGD')} "
+        + ", ".join(f"{v:g}" for v in values[: scale.weight_lr_values])
+        for name, values in WEIGHT_LRS.items()
+    ]
+    if scale.weight_lr_values > 1:
+        return f"its learning rate is searched ({'; '.join(per_optimizer)})"
+    return f"its learning rate is the authors', not searched ({'; '.join(per_optimizer)})"
+
+
 def _method_line(method: MethodSpec, scale: Scale) -> str:
     extra = "" if method.default else " (*extra*)"
     overrides = (*method.overrides, *(method.weight_optimizer or ()))
-    searched = []
+    searched: list[str] = []
+    fixed: list[str] = []
     if method.tune_lr:
         searched.append("lr " + ", ".join(f"{v:g}" for v in scale.lrs))
     if method.knob is not None:
         values = candidates(SETTINGS[3], method, scale)  # a noisy setting's values
         knob_vals = dict.fromkeys(v for c in values for lb, v in c.values if lb != "lr")
-        searched.append(f"{method.knob.label} " + ", ".join(f"{v:g}" for v in knob_vals))
+        text = f"{method.knob.label} " + ", ".join(f"{v:g}" for v in knob_vals)
+        (searched if len(knob_vals) > 1 else fixed).append(text)
     after = f"; continues the selected {_title(method.after)} run" if method.after else ""
     return (
         f"  - {method.title}{extra}: `{' '.join(overrides)}`; searched: "
-        f"{'; '.join(searched) or 'nothing'}{after}"
+        f"{'; '.join(searched) or 'nothing'}{'; fixed: ' + ', '.join(fixed) if fixed else ''}"
+        f"{after}"
     )
 
 
@@ -1134,8 +1151,7 @@ def render(
         "sets the split, the corruption, the validation split and the training.",
         "- Weighting-net optimizer as in the authors' scripts: Adam (weight decay 1e-4) "
         "wherever labels are noisy or clean, SGD (momentum 0.9, Nesterov, weight decay 5e-4) "
-        "for pure class imbalance; its learning rate is searched (Adam 1e-3, 1e-4; SGD 1e-5, "
-        "1e-4).",
+        f"for pure class imbalance; {_weight_lr_text(scale)}.",
         "- Methods (overrides on top of the shared ones; the ones marked *extra* are not "
         "part of the default grid and ran with `--methods`):",
         *[
