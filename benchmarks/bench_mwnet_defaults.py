@@ -4,11 +4,12 @@ Each variant is a suite method (``src/mwnet/suite/grid.py``) searched exactly as
 (fast) is: every learning-rate candidate on the first seed, the one with the best
 last-epoch accuracy on the noisy validation split trained on the other seeds. The
 variants: the weighting net started flat (``method.weight_init=flat``: every weight 0.5
-at the start instead of the seed's random slope), its Adam at 1e-4 instead of 1e-3 (where
-labels are noisy or clean), and meta batches of 25 and 400 instead of 100 (400 only where
-the clean set has 1,000 images). MW-Net (fast) itself is rerun in
-the same directory, so every difference is paired by seed on one machine and one code
-version. Runs go through ``mwnet suite`` (two at a time, one thread each; finished runs are
+at the start instead of the seed's random slope); its Adam at 1e-4 instead of 1e-3 where
+labels are noisy or clean, and at 3e-3 and 1e-2 on the small-data setting (whose 300
+steps give the net few updates to learn in) and two noisy settings; meta batches of 25
+and 400 instead of 100 (400 only where the clean set has 1,000 images). MW-Net (fast)
+itself is rerun in the same directory, so every difference is paired by seed on one
+machine and one code version. Runs go through ``mwnet suite`` (two at a time, one thread each; finished runs are
 read, interrupted ones resumed), which also writes its own report to ``OUT/docs``.
 
 Prints, per setting and variant, last-epoch test accuracy, the per-seed difference to MW-Net
@@ -37,6 +38,7 @@ GROUPS = (
     (("mwnet-fast-flat", "mwnet-fast-mb25"), SETTINGS),
     (("mwnet-fast-mb400",), THOUSAND_CLEAN),
     (("mwnet-fast-wlr0.0001",), ADAM_SETTINGS),
+    (("mwnet-fast-wlr0.003", "mwnet-fast-wlr0.01"), ("small-flip2-40", "flip2-40", "uniform-60")),
 )
 """(variants, settings): a meta batch of 400 would repeat samples from a 100-image set;
 the pure long tail's weighting net is SGD (1e-5), not the Adam whose rate is varied."""

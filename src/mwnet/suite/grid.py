@@ -507,6 +507,9 @@ METHODS: tuple[MethodSpec, ...] = (
     # would repeat samples within a batch).
     _mwnet_fast("flat", "flat start", ("weight_init=flat",), 3.5, knob=WEIGHT_LR),
     _mwnet_fast("wlr0.0001", "weighting-net lr 1e-4", (), 3.5, weight_lr=0.0001, knob=WEIGHT_LR),
+    # ... and faster: a small training set gives the weighting net few updates to learn in.
+    _mwnet_fast("wlr0.003", "weighting-net lr 3e-3", (), 3.5, weight_lr=0.003, knob=WEIGHT_LR),
+    _mwnet_fast("wlr0.01", "weighting-net lr 1e-2", (), 3.5, weight_lr=0.01, knob=WEIGHT_LR),
     _mwnet_fast(
         "mb25", "meta batch 25", (), 3.3, data=("data.meta_batch_size=25",), knob=WEIGHT_LR
     ),
