@@ -1,16 +1,17 @@
 """MW-Net's own defaults under the suite's selection protocol, one change at a time.
 
 Each variant is a suite method (``src/mwnet/suite/grid.py``) searched exactly as MW-Net
-(fast) is: every learning-rate candidate on the first seed, the one with the best
-last-epoch accuracy on the noisy validation split trained on the other seeds. The
-variants: the weighting net started flat (``method.weight_init=flat``: every weight 0.5
-at the start instead of the seed's random slope); its Adam at 1e-4 instead of 1e-3 where
-labels are noisy or clean, and at 3e-3 and 1e-2 on the small-data setting (whose 300
-steps give the net few updates to learn in) and two noisy settings; meta batches of 25
-and 400 instead of 100 (400 only where the clean set has 1,000 images). MW-Net (fast)
-itself is rerun in the same directory, so every difference is paired by seed on one
-machine and one code version. Runs go through ``mwnet suite`` (two at a time, one thread each; finished runs are
-read, interrupted ones resumed), which also writes its own report to ``OUT/docs``.
+(fast) is: every learning-rate candidate on the first seed, the one with the best last-
+epoch accuracy on the noisy validation split trained on the other seeds. The variants:
+the weighting net started flat (``method.weight_init=flat``: every weight 0.5 at the
+start instead of the seed's random slope); its Adam at 1e-4 instead of 1e-3 where labels
+are noisy or clean, and at 3e-3 and 1e-2 on the small-data setting (whose 300 steps give
+the net few updates to learn in) and two noisy settings; meta batches of 25 and 400
+instead of 100 (400 only where the clean set has 1,000 images). MW-Net (fast) itself is
+rerun in the same directory, so every difference is paired by seed on one machine and
+one code version. Runs go through ``mwnet suite`` (two at a time, one thread each;
+finished runs are read, interrupted ones resumed), which also writes its own report to
+``OUT/docs``.
 
 Prints, per setting and variant, last-epoch test accuracy, the per-seed difference to MW-Net
 (fast), and per seed the learned curve's direction and the AUROC of its weights for the
