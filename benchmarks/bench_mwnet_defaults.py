@@ -6,12 +6,11 @@ epoch accuracy on the noisy validation split trained on the other seeds. The var
 the weighting net started flat (``method.weight_init=flat``: every weight 0.5 at the
 start instead of the seed's random slope); its Adam at 1e-4 instead of 1e-3 where labels
 are noisy or clean, and at 3e-3 and 1e-2 on the small-data setting (whose 300 steps give
-the net few updates to learn in) and two noisy settings; meta batches of 25 and 400
-instead of 100 (400 only where the clean set has 1,000 images). MW-Net (fast) itself is
-rerun in the same directory, so every difference is paired by seed on one machine and
-one code version. Runs go through ``mwnet suite`` (two at a time, one thread each;
-finished runs are read, interrupted ones resumed), which also writes its own report to
-``OUT/docs``.
+the net few updates to learn in); meta batches of 25 and 400 instead of 100 (400 only
+where the clean set has 1,000 images). MW-Net (fast) itself is rerun in the same
+directory, so every difference is paired by seed on one machine and one code version.
+Runs go through ``mwnet suite`` (two at a time, one thread each; finished runs are read,
+interrupted ones resumed), which also writes its own report to ``OUT/docs``.
 
 Prints, per setting and variant, last-epoch test accuracy, the per-seed difference to MW-Net
 (fast), and per seed the learned curve's direction and the AUROC of its weights for the
@@ -39,7 +38,7 @@ GROUPS = (
     (("mwnet-fast-flat", "mwnet-fast-mb25"), SETTINGS),
     (("mwnet-fast-mb400",), THOUSAND_CLEAN),
     (("mwnet-fast-wlr0.0001",), ADAM_SETTINGS),
-    (("mwnet-fast-wlr0.003", "mwnet-fast-wlr0.01"), ("small-flip2-40", "flip2-40", "uniform-60")),
+    (("mwnet-fast-wlr0.003", "mwnet-fast-wlr0.01"), ("small-flip2-40",)),
 )
 """(variants, settings): a meta batch of 400 would repeat samples from a 100-image set;
 the pure long tail's weighting net is SGD (1e-5), not the Adam whose rate is varied."""
