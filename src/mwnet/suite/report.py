@@ -1033,14 +1033,13 @@ def _meta_sizes(res: Results) -> str:
 def _weight_lr_text(scale: Scale) -> str:
     """How the weighting net's learning rate was chosen at this scale: searched over its
     optimizer's values, or the authors' value alone."""
-    per_optimizer = [
-        f"{name.replace('adam', 'Adam').replace('sgd', 'SGD')} "
-        + ", ".join(f"{v:g}" for v in values[: scale.weight_lr_values])
-        for name, values in WEIGHT_LRS.items()
-    ]
-    if scale.weight_lr_values > 1:
-        return f"its learning rate is searched ({'; '.join(per_optimizer)})"
-    return f"its learning rate is the authors', not searched ({'; '.join(per_optimizer)})"
+    names = {"adam": "Adam", "sgd": "SGD"}
+    values = "; ".join(
+        f"{names[name]} " + ", ".join(f"{v:g}" for v in lrs[: scale.weight_lr_values])
+        for name, lrs in WEIGHT_LRS.items()
+    )
+    how = "searched" if scale.weight_lr_values > 1 else "the authors', not searched"
+    return f"its learning rate is {how} ({values})"
 
 
 def _method_line(method: MethodSpec, scale: Scale) -> str:

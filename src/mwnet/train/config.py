@@ -19,6 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mwnet.core.weight_net import WEIGHT_INITS
 from mwnet.methods.meta_schedule import parse_interval_schedule
 from mwnet.methods.registry import COMPILABLE, METHODS
 from mwnet.methods.registry import LABEL_CORRECTION_METHODS as LABEL_CORRECTION
@@ -236,7 +237,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "method.normalize": ("sum", "sum-detached", "mean", "none"),
     "method.virtual_step": ("sgd", "optimizer"),
     "method.weight_optimizer": ("adam", "sgd"),
-    "method.weight_init": ("default", "flat"),
+    "method.weight_init": WEIGHT_INITS,
     "method.cb_loss": ("ce", "focal"),
     "amp": ("none", "bf16", "fp16"),
     "distributed.backend": ("auto", "nccl", "gloo"),
