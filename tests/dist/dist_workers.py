@@ -80,12 +80,26 @@ def _batches(case: Case) -> list[tuple[torch.Tensor, ...]]:
     return out
 
 
-def train(case: Case, reducer: GradientReducer | None) -> dict:
-    """``STEPS`` steps of ``case``; with a reducer, on this rank's shards of the batches."""
-    rank, world = (0, 1) if reducer is None else (reducer.rank, reducer.world_size)
+def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = None) -> dict:
+    """``STEPS`` steps of ``case``; with a reducer, on this rank's shards of the batches.
 
-    def shard(t: torch.Tensor) -> torch.Tensor:
-        return t.tensor_split(world)[rank]
+    ``order_seed`` (one process only) shuffles the samples within every batch and meta
+    batch: in exact arithmetic nothing changes (every sum over samples is the same sum), so
+    the run differs from the unshuffled one only in the order of its floating-point sums.
+    The per-sample weights are returned in the unshuffled order.
+    """
+    if order_seed is not None and reducer is not None:
+        raise ValueError("order_seed shuffles one process's batches; ranks keep their shards")
+    rank, world = (0, 1) if reducer is None else (reducer.rank, reducer.world_size)
+    shuffle = None if order_seed is None else torch.Generator().manual_seed(order_seed)
+
+    def take(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's samples of a batch, and their places in it."""
+        if shuffle is not None:
+            places = torch.randperm(len(y), generator=shuffle)
+        else:
+            places = torch.arange(len(y)).tensor_split(world)[rank]
+        return x[places], y[places], places
 
     torch.manual_seed(0)
     model = Mlp().double()
@@ -93,7 +107,8 @@ def train(case: Case, reducer: GradientReducer | None) -> dict:
         model.parameters(), lr=0.5, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
     batches = _batches(case)
-    meta = iter([(shard(xm), shard(ym)) for _, _, xm, ym in batches])
+    shards = [(take(x, y), take(xm, ym)) for x, y, xm, ym in batches]
+    meta = iter([(xm, ym) for _, (xm, ym, _) in shards])
     weight_net = None
     if case.method == "mwnet":
         weight_net = (
@@ -121,13 +136,16 @@ def train(case: Case, reducer: GradientReducer | None) -> dict:
     else:
         method = CrossEntropy(model, optimizer, reducer=reducer)
     losses, meta_losses, weights = [], [], []
-    for x, y, xm, ym in batches:
+    for (x, y, places), (xm, ym, _) in shards:
         if case.method == "mwnet":
-            out = method.step(shard(x), shard(y), shard(xm), shard(ym))
-            weights.append(out.coefficients)
+            out = method.step(x, y, xm, ym)
+            applied = out.coefficients
         else:
-            out = method.step(shard(x), shard(y))
-            weights.append(out.weights)
+            out = method.step(x, y)
+            applied = out.weights
+        if applied is not None and shuffle is not None:
+            applied = torch.empty_like(applied).index_copy_(0, places, applied)
+        weights.append(applied)
         losses.append(out.loss)
         meta_losses.append(out.meta_loss)
     return {
