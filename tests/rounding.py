@@ -52,7 +52,7 @@ def gamma(n: int, dtype: torch.dtype) -> float:
     """γ_n = n·u / (1 − n·u), the relative error bound of an n-term floating-point sum."""
     nu = n * unit_roundoff(dtype)
     if nu >= 1:
-        raise ValueError(f"γ_{n} is unbounded in {dtype}")
+        raise ValueError(f"gamma_{n} is unbounded in {dtype}")
     return nu / (1 - nu)
 
 
@@ -60,6 +60,29 @@ def sum_bound(n: int, abs_sum: float | torch.Tensor, dtype: torch.dtype) -> floa
     """The most two evaluation orders of an n-term sum with Σ|terms| = ``abs_sum`` can
     differ by: each is within γ_n·Σ|terms| of the exact sum."""
     return 2 * gamma(n, dtype) * float(abs_sum)
+
+
+def relative_sum_bound(n: int, dtype: torch.dtype) -> float:
+    """2·γ_n: the most two evaluations of one quantity can differ *relative to its size*
+    when it is a sum of n non-negative terms or a chain of n roundings (a product, a
+    quotient, a correctly rounded exp or log counts one each): each lies within γ_n of the
+    exact value (Higham, Lemma 3.1 and §4.2)."""
+    return 2 * gamma(n, dtype)
+
+
+def ulps(k: float, scale: float | torch.Tensor, dtype: torch.dtype) -> float:
+    """``k`` units in the last place of a number of size ``scale``: the absolute tolerance
+    for results that differ by a few roundings of terms no larger than ``scale``."""
+    return k * 2 * unit_roundoff(dtype) * float(scale)
+
+
+def central_difference_error(
+    h: float, value_scale: float, third_derivative: float, dtype: torch.dtype, ops: int = 1000
+) -> float:
+    """The most a central difference (f(x+h) − f(x−h)) / 2h can miss f'(x) by: the
+    truncation h²·|f'''| / 6, plus rounding: each f computed within γ_ops·|f| in ``ops``
+    roundings, and their difference divided by 2h, so γ_ops·|f| / h."""
+    return h * h * third_derivative / 6 + gamma(ops, dtype) * value_scale / h
 
 
 def floor(reference: torch.Tensor) -> float:

@@ -127,6 +127,7 @@ def test_asymmetric_cifar100_rows():
     """Blocks of 5 consecutive fine labels; each class to the next one, circularly."""
     t = transition_matrix("asymmetric-cifar100", 100, 0.3)
     assert t.shape == (100, 100)
+    # 100 float64 terms: within 2γ_100 ≈ 2e-14 of 1, far inside allclose's 1e-5
     assert torch.allclose(t.sum(1), torch.ones(100, dtype=torch.float64))
     for src, dst in [
         (0, 1),
@@ -157,6 +158,8 @@ def test_asymmetric_cifar100_realised_rate():
     moved = c.corrupted
     assert torch.equal(c.labels[moved], y[moved] - y[moved] % 5 + (y[moved] + 1) % 5)
     assert torch.equal(c.labels // 5, y // 5)  # never leaves its block
+    # sampling error, not rounding: ~200 samples a class, a binomial standard error of
+    # sqrt(0.4·0.6 / 200) ≈ 0.035 per entry, so 0.15 is over 4 sigma
     assert torch.allclose(c.transition, c.expected_transition, atol=0.15)
 
 
@@ -174,7 +177,10 @@ def test_asymmetric_cifar100_needs_100_classes():
 def test_empirical_transition_matches_expected():
     y = _labels(5, 50000)
     c = corrupt_labels(y, 5, "flip2", 0.4, seed=1)
+    # sampling error: 10000 samples a class, entries 0.2 or 0.6, a binomial standard error
+    # of at most sqrt(0.6·0.4 / 10000) ≈ 0.005, so 0.02 is 4 sigma
     assert torch.allclose(c.transition, c.expected_transition, atol=0.02)
+    # a row of 5 float64 shares: within 2γ_5 ≈ 1e-15 of 1, far inside allclose's 1e-5
     assert torch.allclose(c.transition.sum(1), torch.ones(5, dtype=torch.float64))
     assert torch.equal(c.expected_transition, transition_matrix("flip2", 5, 0.4, seed=1))
 
