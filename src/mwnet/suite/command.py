@@ -32,8 +32,9 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
         description="Train every method on every setting: each method's learning rate and "
         "main hyperparameter chosen on the first seed by accuracy on a validation split of "
         "the noisy training data, then the chosen values on the other seeds (each run an "
-        "ordinary run directory under --out). Finished runs are skipped and interrupted "
-        "ones resumed. Then write RESULTS.md and plots to --docs. The default grid takes "
+        "ordinary run directory under --out, and a small record in the --ledger). Cells "
+        "recorded in the ledger are skipped, interrupted runs resumed. Then write "
+        "RESULTS.md and plots to --docs from the ledger. The default grid takes "
         "under 3 hours on a 2-core CPU; --quick is a tiny version for smoke tests; "
         f"--settings {','.join(FULL_TRAIN)} is the full-training-set regime (hours more).",
     )
@@ -63,7 +64,19 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
         help=f"comma list (default {','.join(DEFAULT_METHODS)}; also: "
         f"{','.join(m for m in METHOD_NAMES if m not in DEFAULT_METHODS)})",
     )
-    p.add_argument("--report-only", action="store_true", help="train nothing, only report")
+    p.add_argument(
+        "--ledger",
+        type=Path,
+        help="results ledger: one small JSON record per finished cell, committed, from which "
+        "the report is written; a cell whose record matches its config is skipped, a stale "
+        "one is listed and its cell rerun (default results/ledger; with --quick, "
+        "OUT/ledger)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing, only report (from the ledger alone: no run directory needed)",
+    )
     p.set_defaults(func=run_suite)
 
 
@@ -80,6 +93,7 @@ def time_key(settings: tuple[str, ...], methods: tuple[str, ...]) -> str:
 def run_suite(args: argparse.Namespace) -> int:
     from mwnet.run.records import read_json, write_json
     from mwnet.suite.grid import setting_named
+    from mwnet.suite.ledger import Ledger, default_ledger
     from mwnet.suite.report import write_report
     from mwnet.suite.runner import SUITE_FILE, run_plan
     from mwnet.suite.selection import Planner
@@ -90,10 +104,22 @@ def run_suite(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / ("suite-quick" if args.quick else "suite")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory for the suite's runs")
-    info_file = out / SUITE_FILE
+    ledger = args.ledger or default_ledger(out, args.quick)
+    if ledger.exists() and not ledger.is_dir():
+        raise ValueError(f"--ledger {ledger} is a file; give a directory for the records")
+    # The suite's clocks live beside the records, so that the report needs no run directory.
+    info_file = ledger / SUITE_FILE
+    if not info_file.is_file() and (out / SUITE_FILE).is_file():
+        info_file = out / SUITE_FILE  # a suite run before the ledger: its clocks move over
     info = read_json(info_file) if info_file.is_file() else {"elapsed_seconds": 0.0}
+    info_file = ledger / SUITE_FILE
     if not args.report_only:
-        planner = Planner(out, scale, [setting_named(s) for s in args.settings], args.methods)
+        planner = Planner(
+            out, scale, [setting_named(s) for s in args.settings], args.methods, Ledger(ledger)
+        )
+        planner.ready()  # reads every record the plan needs now: the stale ones are listed
+        for stale in planner.stale.values():
+            print(f"stale ledger record, its cell runs again: {stale.describe()}", file=sys.stderr)
         hours = planner.estimated_core_hours()
         cost = "" if args.quick else f", about {hours:.1f} core-hours"
         wall = "" if args.quick else f" (about {hours / args.jobs:.1f} h)"
@@ -116,6 +142,7 @@ def run_suite(args: argparse.Namespace) -> int:
             load = info.setdefault("load", {}).setdefault(key, {"runs": 0, "mean": 0.0})
             load["runs"] += 1
             load["mean"] += (os.getloadavg()[0] - load["mean"]) / load["runs"]
+            info_file.parent.mkdir(parents=True, exist_ok=True)
             write_json(info_file, info)
             if r.status == "failed":
                 print(f"[{i}/{n}] {r.label}: stopped on a non-finite loss", file=sys.stderr)
@@ -131,7 +158,7 @@ def run_suite(args: argparse.Namespace) -> int:
     command = "mwnet suite" + (" --quick" if args.quick else "")
     if args.readme:
         command += f" --readme {shlex.quote(str(args.readme))}"
-    written = write_report(out, args.docs, command, scale, info, args.readme)
+    written = write_report(out, args.docs, command, scale, info, args.readme, ledger)
     for path in written:
         print(path)
     return 0

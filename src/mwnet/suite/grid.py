@@ -824,8 +824,10 @@ def cell_overrides(
     if method.after is not None:
         if source_dir is None:
             raise ValueError(f"{method.name} continues a {method.after} run: give its directory")
-        key = "data.exclude" if method.stage == "retrain" else "model.init_from"
-        stage = (f"{key}={source_dir}",)
+        if method.stage == "retrain":  # a class flagged whole keeps its samples
+            stage = (f"data.exclude={source_dir}", "data.exclude_spares_classes=true")
+        else:
+            stage = (f"model.init_from={source_dir}",)
     return merged(
         scale.base_overrides(),
         setting.overrides,

@@ -1,8 +1,10 @@
-"""Turn the suite's run directories into docs/RESULTS.md, its plots and the README table.
+"""Turn the suite's results into docs/RESULTS.md, its plots and the README table.
 
-Everything here reads files (``summary.json``, ``metrics.jsonl``, ``sample_weights.csv``,
-``weight_function.csv``, ``signals.npz``), never live training state, so the report can be
-regenerated from a finished or partly finished suite at any time. Numbers in the text are
+Everything here reads each cell's :class:`~mwnet.suite.results.Result` (``summary.json``,
+``metrics.jsonl`` and a few numbers derived from the per-sample files), from the run
+directories or from the ledger alone (:mod:`mwnet.suite.ledger`), never live training
+state, so the report can be regenerated from a finished or partly finished suite at any
+time, on any machine that has the ledger. Numbers in the text are
 computed, not typed: a hand-written reading between the ``reading`` markers of an existing
 RESULTS.md is kept across regenerations, everything else is rewritten.
 
@@ -12,19 +14,15 @@ Every table reports each method at the hyperparameters selected on the validatio
 
 from __future__ import annotations
 
-import platform
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mwnet.label_issues.metrics import auroc
 from mwnet.run.atomic import atomic_write
-from mwnet.run.records import read_json, read_jsonl, read_sample_weights, read_weight_function
 from mwnet.suite.grid import (
     CLEAN_SIZE_METHODS,
     LRS,
@@ -41,8 +39,16 @@ from mwnet.suite.grid import (
     seeds_of,
     setting_named,
 )
-from mwnet.suite.selection import Planner, Selection, State, run_dir_of, state_of
-from mwnet.train.loop import summary_finished as finished
+from mwnet.suite.ledger import Ledger
+from mwnet.suite.results import Result, these_versions, this_machine
+from mwnet.suite.selection import (
+    Planner,
+    Selection,
+    State,
+    run_dir_of,
+    state_from,
+    state_of,
+)
 
 READING_START = "<!-- reading -->"
 READING_END = "<!-- /reading -->"
@@ -79,21 +85,26 @@ CLEAN_SET_METHODS = (
 """The default grid's methods that read the clean images."""
 PSEUDO_META_METHODS = ("mwnet-auto", "mwnet-sl", "cmwnet-sl")
 DETECTORS = ("mwnet-fast", "mwnet-head", "cmwnet", "l2rw")
-WF = "weight_function.csv"
 
 
 @dataclass
 class Run:
-    """One finished run, as read back from its run directory."""
+    """One finished run, as read back from its result (run directory or ledger record)."""
 
     setting: str
     method: str
     seed: int
     tag: str
-    summary: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    run_dir: Path
+    result: Result
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.result.summary
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return self.result.metrics
 
     @property
     def best(self) -> float:
@@ -107,38 +118,46 @@ class Run:
     def val(self) -> float | None:
         return self.summary.get("last_val_acc")
 
-    @cached_property
+    @property
     def auroc(self) -> float | None:
         """AUROC of a low final weight as a detector of a corrupted label."""
-        weights_file = self.run_dir / "sample_weights.csv"
-        if not weights_file.is_file() or not self.summary.get("noise_known"):
-            return None
-        table = read_sample_weights(weights_file)
         if not self.method.startswith(("mwnet", "cmwnet", "l2rw")):
             return None
-        return auroc(-table["weight"], table["corrupted"])
+        return self.result.derived.get("weight_auroc")
 
-    @cached_property
+    @property
     def issues_auroc(self) -> float | None:
         """AUROC of ``mwnet issues``' label-quality score (low = wrong) for corrupted
         labels, from what the run recorded."""
-        if not self.summary.get("noise_known"):
-            return None
-        from mwnet.label_issues.report import find_label_issues
+        return self.result.derived.get("issues_auroc")
 
-        try:
-            evaluation = find_label_issues(self.run_dir).evaluation()
-        except (OSError, ValueError):
+    @property
+    def weight_function(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The learned weighting function: losses, and weights (one column per cluster)."""
+        wf = self.result.derived.get("weight_function")
+        if wf is None:
             return None
-        return None if evaluation is None else float(evaluation["auroc"])
+        return np.asarray(wf["losses"], dtype=np.float64), np.asarray(
+            wf["weights"], dtype=np.float64
+        )
+
+    @property
+    def loss_percentiles(self) -> tuple[float, float] | None:
+        """The 1st and 99th percentile of the final training losses."""
+        found = self.result.derived.get("loss_percentiles")
+        return None if found is None else (float(found[0]), float(found[1]))
 
 
 class Results:
-    """The suite's finished runs and its selections, as the report reads them."""
+    """The suite's finished runs and its selections, as the report reads them: from the
+    run directories under ``out``, or (``ledger``) from the ledger's records alone."""
 
-    def __init__(self, out: Path, scale: Scale) -> None:
+    def __init__(self, out: Path, scale: Scale, ledger: Path | None = None) -> None:
         self.out, self.scale = out, scale
-        self.planner = Planner(out, scale, list(SETTINGS), METHOD_NAMES)
+        self.ledger = ledger
+        self.planner = Planner(
+            out, scale, list(SETTINGS), METHOD_NAMES, None if ledger is None else Ledger(ledger)
+        )
         self._selections: dict[tuple[str, str], Selection] = {}
         self.runs: list[Run] = []
         self.diverged: dict[tuple[str, str], list[int]] = {}
@@ -150,25 +169,20 @@ class Results:
                     continue
                 for seed in seeds_of(setting, scale):
                     cell = self.planner.cell(setting, method, seed, sel.chosen)
-                    if cell is not None and self.planner.state(cell).diverged:
+                    if cell is None:
+                        continue
+                    result = self.planner.result(cell)
+                    if state_from(result, scale.chance_rule).diverged:
                         self.diverged.setdefault((setting.name, method.name), []).append(seed)
                         continue
-                    run = None if cell is None else self._read(cell.run_name, setting, method)
-                    if run is not None:
+                    if result is not None and result.finished:
+                        run = Run(setting.name, method.name, seed, cell.tag, result)
                         self.runs.append(run)
 
-    def _read(self, name: str, setting: Setting, method: MethodSpec) -> Run | None:
-        run_dir = self.out / setting.name / name
-        summary_file = run_dir / "summary.json"
-        if not summary_file.is_file():
-            return None
-        summary = read_json(summary_file)
-        if not finished(summary):
-            return None
-        tag = name.removeprefix(method.name + "-").rsplit("seed", 1)[0].rstrip("-")
-        seed = int(name.rsplit("seed", 1)[1])
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
-        return Run(setting.name, method.name, seed, tag, summary, metrics, run_dir)
+    @property
+    def stale(self) -> list[str]:
+        """The stale ledger records the report met, described."""
+        return [s.describe() for _, s in sorted(self.planner.stale.items())]
 
     def selection(self, setting: str, method: str) -> Selection:
         key = (setting, method)
@@ -214,12 +228,11 @@ def _weight_trends(run: Run) -> list[str] | None:
     """ "decreasing", "increasing", "flat" or "non-monotone" for each learned curve (one,
     or one per class cluster) over the losses the training samples actually had (1st-99th
     percentile)."""
-    wf, sw = run.run_dir / WF, run.run_dir / "sample_weights.csv"
-    if not wf.is_file() or not sw.is_file():
+    wf, range_ = run.weight_function, run.loss_percentiles
+    if wf is None or range_ is None:
         return None
-    losses, weights = read_weight_function(wf)
-    sample_losses = read_sample_weights(sw)["loss"]
-    low, high = np.percentile(sample_losses, [1, 99])
+    losses, weights = wf
+    low, high = range_
     inside = (losses >= low) & (losses <= high)
     if inside.sum() < 3:
         return None
@@ -422,7 +435,8 @@ def _value_text(label: str, value: float) -> str:
 
 def grid_table(res: Results, setting: Setting) -> str:
     """The first seed's grid of every method in a setting: each candidate's last-epoch
-    validation accuracy (the selected one in bold), as the selection saw it."""
+    validation accuracy (the selected one in bold), as the selection saw it, and the margin
+    rule's decision."""
     lines = []
     for method in methods_of(setting, METHOD_NAMES):
         sel = res.selection(setting.name, method.name)
@@ -433,12 +447,31 @@ def grid_table(res: Results, setting: Setting) -> str:
             text = _state_text(state)
             mark = sel.chosen is not None and candidate.tag == sel.chosen.tag
             parts.append(f"{candidate.tag}: {'**' + text + '**' if mark else text}")
-        lines.append(f"| {method.title} | {'; '.join(parts)} |")
+        lines.append(f"| {method.title} | {'; '.join(parts)} | {_margin_text(sel)} |")
     if not lines:
         return ""
     return "\n".join(
-        ["| method | validation accuracy % per candidate (seed 0) |", "|---|---|", *lines]
+        [
+            "| method | validation accuracy % per candidate (seed 0) | best - default "
+            "(threshold): selection |",
+            "|---|---|---|",
+            *lines,
+        ]
     )
+
+
+def _margin_text(sel: Selection) -> str:
+    """The margin rule's numbers: the best candidate's validation accuracy minus the
+    default's, the sampling error it had to exceed, and what was selected."""
+    margin = sel.margin
+    if margin is None:
+        return "pending" if not sel.complete else "n/a"
+    tags = [c.tag for c, _ in sel.grid]
+    if margin.best == margin.default:
+        return f"+0.0 (threshold {margin.threshold:.1f}): {tags[margin.default]}, the default"
+    if margin.switched:
+        return f"{margin.margin:+.1f} > {margin.threshold:.1f}: {tags[margin.best]} wins"
+    return f"{margin.margin:+.1f} <= {margin.threshold:.1f}: keeps {tags[margin.default]}"
 
 
 def _state_text(state: State) -> str:
@@ -729,8 +762,9 @@ def _settings_grid(n: int) -> tuple[Any, list[Any]]:
 def _usual_losses(run: Run, losses: np.ndarray) -> np.ndarray:
     """Which grid points of a weighting function lie below the run's 99th-percentile
     training loss: the range its samples actually had."""
-    sample_losses = read_sample_weights(run.run_dir / "sample_weights.csv")["loss"]
-    return losses <= max(float(np.percentile(sample_losses, 99)), losses.min() + 1e-6)
+    range_ = run.loss_percentiles
+    high = range_[1] if range_ is not None else float(losses.max())
+    return losses <= max(high, losses.min() + 1e-6)
 
 
 def _curve_settings(res: Results, method: str) -> list[Setting]:
@@ -738,7 +772,7 @@ def _curve_settings(res: Results, method: str) -> list[Setting]:
         s
         for s in SETTINGS
         if s.group in ("main", "small")
-        and any((r.run_dir / WF).is_file() for r in res.select(s.name, method))
+        and any(r.weight_function is not None for r in res.select(s.name, method))
     ]
 
 
@@ -751,9 +785,9 @@ def plot_weighting_functions(res: Results, path: Path) -> Path | None:
     fig, axes = _settings_grid(len(shown))
     for ax, setting in zip(axes, shown, strict=True):
         for run in sorted(res.select(setting.name, "mwnet-fast"), key=lambda r: r.seed):
-            if not (run.run_dir / WF).is_file():
+            if run.weight_function is None:
                 continue
-            losses, weights = read_weight_function(run.run_dir / WF)
+            losses, weights = run.weight_function
             keep = _usual_losses(run, losses)
             scale = max(float(weights[keep].max()), 1e-12)
             ax.plot(losses[keep], weights[keep] / scale, label=f"seed {run.seed}")
@@ -775,8 +809,11 @@ def plot_class_aware_curves(res: Results, path: Path) -> Path | None:
         return None
     fig, axes = _settings_grid(len(shown))
     for ax, setting in zip(axes, shown, strict=True):
-        run = min(res.select(setting.name, "cmwnet"), key=lambda r: r.seed)
-        losses, weights = read_weight_function(run.run_dir / WF)
+        run = min(
+            (r for r in res.select(setting.name, "cmwnet") if r.weight_function is not None),
+            key=lambda r: r.seed,
+        )
+        losses, weights = run.weight_function
         curves = weights[:, None] if weights.ndim == 1 else weights
         keep = _usual_losses(run, losses)
         sizes = np.bincount(run.summary.get("class_clusters") or [0] * curves.shape[1])
@@ -813,8 +850,10 @@ def plot_meta_precision(res: Results, path: Path) -> Path | None:
             if points:
                 ax.plot(*zip(*points, strict=True), marker=".", label=_title(method))
         first = min((r for r in res.runs if r.setting == setting.name), key=lambda r: r.seed)
-        rate = 100 * (1 - first.summary["realized_noise_rate"])
-        ax.axhline(rate, color="grey", linestyle=":", label="labels right in the data")
+        realized = first.summary["realized_noise_rate"]
+        if realized is not None:  # None: a user's own labels, their quality unknown
+            rate = 100 * (1 - realized)
+            ax.axhline(rate, color="grey", linestyle=":", label="labels right in the data")
         ax.set_title(setting.title, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("pseudo-meta labels right %")
@@ -824,22 +863,43 @@ def plot_meta_precision(res: Results, path: Path) -> Path | None:
 
 
 def plot_weight_histograms(res: Results, path: Path) -> Path | None:
-    shown = [s for s in _main_settings(res) if s.noisy and res.select(s.name, "mwnet-fast")]
+    shown = [
+        s
+        for s in _main_settings(res)
+        if s.noisy and _histogram_run(res.select(s.name, "mwnet-fast")) is not None
+    ]
     if not shown:
         return None
     fig, axes = _figure(1, len(shown), (3.2 * len(shown), 3))
     for ax, setting in zip(axes.flat, shown, strict=True):
-        run = min(res.select(setting.name, "mwnet-fast"), key=lambda r: r.seed)
-        table = read_sample_weights(run.run_dir / "sample_weights.csv")
-        w, bad = table["weight"], table["corrupted"]
-        bins = np.linspace(float(w.min()), float(w.max()) + 1e-12, 40)
-        ax.hist(w[~bad], bins=bins, alpha=0.6, density=True, label="clean", color="tab:blue")
-        ax.hist(w[bad], bins=bins, alpha=0.6, density=True, label="corrupted", color="tab:red")
+        run = _histogram_run(res.select(setting.name, "mwnet-fast"))
+        hist = run.result.derived["weight_histogram"]
+        edges = np.asarray(hist["edges"], dtype=np.float64)
+        for name, color in (("clean", "tab:blue"), ("corrupted", "tab:red")):
+            counts = np.asarray(hist[name], dtype=np.float64)
+            if counts.sum() > 0:
+                ax.hist(
+                    edges[:-1],
+                    bins=edges,
+                    weights=counts,
+                    alpha=0.6,
+                    density=True,
+                    label=name,
+                    color=color,
+                )
         ax.set_title(f"{setting.title}\nAUROC {run.auroc:.3f}" if run.auroc else setting.title)
         ax.set_xlabel("final weight")
         ax.legend(fontsize=7)
     fig.suptitle("MW-Net (fast) weights of clean vs corrupted training samples (seed 0)")
     return _save(fig, path)
+
+
+def _histogram_run(runs: Sequence[Run]) -> Run | None:
+    """The first seed's run, where it kept a histogram of its final weights."""
+    if not runs:
+        return None
+    run = min(runs, key=lambda r: r.seed)
+    return run if "weight_histogram" in run.result.derived else None
 
 
 def plot_auroc(res: Results, path: Path) -> Path | None:
@@ -958,23 +1018,56 @@ def _kept_reading(previous: Path) -> str:
     return "_No reading written yet._"
 
 
-def _environment() -> str:
-    import torch
+def _environment(res: Results) -> str:
+    """The software and machine(s) of the results (this process's where there are none)."""
+    found = [r for _, r in res.planner.results.values()] or [None]
+    texts = []
+    for result in found:
+        versions = these_versions() if result is None else result.versions
+        machine = this_machine() if result is None else result.machine
+        texts.append(
+            f"mwnet {versions.get('mwnet')}, torch {versions.get('torch')}, "
+            f"numpy {versions.get('numpy')}, Python {versions.get('python')}, "
+            f"{machine.get('platform')}, {machine.get('cpu')}"
+        )
+    return "; ".join(sorted(set(texts)))
 
-    import mwnet
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"mwnet {mwnet.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.machine()}, {cpu}"
-    )
+def _machines(res: Results) -> str:
+    """Which machine produced the cells: one line for one device, else per setting."""
+    by_setting: dict[str, dict[str, int]] = {}
+    for cell, result in res.planner.results.values():
+        devices = by_setting.setdefault(cell.setting.name, {})
+        devices[result.device] = devices.get(result.device, 0) + 1
+    every = {d for devices in by_setting.values() for d in devices}
+    if not every:
+        return "- Machines: no cells yet."
+    total = sum(n for devices in by_setting.values() for n in devices.values())
+    if len(every) == 1:
+        return f"- Machine: all {total} cells ran on {next(iter(every))}."
+    parts = []
+    for setting in SETTINGS:
+        devices = by_setting.get(setting.name)
+        if devices:
+            listed = ", ".join(f"{d} {n}" for d, n in sorted(devices.items()))
+            parts.append(f"{setting.title}: {listed}")
+    head = "- Machines, cells per device and setting: "
+    return head + "; ".join(parts) + "."
+
+
+def _stale_section(res: Results) -> list[str]:
+    stale = res.stale
+    if not stale:
+        return []
+    return [
+        "## Stale ledger records",
+        "",
+        "These records were made under another config than their cell's now (the first "
+        "changed key is named); they are in no table, and the suite trains their cells again.",
+        "",
+        *(f"- `{line}`" for line in stale),
+        "",
+    ]
 
 
 def write_report(
@@ -984,10 +1077,12 @@ def write_report(
     scale: Any,
     suite_info: dict[str, Any],
     readme: Path | None = None,
+    ledger: Path | None = None,
 ) -> list[Path]:
-    """RESULTS.md and plots in ``docs`` from the runs under ``out``; the README's headline
-    block (between the suite-headline markers) when ``readme`` is given."""
-    res = Results(out, scale)
+    """RESULTS.md and plots in ``docs`` from the runs under ``out``, or from the records of
+    ``ledger`` alone where one is given; the README's headline block (between the
+    suite-headline markers) when ``readme`` is given."""
+    res = Results(out, scale, ledger)
     figures = docs / "results"
     figures.mkdir(parents=True, exist_ok=True)
     written = [
@@ -1065,19 +1160,11 @@ def _method_line(method: MethodSpec, scale: Scale) -> str:
 def _timing(res: Results, suite_info: dict[str, Any]) -> str:
     default = {m.name for m in METHODS if m.default}
     main = {s.name for s in SETTINGS if s.in_default}
-    grid_dirs = [
-        p for s in main for p in (res.out / s).glob("*-seed*") if (p / "summary.json").is_file()
-    ]
     summed = 0.0
     n = 0
-    for p in grid_dirs:
-        name = p.name
-        method = max((m for m in default if name.startswith(m + "-")), key=len, default=None)
-        if method is None:
-            continue
-        summary = read_json(p / "summary.json")
-        if finished(summary):
-            summed += float(summary["wall_time"])
+    for cell, result in res.planner.results.values():
+        if cell.setting.name in main and cell.method.name in default and result.finished:
+            summed += float(result.summary["wall_time"])
             n += 1
     elapsed = suite_info.get("elapsed_seconds")
     load = (suite_info.get("load") or {}).get("elapsed_seconds")
@@ -1133,10 +1220,14 @@ def render(
         "training labels; drawn from the seed alone, the same samples for every method; never "
         "trained on.",
         "- Model selection: each method's learning rate, and its one main hyperparameter "
-        "where it has one, from the grid below; every candidate trains on the first seed, the "
-        "one with the highest last-epoch validation accuracy is selected (a tie keeps the "
-        "earlier candidate: the larger lr, then the default value), and only it trains on the "
-        "other seeds. A run that stops on a non-finite loss is never selected. The "
+        "where it has one, from the grid below; every candidate trains on the first seed; the "
+        "first candidate of the grid (the larger lr, then the default value) is kept unless "
+        "another beats it on last-epoch validation accuracy by more than the split's "
+        "sampling error, the standard error of the difference of two accuracies on the same "
+        "n images, sqrt(p1(1-p1)/n + p2(1-p2)/n) (a near-tie of a few samples would otherwise "
+        "flip between machines; each setting's grid table gives the margin and the "
+        "threshold); only the selected candidate trains on the other seeds. A run that stops "
+        "on a non-finite loss is never selected. The "
         "clean-set-size settings search their own grids; the full-training-set MLP takes "
         "the 12,000-image setting's selection, the small CNN its preset's values.",
         f"- Meta set: {_meta_sizes(res)} clean images carved from the training set before "
@@ -1159,7 +1250,8 @@ def render(
             if m.default or any(r.method == m.name for r in res.runs)
         ],
         _timing(res, suite_info),
-        f"- Environment: {_environment()}.",
+        f"- Environment: {_environment(res)}.",
+        _machines(res),
         "",
         "## Headline: last-epoch test accuracy at the selected hyperparameters",
         "",
@@ -1188,6 +1280,7 @@ def render(
         "",
         selection_table(res),
         "",
+        *_stale_section(res),
         "## Reading",
         "",
         READING_START,
@@ -1226,13 +1319,15 @@ def render(
         rs = [r for r in rs if _method(r.method).stage is None] or rs
         if not rs:
             continue
-        rates = sorted({round(r.summary["realized_noise_rate"] * 100, 2) for r in rs})
+        given = [r.summary["realized_noise_rate"] for r in rs]
+        rates = sorted({round(v * 100, 2) for v in given if v is not None})
         samples = sorted({r.summary["train_samples"] for r in rs})
         metas = sorted({r.summary["meta_samples"] for r in rs if r.summary["meta_samples"]})
         lines += [
             f"### {setting.title}",
             "",
-            f"Realised noise rate: {', '.join(f'{v:.2f} %' for v in rates)} (per seed); "
+            f"Realised noise rate: {', '.join(f'{v:.2f} %' for v in rates) or 'unknown'} "
+            "(per seed); "
             f"training images: {', '.join(f'{n:,}' for n in samples)}; clean images: "
             f"{', '.join(f'{n:,}' for n in metas) or 'none'}; "
             f"overrides: `{' '.join(setting.overrides)}`.",

@@ -8,6 +8,9 @@ configuration is an error, never silently mixed into the results. A run that sto
 non-finite loss (a learning rate too large for the method) would stop again if resumed:
 it is marked failed beside its directory and never selected.
 
+With a ledger (:mod:`mwnet.suite.ledger`), every cell that ends, finished or failed, also
+leaves its record there: config, summary, metrics, machine, versions, wall and CPU time.
+
 :func:`run_plan` keeps the workers busy while the plan unfolds: whenever a run ends, the
 plan is recomputed from the run directories (a finished grid selects its candidate, which
 makes the other seeds' runs ready) and new runs start.
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mwnet.suite.grid import Cell
-from mwnet.suite.selection import Planner, run_dir_of, write_failure
+from mwnet.suite.selection import Planner, failed_file, run_dir_of, write_failure
 
 __all__ = ["SUITE_FILE", "CellResult", "run_cell", "run_cells", "run_dir_of", "run_plan"]
 
@@ -54,29 +57,43 @@ def _cell_config(cell: Cell, out: Path) -> Any:
 
 
 def ensure_label_issues(run_dir: Path) -> None:
-    """``mwnet issues`` on a finished run, once: the flags a retraining excludes."""
-    from mwnet.data.label_edits import ISSUES_FILE
+    """``mwnet issues`` on a finished run, once: the flags a retraining excludes (made
+    again when the run has trained on since they were made)."""
+    from mwnet.data.label_edits import ISSUES_FILE, stale_report
     from mwnet.label_issues.command import write_report
 
-    if not (run_dir / ISSUES_FILE).is_file():
+    issues = run_dir / ISSUES_FILE
+    if not issues.is_file() or stale_report(issues) is not None:
         write_report(run_dir, run_dir, montage=0)
 
 
-def run_cell(cell: Cell, out: Path) -> CellResult:
-    """Train one cell to the end of its schedule, or skip it when it is already done."""
+def run_cell(cell: Cell, out: Path, ledger: Path | None = None) -> CellResult:
+    """Train one cell to the end of its schedule, or skip it when it is already done; then
+    write its record into ``ledger`` (when given)."""
     from mwnet.core.checks import NonFiniteError
     from mwnet.train import loop
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if cell.method.stage == "retrain":
         exclude = next(o for o in cell.overrides if o.startswith("data.exclude="))
         ensure_label_issues(Path(exclude.split("=", 1)[1]))
     run_dir = run_dir_of(out, cell)
+    if ledger is not None and failed_file(run_dir).is_file():  # it would stop again
+        record_cell(cell, out, ledger, None, None)
+        return CellResult(cell.label, str(run_dir), "failed", None, None, 0.0)
     try:
         summary, run_dir, status = loop.train_to_end(_cell_config(cell, out))
     except NonFiniteError as err:
         write_failure(run_dir, str(err))
+        if ledger is not None:
+            times = (time.perf_counter() - start, time.process_time() - cpu_start)
+            record_cell(cell, out, ledger, *times)
         return CellResult(cell.label, str(run_dir), "failed", None, None, 0.0)
+    if ledger is not None:
+        # a run finished before this call: its training was not timed here
+        measured = status != "done"
+        wall = time.perf_counter() - start if measured else None
+        record_cell(cell, out, ledger, wall, time.process_time() - cpu_start if measured else None)
     return CellResult(
         cell.label,
         str(run_dir),
@@ -88,16 +105,28 @@ def run_cell(cell: Cell, out: Path) -> CellResult:
     )
 
 
-def _run_cell_quietly(args: tuple[Cell, Path]) -> CellResult:
+def record_cell(cell: Cell, out: Path, ledger: Path, wall: float | None, cpu: float | None) -> Path:
+    """Write the ledger record of a cell whose run directory has ended (finished or failed)."""
+    from mwnet.suite.ledger import Ledger, cell_config, make_record
+    from mwnet.suite.results import read_run_dir
+
+    result = read_run_dir(run_dir_of(out, cell))
+    if result is None:
+        raise FileNotFoundError(f"{run_dir_of(out, cell)}: no finished or failed run to record")
+    record = make_record(cell, cell_config(cell, out), result, wall, cpu)
+    return Ledger(ledger).write(cell, record)
+
+
+def _run_cell_quietly(args: tuple[Cell, Path, Path | None]) -> CellResult:
     """Worker entry point: epoch log lines would interleave across workers, so drop them."""
     import io
     import os
 
-    cell, out = args
+    cell, out, ledger = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     saved, sys.stderr = sys.stderr, io.StringIO()
     try:
-        return run_cell(cell, out)
+        return run_cell(cell, out, ledger)
     finally:
         sys.stderr = saved
 
@@ -110,7 +139,7 @@ def run_cells(
 ) -> list[CellResult]:
     """Run every cell, ``jobs`` at a time in worker processes (1: in this process)."""
     out.mkdir(parents=True, exist_ok=True)
-    work = [(cell, out) for cell in cells]
+    work = [(cell, out, None) for cell in cells]
     results: list[CellResult] = []
     if jobs <= 1:
         for i, item in enumerate(work, start=1):
@@ -134,8 +163,10 @@ def run_plan(
     report: Callable[[int, int, CellResult], None] | None = None,
 ) -> list[CellResult]:
     """Run the plan to its end, ``jobs`` runs at a time (1: in this process), starting
-    each run as soon as what it depends on has finished."""
+    each run as soon as what it depends on has finished; with the planner's ledger, each
+    ended run leaves its record there."""
     out = planner.out
+    ledger = None if planner.ledger is None else planner.ledger.root
     out.mkdir(parents=True, exist_ok=True)
     results: list[CellResult] = []
 
@@ -146,7 +177,7 @@ def run_plan(
 
     if jobs <= 1:
         while ready := planner.ready():
-            done(run_cell(ready[0], out))
+            done(run_cell(ready[0], out, ledger))
         return results
     context = multiprocessing.get_context("spawn")
     running: dict[Future, str] = {}
@@ -157,7 +188,7 @@ def run_plan(
                 if len(running) >= jobs:
                     break
                 if cell.label not in busy:
-                    running[pool.submit(_run_cell_quietly, (cell, out))] = cell.label
+                    running[pool.submit(_run_cell_quietly, (cell, out, ledger))] = cell.label
                     busy.add(cell.label)
             if not running:
                 return results
