@@ -6,12 +6,23 @@ of ``label_issues.csv``), which does not depend on the meta split, long tail or 
 a run. A report's file also carries each sample's ``given_label``: if it differs from the
 label this run gives the sample, the file was made on another dataset, noise or seed, and
 applying it would drop or relabel the wrong samples, so that is an error, not a warning.
+
+A report also goes stale: the run it was made from may be resumed and train on, and its
+flags then describe an older model. ``label_issues.json`` records the fingerprint of the
+``signals.npz`` the report was made from (:data:`SOURCE_KEY`); a report whose run's
+signals have changed since is refused (:func:`stale_report`), naming the command that
+makes it again.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
+import warnings
+import zipfile
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +31,11 @@ import torch
 from mwnet.data.errors import DataError
 
 ISSUES_FILE = "label_issues.csv"
+SUMMARY_FILE = "label_issues.json"
+SOURCE_KEY = "source"
+"""The key of ``label_issues.json`` naming the record the report was made from:
+``signals_file``, ``signals_crc`` (:func:`record_fingerprint`), the run's ``epoch`` then
+and its ``run_dir``."""
 INDEX_COLUMN = "index"
 GIVEN_COLUMN = "given_label"
 LIKELY_COLUMN = "likely_label"
@@ -60,6 +76,9 @@ def read_label_edits(path: str | os.PathLike[str], relabel: bool) -> LabelEdits:
     """
     key = "data.relabel" if relabel else "data.exclude"
     path = _resolve(path, key)
+    stale = stale_report(path)
+    if stale is not None:
+        raise DataError(f"{key}={stale}")
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     if not lines:
         raise DataError(f"{key}={path}: the file lists no samples")
@@ -123,6 +142,8 @@ def apply_label_edits(
     num_classes: int,
     exclude: LabelEdits | None = None,
     relabel: LabelEdits | None = None,
+    classes: Sequence[str] | None = None,
+    spare_classes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which training samples to keep, and their labels after relabelling.
 
@@ -130,6 +151,11 @@ def apply_label_edits(
         source_index: every training sample's index in the dataset's training split.
         labels: their labels as this run gives them (after any synthetic corruption).
         exclude / relabel: files read by :func:`read_label_edits`.
+        classes: the class names, to name a class in an error.
+        spare_classes: a class whose every sample ``exclude`` lists keeps its samples,
+            with a warning, instead of being refused (a pipeline that drops a run's flags
+            unattended: there, flags on a whole class say more about the run than about
+            the labels).
 
     Returns:
         ``(keep, new_labels)``: positions into ``source_index`` to keep, in order, and the
@@ -137,7 +163,10 @@ def apply_label_edits(
 
     Raises:
         DataError: a listed index is not in this training set, a file's given labels do
-            not match this run's, or a new label is out of range.
+            not match this run's, a new label is out of range, or the edits leave a class
+            that had training samples with none (the model would keep an output it never
+            sees trained: almost always a file made for other data, or a relabelling gone
+            wrong, so it is refused like a meta split that takes a whole class).
     """
     position = {int(s): p for p, s in enumerate(source_index.tolist())}
     new_labels = labels.clone()
@@ -158,9 +187,53 @@ def apply_label_edits(
             new_labels[rows] = edits.labels
         else:
             dropped[rows] = True
+    if spare_classes:
+        emptied = _emptied(labels, new_labels[~dropped], num_classes)
+        if emptied:
+            dropped &= ~torch.isin(new_labels, torch.tensor(emptied))
+            names = ", ".join(_class_name(c, classes) for c in emptied)
+            warnings.warn(
+                f"data.exclude={exclude.path if exclude else ''} lists every training sample "
+                f"of {names}; kept them (data.exclude_spares_classes=true)",
+                stacklevel=2,
+            )
     if dropped.all():
         raise DataError("data.exclude drops every training sample; nothing would be left to train")
+    _check_no_class_emptied(labels, new_labels[~dropped], num_classes, exclude, relabel, classes)
     return torch.nonzero(~dropped).flatten(), new_labels
+
+
+def _check_no_class_emptied(
+    before: torch.Tensor,
+    after: torch.Tensor,
+    num_classes: int,
+    exclude: LabelEdits | None,
+    relabel: LabelEdits | None,
+    classes: Sequence[str] | None,
+) -> None:
+    emptied = _emptied(before, after, num_classes)
+    if not emptied:
+        return
+    name = _class_name(emptied[0], classes)
+    more = f" (and {len(emptied) - 1} more class(es))" if len(emptied) > 1 else ""
+    pairs = (("data.exclude", exclude), ("data.relabel", relabel))
+    used = " with ".join(f"{key}={e.path}" for key, e in pairs if e is not None)
+    spare = " (or set data.exclude_spares_classes=true)" if exclude is not None else ""
+    raise DataError(
+        f"{used} leaves {name}{more} with no training samples; a class must keep some to be "
+        f"learned: check that the file was made for this data, or keep some of the class{spare}"
+    )
+
+
+def _emptied(before: torch.Tensor, after: torch.Tensor, num_classes: int) -> list[int]:
+    """The classes ``before`` has samples of and ``after`` has none of."""
+    had = torch.bincount(before, minlength=num_classes) > 0
+    has = torch.bincount(after, minlength=num_classes) > 0
+    return torch.nonzero(had & ~has).flatten().tolist()
+
+
+def _class_name(c: int, classes: Sequence[str] | None) -> str:
+    return f"class {classes[c]!r}" if classes is not None else f"class {c}"
 
 
 def _positions(edits: LabelEdits, position: dict[int, int], key: str, n: int) -> torch.Tensor:
@@ -187,3 +260,56 @@ def _check_given(edits: LabelEdits, labels: torch.Tensor, key: str) -> None:
             f"{int(edits.index[k])}: {int(edits.given[k])} there, {int(labels[k])} here); make "
             "it from a run of the same dataset, noise and seed"
         )
+
+
+def record_fingerprint(data: bytes) -> str:
+    """The fingerprint of a record file's bytes (CRC-32, 8 hex digits): any rewrite of the
+    record, such as the next epoch's ``signals.npz``, changes it."""
+    return f"{zlib.crc32(data):08x}"
+
+
+def stale_report(path: str | os.PathLike[str]) -> str | None:
+    """Why the report ``path`` (a ``label_issues.csv``) no longer describes its run, or
+    None when it does or cannot be told (a file not written by ``mwnet issues``, a report
+    of an older mwnet, or one copied away from its run).
+
+    The run is the directory holding the report when it holds the signals file the report
+    was made from, else the run directory the report recorded.
+    """
+    path = Path(path)
+    summary = path.with_name(SUMMARY_FILE)
+    if path.name != ISSUES_FILE or not summary.is_file():
+        return None
+    try:
+        source = json.loads(summary.read_text(encoding="utf-8")).get(SOURCE_KEY)
+        name, crc = str(source["signals_file"]), str(source["signals_crc"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    run_dir = path.parent
+    if not (run_dir / name).is_file() and source.get("run_dir"):
+        run_dir = Path(source["run_dir"])
+    signals = run_dir / name
+    try:
+        current = record_fingerprint(signals.read_bytes())
+    except OSError:
+        return None
+    if current == crc:
+        return None
+    then, now = source.get("epoch"), _recorded_epoch(signals)
+    since = f"epoch {then}" if then is not None else "an earlier state"
+    later = f" (now at epoch {now})" if now is not None and now != then else ""
+    return (
+        f"{path} is stale: it describes {since} of the run in {run_dir}, whose {name} has "
+        f"changed since{later}; make it again with `mwnet issues {run_dir}`"
+    )
+
+
+def _recorded_epoch(signals: Path) -> int | None:
+    """The run's epoch a signals file records, or None (an older or damaged file)."""
+    import numpy as np
+
+    try:
+        with np.load(signals, allow_pickle=False) as npz:
+            return int(npz["run_epoch"]) if "run_epoch" in npz.files else None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None

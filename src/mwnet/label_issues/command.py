@@ -8,13 +8,13 @@ from pathlib import Path
 
 
 def _threshold(text: str) -> float | str:
-    if text == "mixture":
+    if text in ("auto", "mixture"):
         return text
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be a number in [0, 1] or 'mixture', got {text!r}"
+            f"must be a number in [0, 1], 'auto' or 'mixture', got {text!r}"
         ) from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
@@ -45,8 +45,9 @@ def add_issues(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threshold",
         type=_threshold,
-        default=0.5,
-        help="flag scores below this (default 0.5), or 'mixture' for a two-component fit",
+        default="auto",
+        help="flag scores below this, or 'mixture' for a two-component fit (default auto: 0.5, "
+        "and the two-component fit for --signal weight, whose scale is the weighting net's)",
     )
     p.add_argument(
         "--top",
@@ -63,11 +64,13 @@ def write_report(
     out: Path,
     *,
     signal: str = "auto",
-    threshold: float | str = 0.5,
+    threshold: float | str = "auto",
     montage: int = 36,
 ):
     """The label-issue report of ``run_dir`` written into ``out``: the CSV, the JSON
-    summary and (``montage`` > 0) the picture of the most suspicious images.
+    summary and (``montage`` > 0) the picture of the most suspicious images. A picture
+    left in ``out`` by an earlier report is removed when no new one is drawn: it would
+    show another report's images beside this one's files.
 
     Returns:
         ``(issues, written)``: the :class:`~mwnet.label_issues.LabelIssues` and the files.
@@ -90,6 +93,8 @@ def write_report(
             written.append(write_montage(out / MONTAGE_FILE, issues, positions, images))
         except (DataError, FileNotFoundError, OSError) as err:
             print(f"mwnet: no montage: cannot read the images again ({err})", file=sys.stderr)
+    if out / MONTAGE_FILE not in written:
+        (out / MONTAGE_FILE).unlink(missing_ok=True)
     return issues, written
 
 

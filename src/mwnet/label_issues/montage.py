@@ -1,5 +1,10 @@
 """A picture of the most suspicious training images, each captioned given -> likely label.
 
+Each caption also says why the image is there, in the units of the signal that ranked it
+(:func:`caption`): the agreement count over the run's evaluation passes, the mean weight,
+or the probability of the given label, with enough digits to tell apart the small values
+at the top of the ranking (which all read 0.00 at two decimals).
+
 Looking at the images is how a person decides whether a flagged label is wrong, so the
 report draws the top of its ranking. The images are read back from where the run read
 them: the files themselves for image-folder and list datasets, the dataset's training split
@@ -42,6 +47,41 @@ def suspicious_images(issues: LabelIssues, cfg: Any, count: int) -> tuple[np.nda
     return top, train.images[torch.from_numpy(issues.index[top])]
 
 
+_VALUE_NAMES = {
+    "weight": "weight",
+    "confidence": "p(given)",
+    "loss": "p(given)",
+    "margin": "score",
+}
+"""What a non-agreement score is, named in the caption."""
+
+
+def _significant(value: float) -> str:
+    """Two significant digits, without the exponent form of small values."""
+    return np.format_float_positional(value, precision=2, fractional=False, trim="-")
+
+
+def caption_value(issues: LabelIssues, position: int) -> str:
+    """Why the sample at ``position`` ranks where it does: ``agreed k/p`` and its mean
+    probability of the given label for the agreement score, else the signal's value."""
+    scores, i = issues.scores, position
+    if scores.agree is not None and scores.confidence is not None:
+        confidence = float(scores.confidence[i])
+        p = "?" if np.isnan(confidence) else _significant(confidence)
+        return f"agreed {int(scores.agree[i])}/{scores.passes}, p {p}"
+    name = _VALUE_NAMES.get(scores.signal, scores.signal)
+    return f"{name} {_significant(float(issues.score[i]))}"
+
+
+def caption(issues: LabelIssues, position: int) -> str:
+    """The caption of the sample at ``position``: its index, :func:`caption_value`, and its
+    given and likely class."""
+    i = position
+    given = issues.class_name(int(issues.given[i]))
+    likely = issues.class_name(int(issues.likely[i]))
+    return f"#{int(issues.index[i])} {caption_value(issues, i)}\ngiven: {given}\nlikely: {likely}"
+
+
 def write_montage(
     path: str | os.PathLike[str],
     issues: LabelIssues,
@@ -49,8 +89,8 @@ def write_montage(
     images: torch.Tensor,
     columns: int = 6,
 ) -> Path:
-    """Draw ``images`` (the samples at ``positions``) in a grid, captioned with each
-    sample's index, given label, likely label and score."""
+    """Draw ``images`` (the samples at ``positions``) in a grid, captioned (:func:`caption`)
+    with each sample's index, the value that ranked it, given and likely label."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -68,13 +108,8 @@ def write_montage(
             ax.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=255)
         else:
             ax.imshow(picture)
-        given = issues.class_name(int(issues.given[i]))
-        likely = issues.class_name(int(issues.likely[i]))
-        ax.set_title(
-            f"#{int(issues.index[i])} ({issues.score[i]:.2f})\ngiven: {given}\nlikely: {likely}",
-            fontsize=7,
-        )
-    figure.suptitle("Most suspicious training labels (score, given -> likely)", fontsize=9)
+        ax.set_title(caption(issues, i), fontsize=7)
+    figure.suptitle("Most suspicious training labels (why, given -> likely)", fontsize=9)
     path = Path(path)
     with atomic_write(path, "wb") as f:
         figure.savefig(f, format="png", dpi=110)

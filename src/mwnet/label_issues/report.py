@@ -25,14 +25,25 @@ from mwnet.data.label_edits import (
     INDEX_COLUMN,
     ISSUES_FILE,
     LIKELY_COLUMN,
+    SOURCE_KEY,
+    SUMMARY_FILE,
+    record_fingerprint,
 )
 from mwnet.label_issues.metrics import auroc, precision_at_k, precision_recall
-from mwnet.label_issues.score import Scores, flag_issues, quality_scores
+from mwnet.label_issues.provenance import check_signals_of_run, run_paths
+from mwnet.label_issues.score import (
+    AUTO_THRESHOLD,
+    Scores,
+    few_passes_warning,
+    flag_issues,
+    quality_scores,
+    resolve_threshold,
+)
 from mwnet.run.atomic import atomic_write
-from mwnet.run.records import PATHS_FILE, read_paths, write_json
+from mwnet.run.records import write_json
 from mwnet.run.signals import SIGNALS_FILE, SampleSignals
 
-SUMMARY_FILE = "label_issues.json"
+__all__ = ["SUMMARY_FILE", "LabelIssues", "find_label_issues", "issues_file"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,11 @@ class LabelIssues:
     """The truth, where the noise was synthetic; used only by :meth:`evaluation`."""
     true: np.ndarray | None = None
     """The true labels, where the noise was synthetic (reported, never used)."""
+    warnings: tuple[str, ...] = ()
+    """Why the report is not to be trusted as it is (printed and kept in the summary)."""
+    source: dict[str, Any] | None = None
+    """The record the report was made from (see :data:`~mwnet.data.label_edits.SOURCE_KEY`):
+    what tells a later reader whether the report still describes its run."""
 
     # -- what the report estimates ------------------------------------------------------
     @property
@@ -156,6 +172,7 @@ class LabelIssues:
             "signal": self.scores.signal,
             "evaluation_passes": self.scores.passes,
             "threshold": self.threshold,
+            "warnings": list(self.warnings),
             "class_noise_rates": {
                 self.class_name(c): None if np.isnan(r) else round(float(r), 6)
                 for c, r in enumerate(rates)
@@ -168,6 +185,8 @@ class LabelIssues:
         evaluation = self.evaluation()
         if evaluation is not None:
             out["against_synthetic_truth"] = {k: round(v, 6) for k, v in evaluation.items()}
+        if self.source is not None:
+            out[SOURCE_KEY] = dict(self.source)
         return out
 
     def write_summary(self, path: str | os.PathLike[str]) -> None:
@@ -177,14 +196,22 @@ class LabelIssues:
         """A few lines for the terminal."""
         n, flagged = len(self.given), int(self.flagged.sum())
         source = (
-            f"agreement over {self.scores.passes} evaluation passes"
+            f"agreement over {self.scores.passes} evaluation "
+            f"pass{'' if self.scores.passes == 1 else 'es'}"
             if self.scores.signal == "agreement"
             else f"signal {self.scores.signal}"
         )
+        rule = (
+            "a two-component split of the scores puts them low"
+            if self.threshold == "mixture"
+            else f"score < {float(self.threshold):g}"
+        )
         lines = [
             f"{flagged:,} of {n:,} training labels flagged as likely wrong "
-            f"(estimated noise rate {100 * self.noise_rate:.1f} %; score from {source})"
+            f"(estimated noise rate {100 * self.noise_rate:.1f} %; score from {source}; "
+            f"flagged where {rule})"
         ]
+        lines += [f"  warning: {w}" for w in self.warnings]
         rates = self.class_noise_rates()
         worst = [c for c in np.argsort(-np.nan_to_num(rates, nan=-1.0)) if not np.isnan(rates[c])]
         shown = ", ".join(f"{self.class_name(int(c))} {100 * rates[c]:.0f} %" for c in worst[:5])
@@ -210,7 +237,7 @@ def find_label_issues(
     source: str | os.PathLike[str] | SampleSignals,
     *,
     signal: str = "auto",
-    threshold: float | str = 0.5,
+    threshold: float | str = AUTO_THRESHOLD,
     classes: list[str] | None = None,
 ) -> LabelIssues:
     """Score, flag and summarise the training labels of a run.
@@ -224,37 +251,57 @@ def find_label_issues(
             exp(-mean loss)), ``agreement``, ``confidence``, ``margin``, ``loss`` or
             ``weight``.
         threshold: flag samples whose score is below this (0.5: the model disagreed with
-            the label in most passes), or ``"mixture"`` (the low component of a
-            two-component Gaussian mixture on the scores).
+            the label in most passes), ``"mixture"`` (the low component of a two-component
+            Gaussian mixture on the scores), or ``"auto"``: 0.5 for every signal but the
+            weight, whose scale is the weighting net's, and the mixture for the weight.
         classes: class names for the report (a run directory knows its own).
 
     Raises:
         FileNotFoundError: no run directory or no signals file there.
-        ValueError: a damaged signals file, or a signal the run did not record.
+        ValueError: a damaged signals file, a signal the run did not record, or records
+            in a run directory that are another run's or of another epoch than its
+            checkpoint (:mod:`mwnet.label_issues.provenance`).
     """
     extra: dict[str, np.ndarray] = {}
     paths = None
+    notes: list[str] = []
+    origin: dict[str, Any] | None = None
     if isinstance(source, SampleSignals):
         signals = source
     else:
         path = Path(source)
+        run_dir = None
         if path.is_dir():
             if not (path / SIGNALS_FILE).is_file() and not (path / "config.yaml").is_file():
                 raise FileNotFoundError(f"{path} is not a run directory (no config.yaml in it)")
-            paths = read_paths(path / PATHS_FILE)
             path = path / SIGNALS_FILE
         elif not path.exists():
             raise FileNotFoundError(f"no run directory or signals file at {path}")
-        signals, extra = SampleSignals.load(path)
+        if (path.parent / "config.yaml").is_file():  # a run's record: check it is this run's
+            run_dir = path.parent
+        # parse exactly the bytes fingerprinted: a running run may replace the file meanwhile
+        data = path.read_bytes() if path.is_file() else None
+        signals, extra = SampleSignals.load(path, data)
+        if run_dir is not None:
+            notes += check_signals_of_run(run_dir, path, extra)
+            paths = run_paths(run_dir, extra, len(signals))
+        origin = {
+            "signals_file": path.name,
+            "signals_crc": record_fingerprint(data or b""),
+            "epoch": int(extra["run_epoch"]) if "run_epoch" in extra else None,
+            "run_dir": str((run_dir or path.parent).resolve()),
+        }
     n = len(signals)
     scores = quality_scores(signals, signal)
+    threshold = resolve_threshold(scores.signal, threshold)
     flagged = flag_issues(scores.values, threshold)
+    few = few_passes_warning(scores)
+    if few is not None:
+        notes.append(few)
     given = signals.labels.numpy()
     likely = np.where(flagged, signals.likely.numpy(), given)
     if "classes" in extra and classes is None:
         classes = [str(c) for c in extra["classes"].tolist()]
-    if paths is not None and len(paths) != n:
-        paths = None  # a paths file of another run's training set: leave the column out
     corrupted = extra.get("corrupted")
     return LabelIssues(
         index=np.asarray(extra.get("index", np.arange(n)), dtype=np.int64),
@@ -268,6 +315,8 @@ def find_label_issues(
         paths=paths,
         corrupted=None if corrupted is None else corrupted.astype(bool),
         true=extra.get("true_label"),
+        warnings=tuple(notes),
+        source=origin,
     )
 
 

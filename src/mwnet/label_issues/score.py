@@ -11,10 +11,19 @@ for the weighting methods alike. A run that made no evaluation pass over its tra
 (``eval_train=false``) falls back to exp(-mean training loss), the geometric-mean
 probability of the given label during training.
 
-Flags: by default a sample is flagged when the model disagreed with its given label in
-more than half of the passes (score < 0.5). ``threshold="mixture"`` instead fits a
-two-component Gaussian mixture to the scores and flags the samples more likely to belong to
-the low component; either way the estimated noise rate is the flagged share.
+Flags: by default (``threshold="auto"``) a sample is flagged when the model disagreed with
+its given label in more than half of the passes (score < 0.5; for the confidence, margin
+and loss scores, which are probabilities of the given label, when that probability is
+below one half). ``threshold="mixture"`` instead fits a two-component Gaussian mixture to
+the scores and flags the samples more likely to belong to the low component; either way
+the estimated noise rate is the flagged share. The weight signal has no such fixed scale
+(a weighting net's outputs may all lie between 0.05 and 0.4, or near 1), so under
+``"auto"`` its flags come from the mixture: a split the weights' own distribution sets.
+
+A score from a few evaluation passes is coarse (agreement over p passes takes only p + 1
+values) and comes from early, still-learning models, which disagree with many right
+labels: :func:`few_passes_warning` says so when a score rests on fewer than
+:data:`MIN_PASSES`.
 """
 
 from __future__ import annotations
@@ -28,6 +37,15 @@ from mwnet.run.signals import SampleSignals
 SIGNALS = ("auto", "agreement", "confidence", "margin", "loss", "weight")
 """``auto``: agreement when the run made evaluation passes, else loss."""
 
+AUTO_THRESHOLD = "auto"
+"""The default flag rule: 0.5 for the probability-scaled scores, the mixture for weights."""
+
+PASS_SIGNALS = ("agreement", "confidence", "margin")
+"""Signals averaged over the run's evaluation passes."""
+
+MIN_PASSES = 5
+"""Evaluation passes below which a pass-based score is reported as unreliable."""
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -38,6 +56,10 @@ class Scores:
     """The signal used (``agreement``, ``confidence``, ``margin``, ``loss``, ``weight``)."""
     passes: int
     """Evaluation passes behind it (0 for the training-step signals' fallback)."""
+    agree: np.ndarray | None = None
+    """Agreement only: in how many passes each sample's prediction was its given label."""
+    confidence: np.ndarray | None = None
+    """Agreement only: each sample's mean softmax probability of its given label."""
 
 
 def quality_scores(signals: SampleSignals, signal: str = "auto") -> Scores:
@@ -61,9 +83,10 @@ def quality_scores(signals: SampleSignals, signal: str = "auto") -> Scores:
             "signal 'weight' needs a method that weights samples (mwnet, cmwnet, l2rw, ...); "
             "this run recorded no weights; use 'auto'"
         )
+    agree = confidence = None
     if signal == "agreement":
-        agree = signals.agree_count.numpy().astype(np.float64)
-        values = (agree + signals.mean("confidence")) / (passes + 1)
+        agree, confidence = signals.agree_count.numpy().copy(), signals.mean("confidence")
+        values = (agree.astype(np.float64) + confidence) / (passes + 1)
     elif signal == "confidence":
         values = signals.mean("confidence")
     elif signal == "margin":
@@ -78,12 +101,39 @@ def quality_scores(signals: SampleSignals, signal: str = "auto") -> Scores:
         )
     # A sample never seen (e.g. an epoch cut short) gets the neutral middle, not NaN.
     values = np.where(np.isnan(values), 0.5, values)
-    return Scores(values=np.clip(values, 0.0, 1.0), signal=signal, passes=passes)
+    values = np.clip(values, 0.0, 1.0)
+    return Scores(values=values, signal=signal, passes=passes, agree=agree, confidence=confidence)
+
+
+def resolve_threshold(signal: str, threshold: float | str = AUTO_THRESHOLD) -> float | str:
+    """The flag rule ``threshold`` stands for with scores of ``signal``: ``"auto"`` is 0.5
+    for the scores on a probability scale and ``"mixture"`` for the weight (see the module
+    docstring); any other value is returned as it is."""
+    if threshold != AUTO_THRESHOLD:
+        return threshold
+    return "mixture" if signal == "weight" else 0.5
+
+
+def few_passes_warning(scores: Scores) -> str | None:
+    """Why a score that rests on fewer than :data:`MIN_PASSES` evaluation passes is not to
+    be trusted yet, or None."""
+    if scores.signal not in PASS_SIGNALS or scores.passes >= MIN_PASSES:
+        return None
+    p = scores.passes
+    return (
+        f"the score rests on only {p} evaluation pass{'' if p == 1 else 'es'} (fewer than "
+        f"{MIN_PASSES}): {scores.signal} over so few passes is coarse (an agreement count "
+        f"over {p} takes only {p + 1} values) and comes from early models that still "
+        "disagree with many right labels, so the flags and the noise estimate are "
+        "unreliable (often too high); train for more epochs with eval_train=true, then "
+        "report again"
+    )
 
 
 def flag_issues(scores: np.ndarray, threshold: float | str = 0.5) -> np.ndarray:
     """Which samples to flag as likely mislabelled: ``scores < threshold``, or with
-    ``threshold="mixture"`` the low component of a two-component Gaussian mixture."""
+    ``threshold="mixture"`` the low component of a two-component Gaussian mixture
+    (:func:`resolve_threshold` turns ``"auto"`` into one of the two for a signal)."""
     if threshold == "mixture":
         return low_component_posterior(scores) > 0.5
     if isinstance(threshold, str) or not 0.0 <= float(threshold) <= 1.0:

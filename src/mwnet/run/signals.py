@@ -8,6 +8,9 @@ label the model rarely agrees with, over the whole run, is likely mislabelled. R
 sums keep the record O(n) whatever the number of epochs, so it scales to millions of
 samples; the state goes into every checkpoint (a resumed run continues the same sums)
 and into ``signals.npz`` next to it, which the label-issue report reads without torch.
+The training loop saves beside the sums which run and epoch the file is a record of, so
+the report can refuse a file copied from another run or left from an earlier epoch
+(:mod:`mwnet.label_issues.provenance`).
 
 The "likely" label is the class the model preferred over the given one in most epochs,
 found with the Boyer-Moore majority vote (one candidate and one counter per sample): it
@@ -16,6 +19,7 @@ is exact whenever one class won more than half of the epochs, and needs no n x K
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from dataclasses import dataclass
@@ -200,21 +204,26 @@ class SampleSignals:
             np.savez(f, **arrays)
 
     @staticmethod
-    def load(path: str | os.PathLike[str]) -> tuple[SampleSignals, dict[str, np.ndarray]]:
+    def load(
+        path: str | os.PathLike[str], data: bytes | None = None
+    ) -> tuple[SampleSignals, dict[str, np.ndarray]]:
         """Read :meth:`save` output: the signals and the extra columns saved with them.
+
+        ``data``: the file's bytes, already read (to parse exactly the bytes a caller
+        fingerprinted, while a run may replace the file); ``path`` then only names it.
 
         Raises:
             FileNotFoundError: no such file (names what writes it).
             ValueError: the file is not an mwnet signals file, or is damaged.
         """
         path = Path(path)
-        if not path.is_file():
+        if data is None and not path.is_file():
             raise FileNotFoundError(
                 f"{path} does not exist: every mwnet run writes {SIGNALS_FILE} after each "
                 "epoch; train (or resume) the run for at least one epoch first"
             )
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path} is damaged or not a signals file ({err})") from None

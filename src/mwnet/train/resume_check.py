@@ -13,6 +13,7 @@ run. A difference is refused with the changed keys named, except for the keys in
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -129,6 +130,18 @@ def _check_new_epochs(saved: Mapping[str, Any], cfg: Any, epochs_done: int) -> N
             f"optim.epochs cannot change from {old} to {new}: this finetune run is "
             f"fine-tuning on the meta set since epoch {old + 1}; start a new run instead"
         )
+
+
+def config_fingerprint(cfg: Any) -> int:
+    """A CRC-32 of what the resolved config says a run trains: every key but
+    :data:`NOT_COMPARED` and :data:`SAFE_CHANGES` (which a resumed run may change), so a
+    record made by the run keeps matching its ``config.yaml`` and no other run's."""
+    kept = {
+        key: value
+        for key, value in _flatten(config_snapshot(cfg)).items()
+        if key not in NOT_COMPARED and key not in SAFE_CHANGES
+    }
+    return zlib.crc32(json.dumps(kept, sort_keys=True, default=str).encode())
 
 
 def data_fingerprint(*tensors: torch.Tensor) -> int:
