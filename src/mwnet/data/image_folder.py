@@ -6,6 +6,11 @@ resized so the shorter side fits, centre-cropped to a fixed size, and stored as 
 part, so the result is cached in the cache directory under a hash of the file list
 (paths, sizes, modification times), the labels and the target size: changing any of
 them rebuilds the cache instead of serving stale data.
+
+Every image becomes 8-bit RGB by one documented rule per kind of pixel (see
+:func:`to_rgb8`), and a pixel that has no meaning as an intensity is an error naming the
+file: training on images that silently came out white, black or scrambled is worse than
+not training.
 """
 
 from __future__ import annotations
@@ -14,16 +19,43 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from mwnet.data.dataset import ImageDataset
 from mwnet.data.errors import DatasetError
 from mwnet.data.paths import cache_dir
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+)
+
+BACKGROUND = (255, 255, 255)
+"""What transparent pixels are composited on: white, the page a transparent image (a
+product photo, an icon) is usually drawn on. Without it, the colour hidden under a
+transparent pixel (often black, often left-over garbage) would be trained on."""
+
+DECODER_VERSION = 2
+"""Part of the cache key: a decoded tensor cached by an older rule is rebuilt."""
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16BS", "I;16LS", "I")
 
 Size = int | tuple[int, int]
 
@@ -43,25 +75,109 @@ def _pil():
     return Image
 
 
+def to_rgb8(img: Any, path: Path | str = "") -> Any:
+    """An 8-bit RGB copy of the Pillow image ``img``, by one rule per kind of pixel.
+
+    - 16-bit and 32-bit integer greyscale (modes ``I;16*``, ``I``): read as 16-bit,
+      ``0 .. 65535`` scaled to ``0 .. 255`` (rounded). Values outside that range have no
+      agreed meaning and are an error.
+    - Floating point greyscale (mode ``F``): read as intensities in ``[0, 1]``, scaled
+      by 255 (rounded). Values outside ``[0, 1]`` (raw sensor units, HDR) or NaN and
+      infinities have no agreed mapping and are an error: stretching each image by its own
+      minimum and maximum would make the same value mean different things in different
+      images.
+    - Transparency (``RGBA``, ``LA``, ``PA``, palette or greyscale images with a
+      transparent colour): composited on :data:`BACKGROUND` (white).
+    - Everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ...): Pillow's conversion;
+      bilevel images become 0 and 255, CMYK is converted without a colour profile.
+
+    Raises:
+        DatasetError: naming ``path``, for pixel values that cannot be read as intensities.
+    """
+    image_mod = _pil()
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "F":
+        grey = np.asarray(img)
+        if mode == "F":
+            if not np.isfinite(grey).all():
+                raise DatasetError(
+                    f"{path}: floating-point image with NaN or infinite pixel values; "
+                    "replace them, or save the image as 8- or 16-bit"
+                )
+            low, high = float(grey.min()), float(grey.max())
+            if low < 0.0 or high > 1.0:
+                raise DatasetError(
+                    f"{path}: floating-point pixel values in [{low:g}, {high:g}], but mwnet "
+                    "reads floating-point images as intensities in [0, 1]; rescale it to "
+                    "[0, 1], or save it as 8- or 16-bit"
+                )
+            eight = np.rint(grey.astype(np.float64) * 255.0)
+        else:
+            low, high = int(grey.min()), int(grey.max())
+            if low < 0 or high > 65535:
+                raise DatasetError(
+                    f"{path}: integer pixel values in [{low}, {high}], outside the 16-bit "
+                    "range 0..65535 mwnet reads them in; save the image as 8- or 16-bit"
+                )
+            eight = np.rint(grey.astype(np.float64) * (255.0 / 65535.0))
+        return image_mod.fromarray(eight.astype(np.uint8)).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        canvas = image_mod.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return image_mod.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _too_large(path: Path, where: str, exc: Exception) -> DatasetError:
+    limit = _pil().MAX_IMAGE_PIXELS
+    detail = str(exc).split(",")[0].rstrip(".")
+    return DatasetError(
+        f"{path}{where}: image too large to decode safely ({detail}); mwnet reads images of "
+        f"at most {limit} pixels (Pillow's guard against decompression bombs): if the image "
+        "is genuine, shrink it below that (it is scaled down for training anyway)"
+    )
+
+
 def decode_image(path: Path, size: Size, where: str = "") -> torch.Tensor:
     """Decode ``path`` to a ``uint8`` RGB tensor ``(3, h, w)``.
 
-    The shorter side is scaled to cover the target, then the centre is cropped: the
-    usual evaluation transform, and deterministic, which a cached tensor must be.
+    The image is turned upright by its EXIF orientation (as every viewer shows it) and
+    made 8-bit RGB by :func:`to_rgb8`. The shorter side is scaled to cover the target,
+    then the centre is cropped: the usual evaluation transform, and deterministic, which a
+    cached tensor must be.
+
+    Raises:
+        DatasetError: naming the file, for a file Pillow cannot decode, an image over
+            Pillow's decompression-bomb limit, or pixels :func:`to_rgb8` refuses.
     """
     image_mod = _pil()
+    from PIL import ImageOps
+
     h, w = _size_hw(size)
+    bombs = (image_mod.DecompressionBombError, image_mod.DecompressionBombWarning)
     try:
-        with image_mod.open(path) as img:
-            img = img.convert("RGB")
-            scale = max(h / img.height, w / img.width)
-            new_w = max(w, round(img.width * scale))
-            new_h = max(h, round(img.height * scale))
-            img = img.resize((new_w, new_h), image_mod.Resampling.BILINEAR)
-            left, top = (new_w - w) // 2, (new_h - h) // 2
-            img = img.crop((left, top, left + w, top + h))
-            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's decode errors
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; either way the file is
+            # refused with one line rather than decoded behind a multi-line warning.
+            warnings.simplefilter("error", image_mod.DecompressionBombWarning)
+            with image_mod.open(path) as img:
+                img = to_rgb8(ImageOps.exif_transpose(img), f"{path}{where}")
+    except bombs as exc:
+        raise _too_large(path, where, exc) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow's decode errors
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(f"{path}{where}: cannot read image: {exc}") from exc
+    try:
+        scale = max(h / img.height, w / img.width)
+        new_w = max(w, round(img.width * scale))
+        new_h = max(h, round(img.height * scale))
+        img = img.resize((new_w, new_h), image_mod.Resampling.BILINEAR)
+        left, top = (new_w - w) // 2, (new_h - h) // 2
+        img = img.crop((left, top, left + w, top + h))
+        data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}{where}: cannot read image: {exc}") from exc
     return data.view(h, w, 3).permute(2, 0, 1).contiguous()
 
@@ -70,7 +186,8 @@ def _cache_key(
     files: Sequence[Path], labels: Sequence[int], classes: Sequence[str], size: tuple[int, int]
 ) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps({"size": size, "classes": list(classes)}).encode())
+    key = {"size": size, "classes": list(classes), "decoder": DECODER_VERSION}
+    digest.update(json.dumps(key).encode())
     for f, y in zip(files, labels, strict=True):
         st = f.stat()
         digest.update(f"{f.resolve()}\t{y}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
@@ -104,10 +221,18 @@ def _build(
         images[i] = decode_image(f, hw, loc)
     dataset = ImageDataset(images, torch.tensor(labels, dtype=torch.int64), classes, name, paths)
     if cache_file is not None:
-        _save_atomic(
-            {"images": images, "labels": dataset.labels, "classes": classes, "name": name},
-            cache_file,
-        )
+        try:
+            _save_atomic(
+                {"images": images, "labels": dataset.labels, "classes": classes, "name": name},
+                cache_file,
+            )
+        except (OSError, RuntimeError) as err:  # a full disk: torch's writer raises RuntimeError
+            warnings.warn(
+                f"could not write the decoded images to the cache {cache_file} "
+                f"({(str(err).strip().splitlines() or [type(err).__name__])[0]}); "
+                "continuing without it (the next run decodes them again)",
+                stacklevel=2,
+            )
     return dataset
 
 
@@ -125,6 +250,48 @@ def _save_atomic(obj: dict, path: Path) -> None:
             os.unlink(tmp)
 
 
+def _raise_listing(err: OSError) -> None:
+    raise DatasetError(f"{err.filename}: cannot list folder: {err.strerror or err}") from err
+
+
+def image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The image files under ``folder`` (sorted), and the other files seen there.
+
+    Symlinked subfolders are followed, as a file browser shows them; each real folder is
+    read once, so a link back to a parent cannot loop and a folder linked twice does not
+    count its images twice. Hidden files and folders (``.thumbnails``, ``._x.jpg`` copies
+    from macOS) are skipped, like hidden class folders.
+
+    Raises:
+        DatasetError: a folder that cannot be listed, or an image name whose symbolic link
+            leads nowhere.
+    """
+    images: list[Path] = []
+    others: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise_listing, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                others.append(path)
+            elif path.is_file():
+                images.append(path)
+            elif path.is_symlink():
+                raise DatasetError(
+                    f"{path}: symbolic link to {os.readlink(path)}, which does not exist; "
+                    "restore its target or remove the link"
+                )
+    return sorted(images), sorted(others)
+
+
 def load_image_folder(
     root: str | os.PathLike[str],
     size: Size,
@@ -134,7 +301,10 @@ def load_image_folder(
     """Load ``root/<class>/**/<image>`` with one class per subfolder, classes sorted.
 
     Sorted class names give the same label numbering on every machine, whatever order
-    the file system lists directories in.
+    the file system lists directories in. Files are found by :func:`image_files` (by
+    their extension, :data:`IMAGE_EXTENSIONS`; other files are ignored). A class folder
+    holding no image file is an error, not a class with nothing in it: it usually means
+    the images are elsewhere or in a format not read here.
 
     Args:
         root: directory whose subdirectories are the classes.
@@ -163,13 +333,17 @@ def load_image_folder(
     for label, cls in enumerate(classes):
         if not (root / cls).is_dir():
             continue
-        found = sorted(
-            p
-            for p in (root / cls).rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        files += found
-        labels += [label] * len(found)
+        images, others = image_files(root / cls)
+        if not images:
+            seen = ""
+            if others:
+                seen = f"; it holds {len(others)} other file(s), e.g. {others[0].name}"
+            raise DatasetError(
+                f"{root / cls}: class folder without image files ({', '.join(IMAGE_EXTENSIONS)})"
+                f"{seen}; add its images or remove the folder"
+            )
+        files += images
+        labels += [label] * len(images)
     if not files:
         raise DatasetError(
             f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders"
@@ -196,9 +370,14 @@ def load_image_list(
     """
     list_file, image_root = Path(list_file), Path(image_root)
     try:
-        lines = list_file.read_text().splitlines()
+        lines = list_file.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise DatasetError(f"{list_file}: cannot read list file: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{list_file}: not a UTF-8 text list of 'relative/path label' lines ({exc.reason} "
+            f"at byte {exc.start}); is it the right file?"
+        ) from None
     files: list[Path] = []
     labels: list[int] = []
     where: list[str] = []
@@ -219,7 +398,8 @@ def load_image_list(
             raise DatasetError(f"{loc}: label {label} out of range (expected {limit})")
         path = image_root / parts[0]
         if not path.is_file():
-            raise DatasetError(f"{loc}: image file {path} does not exist")
+            problem = "is a folder, not an image file" if path.is_dir() else "does not exist"
+            raise DatasetError(f"{loc}: image file {path} {problem}")
         files.append(path)
         labels.append(label)
         where.append(f" (listed at {loc})")

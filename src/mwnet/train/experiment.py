@@ -60,7 +60,10 @@ class TrainData:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: list[str]
-    realized_noise_rate: float
+    realized_noise_rate: float | None
+    """Share of training labels the synthetic noise changed (0.0 for a dataset's own
+    labels, taken as right); None for a user's own images (``data.dataset`` folder or list)
+    without synthetic noise: how many of their labels are wrong is not known."""
     source_index: torch.Tensor | None = None
     """Each training sample's index in the dataset's training split (stable across runs of
     any meta split, long tail or subset); None: the training samples are that split."""
@@ -133,6 +136,39 @@ def _load_sources(d: Any) -> tuple[ImageDataset, ImageDataset, ImageDataset | No
     )
 
 
+def _training_source(d: Any) -> str:
+    if d.dataset == "folder":
+        return str(Path(d.root) / "train")
+    if d.dataset == "list":
+        return f"data.train_list={d.train_list}"
+    return f"data.dataset={d.dataset}"
+
+
+def _check_training_classes(train: ImageDataset, d: Any) -> None:
+    """A training set is refused unless it has two classes or more, each with an image.
+
+    One class leaves nothing to tell apart; a class without images gets an output the
+    model can never learn (and a list file whose labels skip a number usually numbers its
+    classes from 1, or is the wrong file).
+    """
+    source = _training_source(d)
+    if len(train.classes) < 2:
+        raise ConfigError(
+            f"the training set ({source}) has a single class, {train.classes[0]!r}; a "
+            "classifier needs images of at least two classes"
+        )
+    counts = torch.bincount(train.labels, minlength=len(train.classes))
+    empty = [c for c in range(len(train.classes)) if int(counts[c]) == 0]
+    if empty:
+        names = ", ".join(repr(train.classes[c]) for c in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise ConfigError(
+            f"the training set ({source}) has no image of class(es) {names}{more} out of "
+            f"{len(train.classes)}; every class needs training images (list labels number "
+            "the classes 0..K-1)"
+        )
+
+
 def _carve_from_own_labels(cfg: Any) -> bool:
     """A user's own images carry the labels in question: a meta set carved from them
     would be as noisy as they are, so it is never done. A method that needs a trusted set
@@ -176,6 +212,7 @@ def prepare_data(cfg: Any) -> TrainData:
     """Load, split, subsample and corrupt as configured (see the module docstring)."""
     d, seed = cfg.data, int(cfg.seed)
     train, test, meta = _load_sources(d)
+    _check_training_classes(train, d)
     num_classes = len(train.classes)
     labels = train.labels
     no_clean_set = d.meta_source == "auto"
@@ -231,7 +268,15 @@ def prepare_data(cfg: Any) -> TrainData:
     if d.exclude or d.relabel:
         exclude = read_label_edits(d.exclude, relabel=False) if d.exclude else None
         relabel = read_label_edits(d.relabel, relabel=True) if d.relabel else None
-        keep, observed = apply_label_edits(train_idx, observed, num_classes, exclude, relabel)
+        keep, observed = apply_label_edits(
+            train_idx,
+            observed,
+            num_classes,
+            exclude,
+            relabel,
+            classes=train.classes,
+            spare_classes=bool(d.exclude_spares_classes),
+        )
         train_idx, true_labels, observed = train_idx[keep], true_labels[keep], observed[keep]
         if d.noise == "none":  # no truth beyond the given labels, now edited
             true_labels = observed.clone()
@@ -248,7 +293,7 @@ def prepare_data(cfg: Any) -> TrainData:
         test_images=test.images,
         test_labels=test.labels,
         classes=list(train.classes),
-        realized_noise_rate=rate,
+        realized_noise_rate=None if d.dataset in ("folder", "list") and d.noise == "none" else rate,
         source_index=train_idx,
         paths=None if paths is None else tuple(paths[i] for i in train_idx.tolist()),
         noise_known=d.noise != "none",
@@ -398,6 +443,24 @@ def reused_weight_net(cfg: Any, num_classes: int) -> nn.Module | None:
     return saved.net
 
 
+class NoMetaSet:
+    """The meta stream of a run without a trusted set (a user's own images trained by a
+    method that reads none): it has no batches, and its state is empty. Methods that read
+    a meta set are refused such data before this is built."""
+
+    def __iter__(self) -> NoMetaSet:
+        return self
+
+    def __next__(self) -> Any:
+        raise StopIteration
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
 @dataclass
 class Experiment:
     """Everything a training loop touches, built from one config."""
@@ -410,7 +473,7 @@ class Experiment:
     schedule: torch.optim.lr_scheduler.LRScheduler
     method: Method
     train_batches: DeviceBatches
-    meta_batches: EndlessBatches | PseudoMetaStream
+    meta_batches: EndlessBatches | PseudoMetaStream | NoMetaSet
     """The clean meta set's stream, or with data.meta_source=auto the pseudo-meta set's."""
     meta_epochs: DeviceBatches
     """The meta set as epochs, for methods that train on it (finetune)."""
@@ -482,7 +545,11 @@ def build_experiment(
     if no_clean_set:
         meta_batches = PseudoMetaStream(d.meta_batch_size, device, augment, normalize, seed)
     else:
-        meta_batches = EndlessBatches(*meta_set, seed=seed + 1, **shared)
+        meta_batches = (
+            EndlessBatches(*meta_set, seed=seed + 1, **shared)
+            if len(data.meta_labels)
+            else NoMetaSet()
+        )
     meta_epochs = DeviceBatches(*meta_set, seed=seed + 2, indices_too=True, **shared)
     options = {**dict(cfg.method), "epochs": int(o.epochs)}
     weight_net = reused_weight_net(cfg, data.num_classes)
