@@ -4,6 +4,13 @@ A tiny network learns to map each training sample's loss to a weight, trained by
 meta-learning on a small clean set while the classifier trains.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the installed package's version (pyproject.toml), recorded in every run
+    __version__ = version("mwnet")
+except PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
+
 from mwnet.core import (
     ClassAwareWeightNet,
     MetaReweighter,
@@ -17,7 +24,6 @@ from mwnet.label_issues import LabelIssues, find_label_issues
 from mwnet.run.signals import EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import SavedWeightNet, load_weight_net, save_weight_net
 
-__version__ = "0.1.0"
 __all__ = [
     "ClassAwareWeightNet",
     "EpochPredictions",

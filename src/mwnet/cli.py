@@ -108,6 +108,18 @@ def _error_line(err: BaseException) -> str:
     return "\n".join([f"mwnet: error: {first}", *indented])
 
 
+def _silence_closed_pipes() -> None:
+    """Point stdout and stderr at /dev/null: their reader has gone, and Python's flush of
+    what is still buffered at exit would otherwise fail again, with a message and exit 120."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # no file descriptor (captured output)
+            continue
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mwnet`` console script and ``python -m mwnet``.
 
@@ -129,9 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(getattr(stop, "exit_code", 130))
         print(f"\nmwnet: stopped ({'SIGTERM' if code != 130 else 'Ctrl-C'})", file=sys.stderr)
         return code
-    except BrokenPipeError:  # `mwnet presets | head`: the reader left, nothing is wrong
-        sys.stderr.close()
-        return 0
+    except BrokenPipeError as err:  # `mwnet presets | head`: the reader left, nothing is wrong
+        _silence_closed_pipes()
+        return int(getattr(err, "exit_code", 0))
     except ModuleNotFoundError as err:
         if os.environ.get("MWNET_DEBUG"):
             raise

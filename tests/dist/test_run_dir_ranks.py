@@ -4,7 +4,6 @@ config on every rank alike."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 from dist_workers import source_env, torchrun
 from reliability import covers
 
-from mwnet.run import read_jsonl
+from mwnet.run import read_json, read_jsonl
 from mwnet.run.lock import RunLock
 
 pytestmark = pytest.mark.distributed
@@ -73,5 +72,5 @@ def test_held_directory_ends_every_rank_and_allowed_change_resumes(fmnist_root, 
     done = torchrun(2, [*resume, "--allow-change", "optim.epochs"], source_env(), 120)
     assert done.returncode == 0, done.stderr
     assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
-    summary = json.loads(done.stdout)
+    summary = read_json(run_dir / "summary.json")
     assert summary["epochs_done"] == 2 and summary["ranks"] == 2 and summary["finished"]

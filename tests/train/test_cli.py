@@ -15,7 +15,7 @@ from fake_data import write_idx
 from test_loop import tiny_overrides
 
 from mwnet.cli import main
-from mwnet.run import read_jsonl
+from mwnet.run import read_json, read_jsonl
 from mwnet.train.config import preset_names
 
 
@@ -103,13 +103,17 @@ def test_train_eval_plot_and_corrupt_checkpoint(fmnist_root, tmp_path, capsys):
     assert main(args) == 0
     assert "hypergrad: head" in (tmp_path / "cli" / "config.yaml").read_text()
     out, err = capsys.readouterr()
-    assert json.loads(out)["epochs_done"] == 1
+    summary = read_json(tmp_path / "cli" / "summary.json")
+    assert summary["epochs_done"] == 1
+    assert out == f"mwnet: 1 epoch, test accuracy {summary['last_test_acc']:.2f}%, " + (
+        f"{summary['wall_time']:.1f} s\n"
+    )
     assert "summary: " in err and "plots:" in err and "  noise_rate: 0.4" not in err
     assert "training mwnet on fashion-mnist (200 images, flip2 noise 40 %, 50 trusted)" in err
     run_dir = tmp_path / "cli"
     assert main(["eval", str(run_dir)]) == 0
     scores = json.loads(capsys.readouterr().out)
-    assert scores["test_acc"] == read_jsonl(run_dir / "metrics.jsonl")[-1]["test_acc"]
+    assert scores["test_acc"] == round(read_jsonl(run_dir / "metrics.jsonl")[-1]["test_acc"], 2)
     assert main(["plot", str(run_dir)]) == 0
     assert "accuracy.png" in capsys.readouterr().out
     (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
@@ -154,7 +158,8 @@ def test_training_killed_mid_epoch_resumes_and_finishes(fmnist_root, tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert f"after epoch {done}" in finished.stderr
     assert [r["epoch"] for r in read_jsonl(metrics)] == [1, 2, 3]
-    assert json.loads(finished.stdout)["epochs_done"] == 3
+    assert read_json(run_dir / "summary.json")["epochs_done"] == 3
+    assert finished.stdout.startswith("mwnet: 3 epochs, test accuracy ")
 
 
 def test_a_recipe_is_overrides_that_the_command_line_overrides():

@@ -15,17 +15,122 @@ class NonFiniteError(FloatingPointError):
     """A step met NaN/Inf and stopped; the step changed nothing (see :func:`step_guard`)."""
 
 
+def _names(which: str) -> tuple[str, str]:
+    """How the arguments of ``MetaReweighter.step(x, y, x_meta, y_meta)`` (and of the
+    methods' ``step(x, y)``) that hold the ``which`` batch are called."""
+    return ("x_meta", "y_meta") if which == "meta" else ("x", "y")
+
+
 def check_batch(x: torch.Tensor, y: torch.Tensor, which: str) -> None:
-    """A batch must be non-empty and hold one label per input."""
+    """A batch must be non-empty, samples first, and hold one label per input."""
+    xs, ys = _names(which)
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(f"{which} batch: inputs and labels must be tensors")
+        found = ", ".join(
+            f"{name} is a {type(v).__name__}"
+            for name, v in ((xs, x), (ys, y))
+            if not isinstance(v, torch.Tensor)
+        )
+        raise TypeError(
+            f"{which} batch: inputs and labels must be tensors ({found}); convert them, "
+            "e.g. torch.as_tensor(...)"
+        )
     if x.dim() == 0 or x.shape[0] == 0:
         raise ValueError(f"{which} batch is empty (inputs of shape {tuple(x.shape)})")
+    if x.dim() == 1 and x.is_floating_point():
+        raise ValueError(
+            f"{which} batch: {xs} has shape {tuple(x.shape)}, one number per sample, but a "
+            f"batch holds the samples first and each sample's features after it: shape "
+            f"(n, features) or (n, C, H, W); {xs}.unsqueeze(1) makes each number a feature"
+        )
     if y.dim() == 0 or y.shape[0] != x.shape[0]:
         raise ValueError(
             f"{which} batch: {x.shape[0]} inputs but labels of shape {tuple(y.shape)}; "
             "inputs and labels must have the same first dimension"
         )
+
+
+def integer_labels(y: Any) -> Any:
+    """Class labels of any integer dtype (int32, uint8, ...: what numpy and file readers
+    give) as the int64 that torch's losses and indexing take; anything else as it is.
+    (A uint8 tensor used as an index would even select by mask instead of by class.)"""
+    if isinstance(y, torch.Tensor) and y.dtype in _OTHER_INTEGERS:
+        return y.long()
+    return y
+
+
+_OTHER_INTEGERS = frozenset(
+    {torch.int8, torch.int16, torch.int32, torch.uint8, torch.uint16, torch.uint32, torch.uint64}
+)
+
+
+def check_class_labels(y: torch.Tensor, which: str) -> None:
+    """Labels for cross-entropy on class indices: integers, one per sample, shape (n,).
+
+    Float labels are refused rather than cast: a float label is usually a one-hot or
+    soft target, which class-index cross-entropy does not take (torch would read each
+    row as class probabilities, or fail), and a bool tensor is a mask passed by mistake.
+    """
+    ys = _names(which)[1]
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(
+            f"{ys} ({which} labels) has dtype {y.dtype}, but the loss takes class indices: "
+            f"pass integer labels (int64) of shape (n,), e.g. {ys}.long() for whole numbers "
+            f"or {ys}.argmax(1) for one-hot rows (MetaReweighter: loss_fn= takes soft labels)"
+        )
+    if y.dim() != 1:
+        raise ValueError(
+            f"{ys} ({which} labels) has shape {tuple(y.shape)}, but class labels have shape "
+            f"(n,), one class index per sample; e.g. {ys}.reshape(-1) for a column of labels"
+        )
+
+
+def check_logits(output: Any, n: int, which: str) -> None:
+    """What the model returns must be the logits: a tensor of shape (n, classes)."""
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"the model returned a {type(output).__name__} for the {which} batch, but the loss "
+            "takes the logits: a tensor of shape (n, classes). Make forward return the logits "
+            "alone (e.g. a wrapper module whose forward returns model(x)[0]); "
+            "MetaReweighter also takes loss_fn= and meta_loss_fn= that read what it returns"
+        )
+    if output.dim() != 2 or output.shape[0] != n:
+        raise ValueError(
+            f"the model returned logits of shape {tuple(output.shape)} for the {n} samples of "
+            f"the {which} batch; the loss takes shape ({n}, classes): one row of class "
+            "scores per sample"
+        )
+
+
+def check_same_samples(x: torch.Tensor, x_meta: torch.Tensor) -> None:
+    """The meta batch must hold samples of the training batch's shape: the model (and
+    the virtual step) run on both."""
+    if tuple(x.shape[1:]) != tuple(x_meta.shape[1:]):
+        raise ValueError(
+            f"the meta batch's samples have shape {tuple(x_meta.shape[1:])} but the training "
+            f"batch's {tuple(x.shape[1:])} (x_meta of shape {tuple(x_meta.shape)}, x of shape "
+            f"{tuple(x.shape)}); both must be batches of the same kind of input"
+        )
+
+
+@contextmanager
+def inputs_named(x: torch.Tensor, which: str) -> Iterator[None]:
+    """Around the model's forward on a batch: a failure of the forward itself (a shape,
+    dtype or device it cannot take) becomes a ValueError that names the argument and
+    what it held, with torch's own message, instead of an error from deep inside a layer.
+    Running out of memory is left as it is."""
+    try:
+        yield
+    except RuntimeError as err:
+        if isinstance(err, torch.OutOfMemoryError) or not isinstance(x, torch.Tensor):
+            raise
+        xs = _names(which)[0]
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(
+            f"the model cannot take {xs} ({which} inputs) of shape {tuple(x.shape)}, dtype "
+            f"{x.dtype}, on {x.device}: {detail}. Pass a batch the model takes, samples first "
+            f"(a CNN takes (n, C, H, W) floats: {xs}.unsqueeze(1) adds a missing channel, "
+            f"{xs}.float() converts integers)"
+        ) from err
 
 
 def check_labels(y: torch.Tensor, num_classes: int, which: str) -> None:

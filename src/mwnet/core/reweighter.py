@@ -14,8 +14,13 @@ from torch.func import functional_call
 
 from mwnet.core.checks import (
     check_batch,
+    check_class_labels,
     check_labels,
+    check_logits,
+    check_same_samples,
     gradient_norms,
+    inputs_named,
+    integer_labels,
     raise_if_not_finite,
     step_guard,
 )
@@ -315,7 +320,8 @@ class MetaReweighter:
         return out.reshape(-1)
 
     def _per_sample(self, output: Any, y: torch.Tensor, which: str) -> WeightedLoss:
-        if self.checks and self._default_loss and isinstance(output, torch.Tensor):
+        if self.checks and self._default_loss:
+            check_logits(output, y.shape[0], which)
             check_labels(y, output.shape[-1], which)
         return as_weighted_loss(self.loss_fn(output, y), y.shape[0], which)
 
@@ -337,7 +343,8 @@ class MetaReweighter:
         return global_mean(terms.unweighted, self.reducer)
 
     def _meta_loss(self, out: Any, y_meta: torch.Tensor) -> torch.Tensor:
-        if self.checks and self._default_loss and isinstance(out, torch.Tensor):
+        if self.checks and self._default_loss:
+            check_logits(out, y_meta.shape[0], "meta")
             check_labels(y_meta, out.shape[-1], "meta")
         meta_loss = self.meta_loss_fn(out, y_meta)
         if meta_loss.dim() != 0:
@@ -523,9 +530,10 @@ class MetaReweighter:
         The gradients follow the order of the weighting net's trainable parameters. Useful
         to inspect or test the hypergradient; :meth:`step` computes the same internally.
         """
+        y, y_meta = integer_labels(y), integer_labels(y_meta)
         self._check_batches(x, y, x_meta, y_meta)
         snapshot = ForwardSnapshot.capture(self.model, x.device)
-        with self._watching(True, x.device) as call:
+        with self._watching(True, x.device) as call, inputs_named(x, "training"):
             output = functional_call(self.model, snapshot.buffer_copies(), (x,))
         terms = self._per_sample(output, y, "training")
         problem = self._problem(x, y, output, terms, snapshot, x_meta, y_meta, call, False)
@@ -533,8 +541,14 @@ class MetaReweighter:
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
         if self.checks:
-            check_batch(x, y, "training")
-            check_batch(x_meta, y_meta, "meta")
+            self._check_batch(x, y, "training")
+            self._check_batch(x_meta, y_meta, "meta")
+            check_same_samples(x, x_meta)
+
+    def _check_batch(self, x: torch.Tensor, y: torch.Tensor, which: str) -> None:
+        check_batch(x, y, which)
+        if self._default_loss:  # cross-entropy on class indices; a loss_fn may take others
+            check_class_labels(y, which)
 
     def freeze(self) -> None:
         """Stop updating the weighting net: from now on every step uses it as it is, with
@@ -559,9 +573,16 @@ class MetaReweighter:
         :meth:`is_meta_step`). Raises FloatingPointError (naming the step) instead of
         applying an update computed from a non-finite loss or gradient; a step that raises
         leaves the model's buffers, the weighting net and its optimizer as they were.
+
+        With the default loss, ``y`` and ``y_meta`` are class indices of shape (n,), of any
+        integer dtype (converted to int64), and the model returns logits of shape
+        (n, classes); with ``checks``, anything else (float or bool labels, a model that
+        returns a tuple, inputs the model cannot take) is a TypeError or ValueError naming
+        the argument, what it held and the fix.
         """
         learning = [self.weight_net] if self.is_meta_step() else []
         optimizers = [self.weight_optimizer] if learning else []
+        y, y_meta = integer_labels(y), integer_labels(y_meta)
         with step_guard(self.model, modules=learning, optimizers=optimizers, enabled=self.checks):
             return self._step(x, y, x_meta, y_meta)
 
@@ -583,8 +604,8 @@ class MetaReweighter:
             self._check_batches(x, y, x_meta, y_meta)
             snapshot = ForwardSnapshot.capture(self.model, x.device)
         elif self.checks:
-            check_batch(x, y, "training")
-        with self._watching(meta_update, x.device) as call:
+            self._check_batch(x, y, "training")
+        with self._watching(meta_update, x.device) as call, inputs_named(x, "training"):
             if recompute:  # on buffer copies: the real forward comes after the meta step
                 output = self._functional(snapshot.buffer_copies(), x)
             else:

@@ -7,6 +7,7 @@ verified against its MD5, flushed to disk, and only then renamed into place.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -55,9 +56,14 @@ def download_file(url: str, dest: str | os.PathLike[str], md5: str) -> Path:
                 with open_url(url) as response:
                     shutil.copyfileobj(response, out, _CHUNK)
             except OSError as exc:  # URLError, HTTPError, timeouts are all OSErrors
+                if exc.errno in _WRITE_ERRNOS:  # the download was fine, the disk was not
+                    raise _unwritable(dest, exc) from exc
                 raise DatasetError(f"could not download {url}: {exc}") from exc
-            out.flush()
-            os.fsync(out.fileno())
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as exc:
+                raise _unwritable(dest, exc) from exc
         got = md5_of(tmp)
         if got != md5:
             raise DatasetError(
@@ -70,6 +76,20 @@ def download_file(url: str, dest: str | os.PathLike[str], md5: str) -> Path:
         if tmp.exists():
             tmp.unlink()
     return dest
+
+
+_WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES}
+)
+"""What writing the downloaded bytes (not fetching them) fails with: a full disk, a file
+size limit (ulimit -f), a quota, a read-only or failing file system."""
+
+
+def _unwritable(dest: Path, exc: OSError) -> DatasetError:
+    return DatasetError(
+        f"cannot write {dest} ({exc.strerror or exc}); free space there, or set data.root "
+        "to a directory with room for the dataset (downloads go there)"
+    )
 
 
 def _fsync_dir(path: Path) -> None:

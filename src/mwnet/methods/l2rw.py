@@ -25,8 +25,13 @@ from torch.func import functional_call
 from mwnet.core import normalize_weights
 from mwnet.core.checks import (
     check_batch,
+    check_class_labels,
     check_labels,
+    check_logits,
+    check_same_samples,
     gradient_norms,
+    inputs_named,
+    integer_labels,
     raise_if_not_finite,
     step_guard,
 )
@@ -90,9 +95,12 @@ class L2RW(Method):
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         x_meta, y_meta = next_meta_batch(self.meta_batches)
+        y, y_meta = integer_labels(y), integer_labels(y_meta)
         self._check_batches(x, y, x_meta, y_meta)
         state = ForwardSnapshot.capture(self.model, x.device)
-        losses = self._losses(self.model(x), y, "training")
+        with inputs_named(x, "training"):
+            output = self.model(x)
+        losses = self._losses(output, y, "training")
         scores, meta_loss = self._scores(x, y, losses, state, x_meta, y_meta)
         if self.reducer is not None:
             return self._data_parallel_update(losses, scores, meta_loss, self.reducer)
@@ -150,9 +158,11 @@ class L2RW(Method):
         :meth:`step` computes the same internally (its weights are ``max(−g, 0)``,
         normalised); exposed to inspect and test the scores.
         """
+        y, y_meta = integer_labels(y), integer_labels(y_meta)
         self._check_batches(x, y, x_meta, y_meta)
         state = ForwardSnapshot.capture(self.model, x.device)
-        output = functional_call(self.model, state.buffer_copies(), (x,))
+        with inputs_named(x, "training"):
+            output = functional_call(self.model, state.buffer_copies(), (x,))
         losses = self._losses(output, y, "training")
         scores, meta_loss = self._scores(x, y, losses, state, x_meta, y_meta)
         if self.reducer is not None:
@@ -165,11 +175,14 @@ class L2RW(Method):
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
         if self.checks:
-            check_batch(x, y, "training")
-            check_batch(x_meta, y_meta, "meta")
+            for xs, ys, which in ((x, y, "training"), (x_meta, y_meta, "meta")):
+                check_batch(xs, ys, which)
+                check_class_labels(ys, which)
+            check_same_samples(x, x_meta)
 
     def _losses(self, output: torch.Tensor, y: torch.Tensor, which: str) -> torch.Tensor:
         if self.checks:
+            check_logits(output, y.shape[0], which)
             check_labels(y, output.shape[-1], which)
         return F.cross_entropy(output, y, reduction="none")
 

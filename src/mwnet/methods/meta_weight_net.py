@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mwnet.core import WEIGHT_INITS, ClassAwareWeightNet, MetaReweighter, WeightNet, start_flat
-from mwnet.core.checks import check_batch, check_labels, step_guard
+from mwnet.core.checks import (
+    check_batch,
+    check_class_labels,
+    check_labels,
+    integer_labels,
+    step_guard,
+)
 from mwnet.core.hypergrad import HypergradMode
 from mwnet.core.objective import (
     WeightedLoss,
@@ -275,9 +281,11 @@ class MetaWeightNet(Method):
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         rw = self.reweighter
+        y = integer_labels(y)
         if self.soft_labels is not None:
             if rw.checks:
                 check_batch(x, y, "training")
+                check_class_labels(y, "training")
             with torch.no_grad():
                 self._batch_soft_labels = self.soft_labels(x)
             if rw.checks:  # the label-correction loss indexes the classes with the labels
@@ -285,7 +293,9 @@ class MetaWeightNet(Method):
         x_meta = y_meta = None  # drawn only on the steps that update the weighting net
         if rw.is_meta_step():
             x_meta, y_meta = next_meta_batch(self.meta_batches)
+            y_meta = integer_labels(y_meta)
             if rw.checks and self._batch_soft_labels is not None:
+                check_class_labels(y_meta, "meta")
                 check_labels(y_meta, self._batch_soft_labels.shape[-1], "meta")
         if self.mixup:
             self._mix = _Mix.draw(len(y), x.device)

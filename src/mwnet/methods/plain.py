@@ -10,8 +10,12 @@ from torch import nn
 
 from mwnet.core.checks import (
     check_batch,
+    check_class_labels,
     check_labels,
+    check_logits,
     gradient_norms,
+    inputs_named,
+    integer_labels,
     raise_if_not_finite,
     step_guard,
 )
@@ -62,10 +66,14 @@ class PlainMethod(Method):
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         which = self.batch_kind()
+        y = integer_labels(y)
         if self.checks:
             check_batch(x, y, which)
-        logits = self.model(x)
+            check_class_labels(y, which)
+        with inputs_named(x, which):
+            logits = self.model(x)
         if self.checks:
+            check_logits(logits, y.shape[0], which)
             check_labels(y, logits.shape[-1], which)
         losses = F.cross_entropy(logits, y, reduction="none")
         loss, weights = self.objective(logits, losses, y)

@@ -51,22 +51,42 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[A
     # Not tempfile.mkstemp: it creates files readable by the owner only, and run
     # directories are often shared. os.open applies the umask like a plain open() would.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    with naming(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        if mode == "wb":
-            f: IO[Any] = os.fdopen(fd, "wb")
-        else:
-            f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-        with f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with naming(path):
+            if mode == "wb":
+                f: IO[Any] = os.fdopen(fd, "wb")
+            else:
+                f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+            with f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    with naming(path.parent):
+        fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise an ``OSError`` that names no file (a failed ``write``, ``flush`` or
+    ``fsync``: ``[Errno 28] No space left on device``) as the same error naming ``path``,
+    the file the user knows (never the temporary file), so the message says what failed."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None and Path(err.filename).name.endswith(_TMP_SUFFIX):
+            err.filename = None  # the temporary's name means nothing to the user
+        if err.filename is not None:
+            raise
+        if err.errno is None:
+            raise OSError(f"{path}: {err}") from err
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), os.fspath(path)) from err
 
 
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:

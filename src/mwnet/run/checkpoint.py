@@ -12,6 +12,7 @@ fails is read by a person at a terminal.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickletools
 import warnings
@@ -56,8 +57,37 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
     if not isinstance(state, dict):
         raise TypeError(f"checkpoint state must be a dict, not {type(state).__name__}")
     envelope = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "state": state}
-    with atomic_write(path, "wb") as f:
-        torch.save(envelope, f)
+    try:
+        with atomic_write(path, "wb") as f:
+            torch.save(envelope, f)
+    except RuntimeError as err:
+        failed = _write_failure(path, err)
+        if failed is None:
+            raise
+        raise failed from err
+
+
+_WRITE_FAILED = ("write failed", "failed writing", "unexpected pos")
+"""What torch's zip writer says when the file under it stopped taking bytes."""
+
+
+def _write_failure(path: str | os.PathLike[str], err: RuntimeError) -> OSError | None:
+    """The ``OSError`` behind a ``RuntimeError`` of torch's zip writer, naming ``path``.
+
+    torch turns a failed write (a full disk, ``ulimit -f``) into a ``RuntimeError``
+    ("PytorchStreamWriter failed writing file data/0: file write failed", "unexpected pos
+    ..."): it is the file system's error, not a bug, so it is raised as the ``OSError`` it
+    was, or as ``EIO`` where torch kept only its own message. None: not a write failure.
+    """
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return OSError(seen.errno, seen.strerror or os.strerror(seen.errno), os.fspath(path))
+        seen = seen.__cause__ or seen.__context__
+    if any(marker in str(err).lower() for marker in _WRITE_FAILED):
+        detail = f"the file could not be written ({_one_line(err)})"
+        return OSError(errno.EIO, detail, os.fspath(path))
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -13,13 +13,14 @@ import csv
 import io
 import json
 import os
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mwnet.run.atomic import atomic_write, fsync_dir
+from mwnet.run.atomic import atomic_write, fsync_dir, naming
 
 PATHS_FILE = "train_paths.txt"
 """One image path per training sample (file datasets only), written when a run starts."""
@@ -40,13 +41,14 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     path = Path(path)
     line = (_dumps(record) + "\n").encode("utf-8")
     created = not path.exists()
-    with path.open("a+b") as f:
+    with naming(path), path.open("a+b") as f:
         _drop_partial_last_line(f)
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
     if created:
-        fsync_dir(path.parent)
+        with naming(path.parent):
+            fsync_dir(path.parent)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -88,10 +90,22 @@ def truncate_jsonl(path: str | os.PathLike[str], keep: Callable[[dict[str, Any]]
         return 0
     records = read_jsonl(path)
     kept = [record for record in records if keep(record)]
+    if len(kept) == len(records) and _ends_with_a_line(path):
+        return 0  # nothing to drop: the file stays as it is, untouched
     with atomic_write(path) as f:
         for record in kept:
             f.write(_dumps(record) + "\n")
     return len(records) - len(kept)
+
+
+def _ends_with_a_line(path: Path) -> bool:
+    """Whether ``path`` is empty or ends with a complete line (no partial line to drop)."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return True
+        f.seek(size - 1)
+        return f.read(1) == b"\n"
 
 
 def _drop_partial_last_line(f: io.BufferedRandom) -> None:
@@ -148,6 +162,12 @@ def write_paths(path: str | os.PathLike[str], paths: list[str] | tuple[str, ...]
     """Atomically write the training samples' image paths, one per line, in training order."""
     with atomic_write(path) as f:
         f.writelines(f"{p}\n" for p in paths)
+
+
+def paths_fingerprint(paths: list[str] | tuple[str, ...]) -> int:
+    """A CRC-32 of the training samples' image paths, in order, as :func:`write_paths`
+    writes them: what a record of the run keeps to tell its paths file from another's."""
+    return zlib.crc32("".join(f"{p}\n" for p in paths).encode("utf-8"))
 
 
 def read_paths(path: str | os.PathLike[str]) -> list[str] | None:

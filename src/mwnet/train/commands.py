@@ -61,7 +61,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--show-config",
         action="store_true",
-        help="print the resolved config before training (it is saved in RUN_DIR/config.yaml)",
+        help="print the resolved config (what a run saves as RUN_DIR/config.yaml) and exit: "
+        "nothing is trained and no run directory is made",
     )
     _add_recipe(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -93,6 +94,10 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = load_config(
             args.preset, recipe_overrides(args.recipe, args.overrides), base=args.config
         )
+    if args.show_config:  # before any directory is made or data read
+        sys.stdout.write(loop.to_yaml(cfg))
+        sys.stdout.flush()  # a closed pipe (| head) raises here, not at exit
+        return 0
     if not distributed.launched_with_several_ranks():
         return _train(args, cfg, None)
     d = cfg.distributed
@@ -111,15 +116,16 @@ def run_train(args: argparse.Namespace) -> int:
 def _one_line(trainer: Any) -> str:
     """What is about to train, in one line."""
     cfg, d = trainer.exp.cfg, trainer.exp.data
-    noise = (
-        "clean labels"
-        if cfg.data.noise == "none"
-        else (f"{cfg.data.noise} noise {100 * cfg.data.noise_rate:g} %")
-    )
+    if cfg.data.noise != "none":
+        noise = f"{cfg.data.noise} noise {100 * cfg.data.noise_rate:g} %"
+    elif d.realized_noise_rate is None:  # a user's own labels: their quality is unknown
+        noise = "labels as given (noise unknown)"
+    else:
+        noise = "clean labels"
     meta = f", {len(d.meta_labels):,} trusted" if len(d.meta_labels) else ""
     return (
         f"training {cfg.method.name} on {cfg.data.dataset} ({len(d.train_labels):,} images, "
-        f"{noise}{meta}), model {cfg.model.name}, {trainer.exp.total_epochs} epochs, "
+        f"{noise}{meta}), model {cfg.model.name}, {_epochs(trainer.exp.total_epochs)}, "
         f"on {trainer.exp.device}"
     )
 
@@ -144,33 +150,88 @@ def _train(args: argparse.Namespace, cfg: Any, parallel: DataParallel | None) ->
     if args.resume is not None:
         allow = tuple(args.allow_change)
         trainer = loop.resume(args.resume, quiet=args.quiet, parallel=parallel, allow_change=allow)
-        if main:
-            ranks = f" on {parallel.world_size} ranks" if parallel is not None else ""
-            print(f"resuming {args.resume} after epoch {trainer.epoch}{ranks}", file=sys.stderr)
+        if trainer.epoch >= trainer.exp.total_epochs and loop.finished(args.resume):
+            trainer.close()
+            if main:
+                print(_already_finished(args.resume, trainer.epoch), file=sys.stderr)
+            return 0
     else:
-        trainer, run_dir = loop.start(cfg, quiet=args.quiet, parallel=parallel)
-        if main:
-            if args.show_config:
-                print(loop.to_yaml(cfg), file=sys.stderr)
-            print(_one_line(trainer), file=sys.stderr)
-            print(f"run directory: {run_dir} (config: {run_dir / loop.CONFIG})", file=sys.stderr)
+        trainer, _ = loop.start(cfg, quiet=args.quiet, parallel=parallel)
     try:
+        if main:
+            print(_starting(args, trainer, parallel), file=sys.stderr)
         summary = trainer.fit()
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a batch scheduler's stop)
+        trainer.abandon()
         if main:
             print(f"\n{_stopped_message(trainer, stop)}", file=sys.stderr)
         return int(getattr(stop, "exit_code", 130))
+    except BrokenPipeError as closed:  # `mwnet train ... 2>&1 | head`: the reader left
+        trainer.abandon()
+        closed.exit_code = 141  # stopped as by SIGPIPE, not a success; saved epochs resume
+        raise
     finally:
         trainer.close()
     if not main:
         return 0
-    print(json.dumps(summary, indent=2))
+    print(_result_line(summary))
     run_dir = trainer.run_dir
     print(f"summary: {run_dir / 'summary.json'}", file=sys.stderr)
     pngs = sorted(run_dir.glob("*.png"))
     if pngs:
         print(f"plots:   {', '.join(str(p) for p in pngs)}", file=sys.stderr)
     return 0
+
+
+def _starting(args: argparse.Namespace, trainer: Any, parallel: DataParallel | None) -> str:
+    from mwnet.train import loop
+
+    if args.resume is not None:
+        ranks = f" on {parallel.world_size} ranks" if parallel is not None else ""
+        return f"resuming {args.resume} after epoch {trainer.epoch}{ranks}"
+    run_dir = trainer.run_dir
+    return f"{_one_line(trainer)}\nrun directory: {run_dir} (config: {run_dir / loop.CONFIG})"
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n:,} epochs"
+
+
+def _result_line(summary: dict[str, Any]) -> str:
+    """What a finished (or stopped) run came to, in one line for people; summary.json
+    has every number."""
+    done, total = summary["epochs_done"], summary["epochs_total"]
+    parts = [f"{summary['method']}: {_epochs(done)}" + (f" of {total}" if done != total else "")]
+    if summary.get("last_test_acc") is not None:
+        parts.append(f"test accuracy {summary['last_test_acc']:.2f}%")
+    if summary.get("best_epoch") is not None and summary["best_epoch"] != summary["last_epoch"]:
+        parts.append(f"best {summary['best_test_acc']:.2f}% at epoch {summary['best_epoch']}")
+    if summary.get("best_val_epoch") is not None:
+        parts.append(
+            f"at the best validation epoch ({summary['best_val_epoch']}) "
+            f"{summary['test_acc_at_best_val']:.2f}%"
+        )
+    parts.append(f"{_seconds(summary['wall_time'])}")
+    return ", ".join(parts)
+
+
+def _seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _already_finished(run_dir: Path, epochs: int) -> str:
+    from mwnet.train import loop
+
+    return (
+        f"{run_dir} is already finished ({_epochs(epochs)} trained, its files written); "
+        f"nothing to do. To train it longer, raise optim.epochs in {run_dir / loop.CONFIG} "
+        "and resume with --allow-change optim.epochs"
+    )
 
 
 def _stopped_message(trainer: Any, stop: KeyboardInterrupt) -> str:
@@ -189,8 +250,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         description="Train each method with the same config (same data, split, noise and "
         "seed; only method.name differs), in parallel worker processes with one CPU thread "
         "each, then print a table of accuracy and cost and the label-issue report of the "
-        "best weighting run. Runs go to OUT_DIR/<name>/<method>; running it again resumes "
-        "unfinished runs and reads finished ones.",
+        "weighting run chosen without the test set (best validation accuracy with "
+        "data.val_size, else the first listed). Runs go to OUT_DIR/<name>/<method>; running "
+        "it again resumes unfinished runs and reads finished ones.",
     )
     p.add_argument("--preset", help="preset name (see `mwnet presets`)")
     p.add_argument("--config", metavar="FILE", type=Path, help="start from a saved config")
@@ -222,7 +284,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from mwnet.train.compare import compare, method_configs
+    from mwnet.train.compare import compare, failure_line, method_configs
     from mwnet.train.recipes import recipe_overrides
 
     if not args.preset and not args.config and not args.overrides:
@@ -234,12 +296,11 @@ def run_compare(args: argparse.Namespace) -> int:
         base=args.config,
         name=args.name,
     )
-    print(
-        f"training {', '.join(args.methods)} on the same data under {out}, {args.jobs} at a "
-        "time...",
-        file=sys.stderr,
-    )
-    compare(configs, out, args.jobs, montage=args.top, retrain=args.retrain)
+    record = compare(configs, out, args.jobs, montage=args.top, retrain=args.retrain)
+    failed = failure_line(record)
+    if failed:  # the others' results are written and shown; the command still failed
+        print(failed, file=sys.stderr)
+        return 2
     return 0
 
 
@@ -292,9 +353,15 @@ def run_eval(args: argparse.Namespace) -> int:
             )
         model = trainer.exp.teacher.module
     scores = {"epoch": trainer.epoch, "scored": "teacher" if args.teacher else "model"}
-    scores |= trainer.evaluate(model)
+    # every score is a percentage: two decimals, as in summary.json (metrics.jsonl and
+    # Trainer.evaluate keep them unrounded)
+    scores |= {k: _percent(v) for k, v in trainer.evaluate(model).items()}
     print(json.dumps(scores, indent=2))
     return 0
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 2)
 
 
 def add_plot(sub: argparse._SubParsersAction) -> None:

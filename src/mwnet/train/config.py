@@ -7,16 +7,20 @@ the valid keys or values.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
+import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mwnet.core.weight_net import WEIGHT_INITS
@@ -79,6 +83,9 @@ class DataConfig:
     relabel: str | None = None
     """Train with new labels for the samples this file lists: a label_issues.csv (flagged
     rows get their likely_label), its run directory, or 'index label' lines"""
+    exclude_spares_classes: bool = False
+    """A class whose every training sample data.exclude lists keeps its samples (with a
+    warning) instead of being refused: for pipelines that drop a run's flags unattended"""
     normalize: str = "auto"
     """auto (CIFAR constants for CIFAR, training-set statistics otherwise) | imagenet | none"""
     augment: bool = True
@@ -321,7 +328,7 @@ def load_config(
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.merge(*layers)
     except OmegaConfBaseException as err:
-        raise _explain(err) from None
+        raise _explain(err, overrides) from None
     validate(cfg)
     return cfg
 
@@ -366,16 +373,99 @@ def _did_you_mean(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _explain(err: OmegaConfBaseException) -> ConfigError:
+def _explain(err: OmegaConfBaseException, overrides: Any = ()) -> ConfigError:
+    """One line for an error of OmegaConf's: an unknown key with the valid keys near it,
+    or a value of the wrong type with the type expected (``overrides``: the ``key=value``
+    strings given, to quote a bad value as it was typed)."""
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0]
     if msg.startswith("Key '") and "not in" in msg:
         keys = valid_keys()
         hint = _did_you_mean(key, keys)
-        if hint:
-            return ConfigError(f"unknown config key {key!r}{hint}")
-        return ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
-    return ConfigError(f"bad value for {key!r}: {msg}")
+        return ConfigError(f"unknown config key {key!r}{hint}; {_keys_near(key, keys)}")
+    expected = _expected(key) if key else None
+    if expected is None:
+        return ConfigError(f"bad value for {key!r}: {msg}")
+    typed = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key.split("[")[0]]
+    found = re.search(r"(?:Value|value|string:) '(.*?)'(?= of type| is not| for field|$)", msg)
+    if typed:
+        given = f"{key.split('[')[0]}={typed[-1] or '(empty)'}"
+    elif found is not None:
+        given = f"{key}={'(empty)' if found.group(1) == 'None' else found.group(1)}"
+    else:
+        given = key
+    example = _example(key)
+    return ConfigError(
+        f"{given} is not valid: expected {expected}"
+        + (f", e.g. {key.split('[')[0]}={example}" if example else "")
+    )
+
+
+def _keys_near(key: str, keys: list[str]) -> str:
+    """The valid keys of the group ``key`` names (``optim.epoch``: optim's), or the
+    top-level keys and groups."""
+    group = key.split(".", 1)[0] if "." in key else ""
+    mine = [k.split(".", 1)[1] for k in keys if "." in k and k.split(".", 1)[0] == group]
+    if mine:
+        return f"valid keys of {group}: {', '.join(mine)}"
+    top = [k for k in keys if "." not in k]
+    groups = list(dict.fromkeys(k.split(".", 1)[0] + ".*" for k in keys if "." in k))
+    return f"valid keys: {', '.join(top)}, and the groups {', '.join(groups)}"
+
+
+def _field_type(key: str) -> tuple[Any, Any] | None:
+    """The schema's type of the dotted ``key`` (``optim.milestones[0]``: the list's), and
+    its default; None for a key the schema does not declare."""
+    node: Any = TrainConfig
+    path = key.split("[")[0]
+    hint: Any = None
+    default: Any = None
+    for part in path.split("."):
+        if not dataclasses.is_dataclass(node):
+            return None
+        found = {f.name: f for f in dataclasses.fields(node)}.get(part)
+        if found is None:
+            return None
+        hint = typing.get_type_hints(node)[part]
+        default = found.default if found.default is not dataclasses.MISSING else None
+        if found.default_factory is not dataclasses.MISSING:
+            default = found.default_factory()
+        node = hint
+    return hint, default
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _in_words(hint: Any) -> str | None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        others = [a for a in args if a is not type(None)]
+        words = _in_words(others[0]) if len(others) == 1 else None
+        return None if words is None else f"{words} or null"
+    if origin is list:
+        item = _in_words(args[0]) if args else None
+        return f"a list of {item.removeprefix('an ').removeprefix('a ')}s" if item else "a list"
+    if origin is dict or hint is dict:
+        return "a mapping like {key: value}"
+    return _TYPE_WORDS.get(hint)
+
+
+def _expected(key: str) -> str | None:
+    """What the schema expects at ``key``, in words (``a number``)."""
+    declared = _field_type(key)
+    return None if declared is None else _in_words(declared[0])
+
+
+def _example(key: str) -> str | None:
+    """The schema's default of ``key`` as it is written on the command line."""
+    declared = _field_type(key)
+    if declared is None or declared[1] is None or declared[1] == "" or declared[1] == {}:
+        return None
+    default = declared[1]
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default)
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -395,6 +485,64 @@ def _non_finite_floats(node: Any, prefix: str = "") -> list[str]:
     return bad
 
 
+INT_RANGE = (-(2**63), 2**63 - 1)
+"""What an integer config value may be: torch and numpy take int64 (a larger seed, size
+or count fails deep inside them, naming no key)."""
+
+
+def _integers(node: Any, prefix: str = "") -> list[tuple[str, int]]:
+    """Every integer value (in lists and model.options too), with its dotted key."""
+    found = []
+    items = enumerate(node) if isinstance(node, ListConfig) else ((k, None) for k in node)
+    for key, item in items:
+        if isinstance(node, ListConfig):
+            dotted, value = f"{prefix.rstrip('.')}[{key}]", item
+        else:
+            dotted = f"{prefix}{key}"
+            value = node[key] if not OmegaConf.is_missing(node, key) else None
+        if isinstance(value, DictConfig | ListConfig):
+            found += _integers(value, dotted + ".")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            found.append((dotted, value))
+    return found
+
+
+def _check_integer_ranges(cfg: Any) -> None:
+    """Integers that no library takes, before any data is read, naming the key."""
+    low, high = INT_RANGE
+    for key, value in _integers(cfg):
+        if not low <= value <= high:
+            raise ConfigError(
+                f"{key}={value} is out of range: integers must lie in [-2**63, 2**63 - 1]"
+            )
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed}")
+    if cfg.threads is not None and cfg.threads > 2**31 - 1:
+        raise ConfigError(f"threads={cfg.threads} is out of range: at most 2**31 - 1")
+    if cfg.optim.gamma <= 0:
+        raise ConfigError(
+            f"optim.gamma={cfg.optim.gamma} must be > 0: each milestone multiplies the "
+            "learning rate by it (0.1: a tenth)"
+        )
+    freeze = cfg.method.teacher_freeze_epoch
+    if freeze is not None and freeze < 0:
+        raise ConfigError(f"method.teacher_freeze_epoch={freeze} must be >= 0 (null: never frozen)")
+
+
+def check_run_name(name: Any, key: str = "name") -> None:
+    """A run's name must be one directory name: ``out_dir/name`` is where the run is
+    written, and a name with a separator, ``..`` or an absolute path would put it (and
+    everything later runs find by that name) somewhere other than under ``out_dir``."""
+    text = str(name)
+    separators = [sep for sep in ("/", "\\", os.sep, os.altsep) if sep and sep in text]
+    if not text.strip() or text in (".", "..") or separators or "\0" in text:
+        raise ConfigError(
+            f"{key}={text!r} is not a single directory name; the run is written to "
+            "out_dir/<name>, so give a name without '/', '\\' or '..' (to write elsewhere, "
+            "set out_dir=DIR; for the default name, leave it out)"
+        )
+
+
 def validate(cfg: Any) -> None:
     """Check the values OmegaConf's types cannot: choices, ranges, consistency."""
     for key, choices in CHOICES.items():
@@ -407,11 +555,14 @@ def validate(cfg: Any) -> None:
     non_finite = _non_finite_floats(cfg)
     if non_finite:
         raise ConfigError(f"{non_finite[0]} is not a finite number; give a finite value")
+    _check_integer_ranges(cfg)
     if not DEVICE_PATTERN.fullmatch(str(cfg.device)):
         raise ConfigError(
             f"device={cfg.device!r} is not a device mwnet can train on; use auto, cpu, cuda, "
             "cuda:N (a GPU index) or mps"
         )
+    if cfg.name is not None:
+        check_run_name(cfg.name)
     d, o, m = cfg.data, cfg.optim, cfg.method
     checks = [
         (

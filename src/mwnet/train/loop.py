@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import mwnet
 from mwnet.core.checks import NonFiniteError
 from mwnet.data import pseudo_meta_precision, select_pseudo_meta
 from mwnet.distributed import DataParallel, FaultHook
@@ -48,7 +49,7 @@ from mwnet.run import (
 )
 from mwnet.run.atomic import atomic_write
 from mwnet.run.claim import RunClaim, RunDirBusy, RunDirError, claim_fresh, claim_run_dir
-from mwnet.run.records import PATHS_FILE, write_paths
+from mwnet.run.records import PATHS_FILE, paths_fingerprint, write_paths
 from mwnet.run.signals import SIGNALS_FILE, EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import WEIGHT_NET_FILE, save_weight_net
 from mwnet.train import resume_check
@@ -59,6 +60,10 @@ from mwnet.train.pseudo_meta_set import score_training_set
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+_STARTED_FILES = (CONFIG, PATHS_FILE, METRICS)
+"""What a new run's directory may hold when it stops before its first checkpoint (a
+metrics line is appended just before the checkpoint): removed with the directory."""
 
 
 @dataclass
@@ -159,6 +164,7 @@ class Trainer:
             "signals": self.signals.state_dict(),
             "config": resume_check.config_snapshot(e.cfg),
             "data_crc": self.data_crc,
+            "mwnet_version": mwnet.__version__,
         }
 
     @property
@@ -198,27 +204,46 @@ class Trainer:
         """Metrics line, checkpoint, summary: written together, Ctrl-C deferred; rank 0 only."""
         if not self.main:
             return
+        saved = False
         try:
             with interrupt_deferred():
-                append_jsonl(self.run_dir / "metrics.jsonl", record)
+                append_jsonl(self.run_dir / METRICS, record)
                 save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+                saved = True
                 self.signals.save(self.run_dir / SIGNALS_FILE, self._sample_columns())
                 write_json(self.run_dir / "summary.json", self.summary(record))
-        except OSError as err:  # a full disk, a directory gone read-only or removed
-            kept = f"epoch {self.epoch - 1}'s checkpoint is intact" if self.epoch > 1 else ""
+        except OSError as err:  # a full disk, ulimit -f, a directory gone read-only or removed
+            if saved:
+                kept = f"epoch {self.epoch}'s checkpoint is saved"
+            elif self.epoch > 1:
+                kept = f"epoch {self.epoch - 1}'s checkpoint is intact"
+            else:
+                kept = "nothing was saved"
+            resumable = saved or self.epoch > 1
+            fix = f"mwnet train --resume {self.run_dir}" if resumable else "start it again"
             raise RunDirError(
-                f"cannot save epoch {self.epoch} in {self.run_dir} ({err.strerror or err}); "
-                f"{kept or 'nothing was saved'}: fix that, then mwnet train --resume "
-                f"{self.run_dir}"
+                f"cannot save epoch {self.epoch} in {self.run_dir} ({_failed_write(err)}); "
+                f"{kept}: fix that (free space, raise ulimit -f, ...), then {fix}"
             ) from err
 
     def _sample_columns(self) -> dict[str, Any]:
         """What the signals file keeps beside the signals: each sample's index in the
-        dataset's training split, and the truth when the noise is synthetic."""
+        dataset's training split, the truth when the noise is synthetic, and which run and
+        epoch it is a record of (checked by ``mwnet issues`` against the run directory)."""
         d = self.exp.data
         columns = {"index": d.train_index, "classes": np.array(d.classes)}
         if d.noise_known:
             columns |= {"true_label": d.true_labels, "corrupted": d.corrupted}
+        if getattr(self, "_config_crc", None) is None:
+            self._config_crc = resume_check.config_fingerprint(self.exp.cfg)
+        columns |= {
+            "run_epoch": self.epoch,
+            "run_seed": int(self.exp.cfg.seed),
+            "run_config_crc": self._config_crc,
+            "run_data_crc": self.data_crc,
+        }
+        if d.paths is not None:
+            columns["paths_crc"] = paths_fingerprint(d.paths)
         return columns
 
     # -- one epoch -----------------------------------------------------------------
@@ -446,6 +471,7 @@ class Trainer:
             },
             "device": str(e.device),
             "ranks": 1 if self.parallel is None else self.parallel.world_size,
+            "mwnet_version": mwnet.__version__,
             **self._class_clusters(),
             "finished": False,
         }
@@ -501,18 +527,25 @@ class Trainer:
             summary = self._fit(stop_after)
         except NonFiniteError as err:
             if claim is not None:
-                claim.abandon((CONFIG, PATHS_FILE))
+                claim.abandon(_STARTED_FILES)
             raise NonFiniteError(f"{err} [{self._what_is_saved()}]") from err
         except BaseException:
             if claim is not None:
-                claim.abandon((CONFIG, PATHS_FILE))
+                claim.abandon(_STARTED_FILES)
             raise
         if self.epoch == self.exp.total_epochs and self.main:
             summary = {**summary, "finished": True}
-            write_json(self.run_dir / "summary.json", summary)
+            with self._writing_the_end():
+                write_json(self.run_dir / "summary.json", summary)
         if claim is not None:
             claim.release()
         return summary
+
+    def abandon(self) -> None:
+        """Let go of the run directory as :meth:`fit` does when it stops early: removed if
+        :func:`start` created it and no epoch was saved in it (a no-op after ``fit`` did)."""
+        if self.claim is not None:
+            self.claim.abandon(_STARTED_FILES)
 
     def close(self) -> None:
         """Let go of the run directory (a no-op if :meth:`fit` already did)."""
@@ -565,13 +598,14 @@ class Trainer:
             self._save(record)
             self._log(record)
         if self.epoch == e.total_epochs and self.main:
-            self.finish()
+            with self._writing_the_end():
+                self.finish()
         if self.parallel is not None:  # the job ends when rank 0 has written everything
             self.parallel.barrier()
         return self.summary(record or self._last_record())
 
     def _last_record(self) -> dict[str, Any]:
-        records = read_jsonl(self.run_dir / "metrics.jsonl")
+        records = read_jsonl(self.run_dir / METRICS)
         return records[-1] if records else {}
 
     def _log(self, r: dict[str, Any]) -> None:
@@ -602,6 +636,20 @@ class Trainer:
             parts.append(f"pseudo-meta {r['meta_size']}{right}{short}")
         parts.append(f"{r['epoch_time']:.1f}s")
         tqdm.write(" | ".join(parts), file=sys.stderr)
+
+    @contextlib.contextmanager
+    def _writing_the_end(self) -> Any:
+        """A failed write of the end-of-run files (a full disk) as one line naming the file:
+        every epoch is saved, and a resume writes them again."""
+        try:
+            yield
+        except OSError as err:
+            saved = "its 1 epoch is" if self.epoch == 1 else f"all {self.epoch} epochs are"
+            raise RunDirError(
+                f"cannot write the end-of-run files of {self.run_dir} ({_failed_write(err)}); "
+                f"{saved} saved: fix that (free space, ...), then mwnet train --resume "
+                f"{self.run_dir} writes them"
+            ) from err
 
     def finish(self) -> list[Path]:
         """Per-sample final weights, the learned weighting function and net, and the plots."""
@@ -643,6 +691,12 @@ class Trainer:
             if bulk > low:
                 points.append(torch.linspace(low, bulk, 200, dtype=torch.float64))
         return torch.cat(points).unique().float()
+
+
+def _failed_write(err: OSError) -> str:
+    """``No space left on device, writing checkpoint.pt``: the cause and the file."""
+    cause = err.strerror or str(err)
+    return f"{cause}, writing {Path(err.filename).name}" if err.filename else cause
 
 
 def _duration(seconds: float) -> str:
@@ -799,13 +853,14 @@ def resume(
         state = load_checkpoint(checkpoint) if checkpoint.exists() else None
         if state is not None:  # before any data is read
             check_config(state, cfg, run_dir, checkpoint, allow_change)
+            _check_history(run_dir, state)
         trainer = Trainer(build_experiment(cfg, parallel=parallel), run_dir, quiet, parallel)
         if state is not None:
             restore(trainer, state, checkpoint, allow_change)
         done = trainer.epoch
         if parallel is not None:  # every rank has read the checkpoint before rank 0 writes again
             parallel.barrier()
-        metrics = run_dir / "metrics.jsonl"
+        metrics = run_dir / METRICS
         if metrics.exists() and trainer.main:
             truncate_jsonl(metrics, lambda r: int(r.get("epoch", 0)) <= done)
     except BaseException:
@@ -814,6 +869,20 @@ def resume(
         raise
     trainer.claim = claim
     return trainer
+
+
+def _check_history(run_dir: Path, state: dict[str, Any]) -> None:
+    """A run with saved epochs must still have their ``metrics.jsonl``: resuming without
+    it would start a new history at the next epoch, and the plots, the summary's best
+    epoch and the suite's reading would lose every epoch before it without a word."""
+    done = int(state["epoch"])
+    metrics = run_dir / METRICS
+    if done and not metrics.is_file():
+        raise FileNotFoundError(
+            f"{metrics} is missing, but {run_dir / CHECKPOINT} holds {done} trained "
+            f"epoch{'s' if done != 1 else ''}: resuming would lose their history; restore "
+            "the file (from a backup or a copy of the run), or start a new run"
+        )
 
 
 def summary_finished(summary: dict[str, Any]) -> bool:
