@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from dist_workers import source_env, torchrun
+from omegaconf import OmegaConf
 
 from mwnet.run import read_json, read_jsonl
 
@@ -84,7 +85,13 @@ def test_hung_rank_times_out_with_a_clear_error_and_two_ranks_resume(fmnist_root
     run_dir = out / "hang"
     assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1]
 
-    done = torchrun(2, ["train", "--resume", str(run_dir), "--quiet"], source_env(), 120)
+    # As a user would after a timeout: a longer one to continue with (3 s only served to end
+    # the hang quickly; a busy machine can take longer than that between collectives)
+    config = OmegaConf.load(run_dir / "config.yaml")
+    config.distributed.timeout = 120
+    OmegaConf.save(config, run_dir / "config.yaml")
+    resume = ["train", "--resume", str(run_dir), "--allow-change", "distributed.timeout"]
+    done = torchrun(2, [*resume, "--quiet"], source_env(), 120)
     assert done.returncode == 0, done.stderr
     assert "after epoch 1 on 2 ranks" in done.stderr
     assert [p.name for p in out.iterdir()] == ["hang"]
