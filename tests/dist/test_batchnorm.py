@@ -93,6 +93,11 @@ def test_running_statistics_are_the_average_of_the_ranks_shards(runs: dict) -> N
             # of one rank alone, or a wrong mix of them, would show
             assert (shards[0][key] - shards[1][key]).abs().max() > 1e-4, (epoch, key)
             average = (shards[0][key] + shards[1][key]) / 2
+            # the ranks ran this process's forward on the same shards, and the mean of two
+            # (a + b) / 2 rounds alike in either order: bit-identical on AMD EPYC. 1e-5 is
+            # 84 float32 ulps, room for kernels that block the per-channel sums of 32·H·W
+            # terms otherwise (a pairwise sum errs by about log2(n) ulps, 15 here), 10x
+            # under the shards' own disagreement just asserted
             torch.testing.assert_close(saved[key], average, rtol=1e-5, atol=1e-8)
         for rank, state in enumerate(held):  # every rank holds the checkpoint's state
             assert_identical(state, saved, f"epoch {epoch}, rank {rank}")

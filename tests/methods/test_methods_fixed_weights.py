@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from method_nets import CLASSES, assert_same, batch, build, make_model, state
+from rounding import relative_sum_bound
 
 from mwnet.methods import build_method
 from mwnet.methods.losses import class_balanced_weights, focal_losses
@@ -52,6 +53,9 @@ def test_focal_loss_value_and_outputs():
     want = (-((1 - logp.exp()) ** 2.0) * logp).mean()
     _, method = build("focal", model, "mlp", {"focal_gamma": 2.0})
     out = method.step(x, y)
+    # float64, one forward apart: log-softmax of 5 logits, expm1, pow, the mean of 10
+    # positive terms differ by a few dozen roundings, 2e-15; 1e-12 is 500x that, and
+    # γ = 1 instead of 2 moves the loss by 10% and more
     torch.testing.assert_close(out.loss, want, rtol=1e-12, atol=0)
     torch.testing.assert_close(out.losses, -logp, rtol=1e-12, atol=0)
     assert out.weights is None
@@ -68,16 +72,24 @@ def test_focal_gradient_stays_finite_for_certain_samples(gamma):
 def test_rare_classes_get_larger_weights():
     w = class_balanced_weights(torch.tensor([500, 100, 20, 5, 1]), 0.999)
     assert bool((w[1:] > w[:-1]).all())
-    torch.testing.assert_close(w.sum(), torch.tensor(5.0, dtype=torch.float64))
+    # 5 positive weights scaled to sum 5 (Σ in 4 roundings, a quotient and a product), then
+    # summed again (4 more): within γ_10 of the exact 5
+    want_sum = torch.tensor(5.0, dtype=torch.float64)
+    torch.testing.assert_close(w.sum(), want_sum, rtol=relative_sum_bound(10, w.dtype), atol=0)
     raw = (1 - 0.999) / (1 - 0.999 ** torch.tensor([500, 100, 20, 5, 1], dtype=torch.float64))
-    torch.testing.assert_close(w, raw * 5 / raw.sum(), rtol=1e-14, atol=0)
+    # the raw weights run the same torch.pow, subtraction and quotient as the code (so the
+    # cancellation in 1 − β^1 is the same on both sides); the normalisations differ by a
+    # 5-term positive sum (4 roundings), a quotient and a product each: within 2·γ_6.
+    # Measured 1.7e-16 of 1.3e-15; a wrong β or count is off by 1e-3 and more
+    torch.testing.assert_close(w, raw * 5 / raw.sum(), rtol=relative_sum_bound(6, w.dtype), atol=0)
 
 
 def test_empty_classes_get_zero_weight_without_dividing_by_zero():
     w = class_balanced_weights(torch.tensor([30, 0, 3, 0, 1]), 0.9)
     assert bool(torch.isfinite(w).all())
     assert float(w[1]) == 0.0 and float(w[3]) == 0.0
-    torch.testing.assert_close(w.sum(), torch.tensor(3.0, dtype=torch.float64))
+    want_sum = torch.tensor(3.0, dtype=torch.float64)  # as above: within γ_10 of 3
+    torch.testing.assert_close(w.sum(), want_sum, rtol=relative_sum_bound(10, w.dtype), atol=0)
     assert torch.equal(
         class_balanced_weights(torch.tensor([4, 0, 9]), 0.0), torch.tensor([1.0, 0, 1])
     )
@@ -94,6 +106,8 @@ def test_class_balanced_step_uses_label_weights():
     _, method = build("class-balanced", model, "mlp", {"cb_beta": 0.99})
     out = method.step(x, y)
     torch.testing.assert_close(out.weights, class_w[y], rtol=0, atol=0)
+    # float64, one forward and a 10-term positive sum apart: within 2·γ_30 = 7e-15 for the
+    # forward's roundings; 1e-12 is 100x that, a wrong label weight moves it by 1e-2
     torch.testing.assert_close(out.loss, (class_w[y] * ce).sum() / len(y), rtol=1e-12, atol=0)
     assert float(out.weights[y == 4][0]) > float(out.weights[y == 0][0])
 
