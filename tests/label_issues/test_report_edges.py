@@ -310,24 +310,7 @@ def test_an_older_record_is_read_with_a_warning(runs, tmp_path) -> None:
 )
 def test_another_runs_paths_file_is_refused(tmp_path, capsys) -> None:
     root = _fake_data().write_image_folder(tmp_path / "images")
-    cfg = load_config(
-        None,
-        [
-            "data.dataset=folder",
-            f"data.root={root}",
-            "data.image_size=12",
-            "data.batch_size=8",
-            "data.augment=false",
-            "model.name=mlp",
-            "model.options.hidden=[8]",
-            "optim.epochs=1",
-            "method.name=ce",
-            "threads=1",
-            "device=cpu",
-            f"out_dir={tmp_path}",
-            "name=folder",
-        ],
-    )
+    cfg = load_config(None, _fake_data().tiny_folder_overrides(root, tmp_path, "name=folder"))
     trainer, run = loop.start(cfg, quiet=True)
     trainer.fit()
     trainer.close()

@@ -108,3 +108,24 @@ def write_image_folder(
                 pixels[:, : 4 * (c + 1)] = 255  # learnable: the class sets a bright band
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
+
+
+def tiny_folder_overrides(root: Path, out: Path, *extra: str) -> list[str]:
+    """Config overrides for the cheapest run on an image folder written by
+    :func:`write_image_folder`: cross-entropy, a one-layer MLP on 12-pixel images, one epoch,
+    one CPU thread; ``extra`` last, so it can override any of them."""
+    return [
+        "data.dataset=folder",
+        f"data.root={root}",
+        "data.image_size=12",
+        "data.batch_size=8",
+        "data.augment=false",
+        "model.name=mlp",
+        "model.options.hidden=[8]",
+        "optim.epochs=1",
+        "method.name=ce",
+        "threads=1",
+        "device=cpu",
+        f"out_dir={out}",
+        *extra,
+    ]

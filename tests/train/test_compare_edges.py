@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_data import write_idx, write_image_folder
+from fake_data import tiny_folder_overrides, write_idx, write_image_folder
 from reliability import covers
 
 from mwnet.cli import main
@@ -229,21 +229,7 @@ def test_a_rerun_keeps_what_the_training_measured(fmnist_root, tmp_path, capsys)
 
 
 def _own_images(root: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "data.dataset=folder",
-        f"data.root={root}",
-        "data.image_size=12",
-        "data.batch_size=8",
-        "data.augment=false",
-        "model.name=mlp",
-        "model.options.hidden=[8]",
-        "optim.epochs=1",
-        "method.name=ce",
-        "threads=1",
-        "device=cpu",
-        f"out_dir={out}",
-        *extra,
-    ]
+    return tiny_folder_overrides(root, out, *extra)
 
 
 @covers(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fake_data import write_image_folder
+from fake_data import tiny_folder_overrides, write_image_folder
 from reliability import Row, covers, covers_each
 
 from mwnet.cli import main
@@ -21,24 +21,7 @@ from PIL import Image  # noqa: E402
 
 
 def _folder_argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--quiet",
-        "data.dataset=folder",
-        f"data.root={root}",
-        "data.image_size=12",
-        "data.batch_size=8",
-        "data.augment=false",
-        "model.name=mlp",
-        "model.options.hidden=[8]",
-        "optim.epochs=1",
-        "method.name=ce",
-        "threads=1",
-        "device=cpu",
-        f"out_dir={out}",
-        "name=run",
-        *extra,
-    ]
+    return ["train", "--quiet", *tiny_folder_overrides(root, out, "name=run", *extra)]
 
 
 def _error_line(capsys, code: int) -> str:
