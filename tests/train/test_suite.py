@@ -264,3 +264,19 @@ def test_quick_suite_reports_the_no_clean_data_group(fake_fmnist: Path, tmp_path
         assert len(found) == 2 + 1  # the grid on seed 0 (2 lrs), the selection on seed 1
         for path in found:
             assert json.loads(path.read_text())["meta_samples"] == 0
+
+
+def test_wall_time_ratio_skips_runs_too_short_to_time() -> None:
+    """Summaries round wall time to 0.1 s: a CE run recorded as 0.0 gives no ratio (it
+    ended the report in a ZeroDivisionError)."""
+    from types import SimpleNamespace
+
+    from mwnet.suite.tables import _wall_text
+
+    def run(seed: int, wall: float) -> SimpleNamespace:
+        return SimpleNamespace(seed=seed, summary={"wall_time": wall})
+
+    assert _wall_text([run(0, 120.0), run(1, 120.0)], [run(0, 0.0), run(1, 60.0)]) == (
+        "2 min (2.0x)"
+    )
+    assert _wall_text([run(0, 120.0)], [run(0, 0.0)]) == "2 min"
