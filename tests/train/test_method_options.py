@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -104,6 +107,40 @@ def test_a_flat_run_directory_resumes_as_if_never_stopped(fmnist_root, tmp_path)
     got, want = _metrics(run_dir), _metrics(ref_dir)
     assert [r["epoch"] for r in got] == [1, 2]
     assert got == want
+
+    # signals.npz as the old version wrote it names the run by the old fingerprint: a
+    # CRC-32 of the flat config but where it lives and what a resume may change
+    old_safe = [
+        "description",
+        "name",
+        "out_dir",
+        "optim.epochs",
+        "eval_train",
+        "data.eval_batch_size",
+        "data.root",
+        "data.download",
+        "device",
+        "threads",
+        "method.compile",
+        "method.low_memory",
+        "distributed.backend",
+        "distributed.timeout",
+    ]
+    kept = {k: v for k, v in _flat_items(flat) if k not in old_safe}
+    old_crc = zlib.crc32(json.dumps(kept, sort_keys=True, default=str).encode())
+    signals = dict(np.load(run_dir / "signals.npz"))
+    for crc, code in ((old_crc + 1, 2), (old_crc, 0)):
+        signals["run_config_crc"] = np.asarray(crc)
+        np.savez(run_dir / "signals.npz", **signals)
+        assert main(["issues", str(run_dir)]) == code
+
+
+def _flat_items(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _flat_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def test_a_flat_override_is_applied_with_a_note(capsys):

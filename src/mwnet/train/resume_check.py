@@ -158,6 +158,22 @@ def config_fingerprint(cfg: Any) -> int:
     return zlib.crc32(json.dumps(kept, sort_keys=True, default=str).encode())
 
 
+LEGACY_SAFE_CHANGES: tuple[str, ...] = ("method.low_memory",)
+"""Keys of :data:`SAFE_CHANGES` in the flat method layout of earlier versions."""
+
+
+def legacy_config_fingerprint(saved: Mapping[str, Any]) -> int | None:
+    """:func:`config_fingerprint` as earlier versions computed it, of a ``config.yaml``
+    saved in the flat method layout (``saved``: its plain contents), so the records of
+    such a run keep matching it; None for a config of the grouped layout."""
+    method = saved.get("method")
+    if not isinstance(method, Mapping) or not any(k in FLAT_KEYS for k in method):
+        return None
+    skipped = (*NOT_COMPARED, *SAFE_CHANGES, *LEGACY_SAFE_CHANGES)
+    kept = {key: value for key, value in _flatten(saved).items() if key not in skipped}
+    return zlib.crc32(json.dumps(kept, sort_keys=True, default=str).encode())
+
+
 def data_fingerprint(*tensors: torch.Tensor) -> int:
     """A CRC-32 of the tensors' shapes, dtypes and bytes: equal iff the data is (up to
     collisions) the same, so a resume notices dataset files that changed under a run."""
