@@ -255,3 +255,25 @@ def test_a_registered_method_trains_with_mwnet_train(scaled_ce, fmnist_root, tmp
     assert not all(torch.equal(moved[k], v) for k, v in start.state_dict().items())
     with pytest.raises(ConfigError, match=r"method\.scaled\.scale is read by scaled-ce"):
         load_config(None, ["method.name=ce", "method.scaled.scale=2"])
+
+
+def test_a_registered_method_is_compared_and_in_the_suite(scaled_ce, tmp_path):
+    from mwnet.suite.grid import QUICK, cells
+    from mwnet.train.compare import method_configs
+
+    _, configs = method_configs(
+        None, ["method.scaled.scale=3", f"out_dir={tmp_path}"], ["ce", "scaled-ce"]
+    )
+    assert [set(c.method) - {"name", "compile", "warmup_epochs"} for c in configs] == [
+        set(),
+        {"scaled"},
+    ]
+    assert configs[1].method.scaled.scale == 3.0
+    with pytest.raises(ConfigError, match="none of ce, mwnet reads it"):
+        method_configs(None, ["method.scaled.scale=3"], ["ce", "mwnet"])
+
+    runs = cells(QUICK, ("uniform-60",), ("scaled-ce",))
+    assert runs and all(c.method.name == "scaled-ce" for c in runs)
+    for cell in runs:
+        cfg = load_config(None, list(cell.overrides))
+        assert cfg.method.name == "scaled-ce" and cfg.method.scaled.scale == 1.0

@@ -594,8 +594,39 @@ def setting_named(name: str) -> Setting:
     return next(s for s in SETTINGS if s.name == name)
 
 
+def registered_methods() -> tuple[MethodSpec, ...]:
+    """Suite rows for the methods registered beyond the table (a user's own, see
+    :func:`mwnet.register_method`): on request only, the learning rate and the
+    descriptor's knob searched."""
+    from mwnet.methods import method_names
+
+    listed = {m.name for m in METHODS}
+    rows = []
+    for name in method_names():
+        described = method_descriptor(name)
+        if name in listed:
+            continue
+        knob = described.knob
+        rows.append(
+            MethodSpec(
+                name,
+                described.description or name,
+                (f"method.name={name}",),
+                3.0 if described.reads_meta else 1.0,
+                default=False,
+                knob=None if knob is None else method_knob(name),
+            )
+        )
+    return tuple(rows)
+
+
+def suite_methods() -> tuple[MethodSpec, ...]:
+    """The table's methods, then :func:`registered_methods`."""
+    return (*METHODS, *registered_methods())
+
+
 def method_named(name: str) -> MethodSpec:
-    return next(m for m in METHODS if m.name == name)
+    return next(m for m in suite_methods() if m.name == name)
 
 
 @dataclass(frozen=True)
@@ -754,7 +785,7 @@ def knob_values(setting: Setting, method: MethodSpec, scale: Scale) -> tuple[flo
     knob = method.knob
     if knob is None:
         return ()
-    if knob is WEIGHT_LR:
+    if knob == WEIGHT_LR:
         given = dict(o.split("=", 1) for o in weight_optimizer(setting, method))
         default = float(given["method.mwnet.net_lr"])
         family = WEIGHT_LRS[given["method.mwnet.net_optimizer"]]
@@ -796,10 +827,11 @@ def seeds_of(setting: Setting, scale: Scale) -> tuple[int, ...]:
 def methods_of(setting: Setting, methods: tuple[str, ...]) -> list[MethodSpec]:
     """The methods of ``methods`` a setting runs, in the suite's order."""
     listed = setting.methods or ()
-    allowed = setting.methods if setting.methods is not None else METHOD_NAMES
+    every = suite_methods()
+    allowed = setting.methods if setting.methods is not None else tuple(m.name for m in every)
     return [
         m
-        for m in METHODS
+        for m in every
         if m.name in methods
         and m.name in allowed
         and (setting.imbalanced or not m.imbalance_only)
@@ -886,9 +918,10 @@ def cells(
 
 def check_names(settings: tuple[str, ...], methods: tuple[str, ...]) -> None:
     unknown = [s for s in settings if s not in SETTING_NAMES]
-    unknown += [m for m in methods if m not in METHOD_NAMES]
+    names = [m.name for m in suite_methods()]
+    unknown += [m for m in methods if m not in names]
     if unknown:
         raise ValueError(
             f"unknown suite setting or method {unknown[0]!r}; settings: "
-            f"{', '.join(SETTING_NAMES)}; methods: {', '.join(METHOD_NAMES)}"
+            f"{', '.join(SETTING_NAMES)}; methods: {', '.join(names)}"
         )
