@@ -3,7 +3,7 @@
 Each variant is a suite method (``src/mwnet/suite/grid.py``) searched exactly as MW-Net
 (fast) is: every learning-rate candidate on the first seed, the one with the best last-
 epoch accuracy on the noisy validation split trained on the other seeds. The variants:
-the weighting net started flat (``method.weight_init=flat``: every weight 0.5 at the
+the weighting net started flat (``method.mwnet.net_init=flat``: every weight 0.5 at the
 start instead of the seed's random slope); its Adam at 1e-4 instead of 1e-3 where labels
 are noisy or clean, and at 3e-3 and 1e-2 on the small-data setting (whose 300 steps give
 the net few updates to learn in); meta batches of 25 and 400 instead of 100 (400 only

@@ -28,7 +28,7 @@ def jobs(out: Path, settings: list[str], modes: list[str]) -> list[tuple[Path, l
     todo = []
     for setting in settings:
         for cell in cells(FULL, (setting,), ("mwnet-fast",)):
-            variants = {f"mwnet-{mode}": [f"method.normalize={mode}"] for mode in modes}
+            variants = {f"mwnet-{mode}": [f"method.mwnet.normalize={mode}"] for mode in modes}
             if setting == "clean":
                 variants["ce"] = ["method.name=ce"]
             for name, extra in variants.items():

@@ -10,7 +10,7 @@ Fashion-MNIST suite's scale (784-256-10 MLP, 12,000 training images, 30 epochs):
   the same setting (``seed``); the same setting with another model, a 784-512-256-10 MLP
   (``model``); another kind of noise, uniform 60 % (``noise``);
 * on every target: cross-entropy, the source nets applied frozen
-  (``method.meta=false method.weight_net_from=...``), and the nets learned in the run.
+  (``method.mwnet.meta=false method.mwnet.net_from=...``), and the nets learned in the run.
 
 Every run is an ordinary run directory (the suite's runner: resumable, skipped when
 done). The cost of each kind of step is ``mwnet bench epoch`` on the same data: one
@@ -67,7 +67,7 @@ def _frozen(kind: str, source_run: Path) -> MethodSpec:
     return MethodSpec(
         f"{kind}-frozen",
         f"{'CMW-Net' if kind == 'cmwnet' else 'MW-Net'} frozen",
-        (f"method.name={kind}", "method.meta=false", f"method.weight_net_from={source_run}"),
+        (f"method.name={kind}", "method.mwnet.meta=false", f"method.mwnet.net_from={source_run}"),
         1.1,
     )
 

@@ -254,7 +254,7 @@ def test_bench_epoch_without_data_says_how_to_install_it(
 def test_variant_overrides() -> None:
     chosen = variant_overrides(["head", "ce"], meta_interval=4)
     assert list(chosen) == ["ce", "head", "head+interval(4)"]
-    assert chosen["head+interval(4)"][-1] == "method.meta_interval=4"
+    assert chosen["head+interval(4)"][-1] == "method.mwnet.meta_interval=4"
     with pytest.raises(ValueError, match="unknown variant"):
         variant_overrides(["slow"], 1)
 
@@ -279,7 +279,7 @@ def test_suite_variants_are_the_suite_cells() -> None:
     chosen = variant_overrides(["ce", "head", "mwnet-fast-k5"], 5, "pair-40")
     (k5,) = [c for c in cells(FULL, ("pair-40",), ("mwnet-fast-k5",)) if c.seed == 0]
     assert chosen["mwnet-fast-k5"] == list(k5.overrides)
-    assert chosen["head"][-2:] == ["method.name=mwnet", "method.hypergrad=head"]
+    assert chosen["head"][-2:] == ["method.name=mwnet", "method.mwnet.hypergrad=head"]
     assert "data.noise=pair" in chosen["head"] and "model.name=mlp" in chosen["ce"]
     assert list(chosen) == ["ce", "head", "head+interval(5)", "mwnet-fast-k5"]
     with pytest.raises(ValueError, match="suite method names need a suite setting"):

@@ -21,6 +21,7 @@ from mwnet.core import (
     start_flat,
 )
 from mwnet.label_issues import LabelIssues, find_label_issues
+from mwnet.methods import MethodContext, MethodDescriptor, register_method
 from mwnet.run.signals import EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import SavedWeightNet, load_weight_net, save_weight_net
 
@@ -29,6 +30,8 @@ __all__ = [
     "EpochPredictions",
     "LabelIssues",
     "MetaReweighter",
+    "MethodContext",
+    "MethodDescriptor",
     "SampleSignals",
     "SavedWeightNet",
     "StepResult",
@@ -38,6 +41,7 @@ __all__ = [
     "find_label_issues",
     "load_weight_net",
     "normalize_weights",
+    "register_method",
     "save_weight_net",
     "start_flat",
 ]

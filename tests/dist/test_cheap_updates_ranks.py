@@ -29,11 +29,11 @@ def test_partial_step_with_a_schedule_and_freezing_equals_one_process(fmnist_roo
         "model.name=mlp",
         "model.options.hidden=[16,16]",
         "optim.epochs=4",
-        "method.hypergrad=partial",
-        "method.partial=net.3,net.5",  # the second hidden layer and the classifier
-        "method.meta_interval_schedule=2@1",
-        "method.weight_net_freeze_tolerance=0.5",
-        "method.weight_lr=0.01",
+        "method.mwnet.hypergrad=partial",
+        "method.mwnet.partial=net.3,net.5",  # the second hidden layer and the classifier
+        "method.mwnet.meta_interval_schedule=2@1",
+        "method.mwnet.freeze_tolerance=0.5",
+        "method.mwnet.net_lr=0.01",
         "device=cpu",
         "threads=1",
         f"out_dir={tmp_path}",

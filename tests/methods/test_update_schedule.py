@@ -175,17 +175,24 @@ def test_interval_at_each_epoch():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["method.meta_interval_schedule=5"], "method.meta_interval_schedule='5' must have"),
-        (["method.weight_net_freeze_epoch=0"], "weight_net_freeze_epoch must be >= 1"),
-        (["method.weight_net_freeze_tolerance=0"], "weight_net_freeze_tolerance must be > 0"),
-        (["method.name=ce", "method.weight_net_freeze_epoch=3"], "schedule the weighting-net"),
+        (["method.mwnet.meta_interval_schedule=5"], "method.mwnet.meta_interval_schedule='5' must"),
+        (["method.mwnet.freeze_epoch=0"], "method.mwnet.freeze_epoch must be >= 1"),
+        (["method.mwnet.freeze_tolerance=0"], "method.mwnet.freeze_tolerance must be > 0"),
+        (["method.name=ce", "method.mwnet.freeze_epoch=3"], "read by mwnet, cmwnet"),
         (
-            ["method.meta=false", "method.weight_net_from=x", "method.meta_interval_schedule=5@1"],
-            "method.meta=true",
+            [
+                "method.mwnet.meta=false",
+                "method.mwnet.net_from=x",
+                "method.mwnet.meta_interval_schedule=5@1",
+            ],
+            "method.mwnet.meta=true",
         ),
-        (["method.partial=fc"], "method.partial names the top of hypergrad=partial"),
-        (["method.hypergrad=partial", "method.low_memory=true"], "partial keeps the bottom"),
-        (["method.hypergrad=partial", "method.compile=true"], "head and partial"),
+        (["method.mwnet.partial=fc"], "method.mwnet.partial names the top of hypergrad=partial"),
+        (
+            ["method.mwnet.hypergrad=partial", "method.mwnet.low_memory=true"],
+            "partial keeps the bottom",
+        ),
+        (["method.mwnet.hypergrad=partial", "method.compile=true"], "head and partial"),
     ],
 )
 def test_config_errors(overrides, message):
@@ -197,11 +204,11 @@ def test_config_reaches_the_method():
     cfg = load_config(
         "fmnist-flip2-40",
         [
-            "method.hypergrad=partial",
-            "method.partial=features.1,head",
-            "method.meta_interval_schedule=5@2",
-            "method.weight_net_freeze_epoch=6",
-            "method.weight_net_freeze_tolerance=0.01",
+            "method.mwnet.hypergrad=partial",
+            "method.mwnet.partial=features.1,head",
+            "method.mwnet.meta_interval_schedule=5@2",
+            "method.mwnet.freeze_epoch=6",
+            "method.mwnet.freeze_tolerance=0.01",
         ],
     )
     model = make_model("cnn")
@@ -211,7 +218,7 @@ def test_config_reaches_the_method():
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         meta_batches=iter([]),
         class_counts=torch.ones(CLASSES),
-        options={**dict(cfg.method), "partial": "bn,fc"},
+        options={"mwnet": {**cfg.method.mwnet, "partial": "bn,fc"}},
     )
     rule = method.updates
     assert (rule.interval_schedule, rule.freeze_epoch, rule.freeze_tolerance) == (

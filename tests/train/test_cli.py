@@ -164,12 +164,18 @@ def test_training_killed_mid_epoch_resumes_and_finishes(fmnist_root, tmp_path):
 
 def test_a_recipe_is_overrides_that_the_command_line_overrides():
     from mwnet.train.config import load_config
-    from mwnet.train.recipes import recipe_overrides
+    from mwnet.train.recipes import RECIPES, recipe_overrides
 
     cheap = load_config("fmnist-flip2-40", recipe_overrides("cheap", []))
-    assert cheap.method.hypergrad == "head"
-    mine = load_config("fmnist-flip2-40", recipe_overrides("cheap", ["method.hypergrad=fast"]))
-    assert mine.method.hypergrad == "fast"
-    assert load_config("fmnist-flip2-40", recipe_overrides("exact", [])).method.hypergrad == "fast"
+    assert cheap.method.mwnet.hypergrad == "head"
+    mine = load_config(
+        "fmnist-flip2-40", recipe_overrides("cheap", ["method.mwnet.hypergrad=fast"])
+    )
+    assert mine.method.mwnet.hypergrad == "fast"
+    exact = load_config("fmnist-flip2-40", recipe_overrides("exact", []))
+    assert exact.method.mwnet.hypergrad == "fast"
+    # a recipe's keys apply like a preset's: to the methods that read them
+    ce = load_config("fmnist-flip2-40", ["method.name=ce"], defaults=RECIPES["cheap"])
+    assert "mwnet" not in ce.method
     with pytest.raises(ValueError, match="unknown recipe 'fastest'; choose from exact, cheap"):
         recipe_overrides("fastest", [])

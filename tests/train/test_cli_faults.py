@@ -110,9 +110,9 @@ TRAIN_ERRORS = [
     Row("bad input", "an unknown model name", "unknown model 'nosuch'", ("model.name=nosuch",)),
     Row(
         "bad input",
-        "method.head without hypergrad=head",
-        "head='fc' is used by hypergrad='head' only",
-        ("method.name=mwnet", "method.head=fc"),
+        "method.mwnet.head without hypergrad=head",
+        "method.mwnet.head names the layer of hypergrad=head",
+        ("method.name=mwnet", "method.mwnet.head=fc"),
     ),
     Row(
         "bad input",
@@ -122,9 +122,9 @@ TRAIN_ERRORS = [
     ),
     Row(
         "bad input",
-        "method.weight_net_from=/dev/zero",
+        "method.mwnet.net_from=/dev/zero",
         "/dev/zero: not a regular file",
-        ("method.name=mwnet", "method.weight_net_from=/dev/zero"),
+        ("method.name=mwnet", "method.mwnet.net_from=/dev/zero"),
     ),
     Row(
         "bad input",

@@ -439,9 +439,9 @@ CONFIG_VALUES = [
     ),
     Row(
         "bad input",
-        "method.teacher_freeze_epoch=-1",
-        "mwnet: error: method.teacher_freeze_epoch=-1 must be >= 0 (null: never frozen)",
-        ("method.teacher_freeze_epoch=-1",),
+        "method.teacher.freeze_epoch=-1",
+        "mwnet: error: method.teacher.freeze_epoch=-1 must be >= 0 (null: never frozen)",
+        ("method.name=mwnet-sl", "method.teacher.freeze_epoch=-1"),
     ),
     Row(
         "bad input",

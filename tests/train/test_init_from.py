@@ -37,7 +37,7 @@ def _overrides(root: Path, out: Path, name: str, *extra: str) -> list[str]:
         "optim.epochs=2",
         "optim.milestones=[1]",
         "method.name=mwnet",
-        "method.finetune_epochs=2",
+        *(["method.finetune.epochs=2"] if "method.name=finetune" in extra else []),
         "threads=1",
         "device=cpu",
         f"out_dir={out}",

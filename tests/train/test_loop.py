@@ -97,7 +97,7 @@ def test_run_directory_has_every_artifact(fmnist_root, tmp_path):
 
 @pytest.mark.parametrize("method", ["mwnet", "finetune"])
 def test_resumed_run_ends_with_the_same_metrics(fmnist_root, tmp_path, method):
-    extra = ["method.finetune_epochs=1"] if method == "finetune" else []
+    extra = ["method.finetune.epochs=1"] if method == "finetune" else []
     straight_cfg = load_config(
         "fmnist-flip2-40", [*tiny_overrides(fmnist_root, tmp_path, "straight", method), *extra]
     )

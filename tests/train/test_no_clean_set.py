@@ -10,6 +10,7 @@ import torch
 from fake_data import write_idx
 
 from mwnet.cli import main
+from mwnet.methods import method_descriptor
 from mwnet.run import load_checkpoint, read_jsonl
 from mwnet.train import experiment, loop
 from mwnet.train.config import ConfigError, load_config
@@ -39,7 +40,7 @@ def _overrides(root: Path, out: Path, name: str, method: str, *extra: str) -> li
         "optim.epochs=3",
         "optim.milestones=[2]",
         "method.warmup_epochs=1",
-        "method.normalize=mean",
+        *(["method.mwnet.normalize=mean"] if "mwnet" in method_descriptor(method).options else []),
         f"method.name={method}",
         f"out_dir={out}",
         f"name={name}",
@@ -69,7 +70,7 @@ def no_meta_split(monkeypatch):
     ("method", "extra"),
     [
         ("cmwnet-sl", ()),
-        ("cmwnet-sl", ("method.mixup=true",)),
+        ("cmwnet-sl", ("method.label_correction.mixup=true",)),
         ("mwnet-sl", ()),
         ("mwnet", ()),
         ("cmwnet", ()),
@@ -95,7 +96,7 @@ def test_the_lowest_loss_samples_are_more_often_right_than_the_training_set(root
     data's (40 % flip noise here, so 60 % of labels right). A fast teacher (decay 0.8):
     this run has only 25 steps."""
     extra = ("optim.epochs=6", "method.warmup_epochs=5", "optim.lr=0.2", "optim.milestones=[6]")
-    run = _train(root, tmp_path, "p", "cmwnet-sl", *extra, "method.teacher_decay=0.8")
+    run = _train(root, tmp_path, "p", "cmwnet-sl", *extra, "method.teacher.decay=0.8")
     precision = [r["meta_precision"] for r in read_jsonl(run / "metrics.jsonl")[5:]]
     summary = json.loads((run / "summary.json").read_text())
     assert min(precision) > 1 - summary["realized_noise_rate"] + 0.1, precision
@@ -120,7 +121,7 @@ def test_label_correction_keeps_an_ema_teacher_and_resumes_exactly(root, tmp_pat
 
 
 def test_the_teacher_freezes_from_the_given_epoch(root, tmp_path):
-    run = _train(root, tmp_path, "fz", "mwnet-sl", "method.teacher_freeze_epoch=2")
+    run = _train(root, tmp_path, "fz", "mwnet-sl", "method.teacher.freeze_epoch=2")
     state = load_checkpoint(run / "checkpoint.pt")["teacher"]
     assert state["decay"] == 1.0
 
@@ -172,15 +173,24 @@ def test_clean_labels_have_no_precision_to_report(root, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("method", "extra", "message"),
     [
-        (("method.name=finetune",), "finetune fine-tunes on a clean set"),
-        (("data.pseudo_meta_per_class=0",), "pseudo_meta_per_class must be >= 1"),
-        (("method.teacher_decay=1.5",), "teacher_decay must lie in"),
-        (("method.mixup=true",), "mixup=true is label correction on mixed batches"),
-        (("data.meta_source=trusted",), "data.meta_source='trusted' is not valid"),
+        ("finetune", (), "finetune fine-tunes on a clean set"),
+        ("mwnet", ("data.pseudo_meta_per_class=0",), "pseudo_meta_per_class must be >= 1"),
+        ("mwnet", ("method.teacher.decay=1.5",), r"method.teacher.decay must lie in \[0, 1\]"),
+        (
+            "mwnet",
+            ("method.label_correction.mixup=true",),
+            "method.label_correction.mixup is read by mwnet-sl, cmwnet-sl, not by method.name=mw",
+        ),
+        (
+            "mwnet-sl",
+            ("method.label_correction.mixup=true", "method.mwnet.normalize=sum"),
+            "mixup=true is label correction on mixed batches: it needs method.mwnet.normalize=mean",
+        ),
+        ("mwnet", ("data.meta_source=trusted",), "data.meta_source='trusted' is not valid"),
     ],
 )
-def test_config_errors(root, tmp_path, extra, message):
+def test_config_errors(root, tmp_path, method, extra, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [*_overrides(root, tmp_path, "e", "mwnet"), *extra])
+        load_config(None, [*_overrides(root, tmp_path, "e", method), *extra])

@@ -254,7 +254,7 @@ def test_the_full_cnn_regime_runs_whole_seeds_and_fine_tunes_the_ce_run(tmp_path
     assert f"model.init_from={planner.dir(ce0)}" in follow[0].overrides
     assert "optim.epochs=0" in follow[0].overrides
     config = load_config(None, list(follow[0].overrides))
-    assert (config.method.finetune_lr, config.method.finetune_epochs) == (0.001, 10)
+    assert (config.method.finetune.lr, config.method.finetune.epochs) == (0.001, 10)
 
 
 def test_the_full_training_set_table_gives_seeds_wall_time_and_the_verdict(tmp_path) -> None:

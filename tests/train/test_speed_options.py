@@ -13,9 +13,12 @@ from mwnet.train.config import ConfigError, load_config
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["method.low_memory=true", "method.hypergrad=reverse"], "low_memory=true needs"),
-        (["method.low_memory=true", "method.hypergrad=head"], "low_memory=true needs"),
-        (["method.compile=true", "method.hypergrad=head"], "compile=true with mwnet needs"),
+        (
+            ["method.mwnet.low_memory=true", "method.mwnet.hypergrad=reverse"],
+            "low_memory=true needs",
+        ),
+        (["method.mwnet.low_memory=true", "method.mwnet.hypergrad=head"], "low_memory=true needs"),
+        (["method.compile=true", "method.mwnet.hypergrad=head"], "compile=true with mwnet needs"),
         (["method.compile=true", "method.name=l2rw"], "not l2rw"),
     ],
 )
@@ -25,8 +28,10 @@ def test_unsupported_combinations_are_config_errors(overrides, message):
 
 
 def test_supported_combinations_load():
-    cfg = load_config("fmnist-flip2-40", ["method.low_memory=true", "method.compile=true"])
-    assert cfg.method.low_memory and cfg.method.compile and cfg.method.hypergrad == "fast"
+    cfg = load_config("fmnist-flip2-40", ["method.mwnet.low_memory=true", "method.compile=true"])
+    assert (
+        cfg.method.mwnet.low_memory and cfg.method.compile and cfg.method.mwnet.hypergrad == "fast"
+    )
     assert load_config("fmnist-flip2-40", ["method.name=ce", "method.compile=true"])
 
 
@@ -74,8 +79,8 @@ def _scheduled(root, out, name: str) -> list[str]:
         "model.name=mlp",
         "optim.epochs=4",
         "optim.milestones=[3]",
-        "method.meta_interval_schedule=2@1",
-        "method.weight_net_freeze_epoch=2",
+        "method.mwnet.meta_interval_schedule=2@1",
+        "method.mwnet.freeze_epoch=2",
         f"out_dir={out}",
         f"name={name}",
         "device=cpu",

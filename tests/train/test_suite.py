@@ -67,15 +67,15 @@ def test_pure_imbalance_uses_the_papers_weighting_net_optimizer() -> None:
     by_setting = {c.setting.name: c for c in cells(FULL, methods=("mwnet-fast",))}
     lt = load_config(None, list(by_setting["lt-100"].overrides))
     noisy_lt = load_config(None, list(by_setting["lt-100-flip2-20"].overrides))
-    assert (lt.method.weight_optimizer, lt.method.weight_lr) == ("sgd", 1e-5)
-    assert (noisy_lt.method.weight_optimizer, noisy_lt.method.weight_lr) == ("adam", 1e-3)
+    assert (lt.method.mwnet.net_optimizer, lt.method.mwnet.net_lr) == ("sgd", 1e-5)
+    assert (noisy_lt.method.mwnet.net_optimizer, noisy_lt.method.mwnet.net_lr) == ("adam", 1e-3)
 
 
 def test_the_interval_modes_run_only_when_asked_for() -> None:
     assert "mwnet-head-k5" not in {c.method.name for c in cells(FULL)}
     chosen = cells(FULL, settings=("flip2-40",), methods=("mwnet-head-k5",))
     assert [c.seed for c in chosen] == [0, 1, 2]
-    assert "method.meta_interval=5" in chosen[0].overrides
+    assert "method.mwnet.meta_interval=5" in chosen[0].overrides
 
 
 def test_unknown_setting_names_the_valid_ones() -> None:

@@ -70,8 +70,8 @@ def test_frozen_reuse_never_reads_the_meta_set_and_keeps_the_net(
         tmp_path,
         "frozen",
         "cmwnet",
-        f"method.weight_net_from={cmwnet_run}",
-        "method.meta=false",
+        f"method.mwnet.net_from={cmwnet_run}",
+        "method.mwnet.meta=false",
     )
     assert drawn == []
     before = mwnet.load_weight_net(cmwnet_run).net.state_dict()
@@ -83,7 +83,7 @@ def test_frozen_reuse_never_reads_the_meta_set_and_keeps_the_net(
 
 
 def test_starting_from_a_saved_net_continues_learning_it(cmwnet_run, tmp_path, fmnist_root):
-    run = _train(fmnist_root, tmp_path, "warm", "cmwnet", f"method.weight_net_from={cmwnet_run}")
+    run = _train(fmnist_root, tmp_path, "warm", "cmwnet", f"method.mwnet.net_from={cmwnet_run}")
     before = mwnet.load_weight_net(cmwnet_run).net.state_dict()
     after = mwnet.load_weight_net(run).net.state_dict()
     assert not torch.equal(before["heads.weight"], after["heads.weight"])
@@ -94,7 +94,7 @@ def test_starting_from_a_saved_net_continues_learning_it(cmwnet_run, tmp_path, f
     ("method", "extra", "message"),
     [
         ("mwnet", (), "holds a cmwnet weighting net, but method.name=mwnet"),
-        ("cmwnet", ("method.normalize=mean",), "learned with method.normalize=sum"),
+        ("cmwnet", ("method.mwnet.normalize=mean",), "learned with method.mwnet.normalize=sum"),
     ],
 )
 def test_mismatched_reuse_is_a_one_line_error(
@@ -104,7 +104,7 @@ def test_mismatched_reuse_is_a_one_line_error(
         "fmnist-lt-10",
         [
             *tiny_overrides(fmnist_root, tmp_path, "x", method),
-            f"method.weight_net_from={cmwnet_run}",
+            f"method.mwnet.net_from={cmwnet_run}",
             *extra,
         ],
     )
@@ -116,7 +116,7 @@ def test_mismatched_reuse_is_a_one_line_error(
 def test_other_number_of_classes(cmwnet_run, tmp_path):
     from mwnet.train.experiment import reused_weight_net
 
-    cfg = load_config(None, ["method.name=cmwnet", f"method.weight_net_from={cmwnet_run}"])
+    cfg = load_config(None, ["method.name=cmwnet", f"method.mwnet.net_from={cmwnet_run}"])
     with pytest.raises(ConfigError, match="learned for 10 classes, but this data has 100"):
         reused_weight_net(cfg, 100)
 
@@ -139,14 +139,17 @@ def test_reuse_needs_a_weight_net_file(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["method.meta=false"], "must come from another run: set method.weight_net_from"),
-        (["method.name=ce", "method.weight_net_from=x"], "are for mwnet and cmwnet, not ce"),
-        (["method.weight_clusters=0"], "method.weight_clusters must be >= 1"),
-        (["method.warmup_epochs=-1"], "method.warmup_epochs must be >= 0"),
-        (["method.weight_init=zeros"], r"method.weight_init.*default, flat"),
+        (["method.mwnet.meta=false"], "must come from another run: set method.mwnet.net_from"),
         (
-            ["method.weight_init=flat", "method.weight_net_from=x"],
-            "method.weight_init=flat initialises a fresh weighting net",
+            ["method.name=ce", "method.mwnet.net_from=x"],
+            "method.mwnet.net_from is read by mwnet, cmwnet, mwnet-sl, cmwnet-sl, not by method.n",
+        ),
+        (["method.name=cmwnet", "method.cmwnet.clusters=0"], "method.cmwnet.clusters must be >= 1"),
+        (["method.warmup_epochs=-1"], "method.warmup_epochs must be >= 0"),
+        (["method.mwnet.net_init=zeros"], r"method.mwnet.net_init.*default, flat"),
+        (
+            ["method.mwnet.net_init=flat", "method.mwnet.net_from=x"],
+            "method.mwnet.net_init=flat initialises a fresh weighting net",
         ),
     ],
 )
@@ -158,7 +161,7 @@ def test_config_errors(overrides, message):
 @pytest.mark.parametrize("method", ["mwnet", "cmwnet"])
 def test_a_run_can_start_its_weighting_net_flat(fmnist_root, tmp_path, method):
     overrides = [*tiny_overrides(fmnist_root, tmp_path, "flat", method), "threads=1"]
-    cfg = load_config("fmnist-lt-10", [*overrides, "method.weight_init=flat"])
+    cfg = load_config("fmnist-lt-10", [*overrides, "method.mwnet.net_init=flat"])
     trainer, _ = loop.start(cfg, quiet=True)
     net = trainer.exp.method.reweighter.weight_net
     losses = torch.linspace(0, 10, 7)
@@ -211,7 +214,7 @@ def test_a_curve_that_trusts_no_sample_is_reported(fmnist_root, tmp_path, capsys
         last.weight.zero_()
         last.bias.fill_(-1e4)  # sigmoid(-1e4) is exactly 0 in float32
     save_weight_net(tmp_path / "dead.pt", dead, normalize="sum")
-    frozen = ("method.meta=false", f"method.weight_net_from={tmp_path / 'dead.pt'}")
+    frozen = ("method.mwnet.meta=false", f"method.mwnet.net_from={tmp_path / 'dead.pt'}")
     overrides = [*tiny_overrides(fmnist_root, tmp_path, "dead", "mwnet"), "threads=1", *frozen]
     trainer, run_dir = loop.start(load_config("fmnist-lt-10", overrides), quiet=False)
     trainer.fit(stop_after=1)

@@ -32,6 +32,7 @@ import torch
 
 from mwnet.bench.step import device_name, load_average
 from mwnet.data import DatasetError
+from mwnet.methods import method_descriptor
 from mwnet.suite.grid import FULL, METHOD_NAMES, cells
 from mwnet.train.config import load_config
 from mwnet.train.experiment import build_experiment, prepare_data
@@ -40,19 +41,22 @@ from mwnet.train.loop import Trainer
 CE = "ce"
 VARIANTS: dict[str, tuple[str, ...]] = {
     CE: ("method.name=ce",),
-    "fast": ("method.name=mwnet", "method.hypergrad=fast"),
-    "fast+lowmem": ("method.name=mwnet", "method.hypergrad=fast", "method.low_memory=true"),
-    "head": ("method.name=mwnet", "method.hypergrad=head"),
-    "partial": ("method.name=mwnet", "method.hypergrad=partial"),
-    "cmwnet": ("method.name=cmwnet", "method.hypergrad=fast"),
-    "frozen": ("method.name=mwnet", "method.meta=false"),
+    "fast": ("method.name=mwnet", "method.mwnet.hypergrad=fast"),
+    "fast+lowmem": (
+        "method.name=mwnet",
+        "method.mwnet.hypergrad=fast",
+        "method.mwnet.low_memory=true",
+    ),
+    "head": ("method.name=mwnet", "method.mwnet.hypergrad=head"),
+    "partial": ("method.name=mwnet", "method.mwnet.hypergrad=partial"),
+    "cmwnet": ("method.name=cmwnet", "method.mwnet.hypergrad=fast"),
+    "frozen": ("method.name=mwnet", "method.mwnet.meta=false"),
 }
 """Each variant's config overrides on top of the preset. ``frozen`` applies a weighting net
-learned elsewhere without any meta step: the net of ``method.weight_net_from`` when the
+learned elsewhere without any meta step: the net of ``method.mwnet.net_from`` when the
 overrides name one, else a fresh MW-Net net (its cost does not depend on what it learned)."""
-WEIGHTING = ("mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl")
 INTERVAL_VARIANTS = ("fast", "head")
-"""Variants that are also timed with ``method.meta_interval=K`` when K > 1."""
+"""Variants that are also timed with ``method.mwnet.meta_interval=K`` when K > 1."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ def variant_overrides(
             if v in variants:
                 chosen[f"{v}+interval({meta_interval})"] = [
                     *VARIANTS[v],
-                    f"method.meta_interval={meta_interval}",
+                    f"method.mwnet.meta_interval={meta_interval}",
                 ]
     if suite_setting is not None:
         base = _suite_overrides(suite_setting, CE)
@@ -181,8 +185,8 @@ def run_epoch_bench(config: EpochBenchConfig) -> list[EpochRow]:
     threads_before = torch.get_num_threads()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            if "frozen" in overrides and not any("weight_net_from=" in o for o in base):
-                overrides["frozen"].append(f"method.weight_net_from={_fresh_weight_net(tmp)}")
+            if "frozen" in overrides and not any("net_from=" in o for o in base):
+                overrides["frozen"].append(f"method.mwnet.net_from={_fresh_weight_net(tmp)}")
             cfgs = {name: load_config(preset, [*base, *o]) for name, o in overrides.items()}
             data = _load_data(next(iter(cfgs.values())))
             trainers = {
@@ -200,7 +204,7 @@ def _fresh_weight_net(directory: str) -> Path:
     from mwnet.run.weight_net_file import save_weight_net
 
     path = Path(directory) / "fresh_weight_net.pt"
-    save_weight_net(path, WeightNet(), normalize=str(load_config(None).method.normalize))
+    save_weight_net(path, WeightNet(), normalize=str(load_config(None).method.mwnet.normalize))
     return path
 
 
@@ -232,13 +236,14 @@ def _time(config: EpochBenchConfig, trainers: dict[str, Trainer]) -> list[EpochR
         median = statistics.median(times[name])
         steps = len(exp.train_batches)
         m = exp.cfg.method
+        w = m.get("mwnet") if method_descriptor(m.name).weighting else None
         rows.append(
             EpochRow(
                 variant=name,
                 method=m.name,
-                hypergrad=m.hypergrad if m.name in WEIGHTING and m.meta else None,
-                meta_interval=int(m.meta_interval) if m.name in WEIGHTING else 1,
-                low_memory=bool(m.low_memory) if m.name in WEIGHTING else False,
+                hypergrad=w.hypergrad if w is not None and w.meta else None,
+                meta_interval=int(w.meta_interval) if w is not None else 1,
+                low_memory=bool(w.low_memory) if w is not None else False,
                 preset=(f"suite:{config.suite_setting}" if config.suite_setting else config.preset),
                 model=exp.cfg.model.name,
                 train_samples=len(exp.data.train_labels),

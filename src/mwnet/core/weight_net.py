@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -55,7 +57,8 @@ class WeightNet(nn.Module):
         )
 
 
-WEIGHT_INITS: tuple[str, ...] = ("default", "flat")
+WeightInit = Literal["default", "flat"]
+WEIGHT_INITS: tuple[str, ...] = typing.get_args(WeightInit)
 """How a fresh weighting net starts: ``default`` (PyTorch's ``nn.Linear`` initialisation,
 the paper's) or ``flat`` (:func:`start_flat`)."""
 

@@ -39,7 +39,7 @@ def check_signals_of_run(run_dir: Path, path: Path, extra: dict[str, np.ndarray]
 
     cfg = loop.run_config(run_dir)
     seed, config_crc = int(extra["run_seed"]), int(extra["run_config_crc"])
-    if config_crc != resume_check.config_fingerprint(cfg):
+    if config_crc not in (resume_check.config_fingerprint(cfg), _flat_fingerprint(run_dir)):
         what = (
             f"seed {seed} there, {int(cfg.seed)} in config.yaml"
             if seed != int(cfg.seed)
@@ -75,6 +75,20 @@ def check_signals_of_run(run_dir: Path, path: Path, extra: dict[str, np.ndarray]
             f"train --resume {run_dir}) to write it again"
         )
     return []
+
+
+def _flat_fingerprint(run_dir: Path) -> int | None:
+    """The config fingerprint of a run whose config.yaml has the flat method layout of
+    earlier versions, as those versions recorded it."""
+    import yaml
+
+    from mwnet.train import loop, resume_check
+
+    try:
+        saved = yaml.safe_load((run_dir / loop.CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return resume_check.legacy_config_fingerprint(saved) if isinstance(saved, dict) else None
 
 
 def _checkpoint(run_dir: Path) -> dict[str, Any] | None:

@@ -3,12 +3,15 @@
 The training loop builds one with :func:`build_method` and calls ``method.step(x, y)`` per
 batch, asking ``method.source(epoch)`` which batches each epoch uses; everything a method
 needs beyond the model and optimizer (a meta-batch stream, class counts, its own
-hyperparameters) is handed over once, at construction.
+hyperparameters) is handed over once, at construction. Each method is registered with a
+:class:`MethodDescriptor` (its option groups, what it reads), which is all the rest of
+mwnet knows of it.
 """
 
 from mwnet.methods.base import Method, StepOutput
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
+from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
 from mwnet.methods.l2rw import L2RW
@@ -18,6 +21,9 @@ from mwnet.methods.registry import (
     METHODS,
     WEIGHTING_METHODS,
     build_method,
+    method_descriptor,
+    method_names,
+    register_method,
 )
 
 __all__ = [
@@ -29,8 +35,14 @@ __all__ = [
     "CrossEntropy",
     "Finetune",
     "Focal",
+    "Knob",
     "MetaWeightNet",
     "Method",
+    "MethodContext",
+    "MethodDescriptor",
     "StepOutput",
     "build_method",
+    "method_descriptor",
+    "method_names",
+    "register_method",
 ]

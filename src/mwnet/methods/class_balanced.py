@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -12,7 +14,19 @@ from mwnet.methods.losses import check_focal_gamma, class_balanced_weights, foca
 from mwnet.methods.plain import PlainMethod
 
 BaseLoss = Literal["ce", "focal"]
-BASE_LOSSES: tuple[str, ...] = ("ce", "focal")
+BASE_LOSSES: tuple[str, ...] = typing.get_args(BaseLoss)
+
+
+@dataclass
+class ClassBalancedOptions:
+    """``method.class_balanced.*``."""
+
+    beta: float = 0.9999
+    """beta of the effective number of samples (1 - beta^n) / (1 - beta)"""
+    loss: BaseLoss = "ce"
+    """the loss each class weight multiplies: ce | focal"""
+    gamma: float = 1.0
+    """loss=focal only: the focal loss's gamma"""
 
 
 class ClassBalanced(PlainMethod):

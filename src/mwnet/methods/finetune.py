@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import StepOutput
 from mwnet.methods.plain import PlainMethod
+
+
+@dataclass
+class FinetuneOptions:
+    """``method.finetune.*``."""
+
+    epochs: int = 10
+    """epochs on the clean meta set after the configured training epochs"""
+    lr: float = 1e-3
+    """learning rate of those epochs"""
 
 
 class Finetune(PlainMethod):

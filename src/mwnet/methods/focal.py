@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from mwnet.core.reducer import GradientReducer
 from mwnet.methods.losses import check_focal_gamma, focal_losses
 from mwnet.methods.plain import PlainMethod
+
+
+@dataclass
+class FocalOptions:
+    """``method.focal.*``."""
+
+    gamma: float = 1.0
+    """gamma in -(1 - p_t)^gamma log p_t (0: cross-entropy)"""
 
 
 class Focal(PlainMethod):

@@ -14,6 +14,7 @@ No weighting net is learned; the weights are recomputed from scratch every step.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -41,6 +42,21 @@ from mwnet.core.parameters import virtual_parameters
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
+from mwnet.methods.hypergrad_mode import Hypergradient, hypergradient
+
+ExactHypergrad = Literal["fast", "reverse"]
+
+
+@dataclass
+class L2RWOptions:
+    """``method.l2rw.*``: L2RW's per-sample meta gradient is exact, so only the exact modes."""
+
+    hypergrad: ExactHypergrad = "fast"
+    """fast (forward-mode) | reverse (second order, the authors'): the same gradient"""
+
+    def hypergradient(self, prefix: str = "") -> Hypergradient:
+        """The configured hypergradient mode."""
+        return hypergradient(self.hypergrad, prefix=prefix)
 
 
 class L2RW(Method):

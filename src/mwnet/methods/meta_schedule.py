@@ -12,7 +12,7 @@ A meta step costs several plain steps. Two epoch-level rules decide which steps 
 * freezing: from ``freeze_epoch`` on, or from the first epoch at whose start the
   weighting curve has moved by less than ``freeze_tolerance`` since the start of the
   previous epoch, the weighting net is used as it is: no meta batch, no meta step, a
-  plain weighted step (what ``method.meta=false`` does with a net from another run). The
+  plain weighted step (what ``method.mwnet.meta=false`` does with a net from another run). The
   curve is compared on :data:`CURVE_LOSSES`, fixed losses, so every rank of a data-parallel
   run decides alike; the largest change of any weight (of any class cluster's curve, for a
   class-aware net) is what the tolerance bounds.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,11 +28,90 @@ from mwnet.core.objective import (
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.reweighter import Normalization
 from mwnet.core.virtual_step import VirtualStepKind
+from mwnet.core.weight_net import WeightInit
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
+from mwnet.methods.hypergrad_mode import Hypergradient, hypergradient
 from mwnet.methods.meta_schedule import CURVE_LOSSES, UpdateSchedule, parse_interval_schedule
 
 WeightOptimizer = Literal["adam", "sgd"]
-WEIGHT_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+WEIGHT_OPTIMIZERS: tuple[str, ...] = typing.get_args(WeightOptimizer)
+
+
+@dataclass
+class WeightingOptions:
+    """``method.mwnet.*``: what MW-Net, CMW-Net and their label-correcting variants (-sl)
+    read alike: the hypergradient, the normalisation, the update schedule, the weighting
+    net, its optimizer, and a net learned elsewhere."""
+
+    hypergrad: HypergradMode = "fast"
+    """fast | reverse (exact, the same gradient) | head | partial (the virtual step of a top
+    part only): see docs/PERFORMANCE.md"""
+    low_memory: bool = False
+    """hypergrad=fast only: free the training graph before the meta pass and run the forward
+    again for the real update (same result, about a plain step's peak memory)"""
+    head: str | None = None
+    """hypergrad=head only: module name of the final nn.Linear; None: detected"""
+    partial: str | None = None
+    """hypergrad=partial only: the top that takes the virtual step, a comma list of module
+    or parameter names (e.g. stage3,fc); None: the model's last stage and classifier"""
+    normalize: Normalization = "sum"
+    """sum | sum-detached | mean | none: how the weights of a batch are normalised"""
+    virtual_step: VirtualStepKind = "sgd"
+    meta_interval: int = 1
+    """a weighting-net update every K-th step"""
+    meta_interval_schedule: str | None = None
+    """"K@E,K@E": a weighting-net update every K-th step from epoch E on (E epochs done);
+    before the first E, meta_interval (e.g. "5@2,20@10")"""
+    freeze_epoch: int | None = None
+    """freeze the weighting net from this epoch on (no more meta steps)"""
+    freeze_tolerance: float | None = None
+    """freeze it from the first epoch at whose start its curve moved by less than this since
+    the previous epoch's start (largest weight change on losses 0..10)"""
+    net_hidden: int = 100
+    net_depth: int = 1
+    net_init: WeightInit = "default"
+    """how a fresh weighting net starts: default (PyTorch's initialisation, the paper's) |
+    flat (output layer zeroed: every weight 0.5 at the start, so the first virtual step is
+    plain cross-entropy's, whatever the seed)"""
+    net_optimizer: WeightOptimizer = "adam"
+    net_lr: float = 1e-3
+    net_momentum: float = 0.9
+    net_nesterov: bool = True
+    net_decay: float = 1e-4
+    """the weighting net's weight decay"""
+    net_from: str | None = None
+    """start from the weight_net.pt of another run (a file or run directory)"""
+    meta: bool = True
+    """false keeps the weighting net of net_from frozen: no meta step, the meta set is
+    never read, a step costs about a plain step"""
+
+    def hypergradient(self, prefix: str = "") -> Hypergradient:
+        """The configured hypergradient mode, checked (see :func:`hypergradient`)."""
+        return hypergradient(
+            self.hypergrad,
+            low_memory=self.low_memory,
+            head=self.head,
+            partial=self.partial,
+            prefix=prefix,
+        )
+
+
+@dataclass
+class ClassAwareOptions:
+    """``method.cmwnet.*``: CMW-Net's class-aware weighting net."""
+
+    clusters: int = 3
+    """class clusters by training-set size (k-means on the per-class counts), one weighting
+    curve each; fewer if fewer distinct counts"""
+
+
+@dataclass
+class LabelCorrectionOptions:
+    """``method.label_correction.*``: MW-Net-SL and CMW-Net-SL."""
+
+    mixup: bool = False
+    """train on mixup batches as the CMW-Net-SL authors do (two labels and two weights per
+    mixed input); needs method.mwnet.normalize=mean"""
 
 
 def make_weight_optimizer(

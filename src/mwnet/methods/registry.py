@@ -1,7 +1,8 @@
-"""Methods by name, built from one flat options mapping, so configs and the CLI stay simple."""
+"""Methods by name: one descriptor each, registered once (see :mod:`mwnet.methods.descriptor`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -12,51 +13,305 @@ from mwnet.core import ClassAwareWeightNet
 from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import Method
 from mwnet.methods.ce import CrossEntropy
-from mwnet.methods.class_balanced import ClassBalanced
-from mwnet.methods.finetune import Finetune
-from mwnet.methods.focal import Focal
-from mwnet.methods.l2rw import L2RW
-from mwnet.methods.meta_weight_net import MetaWeightNet
-
-METHODS: tuple[str, ...] = (
-    "ce",
-    "focal",
-    "class-balanced",
-    "l2rw",
-    "finetune",
-    "mwnet",
-    "cmwnet",
-    "mwnet-sl",
-    "cmwnet-sl",
+from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
+from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor
+from mwnet.methods.finetune import Finetune, FinetuneOptions
+from mwnet.methods.flat_keys import FLAT_KEYS
+from mwnet.methods.focal import Focal, FocalOptions
+from mwnet.methods.l2rw import L2RW, L2RWOptions
+from mwnet.methods.meta_weight_net import (
+    ClassAwareOptions,
+    LabelCorrectionOptions,
+    MetaWeightNet,
+    WeightingOptions,
 )
-LABEL_CORRECTION_METHODS: tuple[str, ...] = ("mwnet-sl", "cmwnet-sl")
+
+_REGISTRY: dict[str, MethodDescriptor] = {}
+
+
+def register_method(descriptor: MethodDescriptor, *, replace: bool = False) -> MethodDescriptor:
+    """Make ``descriptor`` a method of ``mwnet train``, ``compare`` and the suite.
+
+    Raises:
+        ValueError: the name is taken (unless ``replace``), or an option group it shares
+            with another method has another dataclass there.
+    """
+    if descriptor.name in _REGISTRY and not replace:
+        raise ValueError(f"a method named {descriptor.name!r} is registered already")
+    groups = option_groups()
+    for group, kind in descriptor.options.items():
+        if group in _RESERVED:
+            raise ValueError(f"method {descriptor.name!r}: option group {group!r} is reserved")
+        if groups.get(group, kind) is not kind:
+            raise ValueError(
+                f"method {descriptor.name!r}: option group {group!r} is {groups[group]!r} "
+                f"elsewhere, not {kind!r}; give it another name"
+            )
+    _REGISTRY[descriptor.name] = descriptor
+    return descriptor
+
+
+def unregister_method(name: str) -> None:
+    """Forget a registered method (for tests and plugins that clean up)."""
+    _REGISTRY.pop(name, None)
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def method_descriptor(name: str) -> MethodDescriptor:
+    """The descriptor of ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+def option_groups() -> dict[str, type]:
+    """Every option group of the registered methods, ``{group: dataclass}``."""
+    groups: dict[str, type] = {}
+    for descriptor in _REGISTRY.values():
+        groups.update(descriptor.options)
+    return groups
+
+
+def readers(group: str) -> tuple[str, ...]:
+    """The registered methods that read the option group ``group``."""
+    return tuple(n for n, d in _REGISTRY.items() if group in d.options)
+
+
+_RESERVED = ("name", "compile", "warmup_epochs", "teacher")
+"""Keys of ``method`` that are not option groups of one method."""
+
+
+def _ce(ctx: MethodContext) -> Method:
+    return CrossEntropy(ctx.compiled_model(), ctx.optimizer, **ctx.common())
+
+
+def _focal(ctx: MethodContext) -> Method:
+    o = ctx.options["focal"]
+    return Focal(ctx.compiled_model(), ctx.optimizer, gamma=o.gamma, **ctx.common())
+
+
+def _class_balanced(ctx: MethodContext) -> Method:
+    o = ctx.options["class_balanced"]
+    return ClassBalanced(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        ctx.class_counts,
+        beta=o.beta,
+        base_loss=o.loss,
+        gamma=o.gamma,
+        **ctx.common(),
+    )
+
+
+def _l2rw(ctx: MethodContext) -> Method:
+    o = ctx.options["l2rw"]
+    return L2RW(ctx.model, ctx.optimizer, ctx.meta_batches, hypergrad=o.hypergrad, **ctx.common())
+
+
+def _finetune(ctx: MethodContext) -> Method:
+    o = ctx.options["finetune"]
+    return Finetune(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        epochs=ctx.epochs,
+        finetune_epochs=o.epochs,
+        finetune_lr=o.lr,
+        **ctx.common(),
+    )
+
+
+def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodContext], Method]:
+    """The builder of MW-Net (loss-only net) or CMW-Net (class-aware), with or without
+    label correction."""
+    name = ("cmwnet" if class_aware else "mwnet") + ("-sl" if label_correction else "")
+
+    def build(ctx: MethodContext) -> Method:
+        o: WeightingOptions = ctx.options["mwnet"]
+        net = ctx.weight_net
+        if net is not None and isinstance(net, ClassAwareWeightNet) != class_aware:
+            kind = "loss-only (mwnet)" if class_aware else "class-aware (cmwnet)"
+            raise ValueError(
+                f"method {name} cannot start from a {kind} weighting net; use "
+                f"method.name={'mwnet' if class_aware else 'cmwnet'} with it"
+            )
+        if label_correction != (ctx.soft_labels is not None):
+            raise ValueError(
+                "mwnet-sl, cmwnet-sl need soft_labels (a teacher) and the other methods take "
+                f"none; got method {name} with soft_labels="
+                f"{'set' if ctx.soft_labels is not None else 'None'}"
+            )
+        mode = o.hypergradient()
+        return MetaWeightNet(
+            ctx.model,
+            ctx.optimizer,
+            ctx.meta_batches,
+            **mode.reweighter_options(),
+            normalize=o.normalize,
+            virtual_step=o.virtual_step,
+            meta_interval=o.meta_interval,
+            meta_interval_schedule=o.meta_interval_schedule,
+            compile=ctx.compile,
+            weight_hidden=o.net_hidden,
+            weight_depth=o.net_depth,
+            weight_optimizer=o.net_optimizer,
+            weight_lr=o.net_lr,
+            weight_momentum=o.net_momentum,
+            weight_nesterov=o.net_nesterov,
+            weight_decay=o.net_decay,
+            weight_init=o.net_init,
+            class_counts=ctx.class_counts if class_aware else None,
+            **({"weight_clusters": ctx.options["cmwnet"].clusters} if class_aware else {}),
+            weight_net=net,
+            frozen=not o.meta,
+            freeze_epoch=o.freeze_epoch,
+            freeze_tolerance=o.freeze_tolerance,
+            soft_labels=ctx.soft_labels,
+            soft_label_model=ctx.soft_label_model,
+            mixup=bool(ctx.options["label_correction"].mixup) if label_correction else False,
+            **ctx.common(),
+        )
+
+    return build
+
+
+WEIGHT_LR = Knob("mwnet.net_lr", "wlr", "weighting-net lr")
+"""Its values come from the weighting net's optimizer in each suite setting."""
+
+for _descriptor in (
+    MethodDescriptor("ce", _ce, compiles=True, description="cross-entropy"),
+    MethodDescriptor(
+        "focal",
+        _focal,
+        {"focal": FocalOptions},
+        compiles=True,
+        knob=Knob("focal.gamma", "gamma", "focal gamma", (1.0, 2.0)),
+        description="focal loss (Lin et al., 2017)",
+    ),
+    MethodDescriptor(
+        "class-balanced",
+        _class_balanced,
+        {"class_balanced": ClassBalancedOptions},
+        reads_class_counts=True,
+        compiles=True,
+        knob=Knob("class_balanced.beta", "beta", "class-balanced beta", (0.9999, 0.999)),
+        description="class-balanced loss (Cui et al., 2019)",
+    ),
+    MethodDescriptor(
+        "l2rw",
+        _l2rw,
+        {"l2rw": L2RWOptions},
+        reads_meta=True,
+        description="learning to reweight (Ren et al., 2018)",
+    ),
+    MethodDescriptor(
+        "finetune",
+        _finetune,
+        {"finetune": FinetuneOptions},
+        reads_meta=True,
+        trains_on_meta=True,
+        knob=Knob("finetune.lr", "ftlr", "fine-tune lr", (0.001, 0.01)),
+        description="cross-entropy, then fine-tuning on the clean meta set",
+    ),
+    MethodDescriptor(
+        "mwnet",
+        _weighting(False, False),
+        {"mwnet": WeightingOptions},
+        reads_meta=True,
+        compiles=True,
+        weighting=True,
+        knob=WEIGHT_LR,
+        description="Meta-Weight-Net (Shu et al., 2019)",
+    ),
+    MethodDescriptor(
+        "cmwnet",
+        _weighting(True, False),
+        {"mwnet": WeightingOptions, "cmwnet": ClassAwareOptions},
+        reads_meta=True,
+        reads_class_counts=True,
+        compiles=True,
+        weighting=True,
+        class_aware=True,
+        knob=WEIGHT_LR,
+        description="CMW-Net (Shu et al., 2023): a class-aware weighting net",
+    ),
+    MethodDescriptor(
+        "mwnet-sl",
+        _weighting(False, True),
+        {"mwnet": WeightingOptions, "label_correction": LabelCorrectionOptions},
+        reads_meta=True,
+        reads_teacher=True,
+        compiles=True,
+        weighting=True,
+        knob=WEIGHT_LR,
+        description="MW-Net with label correction by an EMA teacher",
+    ),
+    MethodDescriptor(
+        "cmwnet-sl",
+        _weighting(True, True),
+        {
+            "mwnet": WeightingOptions,
+            "cmwnet": ClassAwareOptions,
+            "label_correction": LabelCorrectionOptions,
+        },
+        reads_meta=True,
+        reads_teacher=True,
+        reads_class_counts=True,
+        compiles=True,
+        weighting=True,
+        class_aware=True,
+        knob=WEIGHT_LR,
+        description="CMW-Net-SL: CMW-Net with label correction by an EMA teacher",
+    ),
+):
+    register_method(_descriptor)
+
+METHODS: tuple[str, ...] = method_names()
+"""The built-in methods (:func:`method_names` also lists those registered later)."""
+LABEL_CORRECTION_METHODS: tuple[str, ...] = tuple(
+    n for n in METHODS if method_descriptor(n).reads_teacher
+)
 """Weighting methods whose weight mixes the given label with a teacher's (CMW-Net-SL)."""
-WEIGHTING_METHODS: tuple[str, ...] = ("mwnet", "cmwnet", *LABEL_CORRECTION_METHODS)
+WEIGHTING_METHODS: tuple[str, ...] = tuple(n for n in METHODS if method_descriptor(n).weighting)
 """Methods that learn a weighting net: MW-Net's, or CMW-Net's class-aware one."""
-COMPILABLE: tuple[str, ...] = ("ce", "focal", "class-balanced", *WEIGHTING_METHODS)
-"""Methods that accept ``compile``: one forward and one backward per step, or the
-weighting methods' ``fast`` mode (see :mod:`mwnet.core.compiled`)."""
+COMPILABLE: tuple[str, ...] = tuple(n for n in METHODS if method_descriptor(n).compiles)
+"""Built-in methods that accept ``compile``."""
 
-_MWNET_OPTIONS: tuple[str, ...] = (
-    "hypergrad",
-    "head",
-    "partial",
-    "normalize",
-    "virtual_step",
-    "meta_interval",
-    "meta_interval_schedule",
-    "low_memory",
-    "compile",
-    "weight_hidden",
-    "weight_depth",
-    "weight_optimizer",
-    "weight_lr",
-    "weight_momentum",
-    "weight_nesterov",
-    "weight_decay",
-    "weight_clusters",
-    "weight_init",
-)
+_CONTEXT_KEYS = ("checks", "compile", "epochs")
+
+
+def method_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The option groups of method ``name`` from ``options``: each group given by its name
+    (a dataclass instance or a mapping of its fields), or in the flat form of earlier
+    versions (``focal_gamma``, ``weight_lr``, ...: :data:`FLAT_KEYS`); keys of other
+    methods are ignored. Groups not given are at their defaults."""
+    descriptor = method_descriptor(name)
+    groups = descriptor.default_options()
+    flat: dict[str, dict[str, Any]] = {}
+    for key, value in options.items():
+        if key in groups:
+            kind = descriptor.options[key]
+            if isinstance(value, kind):
+                groups[key] = value
+            elif isinstance(value, Mapping):
+                groups[key] = kind(**dict(value))
+            elif value is not None:
+                raise ValueError(f"options[{key!r}] must be a {kind.__name__} or a mapping")
+        for target in FLAT_KEYS.get(key, ()):
+            group, option = target.split(".")
+            if group in groups:
+                flat.setdefault(group, {})[option] = value
+    for group, values in flat.items():
+        groups[group] = dataclasses.replace(groups[group], **values)
+    return groups
 
 
 def build_method(
@@ -72,104 +327,49 @@ def build_method(
     soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
     soft_label_model: nn.Module | None = None,
 ) -> Method:
-    """The training method ``name`` (one of :data:`METHODS`) for ``model`` and ``optimizer``.
+    """The training method ``name`` (a registered one) for ``model`` and ``optimizer``.
 
     Args:
         meta_batches: endless iterator of clean ``(x_meta, y_meta)`` on the model's device;
-            drawn from by ``l2rw`` and ``mwnet`` only.
+            drawn from by the methods that read a meta set.
         class_counts: training-set sample count per class (observed labels), shape (K,);
             used by ``class-balanced`` and ``cmwnet`` (its class clusters).
-        options: method hyperparameters, each method reading its own and ignoring the rest
-            (the config layer validates names): ``focal_gamma``; ``cb_beta``, ``cb_loss``;
-            ``epochs`` (required by ``finetune``), ``finetune_epochs``, ``finetune_lr``;
-            ``hypergrad`` (also ``l2rw``); ``head``, ``partial``, ``normalize``,
-            ``virtual_step``, ``meta_interval``, ``meta_interval_schedule``,
-            ``weight_net_freeze_epoch``, ``weight_net_freeze_tolerance``, ``low_memory``,
-            ``weight_hidden``, ``weight_depth``, ``weight_init``,
-            ``weight_optimizer``, ``weight_lr``, ``weight_momentum``, ``weight_nesterov``,
-            ``weight_decay``, ``meta`` (false: ``weight_net`` frozen), ``mixup`` (-sl only)
-            (``mwnet``, ``cmwnet``); ``weight_clusters`` (``cmwnet``); ``checks`` (all;
-            default True); ``compile`` (the methods in :data:`COMPILABLE`: run the model
-            through ``torch.compile``).
+        options: the method's option groups by group name (``{"focal":
+            FocalOptions(gamma=2)}``, or a mapping of the group's fields), or flat keys
+            of earlier versions (see :func:`method_options`); and ``checks`` (default
+            True), ``compile`` (methods whose descriptor compiles: run the model through
+            ``torch.compile``), ``epochs`` (the configured training epochs; finetune needs
+            it).
         reducer: data parallelism over a process group (every method); the batches passed
             to ``step`` and drawn from ``meta_batches`` must then be this rank's shards.
-        weight_net: ``mwnet``/``cmwnet`` only: start from this weighting net (one learned
+        weight_net: weighting methods only: start from this weighting net (one learned
             in another run) instead of a fresh one; it must be of the method's kind.
-        soft_labels: required by ``mwnet-sl``/``cmwnet-sl`` (label correction): a teacher's
-            class probabilities for a batch's inputs.
+        soft_labels: required by the label-correcting methods (``mwnet-sl``,
+            ``cmwnet-sl``): a teacher's class probabilities for a batch's inputs.
         soft_label_model: the module ``soft_labels`` runs, if it has state that a step
             moves (an EMA teacher's BatchNorm statistics): restored when a step fails.
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
     """
-    checks = bool(options.get("checks", True))
-    common = {"checks": checks, "reducer": reducer}
-    if options.get("compile") and name not in COMPILABLE:
-        raise ValueError(
-            f"compile is supported by {', '.join(COMPILABLE)}, not {name!r}; drop compile"
-        )
-    if options.get("compile") and name not in WEIGHTING_METHODS:
-        model = torch.compile(model)  # a plain step: model(x), then one backward
-    if name == "ce":
-        return CrossEntropy(model, optimizer, **common)
-    if name == "focal":
-        return Focal(model, optimizer, gamma=options.get("focal_gamma", 1.0), **common)
-    if name == "class-balanced":
-        return ClassBalanced(
-            model,
-            optimizer,
-            class_counts,
-            beta=options.get("cb_beta", 0.9999),
-            base_loss=options.get("cb_loss", "ce"),
-            gamma=options.get("focal_gamma", 1.0),
-            **common,
-        )
-    if name == "l2rw":
-        return L2RW(
-            model,
-            optimizer,
-            meta_batches,
-            hypergrad=options.get("hypergrad", "fast"),
-            **common,
-        )
-    if name == "finetune":
-        return Finetune(
-            model,
-            optimizer,
-            epochs=options.get("epochs"),
-            finetune_epochs=options.get("finetune_epochs", 10),
-            finetune_lr=options.get("finetune_lr", 1e-3),
-            **common,
-        )
-    if name in WEIGHTING_METHODS:
-        chosen = {k: options[k] for k in _MWNET_OPTIONS if k in options}
-        class_aware = name.startswith("cmwnet")
-        if weight_net is not None and isinstance(weight_net, ClassAwareWeightNet) != class_aware:
-            kind = "loss-only (mwnet)" if class_aware else "class-aware (cmwnet)"
-            raise ValueError(
-                f"method {name} cannot start from a {kind} weighting net; use "
-                f"method.name={'mwnet' if class_aware else 'cmwnet'} with it"
-            )
-        if (name in LABEL_CORRECTION_METHODS) != (soft_labels is not None):
-            raise ValueError(
-                f"{', '.join(LABEL_CORRECTION_METHODS)} need soft_labels (a teacher) and the "
-                f"other methods take none; got method {name} with soft_labels="
-                f"{'set' if soft_labels is not None else 'None'}"
-            )
-        return MetaWeightNet(
-            model,
-            optimizer,
-            meta_batches,
-            **chosen,
-            class_counts=class_counts if class_aware else None,
-            weight_net=weight_net,
-            frozen=not options.get("meta", True),
-            freeze_epoch=options.get("weight_net_freeze_epoch"),
-            freeze_tolerance=options.get("weight_net_freeze_tolerance"),
-            soft_labels=soft_labels,
-            soft_label_model=soft_label_model,
-            mixup=bool(options.get("mixup", False)),
-            **common,
-        )
-    raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    descriptor = method_descriptor(name)
+    compile = bool(options.get("compile", False))
+    if compile and not descriptor.compiles:
+        compilable = ", ".join(n for n in method_names() if method_descriptor(n).compiles)
+        raise ValueError(f"compile is supported by {compilable}, not {name!r}; drop compile")
+    epochs = options.get("epochs")
+    context = MethodContext(
+        model=model,
+        optimizer=optimizer,
+        meta_batches=meta_batches,
+        class_counts=class_counts,
+        options=method_options(name, options),
+        epochs=epochs,
+        compile=compile,
+        checks=bool(options.get("checks", True)),
+        reducer=reducer,
+        weight_net=weight_net,
+        soft_labels=soft_labels,
+        soft_label_model=soft_label_model,
+    )
+    return descriptor.build(context)

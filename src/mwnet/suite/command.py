@@ -14,10 +14,10 @@ from mwnet.suite.grid import (
     DEFAULT_METHODS,
     DEFAULT_SETTINGS,
     FULL,
-    METHOD_NAMES,
     QUICK,
     SETTING_NAMES,
     SETTINGS,
+    suite_methods,
 )
 
 EXTRA_SETTINGS = tuple(n for n in SETTING_NAMES if n not in DEFAULT_SETTINGS)
@@ -59,10 +59,10 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--methods",
-        type=comma_list(METHOD_NAMES, "method"),
+        type=comma_list(tuple(m.name for m in suite_methods()), "method"),
         default=DEFAULT_METHODS,
         help=f"comma list (default {','.join(DEFAULT_METHODS)}; also: "
-        f"{','.join(m for m in METHOD_NAMES if m not in DEFAULT_METHODS)})",
+        f"{','.join(m.name for m in suite_methods() if m.name not in DEFAULT_METHODS)})",
     )
     p.add_argument(
         "--ledger",

@@ -19,30 +19,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mwnet.methods import method_descriptor
+
 # The weighting net's optimizer follows the paper per kind of setting: Adam 1e-3 for label
 # noise (the authors' flip-noise script), SGD 1e-5 with Nesterov momentum for pure class
 # imbalance (the authors' imbalance script). Adam 1e-3 on long-tailed data learns a steeply
 # increasing weight that concentrates each normalised step on a few samples, and training
 # becomes unstable at this learning rate.
 NOISE_WEIGHT_OPTIMIZER = (
-    "method.weight_optimizer=adam",
-    "method.weight_lr=0.001",
-    "method.weight_decay=0.0001",
+    "method.mwnet.net_optimizer=adam",
+    "method.mwnet.net_lr=0.001",
+    "method.mwnet.net_decay=0.0001",
 )
 IMBALANCE_WEIGHT_OPTIMIZER = (
-    "method.weight_optimizer=sgd",
-    "method.weight_lr=0.00001",
-    "method.weight_momentum=0.9",
-    "method.weight_nesterov=true",
-    "method.weight_decay=0.0005",
+    "method.mwnet.net_optimizer=sgd",
+    "method.mwnet.net_lr=0.00001",
+    "method.mwnet.net_momentum=0.9",
+    "method.mwnet.net_nesterov=true",
+    "method.mwnet.net_decay=0.0005",
 )
 
 
 LONG_TAIL_PROTOCOL = (
-    "method.weight_optimizer=adam",
-    "method.weight_lr=0.0001",
-    "method.weight_decay=0.00001",
-    "method.normalize=sum-detached",
+    "method.mwnet.net_optimizer=adam",
+    "method.mwnet.net_lr=0.0001",
+    "method.mwnet.net_decay=0.00001",
+    "method.mwnet.normalize=sum-detached",
 )
 
 
@@ -58,12 +60,12 @@ NO_CLEAN_SET = (
 # Label correction as the CMW-Net-SL authors run it: mixup, mean normalisation, a
 # weighting-net update every 10th step by Adam 1e-4 (weight decay 1e-4).
 LABEL_CORRECTION = (
-    "method.mixup=true",
-    "method.normalize=mean",
-    "method.meta_interval=10",
-    "method.weight_optimizer=adam",
-    "method.weight_lr=0.0001",
-    "method.weight_decay=0.0001",
+    "method.label_correction.mixup=true",
+    "method.mwnet.normalize=mean",
+    "method.mwnet.meta_interval=10",
+    "method.mwnet.net_optimizer=adam",
+    "method.mwnet.net_lr=0.0001",
+    "method.mwnet.net_decay=0.0001",
 )
 
 
@@ -119,10 +121,18 @@ class Knob:
     values: tuple[float, ...] = ()
 
 
-FOCAL_GAMMA = Knob("method.focal_gamma", "gamma", "focal gamma", (1.0, 2.0))
-CB_BETA = Knob("method.cb_beta", "beta", "class-balanced beta", (0.9999, 0.999))
-FINETUNE_LR = Knob("method.finetune_lr", "ftlr", "fine-tune lr", (0.001, 0.01))
-WEIGHT_LR = Knob("method.weight_lr", "wlr", "weighting-net lr")
+def method_knob(name: str) -> Knob:
+    """The knob the method's descriptor names, as the grid searches it."""
+    knob = method_descriptor(name).knob
+    if knob is None:
+        raise ValueError(f"method {name!r} names no knob")
+    return Knob(f"method.{knob.key}", knob.tag, knob.label, knob.values)
+
+
+FOCAL_GAMMA = method_knob("focal")
+CB_BETA = method_knob("class-balanced")
+FINETUNE_LR = method_knob("finetune")
+WEIGHT_LR = method_knob("mwnet")
 """Values from the weighting net's optimizer: Adam 1e-3 and 1e-4, SGD 1e-5 and 1e-4."""
 WEIGHT_LRS = {"adam": (0.001, 0.0001), "sgd": (0.00001, 0.0001)}
 
@@ -334,19 +344,24 @@ def _mwnet(
     knob: Knob | None = None,
 ) -> MethodSpec:
     """A non-default MW-Net variant for the noisy settings: the hypergradient ``mode``,
-    ``method.*`` overrides (given without the ``method.`` prefix), other overrides
+    ``method.mwnet.*`` overrides (given without the ``method.mwnet.`` prefix), other overrides
     (``data.*``, ``model.*``), the noise settings' Adam at another learning rate, and the
     knob searched besides the learning rate."""
     vnet = None
     if weight_lr is not None:
         vnet = tuple(
-            f"method.weight_lr={weight_lr}" if o.startswith("method.weight_lr=") else o
+            f"method.mwnet.net_lr={weight_lr}" if o.startswith("method.mwnet.net_lr=") else o
             for o in NOISE_WEIGHT_OPTIMIZER
         )
     return MethodSpec(
         f"mwnet-{mode}-{suffix}",
         f"MW-Net ({mode}, {what})",
-        ("method.name=mwnet", f"method.hypergrad={mode}", *(f"method.{m}" for m in method), *data),
+        (
+            "method.name=mwnet",
+            f"method.mwnet.hypergrad={mode}",
+            *(f"method.mwnet.{m}" for m in method),
+            *data,
+        ),
         cost,
         default=False,
         weight_optimizer=vnet,
@@ -393,7 +408,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "mwnet-fast",
         "MW-Net (fast)",
-        ("method.name=mwnet", "method.hypergrad=fast"),
+        ("method.name=mwnet", "method.mwnet.hypergrad=fast"),
         3.5,
         knob=WEIGHT_LR,
     ),
@@ -401,7 +416,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "mwnet-head",
         "MW-Net (head)",
-        ("method.name=mwnet", "method.hypergrad=head"),
+        ("method.name=mwnet", "method.mwnet.hypergrad=head"),
         3.4,
         default=False,
         knob=WEIGHT_LR,
@@ -411,7 +426,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "cmwnet",
         "CMW-Net (fast)",
-        ("method.name=cmwnet", "method.hypergrad=fast"),
+        ("method.name=cmwnet", "method.mwnet.hypergrad=fast"),
         3.6,
         knob=WEIGHT_LR,
     ),
@@ -419,7 +434,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "cmwnet-sl",
         "CMW-Net-SL (no clean data)",
-        ("method.name=cmwnet-sl", "method.hypergrad=fast", *NO_CLEAN_SET),
+        ("method.name=cmwnet-sl", "method.mwnet.hypergrad=fast", *NO_CLEAN_SET),
         1.8,
         weight_optimizer=LABEL_CORRECTION,
         knob=WEIGHT_LR,
@@ -449,7 +464,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "mwnet-fast-k5",
         "MW-Net (fast, k=5)",
-        ("method.name=mwnet", "method.hypergrad=fast", "method.meta_interval=5"),
+        ("method.name=mwnet", "method.mwnet.hypergrad=fast", "method.mwnet.meta_interval=5"),
         1.6,
         default=False,
         knob=WEIGHT_LR,
@@ -457,7 +472,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "mwnet-head-k5",
         "MW-Net (head, k=5)",
-        ("method.name=mwnet", "method.hypergrad=head", "method.meta_interval=5"),
+        ("method.name=mwnet", "method.mwnet.hypergrad=head", "method.mwnet.meta_interval=5"),
         1.2,
         default=False,
         knob=WEIGHT_LR,
@@ -470,42 +485,42 @@ METHODS: tuple[MethodSpec, ...] = (
     _mwnet_fast("k10-wlr0.003", "k=10, weight lr x3", ("meta_interval=10",), 1.3, weight_lr=0.003),
     _mwnet("head", "k3", "k=3", ("meta_interval=3",), 1.3),
     _mwnet("head", "k5-wlr0.003", "k=5, weight lr x3", ("meta_interval=5",), 1.2, weight_lr=0.003),
-    _mwnet_fast("freeze3", "frozen after epoch 3", ("weight_net_freeze_epoch=3",), 1.3),
+    _mwnet_fast("freeze3", "frozen after epoch 3", ("freeze_epoch=3",), 1.3),
     _mwnet_fast("k1to20", "k=1 for 2 epochs, then k=20", ("meta_interval_schedule=20@2",), 1.4),
-    _mwnet_fast("freeze2", "frozen after epoch 2", ("weight_net_freeze_epoch=2",), 1.3),
+    _mwnet_fast("freeze2", "frozen after epoch 2", ("freeze_epoch=2",), 1.3),
     _mwnet_fast(
         "k2-freeze4",
         "k=2, frozen after epoch 4",
-        ("meta_interval=2", "weight_net_freeze_epoch=4"),
+        ("meta_interval=2", "freeze_epoch=4"),
         1.3,
     ),
     _mwnet_fast(
         "k5-freeze8",
         "k=5, frozen after epoch 8",
-        ("meta_interval=5", "weight_net_freeze_epoch=8"),
+        ("meta_interval=5", "freeze_epoch=8"),
         1.3,
     ),
     _mwnet_fast(
         "k10-mb500-freeze12",
         "k=10, meta batch 500, frozen after epoch 12",
-        ("meta_interval=10", "weight_net_freeze_epoch=12"),
+        ("meta_interval=10", "freeze_epoch=12"),
         1.3,
         data=("data.meta_batch_size=500",),
     ),
     _mwnet_fast(
         "k5-tol0.1",
         "k=5, frozen once the curve moves < 0.1 in an epoch",
-        ("meta_interval=5", "weight_net_freeze_tolerance=0.1"),
+        ("meta_interval=5", "freeze_tolerance=0.1"),
         1.4,
     ),
-    _mwnet("head", "freeze4", "frozen after epoch 4", ("weight_net_freeze_epoch=4",), 1.2),
+    _mwnet("head", "freeze4", "frozen after epoch 4", ("freeze_epoch=4",), 1.2),
     # MW-Net's own defaults under the selection protocol, one at a time (searched exactly
     # as MW-Net is): a weighting net that starts flat (every weight 0.5) instead of with
     # the seed's random slope, the noise settings' Adam at the other rate the authors use
     # (1e-4, in their "stable" scripts), and meta batches a quarter and four times the default 100
     # (the four-times one only where the clean set has 1,000 images: a 100-image set
     # would repeat samples within a batch).
-    _mwnet_fast("flat", "flat start", ("weight_init=flat",), 3.5, knob=WEIGHT_LR),
+    _mwnet_fast("flat", "flat start", ("net_init=flat",), 3.5, knob=WEIGHT_LR),
     _mwnet_fast("wlr0.0001", "weighting-net lr 1e-4", (), 3.5, weight_lr=0.0001, knob=WEIGHT_LR),
     # ... and faster: a small training set gives the weighting net few updates to learn in.
     _mwnet_fast("wlr0.003", "weighting-net lr 3e-3", (), 3.5, weight_lr=0.003, knob=WEIGHT_LR),
@@ -519,7 +534,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "mwnet-reverse",
         "MW-Net (reverse)",
-        ("method.name=mwnet", "method.hypergrad=reverse"),
+        ("method.name=mwnet", "method.mwnet.hypergrad=reverse"),
         5.0,
         default=False,
     ),
@@ -535,7 +550,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "cmwnet-lt",
         "CMW-Net (authors' long-tail protocol)",
-        ("method.name=cmwnet", "method.hypergrad=fast", "method.warmup_epochs=15"),
+        ("method.name=cmwnet", "method.mwnet.hypergrad=fast", "method.warmup_epochs=15"),
         3.0,
         default=False,
         weight_optimizer=LONG_TAIL_PROTOCOL,
@@ -543,7 +558,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "mwnet-lt",
         "MW-Net (same long-tail protocol)",
-        ("method.name=mwnet", "method.hypergrad=fast", "method.warmup_epochs=15"),
+        ("method.name=mwnet", "method.mwnet.hypergrad=fast", "method.warmup_epochs=15"),
         3.0,
         default=False,
         weight_optimizer=LONG_TAIL_PROTOCOL,
@@ -551,7 +566,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "mwnet-auto",
         "MW-Net (pseudo-meta set)",
-        ("method.name=mwnet", "method.hypergrad=fast", *NO_CLEAN_SET),
+        ("method.name=mwnet", "method.mwnet.hypergrad=fast", *NO_CLEAN_SET),
         3.0,
         default=False,
         knob=WEIGHT_LR,
@@ -559,7 +574,7 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "mwnet-sl",
         "MW-Net-SL (no clean data)",
-        ("method.name=mwnet-sl", "method.hypergrad=fast", *NO_CLEAN_SET),
+        ("method.name=mwnet-sl", "method.mwnet.hypergrad=fast", *NO_CLEAN_SET),
         1.6,
         default=False,
         weight_optimizer=LABEL_CORRECTION,
@@ -581,8 +596,39 @@ def setting_named(name: str) -> Setting:
     return next(s for s in SETTINGS if s.name == name)
 
 
+def registered_methods() -> tuple[MethodSpec, ...]:
+    """Suite rows for the methods registered beyond the table (a user's own, see
+    :func:`mwnet.register_method`): on request only, the learning rate and the
+    descriptor's knob searched."""
+    from mwnet.methods import method_names
+
+    listed = {m.name for m in METHODS}
+    rows = []
+    for name in method_names():
+        described = method_descriptor(name)
+        if name in listed:
+            continue
+        knob = described.knob
+        rows.append(
+            MethodSpec(
+                name,
+                described.description or name,
+                (f"method.name={name}",),
+                3.0 if described.reads_meta else 1.0,
+                default=False,
+                knob=None if knob is None else method_knob(name),
+            )
+        )
+    return tuple(rows)
+
+
+def suite_methods() -> tuple[MethodSpec, ...]:
+    """The table's methods, then :func:`registered_methods`."""
+    return (*METHODS, *registered_methods())
+
+
 def method_named(name: str) -> MethodSpec:
-    return next(m for m in METHODS if m.name == name)
+    return next(m for m in suite_methods() if m.name == name)
 
 
 def clean_size_row(base: Setting) -> list[str]:
@@ -653,7 +699,7 @@ class Scale:
             f"optim.epochs={self.epochs}",
             "optim.schedule=multistep",
             f"optim.milestones=[{','.join(str(m) for m in self.milestones)}]",
-            f"method.finetune_epochs={self.finetune_epochs}",
+            f"method.finetune.epochs={self.finetune_epochs}",
             "threads=1",
             "device=cpu",
             *self.extra,
@@ -751,10 +797,10 @@ def knob_values(setting: Setting, method: MethodSpec, scale: Scale) -> tuple[flo
     knob = method.knob
     if knob is None:
         return ()
-    if knob is WEIGHT_LR:
+    if knob == WEIGHT_LR:
         given = dict(o.split("=", 1) for o in weight_optimizer(setting, method))
-        default = float(given["method.weight_lr"])
-        family = WEIGHT_LRS[given["method.weight_optimizer"]]
+        default = float(given["method.mwnet.net_lr"])
+        family = WEIGHT_LRS[given["method.mwnet.net_optimizer"]]
         values = (default, *(v for v in family if v != default))
         return values[: scale.weight_lr_values]
     return knob.values[: scale.knob_values]
@@ -793,10 +839,11 @@ def seeds_of(setting: Setting, scale: Scale) -> tuple[int, ...]:
 def methods_of(setting: Setting, methods: tuple[str, ...]) -> list[MethodSpec]:
     """The methods of ``methods`` a setting runs, in the suite's order."""
     listed = setting.methods or ()
-    allowed = setting.methods if setting.methods is not None else METHOD_NAMES
+    every = suite_methods()
+    allowed = setting.methods if setting.methods is not None else tuple(m.name for m in every)
     return [
         m
-        for m in METHODS
+        for m in every
         if m.name in methods
         and m.name in allowed
         and (setting.imbalanced or not m.imbalance_only)
@@ -825,7 +872,10 @@ def cell_overrides(
     candidate: Candidate | None = None,
     source_dir: str | None = None,
 ) -> tuple[str, ...]:
-    """The config of one run: shared, setting, method, candidate, continuation, seed."""
+    """The config of one run: shared, setting, method, candidate, continuation, seed (the
+    keys of option groups the method does not read left out)."""
+    from mwnet.train.config import read_overrides
+
     sized: tuple[str, ...] = ()
     if setting.clean_per_class is not None:
         per_class = max(1, setting.clean_per_class // scale.clean_divisor)
@@ -840,20 +890,22 @@ def cell_overrides(
             stage = (f"data.exclude={source_dir}", "data.exclude_spares_classes=true")
         else:
             stage = (f"model.init_from={source_dir}",)
-    return merged(
-        scale.base_overrides(),
-        setting.overrides,
-        sized,
-        method.overrides,
-        weight_optimizer(setting, method),
-        (
-            (f"method.warmup_epochs={scale.pseudo_meta_warmup}",)
-            if "data.meta_source=auto" in method.overrides
-            else ()
-        ),
-        candidate.overrides if candidate is not None else (),
-        stage,
-        (f"seed={seed}",),
+    return read_overrides(
+        merged(
+            scale.base_overrides(),
+            setting.overrides,
+            sized,
+            method.overrides,
+            weight_optimizer(setting, method),
+            (
+                (f"method.warmup_epochs={scale.pseudo_meta_warmup}",)
+                if "data.meta_source=auto" in method.overrides
+                else ()
+            ),
+            candidate.overrides if candidate is not None else (),
+            stage,
+            (f"seed={seed}",),
+        )
     )
 
 
@@ -878,9 +930,10 @@ def cells(
 
 def check_names(settings: tuple[str, ...], methods: tuple[str, ...]) -> None:
     unknown = [s for s in settings if s not in SETTING_NAMES]
-    unknown += [m for m in methods if m not in METHOD_NAMES]
+    names = [m.name for m in suite_methods()]
+    unknown += [m for m in methods if m not in names]
     if unknown:
         raise ValueError(
             f"unknown suite setting or method {unknown[0]!r}; settings: "
-            f"{', '.join(SETTING_NAMES)}; methods: {', '.join(METHOD_NAMES)}"
+            f"{', '.join(SETTING_NAMES)}; methods: {', '.join(names)}"
         )

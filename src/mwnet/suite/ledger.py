@@ -84,10 +84,13 @@ def cell_config(cell: Cell, out: Path) -> dict[str, Any]:
 
 
 def config_changes(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:
-    """What makes a record stale: ``{key: (recorded, current)}``, empty when it matches."""
+    """What makes a record stale: ``{key: (recorded, current)}``, empty when it matches
+    (a record of the flat method layout is read in the grouped one)."""
+    from mwnet.train.config import upgrade_config
     from mwnet.train.resume_check import config_changes as changes
 
-    return {k: v for k, v in changes(recorded, current).items() if k not in NOT_COMPARED}
+    upgraded = upgrade_config(recorded)
+    return {k: v for k, v in changes(upgraded, current).items() if k not in NOT_COMPARED}
 
 
 def make_record(

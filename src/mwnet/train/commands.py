@@ -73,7 +73,7 @@ def run_train(args: argparse.Namespace) -> int:
     from mwnet import distributed
     from mwnet.train import loop
     from mwnet.train.config import load_config
-    from mwnet.train.recipes import recipe_overrides
+    from mwnet.train.recipes import RECIPES
 
     if args.resume is not None:
         if args.preset or args.overrides or args.config or args.recipe != "exact":
@@ -92,7 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "give --preset NAME (see `mwnet presets`), --config FILE and/or key=value overrides"
             )
         cfg = load_config(
-            args.preset, recipe_overrides(args.recipe, args.overrides), base=args.config
+            args.preset, args.overrides, base=args.config, defaults=RECIPES[args.recipe]
         )
     if args.show_config:  # before any directory is made or data read
         sys.stdout.write(loop.to_yaml(cfg))
@@ -257,11 +257,11 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="preset name (see `mwnet presets`)")
     p.add_argument("--config", metavar="FILE", type=Path, help="start from a saved config")
     from mwnet.argtypes import comma_list, non_negative_int, positive_int
-    from mwnet.methods.registry import METHODS
+    from mwnet.methods.registry import method_names
 
     p.add_argument(
         "--methods",
-        type=comma_list(METHODS, "method"),
+        type=comma_list(method_names(), "method"),
         default=("ce", "mwnet"),
         help="comma list, the first is the cost baseline (default ce,mwnet)",
     )

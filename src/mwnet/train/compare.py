@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mwnet.methods import method_descriptor, method_names
 from mwnet.run.records import read_json, read_jsonl, write_json
-from mwnet.train.config import WEIGHTING, check_run_name, load_config, to_yaml
+from mwnet.train.config import check_groups_read, check_run_name, load_config, to_yaml
 
 COMPARISON_FILE = "comparison.json"
 
@@ -65,19 +66,25 @@ def method_configs(
     name: str | None = None,
 ) -> tuple[Path, list[Any]]:
     """The comparison's directory and one config per method, identical but the method.
+    Each method reads the option groups of ``overrides`` it reads (``method.mwnet.*`` the
+    weighting methods); a group none of them reads is an error.
 
     Raises:
         ConfigError: a bad preset, override or method name (checked for every method
             before anything trains).
     """
-    probe = load_config(preset, overrides, base=base)
+    probe = load_config(preset, base=base, defaults=overrides)
+    check_groups_read(overrides, methods, probe.data)
     if name is not None:
         check_run_name(name, "--name")
     stem = name or probe.name or f"{probe.preset or 'custom'}-compare-seed{probe.seed}"
     out = Path(probe.out_dir) / stem
     configs = [
         load_config(
-            preset, [*overrides, f"method.name={m}", f"out_dir={out}", f"name={m}"], base=base
+            preset,
+            [f"method.name={m}", f"out_dir={out}", f"name={m}"],
+            base=base,
+            defaults=overrides,
         )
         for m in methods
     ]
@@ -202,7 +209,9 @@ def report_run(results: list[Compared]) -> tuple[Compared | None, str]:
     from mwnet.suite.selection import pick
 
     usable = [r for r in results if r.usable]
-    weighting = [r for r in usable if r.method in WEIGHTING]
+    weighting = [
+        r for r in usable if r.method in method_names() and method_descriptor(r.method).weighting
+    ]
     pool, kind = (weighting, "weighting run") if weighting else (usable, "run")
     if not pool:
         return None, "every run failed or diverged"

@@ -3,15 +3,25 @@
 OmegaConf structured configs give typed fields and reject unknown keys; this module adds
 what OmegaConf cannot know: which string values are valid, and error messages that list
 the valid keys or values.
+
+The ``method`` group holds ``method.name``, the keys every method shares, and one group
+of options per method as its descriptor declares them (``method.focal.gamma``,
+``method.mwnet.normalize``): only the groups the chosen method reads. A key of a group
+given on the command line while another method is chosen is an error; presets and
+``--config`` files may carry groups of several methods, and the chosen method's apply.
+Configs in the flat layout of earlier versions (``method.normalize``) are read through
+:data:`mwnet.methods.flat_keys.FLAT_KEYS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,14 +33,13 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mwnet.core.weight_net import WEIGHT_INITS
+from mwnet.data.corruption import NOISE_TYPES
+from mwnet.data.long_tail import PROFILES
+from mwnet.data.sources import DATASET_NAMES
+from mwnet.methods.descriptor import MethodDescriptor
+from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.meta_schedule import parse_interval_schedule
-from mwnet.methods.registry import COMPILABLE, METHODS
-from mwnet.methods.registry import LABEL_CORRECTION_METHODS as LABEL_CORRECTION
-from mwnet.methods.registry import WEIGHTING_METHODS as WEIGHTING
-
-META_READERS: tuple[str, ...] = ("l2rw", "finetune", *WEIGHTING)
-"""Methods that read the meta set."""
+from mwnet.methods.registry import method_descriptor, method_names, option_groups, readers
 
 
 class ConfigError(ValueError):
@@ -123,65 +132,88 @@ class OptimConfig:
 
 
 @dataclass
-class MethodConfig:
-    name: str = "mwnet"
-    hypergrad: str = "fast"
-    head: str | None = None
-    """hypergrad=head only: module name of the final nn.Linear; None: detected"""
-    partial: str | None = None
-    """hypergrad=partial only: the top that takes the virtual step, a comma list of module
-    or parameter names (e.g. stage3,fc); None: the model's last stage and classifier"""
-    normalize: str = "sum"
-    virtual_step: str = "sgd"
-    meta_interval: int = 1
-    meta_interval_schedule: str | None = None
-    """mwnet/cmwnet: "K@E,K@E": a weighting-net update every K-th step from epoch E on (E
-    epochs done); before the first E, meta_interval (e.g. "5@2,20@10")"""
-    weight_net_freeze_epoch: int | None = None
-    """mwnet/cmwnet: freeze the weighting net from this epoch on (no more meta steps)"""
-    weight_net_freeze_tolerance: float | None = None
-    """mwnet/cmwnet: freeze it from the first epoch at whose start its curve moved by less
-    than this since the previous epoch's start (largest weight change on losses 0..10)"""
-    low_memory: bool = False
-    """hypergrad=fast only: free the training graph before the meta pass and run the forward
-    again for the real update (same result, about a plain step's peak memory)"""
-    compile: bool = False
-    """torch.compile the model's passes: ce, focal, class-balanced, and mwnet with
-    hypergrad=fast (see docs/PERFORMANCE.md for what it gains)"""
-    weight_hidden: int = 100
-    weight_depth: int = 1
-    weight_init: str = "default"
-    """mwnet/cmwnet: how a fresh weighting net starts: default (PyTorch's initialisation,
-    the paper's) | flat (output layer zeroed: every weight 0.5 at the start, so the first
-    virtual step is plain cross-entropy's, whatever the seed)"""
-    weight_optimizer: str = "adam"
-    weight_lr: float = 1e-3
-    weight_momentum: float = 0.9
-    weight_nesterov: bool = True
-    weight_decay: float = 1e-4
-    weight_clusters: int = 3
-    """cmwnet: class clusters by training-set size (k-means on the per-class counts), one
-    weighting curve each; fewer if fewer distinct counts"""
-    warmup_epochs: int = 0
-    """mwnet/cmwnet: plain cross-entropy for this many first epochs"""
-    mixup: bool = False
-    """mwnet-sl/cmwnet-sl: train on mixup batches as the CMW-Net-SL authors do (two labels
-    and two weights per mixed input); needs method.normalize=mean"""
-    teacher_decay: float = 0.997
-    """The EMA teacher (label correction, and the pseudo-meta scorer):
-    θ_teacher <- d θ_teacher + (1 - d) θ after every step"""
-    teacher_freeze_epoch: int | None = None
+class TeacherOptions:
+    """``method.teacher.*``: the EMA teacher, present when the run has one (label
+    correction's soft labels, or the pseudo-meta scorer of data.meta_source=auto)."""
+
+    decay: float = 0.997
+    """θ_teacher <- d θ_teacher + (1 - d) θ after every step"""
+    freeze_epoch: int | None = None
     """Stop moving the teacher from this epoch on (CMW-Net-SL, asymmetric noise: 150)"""
-    weight_net_from: str | None = None
-    """mwnet/cmwnet: start from the weight_net.pt of another run (a file or run directory)"""
-    meta: bool = True
-    """mwnet/cmwnet: false keeps the weighting net of weight_net_from frozen: no meta step,
-    the meta set is never read, a step costs about a plain step"""
-    focal_gamma: float = 1.0
-    cb_beta: float = 0.9999
-    cb_loss: str = "ce"
-    finetune_epochs: int = 10
-    finetune_lr: float = 1e-3
+
+
+@dataclass
+class MethodConfig:
+    """What every method shares; the option groups of the chosen method are added to it
+    (:func:`method_schema`)."""
+
+    name: str = "mwnet"
+    compile: bool = False
+    """torch.compile the model's passes: the methods whose descriptor compiles (ce, focal,
+    class-balanced, and the weighting methods with method.mwnet.hypergrad=fast; see
+    docs/PERFORMANCE.md for what it gains)"""
+    warmup_epochs: int = 0
+    """plain cross-entropy for this many first epochs"""
+
+
+TEACHER = "teacher"
+"""The option group of the EMA teacher (not one method's: see :func:`builds_teacher`)."""
+
+
+def builds_teacher(descriptor: MethodDescriptor, data: Any) -> bool:
+    """The run keeps an EMA teacher: the method reads its soft labels, or it reads a meta
+    set that is picked by the teacher's losses (data.meta_source=auto)."""
+    return descriptor.reads_teacher or (
+        descriptor.reads_meta
+        and data.meta_source == "auto"
+        and data.pseudo_meta_scorer == "teacher"
+    )
+
+
+def groups_read(name: str, data: Any) -> dict[str, type]:
+    """The option groups a run of method ``name`` on ``data`` reads, ``{group: dataclass}``."""
+    descriptor = method_descriptor(name)
+    groups = dict(descriptor.options)
+    if builds_teacher(descriptor, data):
+        groups[TEACHER] = TeacherOptions
+    return groups
+
+
+def method_schema(groups: dict[str, type] | None = None) -> type:
+    """:class:`MethodConfig` with the option groups ``groups`` (default: mwnet's)."""
+    if groups is None:
+        groups = groups_read(MethodConfig.name, DataConfig())
+    return _method_schema(tuple(groups.items()))
+
+
+_SCHEMA_PREFIX = "MethodConfig__"
+
+
+@functools.cache
+def _method_schema(groups: tuple[tuple[str, type], ...]) -> type:
+    name = _SCHEMA_PREFIX + "__".join(g for g, _ in groups)
+    fields = [(g, kind, field(default_factory=kind)) for g, kind in groups]
+    schema = dataclasses.make_dataclass(name, fields, bases=(MethodConfig,))
+    schema.__module__ = __name__  # found again by name when a config is unpickled
+    return schema
+
+
+def __getattr__(name: str) -> Any:
+    """The method schema of a pickled config (one per set of option groups), rebuilt in
+    the process that unpickles it."""
+    if name.startswith(_SCHEMA_PREFIX):
+        known = all_groups()
+        groups = [g for g in name.removeprefix(_SCHEMA_PREFIX).split("__") if g]
+        if all(g in known for g in groups):
+            return _method_schema(tuple((g, known[g]) for g in groups))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _schema(groups: dict[str, type] | None = None) -> DictConfig:
+    """The typed config of a run whose method reads ``groups``."""
+    schema = OmegaConf.structured(TrainConfig)
+    schema.method = OmegaConf.structured(method_schema(groups))
+    return schema
 
 
 @dataclass
@@ -221,34 +253,19 @@ class TrainConfig:
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.dataset": ("fashion-mnist", "mnist", "cifar10", "cifar100", "folder", "list"),
-    "data.noise": (
-        "none",
-        "uniform",
-        "uniform-exclusive",
-        "flip2",
-        "pair",
-        "asymmetric-cifar10",
-        "asymmetric-cifar100",
-        "asymmetric-fashion-mnist",
-        "matrix",
-    ),
-    "data.imbalance_profile": ("exp", "step"),
+    "data.dataset": (*DATASET_NAMES, "folder", "list"),
+    "data.noise": ("none", *NOISE_TYPES),
+    "data.imbalance_profile": PROFILES,
     "data.meta_source": ("clean", "auto"),
     "data.pseudo_meta_scorer": ("teacher", "model"),
     "data.normalize": ("auto", "imagenet", "none"),
     "data.pad_mode": ("reflect", "zero"),
     "optim.schedule": ("multistep", "cosine", "constant"),
-    "method.name": METHODS,
-    "method.hypergrad": ("fast", "reverse", "head", "partial"),
-    "method.normalize": ("sum", "sum-detached", "mean", "none"),
-    "method.virtual_step": ("sgd", "optimizer"),
-    "method.weight_optimizer": ("adam", "sgd"),
-    "method.weight_init": WEIGHT_INITS,
-    "method.cb_loss": ("ce", "focal"),
     "amp": ("none", "bf16", "fp16"),
     "distributed.backend": ("auto", "nccl", "gloo"),
 }
+"""Valid values of the string keys outside the method's option groups (those are typed
+with ``Literal`` in the method modules; ``method.name`` is a registered method)."""
 
 
 def _presets_dir():
@@ -282,8 +299,9 @@ def _read_preset(name: str, seen: tuple[str, ...] = ()) -> DictConfig:
 
 
 def valid_keys(node: Any = None, prefix: str = "") -> list[str]:
-    """Every settable dotted key, for error messages and documentation."""
-    node = OmegaConf.structured(TrainConfig) if node is None else node
+    """Every settable dotted key (the option groups of every method), for error messages
+    and documentation."""
+    node = _schema(all_groups()) if node is None else node
     keys = []
     for key in node:
         value = node[key] if not OmegaConf.is_missing(node, key) else None
@@ -295,22 +313,188 @@ def valid_keys(node: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
+def all_groups() -> dict[str, type]:
+    """Every option group of every registered method, and the teacher's."""
+    return {**option_groups(), TEACHER: TeacherOptions}
+
+
+def _group_readers(group: str) -> str:
+    if group == TEACHER:
+        teacher = [n for n in method_names() if method_descriptor(n).reads_teacher]
+        return (
+            f"{', '.join(teacher)}, and with data.meta_source=auto and "
+            "data.pseudo_meta_scorer=teacher any method reading a meta set"
+        )
+    return ", ".join(readers(group))
+
+
+def _upgrade_method(method: Any, notes: list[str] | None = None) -> dict[str, Any]:
+    """A ``method`` mapping with the flat keys of earlier versions moved into their groups
+    (every group a flat key may belong to: the unread ones are dropped later); ``notes``
+    collects the flat keys found."""
+    if not isinstance(method, dict):
+        return method
+    out: dict[str, Any] = {}
+    for key, value in method.items():
+        if key in FLAT_KEYS:
+            for target in FLAT_KEYS[key]:
+                group, option = target.split(".")
+                if not isinstance(out.get(group), dict):
+                    out[group] = {}
+                out[group][option] = value
+            if notes is not None:
+                notes.append(key)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _keep_read_groups(
+    method: Any, read: dict[str, type], name: str, strict: bool, flat: tuple[str, ...] = ()
+) -> None:
+    """Drop the option groups in ``method`` that method ``name`` does not read; with
+    ``strict`` (keys the user gave for this run) a set key of one is an error naming the
+    methods that read it (``flat``: flat keys given, named as typed)."""
+    if not isinstance(method, dict):
+        return
+    known = all_groups()
+    for group in [g for g in method if g in known and g not in read]:
+        given = method.pop(group)
+        if not strict or given is None or given == {}:
+            continue
+        option = next(iter(given)) if isinstance(given, dict) else None
+        key = f"method.{group}" + (f".{option}" if option else "")
+        typed = [f for f in flat if f"{group}.{option}" in FLAT_KEYS[f]]
+        if typed:
+            others = [t for t in FLAT_KEYS[typed[0]] if t.split(".")[0] in read]
+            if others:  # a flat key another group of the chosen method takes
+                continue
+            key = f"method.{typed[0]} (now {key})"
+        raise ConfigError(
+            f"{key} is read by {_group_readers(group)}, not by method.name={name}; drop it "
+            "or choose one of those methods"
+        )
+
+
+def _final(layers: list[dict[str, Any]], dotted: str, default: Any) -> Any:
+    """The value ``dotted`` ends with after the layers are merged in order."""
+    value = default
+    for layer in layers:
+        node: Any = layer
+        for part in dotted.split("."):
+            node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
+        if node is not _UNSET:
+            value = node
+    return value
+
+
+_UNSET = object()
+
+
+def _resolve(layers: list[tuple[dict[str, Any], bool]], flat: tuple[str, ...] = ()) -> Any:
+    """Merge config layers (``(mapping, strict)``, in order) onto the schema of the method
+    they choose, keeping only the option groups it reads (see :func:`_keep_read_groups`)."""
+    plain = [layer for layer, _ in layers]
+    name = _final(plain, "method.name", MethodConfig.name)
+    names = method_names()
+    if name not in names:
+        hint = _did_you_mean(str(name), list(names))
+        raise ConfigError(
+            f"method.name={name!r} is not valid{hint}; choose one of {', '.join(names)}"
+        )
+    defaults = DataConfig()
+    data = types.SimpleNamespace(
+        meta_source=_final(plain, "data.meta_source", defaults.meta_source),
+        pseudo_meta_scorer=_final(plain, "data.pseudo_meta_scorer", defaults.pseudo_meta_scorer),
+    )
+    read = groups_read(str(name), data)
+    for layer, strict in layers:
+        _keep_read_groups(layer.get("method"), read, str(name), strict, flat)
+    return OmegaConf.merge(_schema(read), *(OmegaConf.create(layer) for layer in plain))
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    """A config layer as plain containers, its method keys in the grouped layout."""
+    layer = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+    layer = dict(layer)
+    if "method" in layer:
+        layer["method"] = _upgrade_method(layer["method"])
+    return layer
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config as plain containers (a checkpoint's), in the grouped layout
+    whatever layout it was saved in, with only the groups its method reads."""
+    layer = _plain(saved)
+    try:
+        return OmegaConf.to_container(_resolve([(layer, False)]), resolve=True)  # type: ignore[return-value]
+    except (ConfigError, OmegaConfBaseException):
+        return layer
+
+
+def read_overrides(overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """``overrides`` without the keys of option groups that the method they choose
+    (``method.name=...``, default mwnet) does not read: for lists of overrides shared by
+    runs of several methods (the suite's grid), applied like a preset."""
+    given = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False)
+    name = _final([given], "method.name", MethodConfig.name)  # type: ignore[list-item]
+    defaults = DataConfig()
+    data = types.SimpleNamespace(
+        meta_source=_final([given], "data.meta_source", defaults.meta_source),  # type: ignore[list-item]
+        pseudo_meta_scorer=_final([given], "data.pseudo_meta_scorer", defaults.pseudo_meta_scorer),  # type: ignore[list-item]
+    )
+    read = groups_read(str(name), data)
+    unread = set(all_groups()) - set(read)
+    return tuple(
+        o
+        for o in overrides
+        if o.split("=", 1)[0].split(".")[:2] not in [["method", g] for g in unread]
+    )
+
+
+def check_groups_read(overrides: list[str] | tuple[str, ...], names: list[str], data: Any) -> None:
+    """Every option group ``overrides`` set is read by one of the methods ``names`` (runs
+    of several methods sharing overrides, each reading its own groups).
+
+    Raises:
+        ConfigError: naming the key and the methods that read it.
+    """
+    given = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False)
+    method = _upgrade_method(given.get("method")) if isinstance(given, dict) else None
+    if not isinstance(method, dict):
+        return
+    read = {g for n in names for g in groups_read(n, data)}
+    for group in method:
+        if group in all_groups() and group not in read:
+            raise ConfigError(
+                f"method.{group} is read by {_group_readers(group)}, and none of "
+                f"{', '.join(names)} reads it; drop it or add one of those methods"
+            )
+
+
 def load_config(
     preset: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     base: Path | None = None,
+    defaults: list[str] | tuple[str, ...] = (),
 ) -> Any:
     """Resolve a preset plus ``key=value`` overrides into a validated :class:`TrainConfig`.
 
     ``base`` starts from a saved config instead (another run's ``config.yaml``), without
-    its ``name``, so that the new run gets a directory of its own.
+    its ``name``, so that the new run gets a directory of its own. ``defaults`` are
+    ``key=value`` overrides applied like a preset, before ``overrides``: keys of option
+    groups the chosen method does not read are dropped (a recipe's, or those shared by
+    the runs of several methods). An override in the flat
+    layout of earlier versions (``method.normalize=mean``) is applied as its grouped key
+    (``method.mwnet.normalize``), with a one-line note on stderr.
     """
-    schema = OmegaConf.structured(TrainConfig)
-    bad = [o for o in overrides if "=" not in o]
+    bad = [o for o in (*defaults, *overrides) if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad[0]!r}")
     try:
-        layers = [schema]
+        layers: list[tuple[dict[str, Any], bool]] = []
         if base is not None:
             if not Path(base).is_file():
                 raise ConfigError(f"--config {base}: no such file")
@@ -321,20 +505,33 @@ def load_config(
             if not isinstance(saved, DictConfig):
                 raise ConfigError(f"--config {base}: expected a mapping of config keys")
             saved.pop("name", None)
-            layers.append(saved)
+            layers.append((_plain(saved), False))
         if preset is not None:
-            layers.append(_read_preset(preset))
-            layers.append(OmegaConf.create({"preset": preset}))
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.merge(*layers)
+            layers.append((_plain(_read_preset(preset)), False))
+            layers.append(({"preset": preset}, False))
+        flat: list[str] = []
+        for dotlist, strict in ((defaults, False), (overrides, True)):
+            given = OmegaConf.to_container(OmegaConf.from_dotlist(list(dotlist)), resolve=False)
+            if isinstance(given, dict) and isinstance(given.get("method"), dict):
+                given["method"] = _upgrade_method(given["method"], flat)
+            layers.append((given, strict))  # type: ignore[arg-type]
+        cfg = _resolve(layers, tuple(flat))
     except OmegaConfBaseException as err:
-        raise _explain(err, overrides) from None
+        raise _explain(err, (*defaults, *overrides)) from None
+    for key in dict.fromkeys(flat):
+        now = " or ".join(f"method.{t}" for t in FLAT_KEYS[key] if t.split(".")[0] in cfg.method)
+        print(
+            f"mwnet: note: method.{key} is the old name of {now}; the flat method keys "
+            "will go in a later version",
+            file=sys.stderr,
+        )
     validate(cfg)
     return cfg
 
 
 def load_config_file(path: Path) -> Any:
-    """A resolved config saved in a run directory.
+    """A resolved config saved in a run directory (in the flat method layout of earlier
+    versions too).
 
     Raises:
         ConfigError: the file cannot be read, is not YAML, or is not a valid config (the
@@ -354,9 +551,11 @@ def load_config_file(path: Path) -> Any:
     if not isinstance(saved, DictConfig):
         raise ConfigError(f"{path} holds a YAML {type(saved).__name__}, not a config mapping")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+        cfg = _resolve([(_plain(saved), False)])
     except OmegaConfBaseException as err:
         raise ConfigError(f"{path}: {_explain(err)}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     validate(cfg)
     return cfg
 
@@ -424,6 +623,9 @@ def _field_type(key: str) -> tuple[Any, Any] | None:
         if not dataclasses.is_dataclass(node):
             return None
         found = {f.name: f for f in dataclasses.fields(node)}.get(part)
+        if found is None and node is MethodConfig and part in all_groups():
+            hint, default, node = all_groups()[part], None, all_groups()[part]
+            continue
         if found is None:
             return None
         hint = typing.get_type_hints(node)[part]
@@ -439,6 +641,8 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str:
 
 def _in_words(hint: Any) -> str | None:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
         others = [a for a in args if a is not type(None)]
         words = _in_words(others[0]) if len(others) == 1 else None
@@ -524,9 +728,10 @@ def _check_integer_ranges(cfg: Any) -> None:
             f"optim.gamma={cfg.optim.gamma} must be > 0: each milestone multiplies the "
             "learning rate by it (0.1: a tenth)"
         )
-    freeze = cfg.method.teacher_freeze_epoch
+    teacher = cfg.method.get(TEACHER)
+    freeze = None if teacher is None else teacher.freeze_epoch
     if freeze is not None and freeze < 0:
-        raise ConfigError(f"method.teacher_freeze_epoch={freeze} must be >= 0 (null: never frozen)")
+        raise ConfigError(f"method.teacher.freeze_epoch={freeze} must be >= 0 (null: never frozen)")
 
 
 def check_run_name(name: Any, key: str = "name") -> None:
@@ -564,6 +769,14 @@ def validate(cfg: Any) -> None:
     if cfg.name is not None:
         check_run_name(cfg.name)
     d, o, m = cfg.data, cfg.optim, cfg.method
+    try:
+        method = method_descriptor(str(m.name))
+    except ValueError:
+        names = method_names()
+        hint = _did_you_mean(str(m.name), list(names))
+        raise ConfigError(
+            f"method.name={m.name!r} is not valid{hint}; choose one of {', '.join(names)}"
+        ) from None
     checks = [
         (
             cfg.threads is None or cfg.threads >= 1,
@@ -578,7 +791,7 @@ def validate(cfg: Any) -> None:
         (d.val_size >= 0, "data.val_size must be >= 0 (0: no validation split)"),
         (d.meta_per_class is None or d.meta_per_class >= 1, "data.meta_per_class must be >= 1"),
         (
-            o.epochs >= 1 or (o.epochs == 0 and m.name == "finetune" and cfg.model.init_from),
+            o.epochs >= 1 or (o.epochs == 0 and method.trains_on_meta and cfg.model.init_from),
             "optim.epochs must be >= 1 (0 only for method.name=finetune with model.init_from: "
             "fine-tuning another run's model without training it further first)",
         ),
@@ -587,73 +800,23 @@ def validate(cfg: Any) -> None:
             f"optim.milestones={list(o.milestones)}: milestones are epochs, each >= 1",
         ),
         (o.lr > 0, "optim.lr must be > 0"),
-        (m.meta_interval >= 1, "method.meta_interval must be >= 1"),
-        (
-            m.partial is None or (m.name in WEIGHTING and m.hypergrad == "partial"),
-            "method.partial names the top of hypergrad=partial; set method.hypergrad=partial "
-            "(mwnet, cmwnet) or drop method.partial",
-        ),
-        (
-            not _updates_scheduled(m) or (m.name in WEIGHTING and m.meta),
-            "method.meta_interval_schedule and method.weight_net_freeze_* schedule the "
-            "weighting-net updates of mwnet and cmwnet learning their net (method.meta=true)",
-        ),
-        (
-            m.weight_net_freeze_epoch is None or m.weight_net_freeze_epoch >= 1,
-            "method.weight_net_freeze_epoch must be >= 1 (the net learns for that many "
-            "epochs); to never learn it, use method.meta=false with method.weight_net_from",
-        ),
-        (
-            m.weight_net_freeze_tolerance is None or m.weight_net_freeze_tolerance > 0,
-            "method.weight_net_freeze_tolerance must be > 0",
-        ),
-        (m.weight_clusters >= 1, "method.weight_clusters must be >= 1"),
         (m.warmup_epochs >= 0, "method.warmup_epochs must be >= 0"),
         (d.pseudo_meta_per_class >= 1, "data.pseudo_meta_per_class must be >= 1"),
-        (0.0 <= m.teacher_decay <= 1.0, "method.teacher_decay must lie in [0, 1]"),
         (
-            not m.mixup or (m.name in LABEL_CORRECTION and m.normalize == "mean"),
-            "method.mixup=true is label correction on mixed batches: it needs method.name="
-            "mwnet-sl or cmwnet-sl and method.normalize=mean",
-        ),
-        (
-            d.meta_source == "clean" or m.name != "finetune",
-            "method.name=finetune fine-tunes on a clean set, and data.meta_source=auto has "
+            d.meta_source == "clean" or not method.trains_on_meta,
+            f"method.name={m.name} fine-tunes on a clean set, and data.meta_source=auto has "
             "none; use data.meta_source=clean (or another method)",
         ),
         (
             d.meta_source == "clean" or d.dataset != "list" or not d.meta_list,
             "data.meta_list gives a clean set, but data.meta_source=auto uses none; drop one",
         ),
-        (
-            m.meta or m.weight_net_from,
-            "method.meta=false trains with a frozen weighting net, which must come from "
-            "another run: set method.weight_net_from=RUN_DIR (or its weight_net.pt)",
-        ),
-        (
-            (m.meta and not m.weight_net_from) or m.name in WEIGHTING,
-            f"method.weight_net_from and method.meta=false are for mwnet and cmwnet, not {m.name}",
-        ),
-        (
-            m.weight_init == "default" or not m.weight_net_from,
-            f"method.weight_init={m.weight_init} initialises a fresh weighting net, but "
-            "method.weight_net_from starts from a learned one; drop one of them",
-        ),
         (cfg.distributed.timeout > 0, "distributed.timeout must be > 0 seconds"),
         (
-            not (m.low_memory and m.name in WEIGHTING and m.hypergrad != "fast"),
-            "method.low_memory=true needs method.hypergrad=fast (reverse must keep the "
-            "training graph, head keeps only one already, partial keeps the bottom's "
-            "activations)",
-        ),
-        (
-            not m.compile or m.name in COMPILABLE,
-            f"method.compile=true is supported by {', '.join(COMPILABLE)}, not {m.name}",
-        ),
-        (
-            not (m.compile and m.name in WEIGHTING and m.hypergrad != "fast"),
-            f"method.compile=true with {m.name} needs method.hypergrad=fast (compiled graphs have "
-            "no double backward for reverse and no forward hooks for head and partial)",
+            not m.compile or method.compiles,
+            "method.compile=true is supported by "
+            f"{', '.join(n for n in method_names() if method_descriptor(n).compiles)}, "
+            f"not {m.name}",
         ),
         (d.noise != "matrix" or d.noise_matrix, "data.noise=matrix needs data.noise_matrix=PATH"),
         (d.dataset != "list" or d.train_list, "data.dataset=list needs data.train_list=PATH"),
@@ -663,35 +826,103 @@ def validate(cfg: Any) -> None:
             raise ConfigError(message)
     if d.noise == "none" and d.noise_rate > 0:
         raise ConfigError("data.noise_rate > 0 needs a noise type (data.noise=uniform, flip2, ...)")
-    try:
-        parse_interval_schedule(m.meta_interval_schedule)
-    except ValueError as err:
-        raise ConfigError(f"method.{err}") from None
+    _check_method_options(cfg)
     check_sync_bn_method(cfg)
 
 
-def _updates_scheduled(m: Any) -> bool:
-    return bool(m.meta_interval_schedule) or (
-        m.weight_net_freeze_epoch is not None or m.weight_net_freeze_tolerance is not None
-    )
+def _check_method_options(cfg: Any) -> None:
+    """The option groups' values that their types cannot check, and how they combine."""
+    m = cfg.method
+    w, teacher = m.get("mwnet"), m.get(TEACHER)
+    checks = []
+    if teacher is not None:
+        checks.append((0.0 <= teacher.decay <= 1.0, "method.teacher.decay must lie in [0, 1]"))
+    if m.get("cmwnet") is not None:
+        checks.append((m.cmwnet.clusters >= 1, "method.cmwnet.clusters must be >= 1"))
+    if w is not None:
+        try:
+            mode = _options(w).hypergradient(prefix="method.mwnet.")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        scheduled = bool(w.meta_interval_schedule) or (
+            w.freeze_epoch is not None or w.freeze_tolerance is not None
+        )
+        mixup = m.get("label_correction") is not None and m.label_correction.mixup
+        checks += [
+            (w.meta_interval >= 1, "method.mwnet.meta_interval must be >= 1"),
+            (
+                not scheduled or w.meta,
+                "method.mwnet.meta_interval_schedule and method.mwnet.freeze_* schedule the "
+                "updates of a weighting net that learns (method.mwnet.meta=true)",
+            ),
+            (
+                w.freeze_epoch is None or w.freeze_epoch >= 1,
+                "method.mwnet.freeze_epoch must be >= 1 (the net learns for that many "
+                "epochs); to never learn it, use method.mwnet.meta=false with "
+                "method.mwnet.net_from",
+            ),
+            (
+                w.freeze_tolerance is None or w.freeze_tolerance > 0,
+                "method.mwnet.freeze_tolerance must be > 0",
+            ),
+            (
+                w.meta or w.net_from,
+                "method.mwnet.meta=false trains with a frozen weighting net, which must come "
+                "from another run: set method.mwnet.net_from=RUN_DIR (or its weight_net.pt)",
+            ),
+            (
+                w.net_init == "default" or not w.net_from,
+                f"method.mwnet.net_init={w.net_init} initialises a fresh weighting net, but "
+                "method.mwnet.net_from starts from a learned one; drop one of them",
+            ),
+            (
+                not m.compile or mode.compiles,
+                f"method.compile=true with {m.name} needs method.mwnet.hypergrad=fast "
+                "(compiled graphs have no double backward for reverse and no forward hooks "
+                "for head and partial)",
+            ),
+            (
+                not mixup or w.normalize == "mean",
+                "method.label_correction.mixup=true is label correction on mixed batches: it "
+                "needs method.mwnet.normalize=mean",
+            ),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if w is not None:
+        try:
+            parse_interval_schedule(w.meta_interval_schedule)
+        except ValueError as err:
+            raise ConfigError(f"method.mwnet.{err}") from None
+
+
+def _options(node: Any) -> Any:
+    """An option group of the config as its dataclass (to ask it, e.g. for its
+    hypergradient mode)."""
+    return OmegaConf.to_object(node)
 
 
 def check_sync_bn_method(cfg: Any) -> None:
     """torch's SyncBatchNorm has neither a forward-mode derivative (``fast``) nor a
     second-order one (``reverse``), which the exact meta gradients differentiate through."""
-    m = cfg.method
     if not cfg.distributed.sync_bn:
         return
-    if not m.meta:  # a frozen weighting net has no meta gradient
-        return
-    if m.name == "l2rw" or (m.name in WEIGHTING and m.hypergrad != "head"):
-        mode = f"method.name={m.name} with method.hypergrad={m.hypergrad}"
-        raise ConfigError(
-            f"distributed.sync_bn=true cannot be used with {mode}: that meta gradient "
-            "differentiates through BatchNorm in forward mode (fast) or twice (reverse), which "
-            "torch.nn.SyncBatchNorm does not support. Use method.hypergrad=head (mwnet), a "
-            "plain method, or drop distributed.sync_bn (each rank normalises its own shard)"
-        )
+    m = cfg.method
+    for group in method_descriptor(str(m.name)).options:
+        options = _options(m[group])
+        if not hasattr(options, "hypergradient") or not getattr(options, "meta", True):
+            continue  # a frozen weighting net has no meta gradient
+        mode = options.hypergradient()
+        if not mode.sync_bn:
+            raise ConfigError(
+                f"distributed.sync_bn=true cannot be used with method.name={m.name} with "
+                f"method.{group}.hypergrad={mode.name}: that meta gradient differentiates "
+                "through BatchNorm in forward mode (fast) or twice (reverse), which "
+                "torch.nn.SyncBatchNorm does not support. Use method.mwnet.hypergrad=head "
+                "(mwnet), a plain method, or drop distributed.sync_bn (each rank normalises "
+                "its own shard)"
+            )
 
 
 def to_yaml(cfg: Any) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from mwnet import models
@@ -36,9 +37,9 @@ from mwnet.data import (
 )
 from mwnet.data.label_edits import apply_label_edits, read_label_edits
 from mwnet.distributed import DataParallel, ShardedStream
-from mwnet.methods import CrossEntropy, Method, build_method
+from mwnet.methods import CrossEntropy, Method, build_method, method_descriptor
 from mwnet.run.weight_net_file import load_weight_net
-from mwnet.train.config import LABEL_CORRECTION, META_READERS, ConfigError
+from mwnet.train.config import ConfigError, builds_teacher
 from mwnet.train.preflight import check_model_fits
 from mwnet.train.pseudo_meta_set import PseudoMetaStream
 from mwnet.train.teacher import EmaTeacher
@@ -174,7 +175,7 @@ def _carve_from_own_labels(cfg: Any) -> bool:
     would be as noisy as they are, so it is never done. A method that needs a trusted set
     is refused; the others train on every image."""
     d = cfg.data
-    if cfg.method.name not in META_READERS:
+    if not method_descriptor(cfg.method.name).reads_meta:
         return False
     where = f"{d.root}/meta/<class>/..." if d.dataset == "folder" else "data.meta_list=FILE"
     raise ConfigError(
@@ -392,7 +393,7 @@ def check_shards(cfg: Any, data: TrainData, world_size: int) -> None:
                 f"an equal share of every batch. Choose a multiple of {world_size}"
             )
     sets = [("training", len(data.train_labels), "data.batch_size", d.batch_size)]
-    if cfg.method.name == "finetune":
+    if method_descriptor(cfg.method.name).trains_on_meta:
         sets.append(("meta", len(data.meta_labels), "data.meta_batch_size", d.meta_batch_size))
     for name, n, key, size in sets:
         last = n % size
@@ -419,12 +420,14 @@ def use_sync_bn(cfg: Any, model: nn.Module, parallel: DataParallel | None) -> nn
 
 
 def reused_weight_net(cfg: Any, num_classes: int) -> nn.Module | None:
-    """The weighting net of ``method.weight_net_from``, checked against this run."""
+    """The weighting net of ``method.mwnet.net_from``, checked against this run."""
     m = cfg.method
-    if not m.weight_net_from:
+    w = m.get("mwnet")
+    if w is None or not w.net_from:
         return None
-    saved = load_weight_net(m.weight_net_from)
-    if saved.kind != m.name.removesuffix("-sl"):
+    saved = load_weight_net(w.net_from)
+    kind = "cmwnet" if method_descriptor(m.name).class_aware else "mwnet"
+    if saved.kind != kind:
         raise ConfigError(
             f"{saved.path} holds a {saved.kind} weighting net, but method.name={m.name}; "
             f"set method.name={saved.kind} (or {saved.kind}-sl) to use it"
@@ -434,11 +437,11 @@ def reused_weight_net(cfg: Any, num_classes: int) -> nn.Module | None:
             f"{saved.path} was learned for {saved.num_classes} classes, but this data has "
             f"{num_classes}; a class-aware weighting net only applies to the same classes"
         )
-    if saved.normalize != m.normalize:
+    if saved.normalize != w.normalize:
         raise ConfigError(
-            f"{saved.path} was learned with method.normalize={saved.normalize}, but this run "
-            f"uses {m.normalize}; its weights mean the same only under the same "
-            f"normalisation: set method.normalize={saved.normalize}"
+            f"{saved.path} was learned with method.mwnet.normalize={saved.normalize}, but this "
+            f"run uses {w.normalize}; its weights mean the same only under the same "
+            f"normalisation: set method.mwnet.normalize={saved.normalize}"
         )
     return saved.net
 
@@ -491,7 +494,7 @@ class Experiment:
     def pseudo_meta(self) -> PseudoMetaStream | None:
         """The pseudo-meta stream to refill every epoch, when the method reads one."""
         stream = self.meta_batches
-        reads = self.cfg.method.name in META_READERS
+        reads = method_descriptor(self.cfg.method.name).reads_meta
         return stream if reads and isinstance(stream, PseudoMetaStream) else None
 
     def method_at(self, epoch: int) -> Method:
@@ -551,14 +554,17 @@ def build_experiment(
             else NoMetaSet()
         )
     meta_epochs = DeviceBatches(*meta_set, seed=seed + 2, indices_too=True, **shared)
-    options = {**dict(cfg.method), "epochs": int(o.epochs)}
+    described = method_descriptor(cfg.method.name)
+    options = {
+        **{group: OmegaConf.to_object(cfg.method[group]) for group in described.options},
+        "compile": bool(cfg.method.compile),
+        "epochs": int(o.epochs),
+    }
     weight_net = reused_weight_net(cfg, data.num_classes)
     teacher = None
-    reads_meta = cfg.method.name in META_READERS
-    if cfg.method.name in LABEL_CORRECTION or (
-        no_clean_set and reads_meta and d.pseudo_meta_scorer == "teacher"
-    ):
-        teacher = EmaTeacher(model, decay=float(cfg.method.teacher_decay))
+    if builds_teacher(described, d):
+        teacher = EmaTeacher(model, decay=float(cfg.method.teacher.decay))
+    soft_labels = teacher is not None and described.reads_teacher
     reducer = None if parallel is None else parallel.reducer
     warmup = CrossEntropy(model, optimizer, reducer=reducer) if cfg.method.warmup_epochs else None
     method = build_method(
@@ -570,12 +576,8 @@ def build_experiment(
         options=options,
         reducer=reducer,
         weight_net=weight_net,
-        soft_labels=(
-            teacher.soft_labels if teacher and cfg.method.name in LABEL_CORRECTION else None
-        ),
-        soft_label_model=(
-            teacher.module if teacher and cfg.method.name in LABEL_CORRECTION else None
-        ),
+        soft_labels=teacher.soft_labels if teacher and soft_labels else None,
+        soft_label_model=teacher.module if teacher and soft_labels else None,
     )
     return Experiment(
         cfg=cfg,

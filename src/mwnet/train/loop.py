@@ -253,7 +253,8 @@ class Trainer:
             torch.manual_seed(_rank_seed(int(e.cfg.seed), self.epoch, parallel.rank))
         method = e.method_at(self.epoch)
         method.begin_epoch(self.epoch)
-        teacher, freeze = e.teacher, e.cfg.method.teacher_freeze_epoch
+        teacher = e.teacher
+        freeze = None if teacher is None else e.cfg.method.teacher.freeze_epoch
         if teacher is not None and freeze is not None and self.epoch >= int(freeze):
             teacher.freeze()  # for good: saved with it, so a resumed run stays frozen
         from_meta = method.source(self.epoch) == "meta"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 RECIPES: dict[str, tuple[str, ...]] = {
     "exact": (),
-    "cheap": ("method.hypergrad=head",),
+    "cheap": ("method.mwnet.hypergrad=head",),
 }
 
 

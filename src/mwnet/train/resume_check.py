@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from mwnet.train.config import ConfigError
+from mwnet.methods import method_descriptor
+from mwnet.methods.flat_keys import FLAT_KEYS
+from mwnet.train.config import ConfigError, upgrade_config
 
 SAFE_CHANGES: dict[str, str] = {
     "optim.epochs": "train longer (or shorter, down to the epochs already done); not with "
@@ -33,7 +35,7 @@ SAFE_CHANGES: dict[str, str] = {
     "device": "where training continues (floating-point rounding may differ)",
     "threads": "CPU threads",
     "method.compile": "torch.compile of the same step (rounding may differ)",
-    "method.low_memory": "recompute instead of keep a graph (same step)",
+    "method.mwnet.low_memory": "recompute instead of keep a graph (same step)",
     "distributed.backend": "the collective backend under torchrun",
     "distributed.timeout": "how long ranks wait for each other",
 }
@@ -61,7 +63,9 @@ def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict
 
 def check_allowed(allow: Iterable[str]) -> tuple[str, ...]:
     """Validate ``--allow-change`` keys before any work: only :data:`SAFE_CHANGES` can be."""
-    keys = tuple(dict.fromkeys(k.strip() for part in allow for k in part.split(",") if k.strip()))
+    keys = tuple(
+        dict.fromkeys(_grouped(k.strip()) for part in allow for k in part.split(",") if k.strip())
+    )
     bad = [k for k in keys if k not in SAFE_CHANGES]
     if bad:
         raise ConfigError(
@@ -69,6 +73,15 @@ def check_allowed(allow: Iterable[str]) -> tuple[str, ...]:
             f"{', '.join(SAFE_CHANGES)}; for any other change start a new run (name=...)"
         )
     return keys
+
+
+def _grouped(key: str) -> str:
+    """``key`` in the grouped method layout (``method.low_memory``: the flat key of earlier
+    versions, ``method.mwnet.low_memory``)."""
+    flat = key.removeprefix("method.")
+    if key.startswith("method.") and flat in FLAT_KEYS:
+        return f"method.{FLAT_KEYS[flat][0]}"
+    return key
 
 
 def check_resume_config(
@@ -95,6 +108,7 @@ def check_resume_config(
     """
     if saved is None:
         return
+    saved = upgrade_config(dict(saved))  # a checkpoint of the flat method layout too
     changes = config_changes(saved, config_snapshot(cfg))
     if not changes:
         return
@@ -125,7 +139,7 @@ def _check_new_epochs(saved: Mapping[str, Any], cfg: Any, epochs_done: int) -> N
             f"optim.epochs={new} is below the {epochs_done} epoch(s) this run has done; keep "
             f"optim.epochs >= {epochs_done}"
         )
-    if cfg.method.name == "finetune" and epochs_done > min(old, new):
+    if method_descriptor(cfg.method.name).trains_on_meta and epochs_done > min(old, new):
         raise ConfigError(
             f"optim.epochs cannot change from {old} to {new}: this finetune run is "
             f"fine-tuning on the meta set since epoch {old + 1}; start a new run instead"
@@ -141,6 +155,22 @@ def config_fingerprint(cfg: Any) -> int:
         for key, value in _flatten(config_snapshot(cfg)).items()
         if key not in NOT_COMPARED and key not in SAFE_CHANGES
     }
+    return zlib.crc32(json.dumps(kept, sort_keys=True, default=str).encode())
+
+
+LEGACY_SAFE_CHANGES: tuple[str, ...] = ("method.low_memory",)
+"""Keys of :data:`SAFE_CHANGES` in the flat method layout of earlier versions."""
+
+
+def legacy_config_fingerprint(saved: Mapping[str, Any]) -> int | None:
+    """:func:`config_fingerprint` as earlier versions computed it, of a ``config.yaml``
+    saved in the flat method layout (``saved``: its plain contents), so the records of
+    such a run keep matching it; None for a config of the grouped layout."""
+    method = saved.get("method")
+    if not isinstance(method, Mapping) or not any(k in FLAT_KEYS for k in method):
+        return None
+    skipped = (*NOT_COMPARED, *SAFE_CHANGES, *LEGACY_SAFE_CHANGES)
+    kept = {key: value for key, value in _flatten(saved).items() if key not in skipped}
     return zlib.crc32(json.dumps(kept, sort_keys=True, default=str).encode())
 
 
