@@ -205,6 +205,9 @@ class Ledger:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._changes: dict[tuple[Path, str], tuple[dict[str, Any], dict[str, tuple]]] = {}
+        """Each record's differences from a config, kept while the record is unchanged
+        (reading a record in the current layout resolves a whole config)."""
 
     def path(self, cell: Cell) -> Path:
         return record_path(self.root, cell)
@@ -240,7 +243,11 @@ class Ledger:
         record = self.read(cell)
         if record is None:
             return None, None
-        changes = config_changes(record.get("config") or {}, config())
+        current = config()
+        key = (self.path(cell), json.dumps(current, sort_keys=True))
+        if self._changes.get(key, (None,))[0] is not record:  # the record read anew
+            self._changes[key] = (record, config_changes(record.get("config") or {}, current))
+        changes = self._changes[key][1]
         if changes:
             return None, Stale(self.path(cell), changes)
         return record_result(record), None

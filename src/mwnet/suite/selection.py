@@ -241,6 +241,7 @@ class Planner:
         self.results: dict[str, tuple[Cell, Result]] = {}
         """Every result read so far, with its cell, by the cell's label."""
         self._configs: dict[tuple[str, ...], dict] = {}
+        self._overrides: dict[tuple, tuple[str, ...]] = {}
         self.settings = list(settings)
         wanted = set(methods)
         for name in methods:  # a continuation needs the run it continues
@@ -262,8 +263,12 @@ class Planner:
             if not self.state(source_cell).finished:
                 return None
             source = str(run_dir_of(self.out, source_cell))
-        overrides = cell_overrides(self.scale, setting, method, seed, candidate, source)
-        return Cell(setting, method, seed, overrides, candidate.tag)
+        key = (setting.name, method.name, seed, candidate.overrides, source)
+        if key not in self._overrides:  # a report asks for every cell many times
+            self._overrides[key] = cell_overrides(
+                self.scale, setting, method, seed, candidate, source
+            )
+        return Cell(setting, method, seed, self._overrides[key], candidate.tag)
 
     def selection(self, setting: Setting, method: MethodSpec) -> Selection:
         if setting.fixed:

@@ -24,6 +24,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -434,16 +435,31 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
         return layer
 
 
+_CHOOSING = ("method.name", "data.meta_source", "data.pseudo_meta_scorer")
+"""The keys that decide which option groups a method reads."""
+
+
+def _choosing_keys(overrides: Sequence[str]) -> dict[str, Any]:
+    """The :data:`_CHOOSING` keys of ``overrides`` as a nested mapping. Parsing the whole
+    list with OmegaConf costs milliseconds, and the suite asks this of every cell of its
+    grid many times; only where a whole ``method``/``data`` mapping is given is the full
+    parse needed."""
+    if any(o.split("=", 1)[0] in ("method", "data") for o in overrides):
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False)  # type: ignore[return-value]
+    chosen = [o for o in overrides if o.split("=", 1)[0] in _CHOOSING]
+    return OmegaConf.to_container(OmegaConf.from_dotlist(chosen), resolve=False)  # type: ignore[return-value]
+
+
 def read_overrides(overrides: tuple[str, ...]) -> tuple[str, ...]:
     """``overrides`` without the keys of option groups that the method they choose
     (``method.name=...``, default mwnet) does not read: for lists of overrides shared by
     runs of several methods (the suite's grid), applied like a preset."""
-    given = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False)
-    name = _final([given], "method.name", MethodConfig.name)  # type: ignore[list-item]
+    given = _choosing_keys(overrides)
+    name = _final([given], "method.name", MethodConfig.name)
     defaults = DataConfig()
     data = types.SimpleNamespace(
-        meta_source=_final([given], "data.meta_source", defaults.meta_source),  # type: ignore[list-item]
-        pseudo_meta_scorer=_final([given], "data.pseudo_meta_scorer", defaults.pseudo_meta_scorer),  # type: ignore[list-item]
+        meta_source=_final([given], "data.meta_source", defaults.meta_source),
+        pseudo_meta_scorer=_final([given], "data.pseudo_meta_scorer", defaults.pseudo_meta_scorer),
     )
     read = groups_read(str(name), data)
     unread = set(all_groups()) - set(read)
