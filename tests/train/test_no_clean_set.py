@@ -10,6 +10,7 @@ import torch
 from fake_data import write_idx
 
 from mwnet.cli import main
+from mwnet.data import preparation
 from mwnet.methods import method_descriptor
 from mwnet.run import load_checkpoint, read_jsonl
 from mwnet.train import experiment, loop
@@ -63,7 +64,7 @@ def no_meta_split(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("meta_split was called with data.meta_source=auto")
 
-    monkeypatch.setattr(experiment, "meta_split", refuse)
+    monkeypatch.setattr(preparation, "meta_split", refuse)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Data layer: dataset sources, label corruption, long tail, meta split, device batching.
+"""Data layer: dataset sources, label corruption, long tail, meta split, device batching,
+and :func:`prepare`, which assembles a run's data from its ``data.*`` config.
 
 Everything here is a pure function of its inputs and a seed, or an iterator whose
 randomness is a seeded generator with a resumable state, so that a run can always say
@@ -33,8 +34,10 @@ from mwnet.data.long_tail import long_tail_counts, long_tail_indices
 from mwnet.data.meta_split import default_meta_per_class, meta_split
 from mwnet.data.mnist import FASHION_MNIST, FASHION_MNIST_CLASSES, MNIST, load_idx_dataset
 from mwnet.data.paths import cache_dir, search_dirs
+from mwnet.data.preparation import prepare
 from mwnet.data.pseudo_meta import PseudoMeta, pseudo_meta_precision, select_pseudo_meta
 from mwnet.data.sources import DATASET_NAMES, load_dataset
+from mwnet.data.train_data import TrainData
 from mwnet.data.val_split import val_split
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "ImageDataset",
     "Normalize",
     "PseudoMeta",
+    "TrainData",
     "cache_dir",
     "corrupt_labels",
     "default_meta_per_class",
@@ -74,6 +78,7 @@ __all__ = [
     "long_tail_indices",
     "md5_of",
     "meta_split",
+    "prepare",
     "pseudo_meta_precision",
     "read_idx",
     "safe_extract",

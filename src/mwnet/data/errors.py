@@ -19,3 +19,15 @@ class DatasetError(DataError):
     because the usual fix (re-download, point ``MWNET_DATA`` elsewhere) depends on which
     file is at fault.
     """
+
+
+class ConfigError(ValueError):
+    """A preset, override or value that cannot be used, with the valid choices.
+
+    Raised by every layer that checks the config: the schema (:mod:`mwnet.config`, which
+    re-exports it), the experiment builder, and the data preparation here
+    (:func:`mwnet.data.prepare`), whose checks name ``data.*`` keys. It lives in the lowest
+    of those layers so that all of them raise the one class without data/ importing the
+    layers above it. Not a :class:`DataError`: a config that cannot be used is not a
+    damaged file.
+    """

@@ -35,16 +35,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mwnet.data.corruption import NOISE_TYPES
+from mwnet.data.errors import ConfigError
 from mwnet.data.long_tail import PROFILES
 from mwnet.data.sources import DATASET_NAMES
 from mwnet.methods.descriptor import MethodDescriptor
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.meta_schedule import parse_interval_schedule
 from mwnet.methods.registry import method_descriptor, method_names, option_groups, readers
-
-
-class ConfigError(ValueError):
-    """A preset, override or value that cannot be used, with the valid choices."""
 
 
 @dataclass

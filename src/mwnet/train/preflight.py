@@ -27,7 +27,7 @@ def check_model_fits(
     model_name: str,
 ) -> None:
     """Raise a :class:`ConfigError` naming the fix if ``model`` cannot train on ``data``
-    (a :class:`~mwnet.train.experiment.TrainData`): every set with the training images'
+    (a :class:`~mwnet.data.TrainData`): every set with the training images'
     shape, and one training image in, one score per class out."""
     shape = tuple(data.train_images.shape[1:])
     for name in ("meta", "test"):
