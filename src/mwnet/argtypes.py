@@ -1,9 +1,11 @@
 """Argument types shared by the command-line parsers: argparse calls them on the text and
-turns their ArgumentTypeError into a usage error naming the option."""
+turns their ArgumentTypeError into a usage error naming the option. Also the default
+action of a command group called without a subcommand (``mwnet``, ``mwnet bench``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 
 
@@ -37,3 +39,13 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def print_help_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """For a command group called without a subcommand: show its help, exit 2."""
+
+    def show(_: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
