@@ -41,7 +41,7 @@ def jobs(out: Path, settings: list[str], modes: list[str]) -> list[tuple[Path, l
 TRAIN_TO_END = (
     "import sys\n"
     "from mwnet.train import loop\n"
-    "from mwnet.train.config import load_config\n"
+    "from mwnet.config import load_config\n"
     "loop.train_to_end(load_config(None, sys.argv[1:]))\n"
 )
 """Start, resume or only read the run, refusing a directory that holds another config."""

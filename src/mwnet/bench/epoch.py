@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from mwnet.bench.step import device_name, load_average
+from mwnet.config import load_config
 from mwnet.data import DatasetError
 from mwnet.methods import method_descriptor
 from mwnet.suite.grid import FULL, METHOD_NAMES, cells
-from mwnet.train.config import load_config
 from mwnet.train.experiment import build_experiment, prepare_data
 from mwnet.train.loop import Trainer
 

@@ -79,9 +79,9 @@ def write_report(
     from mwnet.data.label_edits import ISSUES_FILE
     from mwnet.label_issues.montage import MONTAGE_FILE, suspicious_images, write_montage
     from mwnet.label_issues.report import SUMMARY_FILE, find_label_issues
-    from mwnet.train import loop
+    from mwnet.run.saved_config import run_config
 
-    cfg = loop.run_config(run_dir)
+    cfg = run_config(run_dir)
     issues = find_label_issues(run_dir, signal=signal, threshold=threshold)
     out.mkdir(parents=True, exist_ok=True)
     issues.write_csv(out / ISSUES_FILE)
@@ -100,7 +100,7 @@ def write_report(
 
 def run_issues(args: argparse.Namespace) -> int:
     from mwnet.data.label_edits import ISSUES_FILE
-    from mwnet.train import loop
+    from mwnet.run.saved_config import CONFIG_FILE
 
     run_dir, out = args.run_dir, args.out or args.run_dir
     issues, written = write_report(
@@ -109,7 +109,7 @@ def run_issues(args: argparse.Namespace) -> int:
     print(issues.headline())
     print(f"  wrote {', '.join(str(p) for p in written)}")
     csv_file = out / ISSUES_FILE
-    config = run_dir / loop.CONFIG
+    config = run_dir / CONFIG_FILE
     print(
         f"  train without them: mwnet train --config {config} data.exclude={csv_file}\n"
         f"  or with the likely labels: mwnet train --config {config} data.relabel={csv_file}"

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mwnet.run.checkpoint import CHECKPOINT_FILE
 from mwnet.run.records import PATHS_FILE, paths_fingerprint, read_paths
 
 RUN_KEYS = ("run_epoch", "run_seed", "run_config_crc", "run_data_crc")
@@ -35,11 +36,12 @@ def check_signals_of_run(run_dir: Path, path: Path, extra: dict[str, np.ndarray]
             f"{path} names no run (written by an older mwnet), so whether it is this run's "
             "cannot be checked"
         ]
-    from mwnet.train import loop, resume_check
+    from mwnet.run.fingerprint import config_fingerprint
+    from mwnet.run.saved_config import run_config
 
-    cfg = loop.run_config(run_dir)
+    cfg = run_config(run_dir)
     seed, config_crc = int(extra["run_seed"]), int(extra["run_config_crc"])
-    if config_crc not in (resume_check.config_fingerprint(cfg), _flat_fingerprint(run_dir)):
+    if config_crc not in (config_fingerprint(cfg), _flat_fingerprint(run_dir)):
         what = (
             f"seed {seed} there, {int(cfg.seed)} in config.yaml"
             if seed != int(cfg.seed)
@@ -63,13 +65,13 @@ def check_signals_of_run(run_dir: Path, path: Path, extra: dict[str, np.ndarray]
         raise ValueError(
             f"{path} was recorded on other data than this run's checkpoint was trained on "
             f"(data fingerprint {int(extra['run_data_crc']):08x} there, {int(data_crc):08x} "
-            f"in {loop.CHECKPOINT}): put back the {path.name} this run wrote, or train this "
+            f"in {CHECKPOINT_FILE}): put back the {path.name} this run wrote, or train this "
             "run again"
         )
     recorded = int(extra["run_epoch"])
     if epoch is not None and int(epoch) != recorded:
         raise ValueError(
-            f"{path} is of epoch {recorded} of the run, but its {loop.CHECKPOINT} is of "
+            f"{path} is of epoch {recorded} of the run, but its {CHECKPOINT_FILE} is of "
             f"epoch {int(epoch)}: the file is left from another state of the run (the run "
             f"stopped while saving, or the file was copied back); resume the run (mwnet "
             f"train --resume {run_dir}) to write it again"
@@ -82,21 +84,21 @@ def _flat_fingerprint(run_dir: Path) -> int | None:
     earlier versions, as those versions recorded it."""
     import yaml
 
-    from mwnet.train import loop, resume_check
+    from mwnet.run.fingerprint import legacy_config_fingerprint
+    from mwnet.run.saved_config import CONFIG_FILE
 
     try:
-        saved = yaml.safe_load((run_dir / loop.CONFIG).read_text())
+        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return resume_check.legacy_config_fingerprint(saved) if isinstance(saved, dict) else None
+    return legacy_config_fingerprint(saved) if isinstance(saved, dict) else None
 
 
 def _checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The run's checkpoint state, or None where the run directory keeps none."""
     from mwnet.run import load_checkpoint
-    from mwnet.train import loop
 
-    checkpoint = run_dir / loop.CHECKPOINT
+    checkpoint = run_dir / CHECKPOINT_FILE
     return load_checkpoint(checkpoint) if checkpoint.is_file() else None
 
 

@@ -71,8 +71,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from mwnet import distributed
+    from mwnet.config import load_config
     from mwnet.train import loop
-    from mwnet.train.config import load_config
     from mwnet.train.recipes import RECIPES
 
     if args.resume is not None:
@@ -310,7 +310,7 @@ def add_presets(sub: argparse._SubParsersAction) -> None:
 
 
 def run_presets(args: argparse.Namespace) -> int:
-    from mwnet.train.config import preset_description, preset_names
+    from mwnet.config import preset_description, preset_names
 
     names = preset_names()
     width = max(len(n) for n in names)
@@ -333,9 +333,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from mwnet.config import load_config_file
     from mwnet.run import load_checkpoint
     from mwnet.train import loop
-    from mwnet.train.config import load_config_file
     from mwnet.train.experiment import build_experiment
 
     config = args.run_dir / loop.CONFIG

@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mwnet.config import check_groups_read, check_run_name, load_config, to_yaml
 from mwnet.methods import method_descriptor, method_names
 from mwnet.run.records import read_json, read_jsonl, write_json
-from mwnet.train.config import check_groups_read, check_run_name, load_config, to_yaml
 
 COMPARISON_FILE = "comparison.json"
 
@@ -230,7 +230,7 @@ def without_flagged(cfg: Any, issues_csv: Path) -> Any:
     label-issue report flagged: ``data.exclude`` set, a run directory of its own."""
     from omegaconf import OmegaConf
 
-    from mwnet.train.config import validate
+    from mwnet.config import validate
 
     name = f"{cfg.method.name}-without-flagged"
     # unattended: a class flagged whole keeps its samples (with a warning), not an error

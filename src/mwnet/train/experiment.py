@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mwnet import models
+from mwnet.config import ConfigError, builds_teacher
 from mwnet.data import (
     CIFAR_NORMALIZE,
     Augment,
@@ -28,7 +29,6 @@ from mwnet.data import (
 from mwnet.distributed import DataParallel, ShardedStream
 from mwnet.methods import CrossEntropy, Method, build_method, method_descriptor
 from mwnet.run.weight_net_file import load_weight_net
-from mwnet.train.config import ConfigError, builds_teacher
 from mwnet.train.preflight import check_model_fits
 from mwnet.train.pseudo_meta_set import PseudoMetaStream
 from mwnet.train.teacher import EmaTeacher

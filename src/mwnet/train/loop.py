@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 import mwnet
+from mwnet.config import load_config_file, to_yaml
 from mwnet.core.checks import NonFiniteError
 from mwnet.data import pseudo_meta_precision, select_pseudo_meta
 from mwnet.distributed import DataParallel, FaultHook
@@ -48,18 +49,19 @@ from mwnet.run import (
     write_weight_function,
 )
 from mwnet.run.atomic import atomic_write
+from mwnet.run.checkpoint import CHECKPOINT_FILE
 from mwnet.run.claim import RunClaim, RunDirBusy, RunDirError, claim_fresh, claim_run_dir
 from mwnet.run.records import PATHS_FILE, paths_fingerprint, write_paths
+from mwnet.run.saved_config import CONFIG_FILE, run_config
 from mwnet.run.signals import SIGNALS_FILE, EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import WEIGHT_NET_FILE, save_weight_net
 from mwnet.train import resume_check
-from mwnet.train.config import load_config_file, to_yaml
 from mwnet.train.evaluate import accuracy, per_sample, predict
 from mwnet.train.experiment import Experiment, build_experiment
 from mwnet.train.pseudo_meta_set import score_training_set
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.yaml"
+CHECKPOINT = CHECKPOINT_FILE
+CONFIG = CONFIG_FILE
 METRICS = "metrics.jsonl"
 _STARTED_FILES = (CONFIG, PATHS_FILE, METRICS)
 """What a new run's directory may hold when it stops before its first checkpoint (a
@@ -770,14 +772,6 @@ def start(
         raise
     trainer.claim = claim
     return trainer, run_dir
-
-
-def run_config(run_dir: Path) -> Any:
-    """The saved config of the run directory ``run_dir``."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG} in it)")
-    return load_config_file(run_dir / CONFIG)
 
 
 def restore(

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mwnet.config import ConfigError
 from mwnet.data import Normalize, to_float
-from mwnet.train.config import ConfigError
 
 
 def check_model_fits(

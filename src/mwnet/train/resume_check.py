@@ -9,50 +9,46 @@ with and a fingerprint of its data, and a resume compares both with what it is a
 run. A difference is refused with the changed keys named, except for the keys in
 :data:`SAFE_CHANGES`, which the user may allow explicitly (``mwnet train --resume RUN
 --allow-change KEY``) because they change how the run continues, not what it has done.
+The fingerprints and :data:`SAFE_CHANGES` live in :mod:`mwnet.run.fingerprint` (the
+run-directory layer, which the label-issue report reads too) and are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import torch
-from omegaconf import OmegaConf
-
+from mwnet.config import ConfigError, upgrade_config
 from mwnet.methods import method_descriptor
 from mwnet.methods.flat_keys import FLAT_KEYS
-from mwnet.train.config import ConfigError, upgrade_config
+from mwnet.run.fingerprint import (
+    LEGACY_SAFE_CHANGES,
+    NOT_COMPARED,
+    SAFE_CHANGES,
+    config_fingerprint,
+    config_snapshot,
+    data_fingerprint,
+    flatten,
+    legacy_config_fingerprint,
+)
 
-SAFE_CHANGES: dict[str, str] = {
-    "optim.epochs": "train longer (or shorter, down to the epochs already done); not with "
-    "optim.schedule=cosine, whose curve is fitted to the old length",
-    "eval_train": "what is measured after each epoch",
-    "data.eval_batch_size": "evaluation batch size (same scores)",
-    "data.root": "where the dataset files are (the data itself is checked)",
-    "data.download": "whether missing dataset files may be downloaded",
-    "device": "where training continues (floating-point rounding may differ)",
-    "threads": "CPU threads",
-    "method.compile": "torch.compile of the same step (rounding may differ)",
-    "method.mwnet.low_memory": "recompute instead of keep a graph (same step)",
-    "distributed.backend": "the collective backend under torchrun",
-    "distributed.timeout": "how long ranks wait for each other",
-}
-"""Keys a resumed run may change with ``--allow-change KEY``, and what each one changes."""
-
-NOT_COMPARED: tuple[str, ...] = ("description", "name", "out_dir")
-"""Where the run directory was created and what it is called: no effect on training."""
-
-
-def config_snapshot(cfg: Any) -> dict[str, Any]:
-    """The resolved config as plain containers, as stored in a checkpoint."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+__all__ = [
+    "LEGACY_SAFE_CHANGES",
+    "NOT_COMPARED",
+    "SAFE_CHANGES",
+    "check_allowed",
+    "check_resume_config",
+    "config_changes",
+    "config_fingerprint",
+    "config_snapshot",
+    "data_fingerprint",
+    "legacy_config_fingerprint",
+]
 
 
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
     """``{dotted key: (saved value, current value)}`` for every leaf that differs."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     missing = "<unset>"
     return {
         key: (old.get(key, missing), new.get(key, missing))
@@ -144,56 +140,6 @@ def _check_new_epochs(saved: Mapping[str, Any], cfg: Any, epochs_done: int) -> N
             f"optim.epochs cannot change from {old} to {new}: this finetune run is "
             f"fine-tuning on the meta set since epoch {old + 1}; start a new run instead"
         )
-
-
-def config_fingerprint(cfg: Any) -> int:
-    """A CRC-32 of what the resolved config says a run trains: every key but
-    :data:`NOT_COMPARED` and :data:`SAFE_CHANGES` (which a resumed run may change), so a
-    record made by the run keeps matching its ``config.yaml`` and no other run's."""
-    kept = {
-        key: value
-        for key, value in _flatten(config_snapshot(cfg)).items()
-        if key not in NOT_COMPARED and key not in SAFE_CHANGES
-    }
-    return zlib.crc32(json.dumps(kept, sort_keys=True, default=str).encode())
-
-
-LEGACY_SAFE_CHANGES: tuple[str, ...] = ("method.low_memory",)
-"""Keys of :data:`SAFE_CHANGES` in the flat method layout of earlier versions."""
-
-
-def legacy_config_fingerprint(saved: Mapping[str, Any]) -> int | None:
-    """:func:`config_fingerprint` as earlier versions computed it, of a ``config.yaml``
-    saved in the flat method layout (``saved``: its plain contents), so the records of
-    such a run keep matching it; None for a config of the grouped layout."""
-    method = saved.get("method")
-    if not isinstance(method, Mapping) or not any(k in FLAT_KEYS for k in method):
-        return None
-    skipped = (*NOT_COMPARED, *SAFE_CHANGES, *LEGACY_SAFE_CHANGES)
-    kept = {key: value for key, value in _flatten(saved).items() if key not in skipped}
-    return zlib.crc32(json.dumps(kept, sort_keys=True, default=str).encode())
-
-
-def data_fingerprint(*tensors: torch.Tensor) -> int:
-    """A CRC-32 of the tensors' shapes, dtypes and bytes: equal iff the data is (up to
-    collisions) the same, so a resume notices dataset files that changed under a run."""
-    crc = 0
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        crc = zlib.crc32(f"{tuple(t.shape)}{t.dtype}".encode(), crc)
-        crc = zlib.crc32(t.view(torch.uint8).numpy().data if t.numel() else b"", crc)
-    return crc
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _describe(changes: Mapping[str, tuple]) -> str:
