@@ -11,7 +11,7 @@ mwnet knows of it.
 from mwnet.methods.base import Method, StepOutput
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
-from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor
+from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
 from mwnet.methods.l2rw import L2RW
@@ -40,6 +40,7 @@ __all__ = [
     "Method",
     "MethodContext",
     "MethodDescriptor",
+    "SamplePass",
     "StepOutput",
     "build_method",
     "method_descriptor",

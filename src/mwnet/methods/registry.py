@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import Method
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
-from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor
+from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.focal import Focal, FocalOptions
@@ -326,6 +326,11 @@ def build_method(
     weight_net: nn.Module | None = None,
     soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
     soft_label_model: nn.Module | None = None,
+    training_set: SamplePass | None = None,
+    meta_set: SamplePass | None = None,
+    new_network: Callable[[int], nn.Module] | None = None,
+    new_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    seed: int = 0,
 ) -> Method:
     """The training method ``name`` (a registered one) for ``model`` and ``optimizer``.
 
@@ -348,6 +353,13 @@ def build_method(
             ``cmwnet-sl``): a teacher's class probabilities for a batch's inputs.
         soft_label_model: the module ``soft_labels`` runs, if it has state that a step
             moves (an EMA teacher's BatchNorm statistics): restored when a step fails.
+        training_set, meta_set: per-sample passes over the training set and the trusted
+            set (:class:`~mwnet.methods.descriptor.SamplePass`), for methods that look at
+            every sample between epochs.
+        new_network: ``new_network(k)`` builds a fresh network of the model's architecture
+            (methods that train two, e.g. Co-teaching).
+        new_optimizer: an optimizer with the run's settings over the given parameters.
+        seed: the run's seed, for methods that draw their own random numbers.
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
@@ -371,5 +383,10 @@ def build_method(
         weight_net=weight_net,
         soft_labels=soft_labels,
         soft_label_model=soft_label_model,
+        training_set=training_set,
+        meta_set=meta_set,
+        new_network=new_network,
+        new_optimizer=new_optimizer,
+        seed=int(seed),
     )
     return descriptor.build(context)

@@ -55,7 +55,7 @@ from mwnet.run.weight_net_file import WEIGHT_NET_FILE, save_weight_net
 from mwnet.train import resume_check
 from mwnet.train.config import load_config_file, to_yaml
 from mwnet.train.evaluate import accuracy, per_sample, predict
-from mwnet.train.experiment import Experiment, build_experiment
+from mwnet.train.experiment import Experiment, build_experiment, build_schedule
 from mwnet.train.pseudo_meta_set import score_training_set
 
 CHECKPOINT = "checkpoint.pt"
@@ -253,11 +253,14 @@ class Trainer:
             torch.manual_seed(_rank_seed(int(e.cfg.seed), self.epoch, parallel.rank))
         method = e.method_at(self.epoch)
         method.begin_epoch(self.epoch)
+        if method.restarts_at(self.epoch):
+            self._restart_schedule()
         teacher = e.teacher
         freeze = None if teacher is None else e.cfg.method.teacher.freeze_epoch
         if teacher is not None and freeze is not None and self.epoch >= int(freeze):
             teacher.freeze()  # for good: saved with it, so a resumed run stays frozen
         from_meta = method.source(self.epoch) == "meta"
+        indexed = method is e.method and e.descriptor.reads_index and not from_meta
         batches = e.meta_epochs if from_meta else e.train_batches
         corrupted = e.data.corrupted.to(e.device)
         bar = tqdm(
@@ -273,13 +276,17 @@ class Trainer:
         for x, y, idx in bar:
             if parallel is None:
                 with _autocast(e):
-                    out = method.step(x, y)
+                    out = method.step(x, y, index=idx) if indexed else method.step(x, y)
                 losses, weights = out.losses, out.weights
             else:
                 if self.fault is not None:
                     self.fault.at(parallel.rank, method.steps_done)
                 with _autocast(e):
-                    out = method.step(parallel.shard(x), parallel.shard(y))
+                    xs, ys = parallel.shard(x), parallel.shard(y)
+                    if indexed:
+                        out = method.step(xs, ys, index=parallel.shard(idx))
+                    else:
+                        out = method.step(xs, ys)
                 losses, weights = self._gather(out.losses, out.weights, len(y))
             if teacher is not None:
                 teacher.update(e.model)
@@ -307,6 +314,17 @@ class Trainer:
                 postfix["run ETA"] = self._eta(bar.format_dict["elapsed"], stats.steps, len(bar))
             bar.set_postfix(postfix, refresh=False)
         return stats
+
+    def _restart_schedule(self) -> None:
+        """The method starts training afresh (:meth:`Method.restarts_at`): the configured
+        learning-rate schedule runs again from its first epoch, and only the epochs from
+        here on are candidates for the best epoch."""
+        e = self.exp
+        for group in e.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        e.schedule = build_schedule(e.cfg, e.optimizer)
+        self.best = {"epoch": None, "test_acc": float("-inf")}
+        self.best_val = {"epoch": None, "val_acc": float("-inf"), "test_acc": None}
 
     def _eta(self, elapsed: float, steps: int, steps_per_epoch: int) -> str:
         """Time left in the whole run: this epoch's pace for the rest of it, then the mean
@@ -569,10 +587,12 @@ class Trainer:
             start = time.perf_counter()
             picked = self._pick_pseudo_meta()
             stats = self._train_epoch()
-            if self.epoch < int(e.cfg.optim.epochs):
-                e.schedule.step()
+            if e.schedule.last_epoch < int(e.cfg.optim.epochs):
+                e.schedule.step()  # the configured epochs only, counted from a restart
             if self.parallel is not None:
                 self.parallel.average_buffers(e.model)
+                for network in e.method.networks().values():
+                    self.parallel.average_buffers(network)
                 if e.teacher is not None:
                     self.parallel.average_buffers(e.teacher.module)
             scores, seen = self._evaluate()
