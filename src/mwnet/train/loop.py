@@ -33,6 +33,7 @@ import mwnet
 from mwnet.core.checks import NonFiniteError
 from mwnet.data import pseudo_meta_precision, select_pseudo_meta
 from mwnet.distributed import DataParallel, FaultHook
+from mwnet.label_issues.weight_check import ADVICE, check_weights, curve_trend
 from mwnet.run import (
     CheckpointError,
     append_jsonl,
@@ -366,6 +367,25 @@ class Trainer:
             "meta_short_classes": short,
         }
 
+    def _check_weights(self, stats: EpochStats) -> dict[str, Any]:
+        """A weighting epoch's check of its weights against the run's own label score, and
+        the direction of its learned curve (:mod:`mwnet.label_issues.weight_check`)."""
+        if not stats.weighted_steps:
+            return {}
+        check = check_weights(self.signals, self.signals.last_weight.numpy())
+        out: dict[str, Any] = {
+            "weight_score_corr": check.correlation,
+            "weights_favour_suspects": check.favours_suspects if check.judged else None,
+        }
+        low, high = stats.loss_min, stats.loss_max
+        if low < high:
+            grid = torch.linspace(low, high, 64)
+            with torch.no_grad():
+                curve = self.exp.method.weighting_function(grid.to(self.exp.device))
+            if curve is not None:
+                out["curve_trend"] = curve_trend(grid.numpy(), curve.float().cpu().numpy())
+        return out
+
     def _gather(
         self, losses: torch.Tensor, weights: torch.Tensor | None, total: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -492,6 +512,7 @@ class Trainer:
             "ranks": 1 if self.parallel is None else self.parallel.world_size,
             "mwnet_version": mwnet.__version__,
             **self._class_clusters(),
+            **_weight_check_summary(last),
             "finished": False,
         }
 
@@ -598,6 +619,7 @@ class Trainer:
             scores, seen = self._evaluate()
             if seen is not None:
                 self.signals.record_epoch(seen)
+            scores = {**scores, **self._check_weights(stats)}
             self.last_test_acc = scores["test_acc"]
             seconds = time.perf_counter() - start
             self.wall_time += seconds
@@ -648,6 +670,11 @@ class Trainer:
                 f"WARNING: every weight was 0 on {r['zero_weight_steps']} steps, which learned "
                 "nothing from the data (the weighting net trusts no sample: its curve has "
                 "collapsed; see docs/PERFORMANCE.md)"
+            )
+        if r.get("weights_favour_suspects"):
+            parts.append(
+                f"WARNING: {ADVICE} (weights vs label score: rank correlation "
+                f"{r['weight_score_corr']:+.2f})"
             )
         if r.get("meta_size") is not None:
             right = r.get("meta_precision")
@@ -712,6 +739,21 @@ class Trainer:
             if bulk > low:
                 points.append(torch.linspace(low, bulk, 200, dtype=torch.float64))
         return torch.cat(points).unique().float()
+
+
+def _weight_check_summary(last: dict[str, Any]) -> dict[str, Any]:
+    """The last epoch's weight check for ``summary.json``, for runs that weight samples."""
+    if "weight_score_corr" not in last:
+        return {}
+    corr, flagged = last["weight_score_corr"], last.get("weights_favour_suspects")
+    check = {
+        "weight_score_corr": None if corr is None else round(float(corr), 4),
+        "curve_trend": None if last.get("curve_trend") is None else round(last["curve_trend"], 4),
+        "favours_suspect_labels": flagged,
+    }
+    if flagged:
+        check["advice"] = ADVICE
+    return {"weight_check": check}
 
 
 def _failed_write(err: OSError) -> str:
