@@ -150,9 +150,10 @@ class MethodConfig:
 
     name: str = "mwnet"
     compile: bool = False
-    """torch.compile the model's passes: the methods whose descriptor compiles (ce, focal,
-    class-balanced, and the weighting methods with method.mwnet.hypergrad=fast; see
-    docs/PERFORMANCE.md for what it gains)"""
+    """torch.compile the model's passes: the methods whose descriptor compiles (the
+    loss-only ones: ce, focal, class-balanced, gce, sce, bootstrap-hard, bootstrap-soft,
+    self-paced, mentornet-pd; and the weighting methods with method.mwnet.hypergrad=fast;
+    see docs/PERFORMANCE.md for what it gains)"""
     warmup_epochs: int = 0
     """plain cross-entropy for this many first epochs"""
 
