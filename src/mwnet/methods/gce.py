@@ -68,12 +68,12 @@ class GeneralizedCrossEntropy(PlainMethod):
     paper's truncated loss; ``StepOutput.weights`` then holds the 0/1 mask (1 = kept, and
     all ones before ``truncate_from``), and ``StepOutput.losses`` the plain CE as always.
 
-    Departures from the paper and the reference code (AlanChou/Truncated-Loss; the paper
-    has no official code):
+    Departures from the paper and from the reference implementation it is checked
+    against (AlanChou/Truncated-Loss, an unofficial one in PyTorch):
 
     * The truncation mask is taken per batch from the current step's predictions. The
       paper keeps a mask per training sample and refreshes it by a pruning pass over the
-      whole training set every 10 epochs from epoch 40 (with the best model so far); here
+      whole training set every 10 epochs from epoch 40 (with the best epoch's model); here
       there is no pruning pass, so a sample's mask follows the model step by step.
     * Before the first pruning the reference trains on L_q without truncation, and so does
       this before ``truncate_from`` (default a third of the epochs, the paper's 40 of 120).

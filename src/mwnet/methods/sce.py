@@ -33,10 +33,11 @@ class SceOptions:
     """``method.sce.*``."""
 
     alpha: float = 0.1
-    """weight of cross-entropy (the authors: 0.1 on CIFAR-10, 6.0 on CIFAR-100)"""
+    """weight of cross-entropy (the authors: 0.1 on CIFAR-10, 6.0 on CIFAR-100, 0.01 on
+    MNIST)"""
     beta: float = 1.0
-    """weight of reverse cross-entropy (the authors: 1.0 on CIFAR-10, 0.1 on CIFAR-100
-    in the paper, 1.0 in their PyTorch code's CIFAR-100 command)"""
+    """weight of reverse cross-entropy (the authors: 1.0 on CIFAR-10 and MNIST, 0.1 on
+    CIFAR-100; the PyTorch reproduction's CIFAR-100 command uses 1.0)"""
 
     def __post_init__(self) -> None:
         check_sce_weights(self.alpha, self.beta)
@@ -63,13 +64,14 @@ class SymmetricCrossEntropy(PlainMethod):
     the model disagrees with it (the mislabelled ones), while CE keeps fitting the clean
     ones fast. ``StepOutput.losses`` holds the plain CE.
 
-    Departures from the authors' code (HanxunH/SCELoss-Reproduce, ``loss.py``; also
-    YisenWang/symmetric_cross_entropy_for_noisy_labels in Keras):
+    Departures from the authors' code (YisenWang/symmetric_cross_entropy_for_noisy_labels,
+    Keras) and its PyTorch reproduction (HanxunH/SCELoss-Reproduce, ``loss.py``):
 
-    * None in the loss: it is their PyTorch code's, the softmax clamped to [1e-7, 1] in
-      the RCE term (no gradient where p_k < 1e-7) and the one-hot label to [1e-4, 1], so
-      A = log 1e-4 ≈ −9.21 — not the A = −4 the paper states. Their Keras code clamps the
-      probabilities inside the CE term instead and leaves them unclamped in RCE.
+    * The loss is the PyTorch reproduction's: the softmax clamped to [1e-7, 1] in the RCE
+      term (no gradient where p_k < 1e-7) and the one-hot label to [1e-4, 1], so
+      A = log 1e-4 ≈ −9.21 (both codes), not the A = −4 the paper states. The Keras code
+      clamps the probabilities inside the CE term instead and leaves them unclamped in
+      RCE; the two differ only where some p_k < 1e-7.
     * Their training script gives the network's fully connected block (``fc1``) weight
       decay 0.01 and the rest ``--l2_reg``; here weight decay is the optimizer's, alike
       on every parameter.
