@@ -150,9 +150,10 @@ class MethodConfig:
 
     name: str = "mwnet"
     compile: bool = False
-    """torch.compile the model's passes: the methods whose descriptor compiles (ce, focal,
-    class-balanced, and the weighting methods with method.mwnet.hypergrad=fast; see
-    docs/PERFORMANCE.md for what it gains)"""
+    """torch.compile the model's passes: the methods whose descriptor compiles (the
+    loss-only ones: ce, focal, class-balanced, gce, sce, bootstrap-hard, bootstrap-soft,
+    self-paced, mentornet-pd; and the weighting methods with method.mwnet.hypergrad=fast;
+    see docs/PERFORMANCE.md for what it gains)"""
     warmup_epochs: int = 0
     """plain cross-entropy for this many first epochs"""
 
@@ -847,8 +848,18 @@ def validate(cfg: Any) -> None:
 
 
 def _check_method_options(cfg: Any) -> None:
-    """The option groups' values that their types cannot check, and how they combine."""
+    """The option groups' values that their types cannot check, and how they combine.
+
+    Each group of the chosen method is first built as its dataclass, so that the checks an
+    options class makes of itself (``__post_init__``) refuse a bad value here, before any
+    data is read, rather than when the method is built."""
     m = cfg.method
+    for group in method_descriptor(m.name).options:
+        if m.get(group) is not None:
+            try:
+                _options(m[group])
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
     w, teacher = m.get("mwnet"), m.get(TEACHER)
     checks = []
     if teacher is not None:
