@@ -39,9 +39,9 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mwnet.data.corruption import NOISE_TYPES
 from mwnet.data.errors import ConfigError
 from mwnet.data.long_tail import PROFILES
+from mwnet.data.noise import NOISE_KINDS
 from mwnet.data.sources import DATASET_NAMES
 from mwnet.methods.descriptor import MethodDescriptor
 from mwnet.methods.flat_keys import FLAT_KEYS
@@ -152,9 +152,10 @@ class MethodConfig:
 
     name: str = "mwnet"
     compile: bool = False
-    """torch.compile the model's passes: the methods whose descriptor compiles (ce, focal,
-    class-balanced, and the weighting methods with method.mwnet.hypergrad=fast; see
-    docs/PERFORMANCE.md for what it gains)"""
+    """torch.compile the model's passes: the methods whose descriptor compiles (the
+    loss-only ones: ce, focal, class-balanced, gce, sce, bootstrap-hard, bootstrap-soft,
+    self-paced, mentornet-pd; and the weighting methods with method.mwnet.hypergrad=fast;
+    see docs/PERFORMANCE.md for what it gains)"""
     warmup_epochs: int = 0
     """plain cross-entropy for this many first epochs"""
 
@@ -257,7 +258,7 @@ class TrainConfig:
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.dataset": (*DATASET_NAMES, "folder", "list"),
-    "data.noise": ("none", *NOISE_TYPES),
+    "data.noise": ("none", *NOISE_KINDS),
     "data.imbalance_profile": PROFILES,
     "data.meta_source": ("clean", "auto"),
     "data.pseudo_meta_scorer": ("teacher", "model"),
@@ -849,8 +850,18 @@ def validate(cfg: Any) -> None:
 
 
 def _check_method_options(cfg: Any) -> None:
-    """The option groups' values that their types cannot check, and how they combine."""
+    """The option groups' values that their types cannot check, and how they combine.
+
+    Each group of the chosen method is first built as its dataclass, so that the checks an
+    options class makes of itself (``__post_init__``) refuse a bad value here, before any
+    data is read, rather than when the method is built."""
     m = cfg.method
+    for group in method_descriptor(m.name).options:
+        if m.get(group) is not None:
+            try:
+                _options(m[group])
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
     w, teacher = m.get("mwnet"), m.get(TEACHER)
     checks = []
     if teacher is not None:

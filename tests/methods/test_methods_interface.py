@@ -21,7 +21,7 @@ from rounding import gamma, relative_sum_bound
 from mwnet.methods import LABEL_CORRECTION_METHODS, METHODS, Method, StepOutput, build_method
 
 LEARNED = {"mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl"}
-WEIGHTED = {"class-balanced", "l2rw", *LEARNED}
+WEIGHTED = {"class-balanced", "l2rw", "self-paced", "mentornet-pd", *LEARNED}
 META_LOSS = {"l2rw", *LEARNED}
 
 
@@ -70,6 +70,12 @@ def _assert_weights_are_right(name: str, method, out, y: torch.Tensor) -> None:
         # at most, as the float64 values differ by 1e-15; a wrong β or class by 1e-2 and more
         torch.testing.assert_close(w, want, rtol=relative_sum_bound(1, w.dtype), atol=0)
         assert float(want.max() / want.min()) > 5  # the rare classes weigh far more
+    elif name == "self-paced":  # epoch 0 selects the lower half of the batch by loss
+        assert torch.equal(w, (out.losses <= out.losses.sort().values[4]).to(w.dtype))
+        assert float(w.sum()) == 5
+    elif name == "mentornet-pd":  # epoch 0 of 3 is in the burn-in: every sample weighs 1
+        assert torch.equal(w, torch.ones_like(w))
+        assert method.threshold > 0  # the moving average moves in the burn-in too
     elif name == "l2rw":  # max(-g, 0) normalised: sums to one, some samples dropped
         # n non-negative w_i = r_i / Σr, Σr in n − 1 roundings, one quotient each, summed in
         # n − 1 more: within γ_{2n−1} of 1 (float32, n = 10: 1.1e-6; measured 1.2e-7)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
-from method_nets import batch, build, counts, make_model, meta_stream, state
+from method_nets import assert_same, batch, build, counts, make_model, meta_stream, state
 from reliability import covers
 
 from mwnet.methods import METHODS, build_method
@@ -20,9 +22,10 @@ def _identical(a: dict, b: dict) -> None:
 @covers(
     "state damage",
     "NaN in a training batch, any method (ce, focal, class-balanced, l2rw, finetune, mwnet, "
-    "cmwnet, -sl), BatchNorm model",
+    "cmwnet, -sl, gce, sce, bootstrap-hard/-soft, self-paced, mentornet-pd), BatchNorm model",
     "FloatingPointError naming the step; parameters, running statistics and "
-    "num_batches_tracked bit-identical to before",
+    "num_batches_tracked bit-identical to before, and the method's own state (MentorNet's "
+    "moving average) unchanged",
 )
 @pytest.mark.parametrize("name", METHODS)
 def test_nan_batch_moves_no_buffer(name):
@@ -32,11 +35,12 @@ def test_nan_batch_moves_no_buffer(name):
     method.step(*batch("cnn", 0))  # running statistics and momentum exist
     x, y = batch("cnn", 1)
     x[3] = float("nan")
-    before = state(model)
+    before, before_method = state(model), copy.deepcopy(method.state_dict())
     with pytest.raises(FloatingPointError, match="at step 1"):
         method.step(x, y)
     _identical(state(model), before)
     assert method.steps_done == 1
+    assert_same(method.state_dict(), before_method, rtol=0, atol=0)
 
 
 @covers(

@@ -9,12 +9,15 @@ mwnet knows of it.
 """
 
 from mwnet.methods.base import Method, StepOutput
+from mwnet.methods.bootstrap import BootstrapHard, BootstrapSoft
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
-from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor
+from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
+from mwnet.methods.gce import GeneralizedCrossEntropy
 from mwnet.methods.l2rw import L2RW
+from mwnet.methods.mentornet import MentorNetPD
 from mwnet.methods.meta_weight_net import MetaWeightNet
 from mwnet.methods.registry import (
     LABEL_CORRECTION_METHODS,
@@ -25,22 +28,31 @@ from mwnet.methods.registry import (
     method_names,
     register_method,
 )
+from mwnet.methods.sce import SymmetricCrossEntropy
+from mwnet.methods.self_paced import SelfPaced
 
 __all__ = [
     "L2RW",
     "LABEL_CORRECTION_METHODS",
     "METHODS",
     "WEIGHTING_METHODS",
+    "BootstrapHard",
+    "BootstrapSoft",
     "ClassBalanced",
     "CrossEntropy",
     "Finetune",
     "Focal",
+    "GeneralizedCrossEntropy",
     "Knob",
+    "MentorNetPD",
     "MetaWeightNet",
     "Method",
     "MethodContext",
     "MethodDescriptor",
+    "SamplePass",
+    "SelfPaced",
     "StepOutput",
+    "SymmetricCrossEntropy",
     "build_method",
     "method_descriptor",
     "method_names",

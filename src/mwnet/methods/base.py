@@ -40,8 +40,16 @@ class Method(abc.ABC):
         self.steps_done = 0
 
     @abc.abstractmethod
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        """One optimisation step on a batch (inputs and integer labels, on the model's device)."""
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> StepOutput:
+        """One optimisation step on a batch (inputs and integer labels, on the model's device).
+
+        ``index`` holds each sample's position in the training set, for methods that keep
+        per-sample state across epochs (ELR's targets, DivideMix's clean probabilities):
+        the loop passes it for training batches when the method's descriptor says
+        ``reads_index``; others are called with ``step(x, y)``.
+        """
 
     def begin_epoch(self, epoch: int) -> None:
         """Called by the loop at the start of epoch ``epoch`` (from 0), before its steps, for
@@ -56,6 +64,21 @@ class Method(abc.ABC):
         The loop calls this at the start of every epoch, before that epoch's steps.
         """
         return "train"
+
+    def restarts_at(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (from 0) starts training afresh, after a first phase that
+        only served to estimate something (GLC's corruption matrix). The loop then runs
+        the configured learning-rate schedule again from its start and forgets the best
+        epochs so far, so that validation selects among the final phase's epochs only.
+        Called after :meth:`begin_epoch` of that epoch, which resets the model's weights."""
+        return False
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The networks the method trains besides the loop's model (Co-teaching's peer),
+        by name. They live in :meth:`state_dict`; the loop averages their BatchNorm
+        statistics over ranks each epoch, like the model's. Evaluation and the saved
+        model are the loop's model: the first network."""
+        return {}
 
     def weighting_function(self, losses: torch.Tensor) -> torch.Tensor | None:
         """The learned map from per-sample loss to weight, if the method learns one (no grad):

@@ -9,9 +9,9 @@ user's own included (:func:`mwnet.register_method`), needs no edit anywhere else
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -34,6 +34,33 @@ class Knob:
     values: tuple[float, ...] = ()
 
 
+Reduction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``reduce(logits, labels) -> (n, c)`` table of per-sample values."""
+
+
+class SamplePass(Protocol):
+    """Per-sample values of a model over a fixed set of samples (the whole training set, or
+    the trusted set), for methods that look at every sample between epochs (GLC's
+    corruption estimate, DivideMix's loss mixture, D2L's dimensionality).
+
+    A pass runs the model in eval mode (BatchNorm on running statistics) on the samples
+    without augmentation, normalised like the training batches, and restores the model's
+    mode. Under data parallelism each rank runs its contiguous shard and every rank gets
+    the whole table, so every rank makes the same decision from it.
+    """
+
+    labels: torch.Tensor
+    """The samples' labels as training sees them (the noisy ones), int64 on the CPU."""
+
+    def __len__(self) -> int: ...
+
+    def __call__(self, model: nn.Module, reduce: Reduction) -> torch.Tensor:
+        """``reduce(model(x), y)`` of every sample, in the set's order, as one float64
+        ``(n, c)`` table on the CPU. ``model`` may be any module taking the batches, e.g.
+        one that returns a network's features instead of its logits."""
+        ...
+
+
 @dataclass
 class MethodContext:
     """Everything a method may be built from; a builder takes what its descriptor says it
@@ -53,6 +80,19 @@ class MethodContext:
     weight_net: nn.Module | None = None
     soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None
     soft_label_model: nn.Module | None = None
+    training_set: SamplePass | None = None
+    """Per-sample passes over the training set (noisy labels), in training-set order: the
+    order of the ``index`` given to :meth:`Method.step`."""
+    meta_set: SamplePass | None = None
+    """Per-sample passes over the trusted (meta) set, when the run has one."""
+    new_network: Callable[[int], nn.Module] | None = None
+    """``new_network(k)``: a freshly initialised network of the model's architecture on its
+    device, the same for the same ``k`` in every run with this seed (its draw does not
+    move the global random state): Co-teaching's and DivideMix's second network."""
+    new_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None
+    """An optimizer over the given parameters with the run's settings (``optim.*``)."""
+    seed: int = 0
+    """The run's seed, for methods that draw their own random numbers."""
 
     def compiled_model(self) -> nn.Module:
         """The model, through ``torch.compile`` when ``compile`` asks for it (a plain step:
@@ -84,6 +124,9 @@ class MethodDescriptor:
     reads_teacher: bool = False
     """It reads an EMA teacher's soft labels (label correction)."""
     reads_class_counts: bool = False
+    reads_index: bool = False
+    """It keeps per-sample state across epochs: the loop passes each training batch's
+    positions in the training set to ``step`` as ``index``."""
     compiles: bool = False
     """It accepts ``method.compile`` (one forward and one backward per step, or a
     hypergradient mode that compiles)."""

@@ -79,10 +79,12 @@ class Finetune(PlainMethod):
     def batch_kind(self) -> str:
         return "meta" if self.phase == "meta" else "training"
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> StepOutput:
         if self.phase == "meta":
             self._set_lr()
-        return super().step(x, y)
+        return super().step(x, y, index)
 
     def objective(
         self, logits: torch.Tensor, losses: torch.Tensor, y: torch.Tensor

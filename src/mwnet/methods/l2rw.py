@@ -105,7 +105,9 @@ class L2RW(Method):
         self.reducer = reducer
         virtual_parameters(model, optimizer)  # fail at construction, not at the first step
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> StepOutput:
         with step_guard(self.model, enabled=self.checks):  # a failed step moves no buffer
             return self._step(x, y)
 

@@ -348,7 +348,9 @@ class MetaWeightNet(Method):
             return loss
         return mix.lam * loss + (1 - mix.lam) * F.cross_entropy(logits, y[mix.partner])
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> StepOutput:
         teacher = self.soft_label_model
         if teacher is None or not self.checks:
             return self._step(x, y)

@@ -49,6 +49,9 @@ class PlainMethod(Method):
         self.optimizer = optimizer
         self.checks = checks
         self.reducer = reducer
+        self.batch_index: torch.Tensor | None = None
+        """The training-set positions of the batch being stepped (see :meth:`Method.step`),
+        for objectives that keep per-sample state."""
 
     @abc.abstractmethod
     def objective(
@@ -60,7 +63,10 @@ class PlainMethod(Method):
         """How error messages name the batch being trained on."""
         return "training"
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> StepOutput:
+        self.batch_index = index
         with step_guard(self.model, enabled=self.checks):  # a failed step moves no buffer
             return self._step(x, y)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -12,19 +12,29 @@ from torch import nn
 from mwnet.core import ClassAwareWeightNet
 from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import Method
+from mwnet.methods.bootstrap import (
+    BootstrapHard,
+    BootstrapHardOptions,
+    BootstrapSoft,
+    BootstrapSoftOptions,
+)
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
-from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor
+from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.focal import Focal, FocalOptions
+from mwnet.methods.gce import GceOptions, GeneralizedCrossEntropy
 from mwnet.methods.l2rw import L2RW, L2RWOptions
+from mwnet.methods.mentornet import MentorNetOptions, MentorNetPD
 from mwnet.methods.meta_weight_net import (
     ClassAwareOptions,
     LabelCorrectionOptions,
     MetaWeightNet,
     WeightingOptions,
 )
+from mwnet.methods.sce import SceOptions, SymmetricCrossEntropy
+from mwnet.methods.self_paced import SelfPaced, SelfPacedOptions
 
 _REGISTRY: dict[str, MethodDescriptor] = {}
 
@@ -125,6 +135,62 @@ def _finetune(ctx: MethodContext) -> Method:
         epochs=ctx.epochs,
         finetune_epochs=o.epochs,
         finetune_lr=o.lr,
+        **ctx.common(),
+    )
+
+
+def _gce(ctx: MethodContext) -> Method:
+    o = ctx.options["gce"]
+    return GeneralizedCrossEntropy(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        q=o.q,
+        truncated=o.truncated,
+        k=o.k,
+        truncate_from=o.truncate_from,
+        epochs=ctx.epochs,
+        **ctx.common(),
+    )
+
+
+def _sce(ctx: MethodContext) -> Method:
+    o = ctx.options["sce"]
+    return SymmetricCrossEntropy(
+        ctx.compiled_model(), ctx.optimizer, alpha=o.alpha, beta=o.beta, **ctx.common()
+    )
+
+
+def _bootstrap_hard(ctx: MethodContext) -> Method:
+    o = ctx.options["bootstrap_hard"]
+    return BootstrapHard(ctx.compiled_model(), ctx.optimizer, beta=o.beta, **ctx.common())
+
+
+def _bootstrap_soft(ctx: MethodContext) -> Method:
+    o = ctx.options["bootstrap_soft"]
+    return BootstrapSoft(ctx.compiled_model(), ctx.optimizer, beta=o.beta, **ctx.common())
+
+
+def _self_paced(ctx: MethodContext) -> Method:
+    o = ctx.options["self_paced"]
+    return SelfPaced(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        start_fraction=o.start_fraction,
+        full_epoch=o.full_epoch,
+        epochs=ctx.epochs,
+        **ctx.common(),
+    )
+
+
+def _mentornet_pd(ctx: MethodContext) -> Method:
+    o = ctx.options["mentornet"]
+    return MentorNetPD(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        epochs=ctx.epochs,
+        percentile=o.percentile,
+        ema_decay=o.ema_decay,
+        burn_in_epochs=o.burn_in_epochs,
         **ctx.common(),
     )
 
@@ -271,6 +337,54 @@ for _descriptor in (
         knob=WEIGHT_LR,
         description="CMW-Net-SL: CMW-Net with label correction by an EMA teacher",
     ),
+    MethodDescriptor(
+        "gce",
+        _gce,
+        {"gce": GceOptions},
+        compiles=True,
+        knob=Knob("gce.q", "q", "GCE q", (0.7, 0.5)),
+        description="generalized cross-entropy (Zhang & Sabuncu, 2018)",
+    ),
+    MethodDescriptor(
+        "sce",
+        _sce,
+        {"sce": SceOptions},
+        compiles=True,
+        knob=Knob("sce.alpha", "alpha", "SCE alpha", (0.1, 1.0)),
+        description="symmetric cross-entropy (Wang et al., 2019)",
+    ),
+    MethodDescriptor(
+        "bootstrap-hard",
+        _bootstrap_hard,
+        {"bootstrap_hard": BootstrapHardOptions},
+        compiles=True,
+        knob=Knob("bootstrap_hard.beta", "beta", "hard bootstrap beta", (0.8, 0.6)),
+        description="hard bootstrapping (Reed et al., 2015)",
+    ),
+    MethodDescriptor(
+        "bootstrap-soft",
+        _bootstrap_soft,
+        {"bootstrap_soft": BootstrapSoftOptions},
+        compiles=True,
+        knob=Knob("bootstrap_soft.beta", "beta", "soft bootstrap beta", (0.95, 0.8)),
+        description="soft bootstrapping (Reed et al., 2015)",
+    ),
+    MethodDescriptor(
+        "self-paced",
+        _self_paced,
+        {"self_paced": SelfPacedOptions},
+        compiles=True,
+        knob=Knob("self_paced.start_fraction", "frac", "self-paced start fraction", (0.5, 0.7)),
+        description="self-paced learning (Kumar et al., 2010)",
+    ),
+    MethodDescriptor(
+        "mentornet-pd",
+        _mentornet_pd,
+        {"mentornet": MentorNetOptions},
+        compiles=True,
+        knob=Knob("mentornet.percentile", "pct", "MentorNet percentile", (0.7, 0.5)),
+        description="MentorNet, predefined curriculum (Jiang et al., 2018)",
+    ),
 ):
     register_method(_descriptor)
 
@@ -326,6 +440,11 @@ def build_method(
     weight_net: nn.Module | None = None,
     soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
     soft_label_model: nn.Module | None = None,
+    training_set: SamplePass | None = None,
+    meta_set: SamplePass | None = None,
+    new_network: Callable[[int], nn.Module] | None = None,
+    new_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    seed: int = 0,
 ) -> Method:
     """The training method ``name`` (a registered one) for ``model`` and ``optimizer``.
 
@@ -348,6 +467,13 @@ def build_method(
             ``cmwnet-sl``): a teacher's class probabilities for a batch's inputs.
         soft_label_model: the module ``soft_labels`` runs, if it has state that a step
             moves (an EMA teacher's BatchNorm statistics): restored when a step fails.
+        training_set, meta_set: per-sample passes over the training set and the trusted
+            set (:class:`~mwnet.methods.descriptor.SamplePass`), for methods that look at
+            every sample between epochs.
+        new_network: ``new_network(k)`` builds a fresh network of the model's architecture
+            (methods that train two, e.g. Co-teaching).
+        new_optimizer: an optimizer with the run's settings over the given parameters.
+        seed: the run's seed, for methods that draw their own random numbers.
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
@@ -371,5 +497,10 @@ def build_method(
         weight_net=weight_net,
         soft_labels=soft_labels,
         soft_label_model=soft_label_model,
+        training_set=training_set,
+        meta_set=meta_set,
+        new_network=new_network,
+        new_optimizer=new_optimizer,
+        seed=int(seed),
     )
     return descriptor.build(context)

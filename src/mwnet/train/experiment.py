@@ -7,6 +7,7 @@ under the same seed see identical data, split and noise.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,17 @@ from mwnet.data import (
     prepare,
 )
 from mwnet.distributed import DataParallel, ShardedStream
-from mwnet.methods import CrossEntropy, Method, build_method, method_descriptor
+from mwnet.methods import (
+    CrossEntropy,
+    Method,
+    MethodDescriptor,
+    build_method,
+    method_descriptor,
+)
 from mwnet.run.weight_net_file import load_weight_net
 from mwnet.train.preflight import check_model_fits
 from mwnet.train.pseudo_meta_set import PseudoMetaStream
+from mwnet.train.sample_pass import DatasetPass
 from mwnet.train.teacher import EmaTeacher
 
 IMAGENET_NORMALIZE = Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -85,6 +93,36 @@ def build_model(cfg: Any, data: TrainData) -> nn.Module:
         return models.build(cfg.model.name, num_classes=data.num_classes, in_channels=c, **options)
     except TypeError as err:
         raise ConfigError(f"model.options do not fit model {cfg.model.name!r}: {err}") from None
+
+
+def new_optimizer(cfg: Any, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD with the run's ``optim.*`` settings over ``parameters``."""
+    o = cfg.optim
+    return torch.optim.SGD(
+        parameters,
+        lr=o.lr,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        weight_decay=o.weight_decay,
+    )
+
+
+NETWORK_SEED_STRIDE = 1_000_003
+"""Spaces the seeds of a run's extra networks away from the seeds of nearby runs."""
+
+
+def new_network(
+    cfg: Any, data: TrainData, parallel: DataParallel | None, device: torch.device, k: int
+) -> nn.Module:
+    """Another network of the run's architecture (the ``k``-th, from 1), initialised from
+    its own seed without moving the global random state: the same in every run, rank and
+    resume with this seed. It starts fresh: ``model.init_from`` is the first network's."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"new_network(k) numbers the extra networks from 1, got {k!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed) + NETWORK_SEED_STRIDE * k)
+        network = build_model(cfg, data)
+    return use_sync_bn(cfg, network, parallel).to(device)
 
 
 def load_initial_model(cfg: Any, model: nn.Module) -> None:
@@ -231,6 +269,11 @@ class Experiment:
         return int(self.cfg.optim.epochs) + int(self.method.extra_epochs)
 
     @property
+    def descriptor(self) -> MethodDescriptor:
+        """The registered description of the run's method."""
+        return method_descriptor(self.cfg.method.name)
+
+    @property
     def pseudo_meta(self) -> PseudoMetaStream | None:
         """The pseudo-meta stream to refill every epoch, when the method reads one."""
         stream = self.meta_batches
@@ -265,14 +308,8 @@ def build_experiment(
     if cfg.model.init_from:
         load_initial_model(cfg, model)
     model = use_sync_bn(cfg, model, parallel).to(device)
+    optimizer = new_optimizer(cfg, model.parameters())
     o = cfg.optim
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=o.lr,
-        momentum=o.momentum,
-        nesterov=o.nesterov,
-        weight_decay=o.weight_decay,
-    )
     normalize = _normalization(cfg, data)
     check_model_fits(model, data, normalize, device, cfg.model.name)
     d = cfg.data
@@ -307,6 +344,8 @@ def build_experiment(
     soft_labels = teacher is not None and described.reads_teacher
     reducer = None if parallel is None else parallel.reducer
     warmup = CrossEntropy(model, optimizer, reducer=reducer) if cfg.method.warmup_epochs else None
+    passes = {"normalize": normalize, "device": device, "parallel": parallel}
+    passes["batch_size"] = int(d.eval_batch_size)
     method = build_method(
         cfg.method.name,
         model=model,
@@ -318,6 +357,11 @@ def build_experiment(
         weight_net=weight_net,
         soft_labels=teacher.soft_labels if teacher and soft_labels else None,
         soft_label_model=teacher.module if teacher and soft_labels else None,
+        training_set=DatasetPass(data.train_images, data.train_labels, **passes),
+        meta_set=DatasetPass(data.meta_images, data.meta_labels, **passes),
+        new_network=lambda k: new_network(cfg, data, parallel, device, k),
+        new_optimizer=lambda parameters: new_optimizer(cfg, parameters),
+        seed=seed,
     )
     return Experiment(
         cfg=cfg,

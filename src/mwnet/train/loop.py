@@ -34,6 +34,7 @@ from mwnet.config import load_config_file, to_yaml
 from mwnet.core.checks import NonFiniteError
 from mwnet.data import pseudo_meta_precision, select_pseudo_meta
 from mwnet.distributed import DataParallel, FaultHook
+from mwnet.label_issues.weight_check import ADVICE, check_weights, curve_trend
 from mwnet.run import (
     CheckpointError,
     append_jsonl,
@@ -57,7 +58,7 @@ from mwnet.run.signals import SIGNALS_FILE, EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import WEIGHT_NET_FILE, save_weight_net
 from mwnet.train import resume_check
 from mwnet.train.evaluate import accuracy, per_sample, predict
-from mwnet.train.experiment import Experiment, build_experiment
+from mwnet.train.experiment import Experiment, build_experiment, build_schedule
 from mwnet.train.pseudo_meta_set import score_training_set
 
 CHECKPOINT = CHECKPOINT_FILE
@@ -255,11 +256,14 @@ class Trainer:
             torch.manual_seed(_rank_seed(int(e.cfg.seed), self.epoch, parallel.rank))
         method = e.method_at(self.epoch)
         method.begin_epoch(self.epoch)
+        if method.restarts_at(self.epoch):
+            self._restart_schedule()
         teacher = e.teacher
         freeze = None if teacher is None else e.cfg.method.teacher.freeze_epoch
         if teacher is not None and freeze is not None and self.epoch >= int(freeze):
             teacher.freeze()  # for good: saved with it, so a resumed run stays frozen
         from_meta = method.source(self.epoch) == "meta"
+        indexed = method is e.method and e.descriptor.reads_index and not from_meta
         batches = e.meta_epochs if from_meta else e.train_batches
         corrupted = e.data.corrupted.to(e.device)
         bar = tqdm(
@@ -275,13 +279,17 @@ class Trainer:
         for x, y, idx in bar:
             if parallel is None:
                 with _autocast(e):
-                    out = method.step(x, y)
+                    out = method.step(x, y, index=idx) if indexed else method.step(x, y)
                 losses, weights = out.losses, out.weights
             else:
                 if self.fault is not None:
                     self.fault.at(parallel.rank, method.steps_done)
                 with _autocast(e):
-                    out = method.step(parallel.shard(x), parallel.shard(y))
+                    xs, ys = parallel.shard(x), parallel.shard(y)
+                    if indexed:
+                        out = method.step(xs, ys, index=parallel.shard(idx))
+                    else:
+                        out = method.step(xs, ys)
                 losses, weights = self._gather(out.losses, out.weights, len(y))
             if teacher is not None:
                 teacher.update(e.model)
@@ -309,6 +317,17 @@ class Trainer:
                 postfix["run ETA"] = self._eta(bar.format_dict["elapsed"], stats.steps, len(bar))
             bar.set_postfix(postfix, refresh=False)
         return stats
+
+    def _restart_schedule(self) -> None:
+        """The method starts training afresh (:meth:`Method.restarts_at`): the configured
+        learning-rate schedule runs again from its first epoch, and only the epochs from
+        here on are candidates for the best epoch."""
+        e = self.exp
+        for group in e.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        e.schedule = build_schedule(e.cfg, e.optimizer)
+        self.best = {"epoch": None, "test_acc": float("-inf")}
+        self.best_val = {"epoch": None, "val_acc": float("-inf"), "test_acc": None}
 
     def _eta(self, elapsed: float, steps: int, steps_per_epoch: int) -> str:
         """Time left in the whole run: this epoch's pace for the rest of it, then the mean
@@ -349,6 +368,25 @@ class Trainer:
             "meta_precision": precision if known else None,
             "meta_short_classes": short,
         }
+
+    def _check_weights(self, stats: EpochStats) -> dict[str, Any]:
+        """A weighting epoch's check of its weights against the run's own label score, and
+        the direction of its learned curve (:mod:`mwnet.label_issues.weight_check`)."""
+        if not stats.weighted_steps:
+            return {}
+        check = check_weights(self.signals, self.signals.last_weight.numpy())
+        out: dict[str, Any] = {
+            "weight_score_corr": check.correlation,
+            "weights_favour_suspects": check.favours_suspects if check.judged else None,
+        }
+        low, high = stats.loss_min, stats.loss_max
+        if low < high:
+            grid = torch.linspace(low, high, 64)
+            with torch.no_grad():
+                curve = self.exp.method.weighting_function(grid.to(self.exp.device))
+            if curve is not None:
+                out["curve_trend"] = curve_trend(grid.numpy(), curve.float().cpu().numpy())
+        return out
 
     def _gather(
         self, losses: torch.Tensor, weights: torch.Tensor | None, total: int
@@ -476,6 +514,7 @@ class Trainer:
             "ranks": 1 if self.parallel is None else self.parallel.world_size,
             "mwnet_version": mwnet.__version__,
             **self._class_clusters(),
+            **_weight_check_summary(last),
             "finished": False,
         }
 
@@ -571,15 +610,18 @@ class Trainer:
             start = time.perf_counter()
             picked = self._pick_pseudo_meta()
             stats = self._train_epoch()
-            if self.epoch < int(e.cfg.optim.epochs):
-                e.schedule.step()
+            if e.schedule.last_epoch < int(e.cfg.optim.epochs):
+                e.schedule.step()  # the configured epochs only, counted from a restart
             if self.parallel is not None:
                 self.parallel.average_buffers(e.model)
+                for network in e.method.networks().values():
+                    self.parallel.average_buffers(network)
                 if e.teacher is not None:
                     self.parallel.average_buffers(e.teacher.module)
             scores, seen = self._evaluate()
             if seen is not None:
                 self.signals.record_epoch(seen)
+            scores = {**scores, **self._check_weights(stats)}
             self.last_test_acc = scores["test_acc"]
             seconds = time.perf_counter() - start
             self.wall_time += seconds
@@ -630,6 +672,11 @@ class Trainer:
                 f"WARNING: every weight was 0 on {r['zero_weight_steps']} steps, which learned "
                 "nothing from the data (the weighting net trusts no sample: its curve has "
                 "collapsed; see docs/PERFORMANCE.md)"
+            )
+        if r.get("weights_favour_suspects"):
+            parts.append(
+                f"WARNING: {ADVICE} (weights vs label score: rank correlation "
+                f"{r['weight_score_corr']:+.2f})"
             )
         if r.get("meta_size") is not None:
             right = r.get("meta_precision")
@@ -694,6 +741,21 @@ class Trainer:
             if bulk > low:
                 points.append(torch.linspace(low, bulk, 200, dtype=torch.float64))
         return torch.cat(points).unique().float()
+
+
+def _weight_check_summary(last: dict[str, Any]) -> dict[str, Any]:
+    """The last epoch's weight check for ``summary.json``, for runs that weight samples."""
+    if "weight_score_corr" not in last:
+        return {}
+    corr, flagged = last["weight_score_corr"], last.get("weights_favour_suspects")
+    check = {
+        "weight_score_corr": None if corr is None else round(float(corr), 4),
+        "curve_trend": None if last.get("curve_trend") is None else round(last["curve_trend"], 4),
+        "favours_suspect_labels": flagged,
+    }
+    if flagged:
+        check["advice"] = ADVICE
+    return {"weight_check": check}
 
 
 def _failed_write(err: OSError) -> str:
