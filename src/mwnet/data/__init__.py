@@ -5,6 +5,7 @@ randomness is a seeded generator with a resumable state, so that a run can alway
 which samples were corrupted and reproduce its batches.
 """
 
+from mwnet.data.annotator_noise import corrupt_annotator
 from mwnet.data.batching import (
     CIFAR_AUGMENT,
     CIFAR_NORMALIZE,
@@ -66,6 +67,7 @@ __all__ = [
     "PseudoMeta",
     "cache_dir",
     "corrupt",
+    "corrupt_annotator",
     "corrupt_instances",
     "corrupt_labels",
     "default_meta_per_class",

@@ -15,12 +15,14 @@ import torch
 
 from mwnet.data._pixels import ImagesLike
 from mwnet.data._validate import LabelsLike
+from mwnet.data.annotator_noise import corrupt_annotator
 from mwnet.data.corruption import NOISE_TYPES, Corruption, MatrixLike, corrupt_labels
 from mwnet.data.errors import DataError
 from mwnet.data.instance_noise import corrupt_instances
 
 IMAGE_NOISE: dict[str, Callable[..., Corruption]] = {
     "instance": corrupt_instances,
+    "annotator": corrupt_annotator,
 }
 """Noise models that read the images: name -> ``f(images, labels, num_classes, rate,
 seed, index=...)``."""
