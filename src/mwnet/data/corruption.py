@@ -38,6 +38,18 @@ Noise models (``p`` is ``rate``, ``K`` the number of classes, ``J`` the all-ones
 ``matrix``
     A user matrix ``M`` (array, or a ``.npy`` / ``.csv`` path), mixed with the identity
     as ``T = (1 - p) I + p M``; pass ``rate=1.0`` to use ``M`` exactly as given.
+
+Two more noise models depend on the image, not only on its class, so no ``K x K`` matrix
+describes them and they live in their own modules; :func:`mwnet.data.corrupt` runs any of
+the models by name (``data.noise`` in a config):
+
+``instance``
+    Xia et al. (NeurIPS 2020): each sample flips with its own rate drawn around ``p``, to
+    a class chosen by a random projection of its pixels (:mod:`mwnet.data.instance_noise`).
+``annotator``
+    After Chen et al. (AAAI 2021): the ``p`` share of images a classifier trained on the
+    clean labels finds most like another class take that class's label
+    (:mod:`mwnet.data.annotator_noise`).
 """
 
 from __future__ import annotations
