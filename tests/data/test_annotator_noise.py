@@ -227,6 +227,21 @@ def test_argument_errors() -> None:
         relabel_most_confusable(np.full((3, 2), 0.5), labels, 0.5, 0)
     with pytest.raises(DataError, match="annotator noise reads the images"):
         corrupt(labels, 2, "annotator", 0.2, 0)
+    with pytest.raises(DataError, match="3 images for 4 labels"):
+        corrupt_annotator(images[:3], labels, 2, 0.0, 0)
+
+
+def test_nothing_to_relabel_trains_no_scorer(monkeypatch) -> None:
+    import mwnet.data.annotator_noise as annotator_noise
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the scorer was trained for nothing")
+
+    monkeypatch.setattr(annotator_noise, "scorer_probabilities", refuse)
+    c = corrupt_annotator(np.zeros((9, 1, 2, 2), dtype=np.uint8), [0, 1, 2] * 3, 3, 0.05, 0)
+    assert c.realized_rate == 0.0 and c.labels.tolist() == [0, 1, 2] * 3
+    empty = corrupt_annotator(np.zeros((0, 1, 2, 2), dtype=np.uint8), [], 3, 0.5, 0)
+    assert empty.labels.numel() == 0 and empty.realized_rate == 0.0
 
 
 def test_a_run_with_annotator_noise(tmp_path, write_idx_split) -> None:
