@@ -34,8 +34,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mwnet.data.corruption import NOISE_TYPES
 from mwnet.data.long_tail import PROFILES
+from mwnet.data.noise import NOISE_KINDS
 from mwnet.data.sources import DATASET_NAMES
 from mwnet.methods.descriptor import MethodDescriptor
 from mwnet.methods.flat_keys import FLAT_KEYS
@@ -256,7 +256,7 @@ class TrainConfig:
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.dataset": (*DATASET_NAMES, "folder", "list"),
-    "data.noise": ("none", *NOISE_TYPES),
+    "data.noise": ("none", *NOISE_KINDS),
     "data.imbalance_profile": PROFILES,
     "data.meta_source": ("clean", "auto"),
     "data.pseudo_meta_scorer": ("teacher", "model"),

@@ -26,7 +26,7 @@ from mwnet.data import (
     EndlessBatches,
     ImageDataset,
     Normalize,
-    corrupt_labels,
+    corrupt,
     default_meta_per_class,
     load_dataset,
     load_image_folder,
@@ -259,7 +259,16 @@ def prepare_data(cfg: Any) -> TrainData:
         )
     else:
         matrix = d.noise_matrix if d.noise == "matrix" else None
-        c = corrupt_labels(true_labels, num_classes, d.noise, float(d.noise_rate), seed, matrix)
+        c = corrupt(
+            true_labels,
+            num_classes,
+            d.noise,
+            float(d.noise_rate),
+            seed,
+            matrix=matrix,
+            images=train.images,
+            index=train_idx,
+        )
         observed, corrupted, rate = c.labels, c.corrupted, float(c.realized_rate)
     val_images = val_labels = val_index = None
     if d.val_size:
