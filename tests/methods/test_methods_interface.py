@@ -21,7 +21,7 @@ from rounding import gamma, relative_sum_bound
 from mwnet.methods import LABEL_CORRECTION_METHODS, METHODS, Method, StepOutput, build_method
 
 LEARNED = {"mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl"}
-WEIGHTED = {"class-balanced", "l2rw", *LEARNED}
+WEIGHTED = {"class-balanced", "l2rw", "co-teaching", *LEARNED}
 META_LOSS = {"l2rw", *LEARNED}
 
 
@@ -70,6 +70,10 @@ def _assert_weights_are_right(name: str, method, out, y: torch.Tensor) -> None:
         # at most, as the float64 values differ by 1e-15; a wrong β or class by 1e-2 and more
         torch.testing.assert_close(w, want, rtol=relative_sum_bound(1, w.dtype), atol=0)
         assert float(want.max() / want.min()) > 5  # the rare classes weigh far more
+    elif name == "co-teaching":  # 0/1: the samples the peer kept; every one in epoch 0
+        kept = int((1 - method.rate) * len(y))
+        assert method.rate == 0 and kept == len(y)
+        assert bool(((w == 0) | (w == 1)).all()) and int(w.sum()) == kept
     elif name == "l2rw":  # max(-g, 0) normalised: sums to one, some samples dropped
         # n non-negative w_i = r_i / Σr, Σr in n − 1 roundings, one quotient each, summed in
         # n − 1 more: within γ_{2n−1} of 1 (float32, n = 10: 1.1e-6; measured 1.2e-7)

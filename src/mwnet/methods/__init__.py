@@ -11,6 +11,7 @@ mwnet knows of it.
 from mwnet.methods.base import Method, StepOutput
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
+from mwnet.methods.co_teaching import CoTeaching
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
@@ -32,6 +33,7 @@ __all__ = [
     "METHODS",
     "WEIGHTING_METHODS",
     "ClassBalanced",
+    "CoTeaching",
     "CrossEntropy",
     "Finetune",
     "Focal",
