@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,23 @@ def fixed_soft_labels(x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(flat @ weights, dim=1)
 
 
+def new_network_like(model: nn.Module) -> Callable[[int], nn.Module]:
+    """``new_network(k)`` for the methods that train a second network: a copy of
+    ``model`` with every layer initialised afresh from seed ``k``, leaving the global
+    random state where it was (as the run's ``new_network`` does)."""
+
+    def new_network(k: int) -> nn.Module:
+        network = copy.deepcopy(model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(7919 * k)
+            for layer in network.modules():
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+        return network
+
+    return new_network
+
+
 def build(
     name: str,
     model: nn.Module,
@@ -95,6 +113,8 @@ def build(
         class_counts=counts(),
         options={"epochs": 3, **(options or {})},
         soft_labels=fixed_soft_labels if name in LABEL_CORRECTION_METHODS else None,
+        new_network=new_network_like(model),
+        new_optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum),
     )
     return optimizer, method
 

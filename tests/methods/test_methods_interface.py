@@ -21,7 +21,7 @@ from rounding import gamma, relative_sum_bound
 from mwnet.methods import LABEL_CORRECTION_METHODS, METHODS, Method, StepOutput, build_method
 
 LEARNED = {"mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl"}
-WEIGHTED = {"class-balanced", "l2rw", "self-paced", "mentornet-pd", *LEARNED}
+WEIGHTED = {"class-balanced", "l2rw", "self-paced", "mentornet-pd", "co-teaching", *LEARNED}
 META_LOSS = {"l2rw", *LEARNED}
 
 
@@ -76,6 +76,10 @@ def _assert_weights_are_right(name: str, method, out, y: torch.Tensor) -> None:
     elif name == "mentornet-pd":  # epoch 0 of 3 is in the burn-in: every sample weighs 1
         assert torch.equal(w, torch.ones_like(w))
         assert method.threshold > 0  # the moving average moves in the burn-in too
+    elif name == "co-teaching":  # 0/1: the samples the peer kept; every one in epoch 0
+        kept = int((1 - method.rate) * len(y))
+        assert method.rate == 0 and kept == len(y)
+        assert bool(((w == 0) | (w == 1)).all()) and int(w.sum()) == kept
     elif name == "l2rw":  # max(-g, 0) normalised: sums to one, some samples dropped
         # n non-negative w_i = r_i / Σr, Σr in n − 1 roundings, one quotient each, summed in
         # n − 1 more: within γ_{2n−1} of 1 (float32, n = 10: 1.1e-6; measured 1.2e-7)

@@ -1,4 +1,5 @@
-"""Sums over the ranks of a process group: the one collective data-parallel MW-Net needs.
+"""Sums over the ranks of a process group, the one collective data-parallel MW-Net needs;
+and a gather, for methods that take a decision over the global batch.
 
 Data-parallel Meta-Weight-Net cannot lean on ``DistributedDataParallel``: its gradient
 hooks fire on ``loss.backward()`` of the module, but the virtual step, the meta gradient
@@ -93,6 +94,27 @@ class GradientReducer:
         flat = torch.cat([t.reshape(-1) for t in tensors])
         summed = _SumOverRanks.apply(flat, self, category, backward_category)
         return _split(summed, tensors)
+
+    def gather(self, local: torch.Tensor, category: str) -> tuple[torch.Tensor, list[int]]:
+        """Every rank's rows of ``local`` (shape ``(n_r, ...)``; ``n_r`` may differ between
+        ranks), concatenated in rank order, on every rank, and each rank's ``n_r``: what a
+        decision over the global batch (a small-loss selection) needs, so that every rank
+        takes the same one. Not differentiable.
+
+        Two all-gathers: the row counts, then the rows padded to the largest count (the
+        padding's bytes are counted too). The rows arrive bit for bit as they were sent.
+        """
+        count = torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device)
+        counts = [torch.empty_like(count) for _ in range(self.world_size)]
+        self.counter.add(category, count)
+        dist.all_gather(counts, count, group=self.group)
+        sizes = [int(c) for c in counts]
+        padded = local.detach().new_zeros((max(sizes), *local.shape[1:]))
+        padded[: local.shape[0]] = local.detach()
+        parts = [torch.empty_like(padded) for _ in sizes]
+        self.counter.add(category, padded)
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]), sizes
 
 
 class _SumOverRanks(torch.autograd.Function):

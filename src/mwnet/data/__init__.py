@@ -6,6 +6,7 @@ randomness is a seeded generator with a resumable state, so that a run can alway
 which samples were corrupted and reproduce its batches.
 """
 
+from mwnet.data.annotator_noise import corrupt_annotator
 from mwnet.data.batching import (
     CIFAR_AUGMENT,
     CIFAR_NORMALIZE,
@@ -30,9 +31,11 @@ from mwnet.data.download import download_file, md5_of
 from mwnet.data.errors import DataError, DatasetError
 from mwnet.data.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
 from mwnet.data.image_folder import load_image_folder, load_image_list
+from mwnet.data.instance_noise import corrupt_instances
 from mwnet.data.long_tail import long_tail_counts, long_tail_indices
 from mwnet.data.meta_split import default_meta_per_class, meta_split
 from mwnet.data.mnist import FASHION_MNIST, FASHION_MNIST_CLASSES, MNIST, load_idx_dataset
+from mwnet.data.noise import IMAGE_NOISE, NOISE_KINDS, corrupt
 from mwnet.data.paths import cache_dir, search_dirs
 from mwnet.data.preparation import prepare
 from mwnet.data.pseudo_meta import PseudoMeta, pseudo_meta_precision, select_pseudo_meta
@@ -52,7 +55,9 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "IDX_IMAGES_MAGIC",
     "IDX_LABELS_MAGIC",
+    "IMAGE_NOISE",
     "MNIST",
+    "NOISE_KINDS",
     "NOISE_TYPES",
     "Augment",
     "Corruption",
@@ -65,6 +70,9 @@ __all__ = [
     "PseudoMeta",
     "TrainData",
     "cache_dir",
+    "corrupt",
+    "corrupt_annotator",
+    "corrupt_instances",
     "corrupt_labels",
     "default_meta_per_class",
     "download_file",

@@ -38,6 +38,18 @@ Noise models (``p`` is ``rate``, ``K`` the number of classes, ``J`` the all-ones
 ``matrix``
     A user matrix ``M`` (array, or a ``.npy`` / ``.csv`` path), mixed with the identity
     as ``T = (1 - p) I + p M``; pass ``rate=1.0`` to use ``M`` exactly as given.
+
+Two more noise models depend on the image, not only on its class, so no ``K x K`` matrix
+describes them and they live in their own modules; :func:`mwnet.data.corrupt` runs any of
+the models by name (``data.noise`` in a config):
+
+``instance``
+    Xia et al. (NeurIPS 2020): each sample flips with its own rate drawn around ``p``, to
+    a class chosen by a random projection of its pixels (:mod:`mwnet.data.instance_noise`).
+``annotator``
+    After Chen et al. (AAAI 2021): the ``p`` share of images a classifier trained on the
+    clean labels finds most like another class take that class's label
+    (:mod:`mwnet.data.annotator_noise`).
 """
 
 from __future__ import annotations
@@ -142,7 +154,8 @@ def check_stochastic(matrix: np.ndarray, num_classes: int, atol: float = 1e-6) -
     return matrix / sums[:, None]
 
 
-def _check_rate(rate: float) -> float:
+def check_rate(rate: float) -> float:
+    """``rate`` as a float, refused unless it lies in [0, 1]."""
     if not isinstance(rate, (int, float, np.floating)) or not 0.0 <= float(rate) <= 1.0:
         raise DataError(f"noise rate must be in [0, 1], got {rate!r}")
     return float(rate)
@@ -199,7 +212,7 @@ def transition_matrix(
     """
     check_num_classes(num_classes)
     check_seed(seed)
-    p = _check_rate(rate)
+    p = check_rate(rate)
     if matrix is not None and noise != "matrix":
         raise DataError(f"a matrix was given but noise is {noise!r}; use noise='matrix'")
     structure, _ = _streams(seed)
@@ -243,6 +256,21 @@ def corrupt_labels(
     for c in range(k):
         where = np.flatnonzero(clean == c)
         new[where] = np.searchsorted(cdf[c], u[where], side="right")
+    return corruption_record(clean, new, k, t, noise, rate, seed)
+
+
+def corruption_record(
+    clean: np.ndarray,
+    new: np.ndarray,
+    num_classes: int,
+    expected: np.ndarray,
+    noise: str,
+    rate: float,
+    seed: int,
+) -> Corruption:
+    """The :class:`Corruption` of drawn labels ``new`` (``int64``) against ``clean``: which
+    changed, the realised rate and the empirical transition, shared by every noise model."""
+    k = int(num_classes)
     corrupted = new != clean
     counts = np.bincount(clean * k + new, minlength=k * k).reshape(k, k).astype(np.float64)
     row = counts.sum(axis=1, keepdims=True)
@@ -252,7 +280,7 @@ def corrupt_labels(
         corrupted=torch.from_numpy(corrupted),
         realized_rate=float(corrupted.mean()) if corrupted.size else 0.0,
         transition=torch.from_numpy(empirical),
-        expected_transition=torch.from_numpy(t),
+        expected_transition=torch.from_numpy(expected),
         noise=noise,
         rate=float(rate),
         seed=int(seed),

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mwnet.data.corruption import corrupt_labels
 from mwnet.data.dataset import ImageDataset
 from mwnet.data.errors import ConfigError
 from mwnet.data.image_folder import load_image_folder, load_image_list
 from mwnet.data.label_edits import apply_label_edits, read_label_edits
 from mwnet.data.long_tail import long_tail_counts, long_tail_indices
 from mwnet.data.meta_split import default_meta_per_class, meta_split
+from mwnet.data.noise import corrupt
 from mwnet.data.sources import load_dataset
 from mwnet.data.train_data import TrainData
 from mwnet.data.val_split import val_split
@@ -143,14 +143,29 @@ def _meta_split(
 
 
 def _noisy_labels(
-    d: Any, true_labels: torch.Tensor, num_classes: int, seed: int
+    d: Any,
+    true_labels: torch.Tensor,
+    num_classes: int,
+    seed: int,
+    images: torch.Tensor,
+    index: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The observed labels of the training samples, which of them the synthetic noise
-    (``data.noise``) changed, and the share it changed: every noise kind is applied here."""
+    """The observed labels of the training samples (``images[index]``), which of them the
+    synthetic noise (``data.noise``) changed, and the share it changed: every noise kind
+    is applied here, through :func:`~mwnet.data.noise.corrupt`."""
     if d.noise == "none":
         return true_labels.clone(), torch.zeros_like(true_labels, dtype=torch.bool), 0.0
     matrix = d.noise_matrix if d.noise == "matrix" else None
-    c = corrupt_labels(true_labels, num_classes, d.noise, float(d.noise_rate), seed, matrix)
+    c = corrupt(
+        true_labels,
+        num_classes,
+        d.noise,
+        float(d.noise_rate),
+        seed,
+        matrix=matrix,
+        images=images,
+        index=index,
+    )
     return c.labels, c.corrupted, float(c.realized_rate)
 
 
@@ -201,7 +216,9 @@ def prepare(d: Any, seed: int, *, meta_reader: str | None = None) -> TrainData:
         keep = np.sort(np.random.default_rng(seed).choice(len(train_idx), d.subset, replace=False))
         train_idx = train_idx[torch.from_numpy(keep)]
     true_labels = labels[train_idx]
-    observed, corrupted, rate = _noisy_labels(d, true_labels, num_classes, seed)
+    observed, corrupted, rate = _noisy_labels(
+        d, true_labels, num_classes, seed, train.images, train_idx
+    )
     val_images = val_labels = val_index = None
     if d.val_size:
         if d.val_size >= len(train_idx):

@@ -12,6 +12,7 @@ from mwnet.methods.base import Method, StepOutput
 from mwnet.methods.bootstrap import BootstrapHard, BootstrapSoft
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
+from mwnet.methods.co_teaching import CoTeaching
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
@@ -39,6 +40,7 @@ __all__ = [
     "BootstrapHard",
     "BootstrapSoft",
     "ClassBalanced",
+    "CoTeaching",
     "CrossEntropy",
     "Finetune",
     "Focal",

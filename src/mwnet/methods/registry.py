@@ -20,6 +20,7 @@ from mwnet.methods.bootstrap import (
 )
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
+from mwnet.methods.co_teaching import CoTeaching, CoTeachingOptions, peer_optimizer_like
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
@@ -191,6 +192,27 @@ def _mentornet_pd(ctx: MethodContext) -> Method:
         percentile=o.percentile,
         ema_decay=o.ema_decay,
         burn_in_epochs=o.burn_in_epochs,
+        **ctx.common(),
+    )
+
+
+def _co_teaching(ctx: MethodContext) -> Method:
+    o: CoTeachingOptions = ctx.options["co_teaching"]
+    if ctx.new_network is None:
+        raise ValueError(
+            "co-teaching trains a second network of the model's architecture: pass "
+            "new_network=(k -> a freshly initialised network) to build_method"
+        )
+    peer = ctx.new_network(1)
+    new_optimizer = ctx.new_optimizer or peer_optimizer_like(ctx.optimizer)
+    return CoTeaching(
+        ctx.model,
+        ctx.optimizer,
+        peer,
+        new_optimizer(peer.parameters()),
+        forget_rate=o.forget_rate,
+        num_gradual=o.num_gradual,
+        exponent=o.exponent,
         **ctx.common(),
     )
 
@@ -385,6 +407,14 @@ for _descriptor in (
         knob=Knob("mentornet.percentile", "pct", "MentorNet percentile", (0.7, 0.5)),
         description="MentorNet, predefined curriculum (Jiang et al., 2018)",
     ),
+    MethodDescriptor(
+        "co-teaching",
+        _co_teaching,
+        {"co_teaching": CoTeachingOptions},
+        knob=Knob("co_teaching.forget_rate", "forget", "co-teaching forget rate", (0.2, 0.4)),
+        description="Co-teaching (Han et al., 2018): two networks, each trained on the "
+        "samples the other finds small-loss",
+    ),
 ):
     register_method(_descriptor)
 
@@ -471,8 +501,9 @@ def build_method(
             set (:class:`~mwnet.methods.descriptor.SamplePass`), for methods that look at
             every sample between epochs.
         new_network: ``new_network(k)`` builds a fresh network of the model's architecture
-            (methods that train two, e.g. Co-teaching).
-        new_optimizer: an optimizer with the run's settings over the given parameters.
+            (methods that train two: ``co-teaching`` needs it).
+        new_optimizer: an optimizer with the run's settings over the given parameters
+            (``co-teaching`` without it: ``optimizer``'s class and settings).
         seed: the run's seed, for methods that draw their own random numbers.
 
     Raises:
