@@ -14,6 +14,7 @@ from mwnet.methods.class_balanced import ClassBalanced
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
+from mwnet.methods.glc import GoldLossCorrection
 from mwnet.methods.l2rw import L2RW
 from mwnet.methods.meta_weight_net import MetaWeightNet
 from mwnet.methods.registry import (
@@ -35,6 +36,7 @@ __all__ = [
     "CrossEntropy",
     "Finetune",
     "Focal",
+    "GoldLossCorrection",
     "Knob",
     "MetaWeightNet",
     "Method",

@@ -18,6 +18,7 @@ from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, Samp
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.focal import Focal, FocalOptions
+from mwnet.methods.glc import GlcOptions, GoldLossCorrection
 from mwnet.methods.l2rw import L2RW, L2RWOptions
 from mwnet.methods.meta_weight_net import (
     ClassAwareOptions,
@@ -125,6 +126,22 @@ def _finetune(ctx: MethodContext) -> Method:
         epochs=ctx.epochs,
         finetune_epochs=o.epochs,
         finetune_lr=o.lr,
+        **ctx.common(),
+    )
+
+
+def _glc(ctx: MethodContext) -> Method:
+    o: GlcOptions = ctx.options["glc"]
+    return GoldLossCorrection(
+        ctx.model,
+        ctx.optimizer,
+        ctx.meta_batches,
+        ctx.meta_set,
+        training_size=None if ctx.training_set is None else len(ctx.training_set),
+        epochs=ctx.epochs,
+        estimate_epochs=o.estimate_epochs,
+        variant=o.variant,
+        trusted_weight=o.trusted_weight,
         **ctx.common(),
     )
 
@@ -270,6 +287,14 @@ for _descriptor in (
         class_aware=True,
         knob=WEIGHT_LR,
         description="CMW-Net-SL: CMW-Net with label correction by an EMA teacher",
+    ),
+    MethodDescriptor(
+        "glc",
+        _glc,
+        {"glc": GlcOptions},
+        reads_meta=True,
+        knob=Knob("glc.trusted_weight", "tw", "GLC trusted weight", (1.0, 10.0)),
+        description="gold loss correction (Hendrycks et al., 2018)",
     ),
 ):
     register_method(_descriptor)
