@@ -4,6 +4,7 @@ loss, the second phase's step, and the two phases through the training loop."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from corruption_helpers import FixedPass, assert_same_end, tiny_config, write_fm
 from method_nets import CLASSES, TinyMlp
 from rounding import central_difference_error, gamma, relative_sum_bound
 
+from mwnet.cli import main
 from mwnet.methods import GoldLossCorrection, build_method
 from mwnet.methods.corruption_estimate import (
     fit_inverse_temperature,
@@ -21,7 +23,7 @@ from mwnet.methods.corruption_estimate import (
     trusted_set_estimate,
 )
 from mwnet.methods.losses import forward_corrected_losses
-from mwnet.run import load_checkpoint
+from mwnet.run import load_checkpoint, read_json
 from mwnet.train import loop
 
 F64 = torch.float64
@@ -329,3 +331,45 @@ def test_through_the_loop_the_model_restarts_and_resumes_exactly(fmnist_root, tm
             assert state["corruption"] is None and state["initial"] is not None
         loop.resume(cut_dir, quiet=True).fit()
         assert_same_end(whole_dir, cut_dir)
+
+
+def test_compare_trains_ce_glc_and_s_model_on_the_same_data(fmnist_root, tmp_path, capsys):
+    args = [
+        "compare",
+        "--jobs",
+        "1",
+        "--top",
+        "0",
+        "--methods",
+        "ce,glc,s-model",
+        f"data.root={fmnist_root}",
+        "data.download=false",
+        "data.subset=100",
+        "data.meta_per_class=2",
+        "data.batch_size=25",
+        "data.meta_batch_size=10",
+        "data.noise=uniform",
+        "data.noise_rate=0.4",
+        "model.name=mlp",
+        "model.options.hidden=[8]",
+        "optim.epochs=1",
+        "method.glc.estimate_epochs=1",
+        "method.s_model.estimate_epochs=1",
+        "threads=1",
+        "device=cpu",
+        f"out_dir={tmp_path}",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    record = json.loads(next(tmp_path.glob("*/comparison.json")).read_text())
+    runs = {r["method"]: r for r in record["runs"]}
+    assert set(runs) >= {"ce", "glc", "s-model"}
+    for name, epochs in (("ce", 1), ("glc", 2), ("s-model", 2)):
+        assert runs[name]["status"] == "trained"
+        summary = read_json(Path(runs[name]["run_dir"]) / "summary.json")
+        assert summary["last_epoch"] == epochs
+        assert f"| {name} | {summary['last_test_acc']:.2f} % |" in out
+    for name in ("glc", "s-model"):
+        state = load_checkpoint(Path(runs[name]["run_dir"]) / "checkpoint.pt")["method"]
+        matrix = state["corruption"] if name == "glc" else state["initial_confusion"]
+        assert matrix.shape == (10, 10) and bool(torch.isfinite(matrix).all())

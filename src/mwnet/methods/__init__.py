@@ -26,6 +26,7 @@ from mwnet.methods.registry import (
     method_names,
     register_method,
 )
+from mwnet.methods.s_model import SModel
 
 __all__ = [
     "L2RW",
@@ -42,6 +43,7 @@ __all__ = [
     "Method",
     "MethodContext",
     "MethodDescriptor",
+    "SModel",
     "SamplePass",
     "StepOutput",
     "build_method",

@@ -26,6 +26,7 @@ from mwnet.methods.meta_weight_net import (
     MetaWeightNet,
     WeightingOptions,
 )
+from mwnet.methods.s_model import SModel, SModelOptions
 
 _REGISTRY: dict[str, MethodDescriptor] = {}
 
@@ -142,6 +143,21 @@ def _glc(ctx: MethodContext) -> Method:
         estimate_epochs=o.estimate_epochs,
         variant=o.variant,
         trusted_weight=o.trusted_weight,
+        **ctx.common(),
+    )
+
+
+def _s_model(ctx: MethodContext) -> Method:
+    o: SModelOptions = ctx.options["s_model"]
+    return SModel(
+        ctx.model,
+        ctx.optimizer,
+        ctx.training_set,
+        len(ctx.class_counts),
+        epochs=ctx.epochs,
+        estimate_epochs=o.estimate_epochs,
+        confusion=o.confusion,
+        lr_factor=o.lr_factor,
         **ctx.common(),
     )
 
@@ -295,6 +311,12 @@ for _descriptor in (
         reads_meta=True,
         knob=Knob("glc.trusted_weight", "tw", "GLC trusted weight", (1.0, 10.0)),
         description="gold loss correction (Hendrycks et al., 2018)",
+    ),
+    MethodDescriptor(
+        "s-model",
+        _s_model,
+        {"s_model": SModelOptions},
+        description="noise adaptation layer, S-Model (Goldberger & Ben-Reuven, 2017)",
     ),
 ):
     register_method(_descriptor)

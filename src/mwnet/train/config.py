@@ -855,7 +855,7 @@ def _check_method_options(cfg: Any) -> None:
         checks.append((0.0 <= teacher.decay <= 1.0, "method.teacher.decay must lie in [0, 1]"))
     if m.get("cmwnet") is not None:
         checks.append((m.cmwnet.clusters >= 1, "method.cmwnet.clusters must be >= 1"))
-    for group in ("glc",):
+    for group in ("glc", "s_model"):
         phases = m.get(group)
         if phases is not None:
             e = phases.estimate_epochs
@@ -874,6 +874,8 @@ def _check_method_options(cfg: Any) -> None:
                 "data.meta_source=auto has none; use data.meta_source=clean",
             ),
         ]
+    if m.get("s_model") is not None:
+        checks.append((m.s_model.lr_factor > 0, "method.s_model.lr_factor must be > 0"))
     if w is not None:
         try:
             mode = _options(w).hypergradient(prefix="method.mwnet.")
