@@ -25,6 +25,7 @@ from mwnet.methods.corruption_estimate import (
 from mwnet.methods.losses import forward_corrected_losses
 from mwnet.run import load_checkpoint, read_json
 from mwnet.train import loop
+from mwnet.train.config import ConfigError
 
 F64 = torch.float64
 
@@ -272,6 +273,17 @@ def test_glc_needs_a_trusted_set_and_a_first_phase():
     assert method.extra_epochs == 3
     with pytest.raises(ValueError, match="pass over the trusted set"):
         method.begin_epoch(3)
+
+
+def test_config_refuses_what_glc_cannot_run(fmnist_root, tmp_path):
+    for extra, message in (
+        ("data.meta_source=auto", "data.meta_source=auto has none"),
+        ("method.glc.trusted_weight=0", "trusted_weight must be > 0"),
+        ("method.glc.estimate_epochs=-1", "estimate_epochs must be >= 0"),
+        ("method.glc.variant=adjusted", "one of glc, calibrated, confusion"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            tiny_config(fmnist_root, tmp_path, "glc", extra)
 
 
 def _probe(trainer: loop.Trainer, estimate_at: int) -> dict:

@@ -16,6 +16,7 @@ from mwnet.methods import SModel, build_method
 from mwnet.methods.corruption_estimate import noisy_label_confusion
 from mwnet.run import load_checkpoint
 from mwnet.train import loop
+from mwnet.train.config import ConfigError
 
 F64 = torch.float64
 
@@ -163,6 +164,16 @@ def test_state_round_trip_and_bad_options():
     assert built.extra_epochs == 3
     with pytest.raises(ValueError, match="pass over the training set"):
         built.begin_epoch(3)
+
+
+def test_config_refuses_bad_s_model_options(fmnist_root, tmp_path):
+    for extra, message in (
+        ("method.s_model.lr_factor=0", "lr_factor must be > 0"),
+        ("method.s_model.estimate_epochs=-2", "estimate_epochs must be >= 0"),
+        ("method.s_model.confusion=argmax", "one of soft, hard"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            tiny_config(fmnist_root, tmp_path, "s-model", extra)
 
 
 def test_through_the_loop_the_layer_trains_and_resumes_exactly(fmnist_root, tmp_path):
