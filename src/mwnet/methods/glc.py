@@ -83,8 +83,10 @@ class GoldLossCorrection(PlainMethod):
 
     a = N_s / (N_s + w·N_g), b = w·N_g / (N_s + w·N_g), with N_s untrusted and N_g trusted
     samples and w = ``trusted_weight``. Ĉ and the phase are in :meth:`state_dict`, so a
-    resumed run trains through the same Ĉ. Evaluation and the saved model are the loop's
-    model. Under data parallelism both means are over the global batches.
+    resumed run trains through the same Ĉ; until the reset, so is the copy of the initial
+    weights (a run resumed in phase 1 resets to them even if ``model.init_from`` changed).
+    Evaluation and the saved model are the loop's model. Under data parallelism both means
+    are over the global batches.
 
     Where this departs from the authors' code (github.com/mmazeika/glc, CIFAR/train_ours.py):
 
