@@ -17,6 +17,7 @@ from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, Samp
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
 from mwnet.methods.gce import GeneralizedCrossEntropy
+from mwnet.methods.glc import GoldLossCorrection
 from mwnet.methods.l2rw import L2RW
 from mwnet.methods.mentornet import MentorNetPD
 from mwnet.methods.meta_weight_net import MetaWeightNet
@@ -29,6 +30,7 @@ from mwnet.methods.registry import (
     method_names,
     register_method,
 )
+from mwnet.methods.s_model import SModel
 from mwnet.methods.sce import SymmetricCrossEntropy
 from mwnet.methods.self_paced import SelfPaced
 
@@ -45,12 +47,14 @@ __all__ = [
     "Finetune",
     "Focal",
     "GeneralizedCrossEntropy",
+    "GoldLossCorrection",
     "Knob",
     "MentorNetPD",
     "MetaWeightNet",
     "Method",
     "MethodContext",
     "MethodDescriptor",
+    "SModel",
     "SamplePass",
     "SelfPaced",
     "StepOutput",

@@ -26,6 +26,7 @@ from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.focal import Focal, FocalOptions
 from mwnet.methods.gce import GceOptions, GeneralizedCrossEntropy
+from mwnet.methods.glc import GlcOptions, GoldLossCorrection
 from mwnet.methods.l2rw import L2RW, L2RWOptions
 from mwnet.methods.mentornet import MentorNetOptions, MentorNetPD
 from mwnet.methods.meta_weight_net import (
@@ -34,6 +35,7 @@ from mwnet.methods.meta_weight_net import (
     MetaWeightNet,
     WeightingOptions,
 )
+from mwnet.methods.s_model import SModel, SModelOptions
 from mwnet.methods.sce import SceOptions, SymmetricCrossEntropy
 from mwnet.methods.self_paced import SelfPaced, SelfPacedOptions
 
@@ -213,6 +215,37 @@ def _co_teaching(ctx: MethodContext) -> Method:
         forget_rate=o.forget_rate,
         num_gradual=o.num_gradual,
         exponent=o.exponent,
+        **ctx.common(),
+    )
+
+
+def _glc(ctx: MethodContext) -> Method:
+    o: GlcOptions = ctx.options["glc"]
+    return GoldLossCorrection(
+        ctx.model,
+        ctx.optimizer,
+        ctx.meta_batches,
+        ctx.meta_set,
+        training_size=None if ctx.training_set is None else len(ctx.training_set),
+        epochs=ctx.epochs,
+        estimate_epochs=o.estimate_epochs,
+        variant=o.variant,
+        trusted_weight=o.trusted_weight,
+        **ctx.common(),
+    )
+
+
+def _s_model(ctx: MethodContext) -> Method:
+    o: SModelOptions = ctx.options["s_model"]
+    return SModel(
+        ctx.model,
+        ctx.optimizer,
+        ctx.training_set,
+        len(ctx.class_counts),
+        epochs=ctx.epochs,
+        estimate_epochs=o.estimate_epochs,
+        confusion=o.confusion,
+        lr_factor=o.lr_factor,
         **ctx.common(),
     )
 
@@ -414,6 +447,20 @@ for _descriptor in (
         knob=Knob("co_teaching.forget_rate", "forget", "co-teaching forget rate", (0.2, 0.4)),
         description="Co-teaching (Han et al., 2018): two networks, each trained on the "
         "samples the other finds small-loss",
+    ),
+    MethodDescriptor(
+        "glc",
+        _glc,
+        {"glc": GlcOptions},
+        reads_meta=True,
+        knob=Knob("glc.trusted_weight", "tw", "GLC trusted weight", (1.0, 10.0)),
+        description="gold loss correction (Hendrycks et al., 2018)",
+    ),
+    MethodDescriptor(
+        "s-model",
+        _s_model,
+        {"s_model": SModelOptions},
+        description="noise adaptation layer, S-Model (Goldberger & Ben-Reuven, 2017)",
     ),
 ):
     register_method(_descriptor)
