@@ -1,4 +1,5 @@
-"""Sums over the ranks of a process group: the one collective data-parallel MW-Net needs.
+"""Sums over the ranks of a process group: the one collective data-parallel MW-Net needs
+(and a gather of per-sample rows, for methods that keep per-sample state).
 
 Data-parallel Meta-Weight-Net cannot lean on ``DistributedDataParallel``: its gradient
 hooks fire on ``loss.backward()`` of the module, but the virtual step, the meta gradient
@@ -93,6 +94,29 @@ class GradientReducer:
         flat = torch.cat([t.reshape(-1) for t in tensors])
         summed = _SumOverRanks.apply(flat, self, category, backward_category)
         return _split(summed, tensors)
+
+    def gather_rows(self, local: torch.Tensor, category: str) -> torch.Tensor:
+        """Every rank's ``local`` rows, concatenated in rank order, on every rank (not
+        differentiable).
+
+        For per-sample state that each rank updates for its own samples (ELR's targets):
+        the ranks exchange their new rows so that every rank's copy stays the one process's.
+        Ranks may hold different numbers of rows (the shards of a batch that does not split
+        evenly), so the counts travel first, then the rows padded to the largest count:
+        two all-gathers, counted under ``category``.
+        """
+        local = local.detach()
+        count = torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device)
+        counts = [torch.empty_like(count) for _ in range(self.world_size)]
+        self.counter.add(category, count)
+        dist.all_gather(counts, count, group=self.group)
+        sizes = [int(c) for c in counts]
+        padded = local.new_zeros((max(sizes), *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in sizes]
+        self.counter.add(category, padded)
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
 
 
 class _SumOverRanks(torch.autograd.Function):
