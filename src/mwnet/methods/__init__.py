@@ -12,6 +12,7 @@ from mwnet.methods.base import Method, StepOutput
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.elr import ELR
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
 from mwnet.methods.l2rw import L2RW
@@ -27,6 +28,7 @@ from mwnet.methods.registry import (
 )
 
 __all__ = [
+    "ELR",
     "L2RW",
     "LABEL_CORRECTION_METHODS",
     "METHODS",

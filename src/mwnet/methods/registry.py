@@ -15,6 +15,7 @@ from mwnet.methods.base import Method
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.elr import ELR, ELROptions
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.focal import Focal, FocalOptions
@@ -125,6 +126,26 @@ def _finetune(ctx: MethodContext) -> Method:
         epochs=ctx.epochs,
         finetune_epochs=o.epochs,
         finetune_lr=o.lr,
+        **ctx.common(),
+    )
+
+
+def _training_set(ctx: MethodContext, name: str, why: str) -> SamplePass:
+    if ctx.training_set is None:
+        raise ValueError(f"{name} {why}: build it with training_set=... (the loop passes it)")
+    return ctx.training_set
+
+
+def _elr(ctx: MethodContext) -> Method:
+    o = ctx.options["elr"]
+    samples = len(_training_set(ctx, "elr", "keeps a target per training sample"))
+    return ELR(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        samples,
+        len(ctx.class_counts),
+        beta=o.beta,
+        lam=o.lam,
         **ctx.common(),
     )
 
@@ -270,6 +291,15 @@ for _descriptor in (
         class_aware=True,
         knob=WEIGHT_LR,
         description="CMW-Net-SL: CMW-Net with label correction by an EMA teacher",
+    ),
+    MethodDescriptor(
+        "elr",
+        _elr,
+        {"elr": ELROptions},
+        reads_index=True,
+        compiles=True,
+        knob=Knob("elr.lam", "lam", "ELR lambda", (3.0, 7.0)),
+        description="early-learning regularization (Liu et al., 2020)",
     ),
 ):
     register_method(_descriptor)
