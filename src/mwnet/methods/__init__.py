@@ -11,6 +11,7 @@ mwnet knows of it.
 from mwnet.methods.base import Method, StepOutput
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
+from mwnet.methods.d2l import D2L
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.elr import ELR
 from mwnet.methods.finetune import Finetune
@@ -28,6 +29,7 @@ from mwnet.methods.registry import (
 )
 
 __all__ = [
+    "D2L",
     "ELR",
     "L2RW",
     "LABEL_CORRECTION_METHODS",

@@ -14,6 +14,7 @@ from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import Method
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
+from mwnet.methods.d2l import D2L, D2LOptions
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
 from mwnet.methods.elr import ELR, ELROptions
 from mwnet.methods.finetune import Finetune, FinetuneOptions
@@ -146,6 +147,21 @@ def _elr(ctx: MethodContext) -> Method:
         len(ctx.class_counts),
         beta=o.beta,
         lam=o.lam,
+        **ctx.common(),
+    )
+
+
+def _d2l(ctx: MethodContext) -> Method:
+    if ctx.epochs is None:
+        raise ValueError("d2l's schedule needs the run's epochs: pass options={'epochs': ...}")
+    return D2L(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        _training_set(ctx, "d2l", "estimates dimensionality on training samples"),
+        epochs=ctx.epochs,
+        options=ctx.options["d2l"],
+        seed=ctx.seed,
+        network=ctx.model,
         **ctx.common(),
     )
 
@@ -300,6 +316,13 @@ for _descriptor in (
         compiles=True,
         knob=Knob("elr.lam", "lam", "ELR lambda", (3.0, 7.0)),
         description="early-learning regularization (Liu et al., 2020)",
+    ),
+    MethodDescriptor(
+        "d2l",
+        _d2l,
+        {"d2l": D2LOptions},
+        compiles=True,
+        description="dimensionality-driven learning (Ma et al., 2018)",
     ),
 ):
     register_method(_descriptor)
