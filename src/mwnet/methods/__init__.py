@@ -13,7 +13,9 @@ from mwnet.methods.bootstrap import BootstrapHard, BootstrapSoft
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
 from mwnet.methods.co_teaching import CoTeaching
+from mwnet.methods.d2l import D2L
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.elr import ELR
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
 from mwnet.methods.gce import GeneralizedCrossEntropy
@@ -35,6 +37,8 @@ from mwnet.methods.sce import SymmetricCrossEntropy
 from mwnet.methods.self_paced import SelfPaced
 
 __all__ = [
+    "D2L",
+    "ELR",
     "L2RW",
     "LABEL_CORRECTION_METHODS",
     "METHODS",

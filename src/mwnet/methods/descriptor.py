@@ -60,6 +60,11 @@ class SamplePass(Protocol):
         one that returns a network's features instead of its logits."""
         ...
 
+    def subset(self, indices: torch.Tensor) -> SamplePass:
+        """The pass over the samples at ``indices`` (positions in this set), in that order:
+        for estimates that need only a sample of the set (D2L's dimensionality)."""
+        ...
+
 
 @dataclass
 class MethodContext:

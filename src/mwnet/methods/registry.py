@@ -21,7 +21,9 @@ from mwnet.methods.bootstrap import (
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
 from mwnet.methods.co_teaching import CoTeaching, CoTeachingOptions, peer_optimizer_like
+from mwnet.methods.d2l import D2L, D2LOptions
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.elr import ELR, ELROptions
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.focal import Focal, FocalOptions
@@ -250,6 +252,41 @@ def _s_model(ctx: MethodContext) -> Method:
     )
 
 
+def _training_set(ctx: MethodContext, name: str, why: str) -> SamplePass:
+    if ctx.training_set is None:
+        raise ValueError(f"{name} {why}: build it with training_set=... (the loop passes it)")
+    return ctx.training_set
+
+
+def _elr(ctx: MethodContext) -> Method:
+    o = ctx.options["elr"]
+    samples = len(_training_set(ctx, "elr", "keeps a target per training sample"))
+    return ELR(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        samples,
+        len(ctx.class_counts),
+        beta=o.beta,
+        lam=o.lam,
+        **ctx.common(),
+    )
+
+
+def _d2l(ctx: MethodContext) -> Method:
+    if ctx.epochs is None:
+        raise ValueError("d2l's schedule needs the run's epochs: pass options={'epochs': ...}")
+    return D2L(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        _training_set(ctx, "d2l", "estimates dimensionality on training samples"),
+        epochs=ctx.epochs,
+        options=ctx.options["d2l"],
+        seed=ctx.seed,
+        network=ctx.model,
+        **ctx.common(),
+    )
+
+
 def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodContext], Method]:
     """The builder of MW-Net (loss-only net) or CMW-Net (class-aware), with or without
     label correction."""
@@ -461,6 +498,22 @@ for _descriptor in (
         _s_model,
         {"s_model": SModelOptions},
         description="noise adaptation layer, S-Model (Goldberger & Ben-Reuven, 2017)",
+    ),
+    MethodDescriptor(
+        "elr",
+        _elr,
+        {"elr": ELROptions},
+        reads_index=True,
+        compiles=True,
+        knob=Knob("elr.lam", "lam", "ELR lambda", (3.0, 7.0)),
+        description="early-learning regularization (Liu et al., 2020)",
+    ),
+    MethodDescriptor(
+        "d2l",
+        _d2l,
+        {"d2l": D2LOptions},
+        compiles=True,
+        description="dimensionality-driven learning (Ma et al., 2018)",
     ),
 ):
     register_method(_descriptor)
