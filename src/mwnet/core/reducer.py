@@ -94,6 +94,24 @@ class GradientReducer:
         summed = _SumOverRanks.apply(flat, self, category, backward_category)
         return _split(summed, tensors)
 
+    def gather_rows(self, local: torch.Tensor, category: str) -> torch.Tensor:
+        """Every rank's ``local`` rows, concatenated in rank order, on every rank (not
+        differentiable): the global batch from each rank's shard, for a method that
+        mixes samples across the shards (DivideMix's MixUp). Shards may differ in length;
+        an all-reduce of the lengths, then one all-gather of the rows padded to the
+        longest."""
+        sizes = torch.zeros(self.world_size, dtype=torch.int64, device=local.device)
+        sizes[self.rank] = local.shape[0]
+        sizes = self._all_reduce(sizes, category).tolist()
+        kind = local.dtype
+        rows = local.detach().to(torch.uint8) if kind == torch.bool else local.detach()
+        padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows
+        parts = [torch.empty_like(padded) for _ in sizes]
+        self.counter.add(category, padded)
+        dist.all_gather(parts, padded.contiguous(), group=self.group)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]).to(kind)
+
 
 class _SumOverRanks(torch.autograd.Function):
     @staticmethod

@@ -14,7 +14,13 @@ from mwnet.core.reducer import GradientReducer
 from mwnet.methods.base import Method
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
-from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.descriptor import (
+    Knob,
+    MethodContext,
+    MethodDescriptor,
+    SamplePass,
+    TrainingViews,
+)
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.focal import Focal, FocalOptions
@@ -331,6 +337,7 @@ def build_method(
     new_network: Callable[[int], nn.Module] | None = None,
     new_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     seed: int = 0,
+    augment: TrainingViews | None = None,
 ) -> Method:
     """The training method ``name`` (a registered one) for ``model`` and ``optimizer``.
 
@@ -360,6 +367,9 @@ def build_method(
             (methods that train two, e.g. Co-teaching).
         new_optimizer: an optimizer with the run's settings over the given parameters.
         seed: the run's seed, for methods that draw their own random numbers.
+        augment: ``augment(index, seed)``, fresh augmented views of training samples by
+            position (:data:`~mwnet.methods.descriptor.TrainingViews`), for methods that
+            augment a batch more than once (DivideMix).
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
@@ -388,5 +398,6 @@ def build_method(
         new_network=new_network,
         new_optimizer=new_optimizer,
         seed=int(seed),
+        augment=augment,
     )
     return descriptor.build(context)
