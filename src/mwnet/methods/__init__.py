@@ -12,6 +12,7 @@ from mwnet.methods.base import Method, StepOutput
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.dividemix import DivideMix, DivideMixOptions
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
 from mwnet.methods.l2rw import L2RW
@@ -33,6 +34,8 @@ __all__ = [
     "WEIGHTING_METHODS",
     "ClassBalanced",
     "CrossEntropy",
+    "DivideMix",
+    "DivideMixOptions",
     "Finetune",
     "Focal",
     "Knob",

@@ -21,6 +21,7 @@ from mwnet.methods.descriptor import (
     SamplePass,
     TrainingViews,
 )
+from mwnet.methods.dividemix import DivideMix, DivideMixOptions
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.focal import Focal, FocalOptions
@@ -131,6 +132,20 @@ def _finetune(ctx: MethodContext) -> Method:
         epochs=ctx.epochs,
         finetune_epochs=o.epochs,
         finetune_lr=o.lr,
+        **ctx.common(),
+    )
+
+
+def _dividemix(ctx: MethodContext) -> Method:
+    return DivideMix(
+        ctx.model,
+        ctx.optimizer,
+        options=ctx.options["dividemix"],
+        peer=None if ctx.new_network is None else ctx.new_network(1),
+        new_optimizer=ctx.new_optimizer,
+        training_set=ctx.training_set,
+        augment=ctx.augment,
+        seed=ctx.seed,
         **ctx.common(),
     )
 
@@ -276,6 +291,14 @@ for _descriptor in (
         class_aware=True,
         knob=WEIGHT_LR,
         description="CMW-Net-SL: CMW-Net with label correction by an EMA teacher",
+    ),
+    MethodDescriptor(
+        "dividemix",
+        _dividemix,
+        {"dividemix": DivideMixOptions},
+        reads_index=True,
+        knob=Knob("dividemix.lambda_u", "lu", "DivideMix lambda_u", (25.0, 0.0)),
+        description="DivideMix (Li et al., 2020): two networks, a loss mixture, MixMatch",
     ),
 ):
     register_method(_descriptor)
