@@ -907,7 +907,8 @@ def _check_method_options(cfg: Any) -> None:
         if not ok:
             raise ConfigError(message)
     for group in method_descriptor(str(m.name)).options:  # groups that check themselves
-        problem = getattr(_options(m[group]), "problem", None)
+        node = m.get(group)
+        problem = None if node is None else getattr(_options(node), "problem", None)
         message = problem(f"method.{group}.") if callable(problem) else None
         if message is not None:
             raise ConfigError(message)
