@@ -10,7 +10,8 @@ whatever the number of parameter tensors, and the bytes of each call are counted
 category for benchmarks.
 
 Every rank receives the same reduced buffer, so ranks that start identical stay
-identical: the same sums go into the same optimizer steps everywhere.
+identical: the same sums go into the same optimizer steps everywhere. One all-gather
+(:meth:`GradientReducer.gather_rows`) serves methods that mix samples across the shards.
 """
 
 from __future__ import annotations
