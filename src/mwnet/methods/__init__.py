@@ -15,6 +15,7 @@ from mwnet.methods.class_balanced import ClassBalanced
 from mwnet.methods.co_teaching import CoTeaching
 from mwnet.methods.d2l import D2L
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.dividemix import DivideMix, DivideMixOptions
 from mwnet.methods.elr import ELR
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
@@ -48,6 +49,8 @@ __all__ = [
     "ClassBalanced",
     "CoTeaching",
     "CrossEntropy",
+    "DivideMix",
+    "DivideMixOptions",
     "Finetune",
     "Focal",
     "GeneralizedCrossEntropy",

@@ -22,7 +22,14 @@ from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
 from mwnet.methods.co_teaching import CoTeaching, CoTeachingOptions, peer_optimizer_like
 from mwnet.methods.d2l import D2L, D2LOptions
-from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.descriptor import (
+    Knob,
+    MethodContext,
+    MethodDescriptor,
+    SamplePass,
+    TrainingViews,
+)
+from mwnet.methods.dividemix import DivideMix, DivideMixOptions
 from mwnet.methods.elr import ELR, ELROptions
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
@@ -287,6 +294,20 @@ def _d2l(ctx: MethodContext) -> Method:
     )
 
 
+def _dividemix(ctx: MethodContext) -> Method:
+    return DivideMix(
+        ctx.model,
+        ctx.optimizer,
+        options=ctx.options["dividemix"],
+        peer=None if ctx.new_network is None else ctx.new_network(1),
+        new_optimizer=ctx.new_optimizer,
+        training_set=ctx.training_set,
+        augment=ctx.augment,
+        seed=ctx.seed,
+        **ctx.common(),
+    )
+
+
 def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodContext], Method]:
     """The builder of MW-Net (loss-only net) or CMW-Net (class-aware), with or without
     label correction."""
@@ -515,6 +536,14 @@ for _descriptor in (
         compiles=True,
         description="dimensionality-driven learning (Ma et al., 2018)",
     ),
+    MethodDescriptor(
+        "dividemix",
+        _dividemix,
+        {"dividemix": DivideMixOptions},
+        reads_index=True,
+        knob=Knob("dividemix.lambda_u", "lu", "DivideMix lambda_u", (25.0, 0.0)),
+        description="DivideMix (Li et al., 2020): two networks, a loss mixture, MixMatch",
+    ),
 ):
     register_method(_descriptor)
 
@@ -575,6 +604,7 @@ def build_method(
     new_network: Callable[[int], nn.Module] | None = None,
     new_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     seed: int = 0,
+    augment: TrainingViews | None = None,
 ) -> Method:
     """The training method ``name`` (a registered one) for ``model`` and ``optimizer``.
 
@@ -605,6 +635,9 @@ def build_method(
         new_optimizer: an optimizer with the run's settings over the given parameters
             (``co-teaching`` without it: ``optimizer``'s class and settings).
         seed: the run's seed, for methods that draw their own random numbers.
+        augment: ``augment(index, seed)``, fresh augmented views of training samples by
+            position (:data:`~mwnet.methods.descriptor.TrainingViews`), for methods that
+            augment a batch more than once (DivideMix).
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
@@ -633,5 +666,6 @@ def build_method(
         new_network=new_network,
         new_optimizer=new_optimizer,
         seed=int(seed),
+        augment=augment,
     )
     return descriptor.build(context)

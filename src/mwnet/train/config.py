@@ -938,6 +938,12 @@ def _check_method_options(cfg: Any) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    for group in method_descriptor(str(m.name)).options:  # groups that check themselves
+        node = m.get(group)
+        problem = None if node is None else getattr(_options(node), "problem", None)
+        message = problem(f"method.{group}.") if callable(problem) else None
+        if message is not None:
+            raise ConfigError(message)
     if w is not None:
         try:
             parse_interval_schedule(w.meta_interval_schedule)

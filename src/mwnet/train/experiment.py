@@ -51,6 +51,7 @@ from mwnet.train.preflight import check_model_fits
 from mwnet.train.pseudo_meta_set import PseudoMetaStream
 from mwnet.train.sample_pass import DatasetPass
 from mwnet.train.teacher import EmaTeacher
+from mwnet.train.training_views import AugmentedViews
 
 IMAGENET_NORMALIZE = Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -631,6 +632,7 @@ def build_experiment(
         new_network=lambda k: new_network(cfg, data, parallel, device, k),
         new_optimizer=lambda parameters: new_optimizer(cfg, parameters),
         seed=seed,
+        augment=AugmentedViews(train_batches.images, augment, normalize),
     )
     return Experiment(
         cfg=cfg,
