@@ -305,3 +305,14 @@ def test_only_plain_values_are_written(tmp_path) -> None:
     with pytest.raises(TypeError, match=r"training\.seen is a set"):
         save_model_file(tmp_path / "m.pt", {"training": {"seen": {1, 2}}})
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_cli_shows_a_bad_model_file_as_one_line(tmp_path, capsys) -> None:
+    from mwnet.cli import main
+
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"PK\x03\x04 broken")
+    assert main(["predict", str(bad), str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mwnet: error: ") and "\n" not in err
+    assert "model file is truncated or corrupt" in err
