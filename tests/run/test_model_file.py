@@ -19,6 +19,7 @@ from rounding import sum_bound
 
 import mwnet
 from mwnet.data import FASHION_MNIST_CLASSES
+from mwnet.predict.export import export_model
 from mwnet.run.model_file import (
     MODEL_FILE,
     MODEL_FORMAT,
@@ -154,22 +155,34 @@ def test_a_run_without_a_model_file_is_loaded_from_its_checkpoint(trained, tmp_p
     assert torch.equal(mwnet.load_model(old / MODEL_FILE).logits(images), expected)
 
 
-def test_a_fresh_process_loads_the_file_alone_with_torch_and_mwnet(trained, tmp_path) -> None:
+def test_fresh_processes_load_the_file_with_torch_and_mwnet_and_the_export_with_torch(
+    trained, tmp_path
+) -> None:
+    """One new interpreter: first the torch.export archive with mwnet unimportable, then
+    the model file, copied alone elsewhere, with mwnet but none of the training extras."""
     trainer, run_dir = trained
     alone = tmp_path / "elsewhere" / "shipped.pt"
     alone.parent.mkdir()
     shutil.copy(run_dir / MODEL_FILE, alone)
-    images = trainer.exp.data.test_images[:4]
+    archive = export_model(mwnet.load_model(run_dir), tmp_path / "model.pt2")
+    images = trainer.exp.data.test_images[:7]  # another batch size than the traced one
     torch.save(images, tmp_path / "images.pt")
     code = textwrap.dedent(
         f"""
-        import sys
+        import json, sys
+        sys.modules["mwnet"] = None  # importing mwnet fails: torch alone
+        import torch
+        images = torch.load({str(tmp_path / "images.pt")!r})
+        extra = {{"mwnet.json": ""}}
+        program = torch.export.load({str(archive)!r}, extra_files=extra)
+        torch.save(program.module()(images), {str(tmp_path / "exported.pt")!r})
+        print(json.loads(extra["mwnet.json"])["classes"][0])
+        del sys.modules["mwnet"]
         for extra in ("omegaconf", "yaml", "matplotlib", "PIL"):  # the training extras
-            sys.modules[extra] = None  # importing one fails
-        import torch, mwnet
+            sys.modules[extra] = None
+        import mwnet
         model = mwnet.load_model({str(alone)!r})
-        probs = model.predict_proba(torch.load({str(tmp_path / "images.pt")!r}))
-        torch.save(probs, {str(tmp_path / "probs.pt")!r})
+        torch.save(model.predict_proba(images), {str(tmp_path / "loaded.pt")!r})
         print(model.classes[0])
         """
     )
@@ -179,9 +192,10 @@ def test_a_fresh_process_loads_the_file_alone_with_torch_and_mwnet(trained, tmp_
         [sys.executable, "-c", code], cwd=alone.parent, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "T-shirt/top"
-    probs = torch.load(tmp_path / "probs.pt", weights_only=True)
-    assert torch.equal(probs, torch.softmax(_trained_logits(trainer, images), 1))
+    assert done.stdout.split() == ["T-shirt/top", "T-shirt/top"]
+    expected = torch.softmax(_trained_logits(trainer, images), 1)
+    for name in ("exported.pt", "loaded.pt"):
+        assert torch.equal(torch.load(tmp_path / name, weights_only=True), expected), name
 
 
 # -- errors ----------------------------------------------------------------------------

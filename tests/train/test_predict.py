@@ -268,3 +268,29 @@ def test_the_readme_example_runs(fmnist_run, tmp_path, monkeypatch, capsys):
     pred = _run_predictions(trainer)
     expected = [trainer.exp.data.classes[int(pred[int(f.stem)])] for f in files]
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(expected)
+
+
+def test_export_writes_the_archive_the_export_module_makes(fmnist_run, tmp_path, capsys):
+    """The option's wiring: what the archive holds is tested in tests/run/test_model_file.py,
+    in a process without mwnet."""
+    import mwnet.predict.export as export
+
+    _, run_dir, _, tree = fmnist_run
+    made = []
+
+    def fake_export(model, path):
+        made.append((model.path, path))
+        return path
+
+    archive = tmp_path / "model.pt2"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(export, "export_model", fake_export)
+        assert main(["predict", str(run_dir), "--export", str(archive)]) == 0
+        assert made == [(run_dir / "model.pt", archive)]
+        assert f"exported {archive}" in capsys.readouterr().err
+        out = tmp_path / "both.csv"  # with INPUTS it predicts as well
+        both = [str(tree), "--export", str(archive), "-o", str(out), "--quiet"]
+        assert main(["predict", str(run_dir), *both]) == 0
+        assert len(made) == 2 and out.is_file()
+    assert main(["predict", str(run_dir)]) == 2  # neither INPUTS nor --export
+    assert "give INPUTS to predict" in capsys.readouterr().err

@@ -39,9 +39,13 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         "class-per-folder tree, a list file with labels, a dataset split), then prints the "
         "accuracy against those labels. Unreadable images are skipped and listed.",
     )
-    p.add_argument("model", type=Path, help="a model.pt, a run directory or its checkpoint.pt")
+    p.add_argument(
+        "model", metavar="MODEL", type=Path, help="a model.pt, a run directory or its checkpoint.pt"
+    )
     p.add_argument(
         "inputs",
+        metavar="INPUTS",
+        nargs="?",
         help="an image folder (every image under it), a list file of 'relative/path [label]' "
         "lines, one image, or a dataset split such as fashion-mnist:test",
     )
@@ -74,6 +78,14 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         "file's folder)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--export",
+        metavar="FILE",
+        type=Path,
+        help="also (or, without INPUTS, only) write the model as a torch.export archive "
+        "(.pt2) that needs torch alone: uint8 images (N, C, H, W) of the model's size in, class "
+        "probabilities out, the normalisation inside; class names in its mwnet.json",
+    )
     p.set_defaults(func=run_predict)
 
 
@@ -206,7 +218,15 @@ def run_predict(args: argparse.Namespace) -> int:
     from mwnet.predict.model import load_model
     from mwnet.run.atomic import atomic_write
 
+    if args.inputs is None and args.export is None:
+        raise ValueError("give INPUTS to predict (see `mwnet predict --help`), or --export FILE")
     model = load_model(args.model, _device(args.device))
+    if args.export is not None:
+        from mwnet.predict.export import export_model
+
+        print(f"exported {export_model(model, args.export)} (torch.export)", file=sys.stderr)
+        if args.inputs is None:
+            return 0
     inputs = open_inputs(args.inputs, model.classes, args.data_root, args.image_root)
     if args.output is None:
         writing: contextlib.AbstractContextManager[IO[str]] = contextlib.nullcontext(sys.stdout)
