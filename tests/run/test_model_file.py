@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reliability import covers
 from rounding import sum_bound
 
 import mwnet
@@ -207,6 +208,12 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     return message
 
 
+@covers(
+    "bad input",
+    "mwnet.load_model (or mwnet predict) on a model file that does not exist, or a folder "
+    "that holds no run",
+    "'PATH: no such model file; check the path (a finished run's directory holds model.pt)'",
+)
 def test_missing_file(tmp_path) -> None:
     with pytest.raises(ModelFileError) as err:
         mwnet.load_model(tmp_path / "nothing.pt")
@@ -216,6 +223,12 @@ def test_missing_file(tmp_path) -> None:
     assert "no model.pt in it" in _one_line(err)
 
 
+@covers(
+    "damaged files",
+    "a truncated model.pt (cut at half, or just before its end)",
+    "'PATH: model file is truncated or corrupt (...); copy it again from its run directory "
+    "(or delete it there: the run's checkpoint.pt and config.yaml then stand in for it)'",
+)
 @pytest.mark.parametrize("keep", [0.5, 0.97])
 def test_truncated_file(trained, tmp_path, keep) -> None:
     data = (trained[1] / MODEL_FILE).read_bytes()
@@ -226,6 +239,11 @@ def test_truncated_file(trained, tmp_path, keep) -> None:
     assert "model file is truncated or corrupt" in _one_line(err)
 
 
+@covers(
+    "damaged files",
+    "one flipped byte in model.pt's weights",
+    "'PATH: model file is truncated or corrupt (checksum mismatch in ...)', not other weights",
+)
 def test_flipped_byte_in_the_weights(trained, tmp_path) -> None:
     """A bit flipped in the weights fails the zip member's CRC instead of loading as
     other weights."""
@@ -239,6 +257,13 @@ def test_flipped_byte_in_the_weights(trained, tmp_path) -> None:
     assert "truncated or corrupt" in _one_line(err)
 
 
+@covers(
+    "damaged files",
+    "a bare state_dict, a text file, or a training checkpoint without its config.yaml given "
+    "as the model",
+    "'not an mwnet model file (... e.g. a bare state_dict)', 'truncated or corrupt', 'a "
+    "training checkpoint, not a model file; pass the run directory that holds it'",
+)
 def test_file_of_another_format(trained, tmp_path) -> None:
     bare = tmp_path / "state_dict.pt"
     torch.save(trained[0].exp.model.state_dict(), bare)
@@ -257,6 +282,12 @@ def test_file_of_another_format(trained, tmp_path) -> None:
     assert "a training checkpoint, not a model file" in _one_line(err)
 
 
+@covers(
+    "damaged files",
+    "a model file pickle that would run code (os.system)",
+    "'PATH: refused to load: it contains objects that are not plain tensors/containers "
+    "(possible tampering)'; nothing runs",
+)
 def test_pickled_code_is_refused(tmp_path) -> None:
     class Payload:
         def __reduce__(self):
@@ -276,6 +307,12 @@ def _rewrite(trained, tmp_path, **changes) -> Path:
     return path
 
 
+@covers(
+    "damaged files",
+    "a model file of a newer layout version",
+    "'PATH: model file layout version 2, written by mwnet 9.0, is newer than this mwnet "
+    "reads (version 1); upgrade mwnet'",
+)
 def test_a_newer_layout_version_is_refused(trained, tmp_path) -> None:
     path = _rewrite(trained, tmp_path, version=MODEL_FORMAT_VERSION + 1, mwnet_version="9.0")
     with pytest.raises(ModelFileError) as err:
@@ -285,6 +322,11 @@ def test_a_newer_layout_version_is_refused(trained, tmp_path) -> None:
     assert "upgrade mwnet" in message
 
 
+@covers(
+    "damaged files",
+    "a model file whose weights do not fit its architecture (other widths, a tensor missing)",
+    "'PATH: its weights do not fit model 'mlp' with options {...} (size mismatch for ...)'",
+)
 def test_weights_that_do_not_fit_the_architecture(trained, tmp_path) -> None:
     file = torch.load(trained[1] / MODEL_FILE, weights_only=True)
     model = {**file["model"], "options": {"hidden": [32], "image_size": 28}}  # 16 trained
@@ -299,6 +341,11 @@ def test_weights_that_do_not_fit_the_architecture(trained, tmp_path) -> None:
     assert "Missing key(s)" in _one_line(err)
 
 
+@covers(
+    "damaged files",
+    "a model file with a field missing or fields that disagree (9 class names for 10 outputs)",
+    "'PATH: damaged model file (9 class names for 10 outputs); copy it again ...'",
+)
 def test_fields_missing_or_inconsistent(trained, tmp_path) -> None:
     file = torch.load(trained[1] / MODEL_FILE, weights_only=True)
     cases = {

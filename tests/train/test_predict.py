@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from fake_data import tiny_folder_overrides, tiny_idx_overrides, write_idx, write_image_folder
 from PIL import Image
+from reliability import covers
 
 import mwnet
 from mwnet.cli import main
@@ -129,6 +130,13 @@ def test_a_dataset_split_scores_the_same(fmnist_run, capsys):
     assert counted == len(rows) == len(trainer.exp.data.test_labels)
 
 
+@covers(
+    "damaged files",
+    "mwnet predict on a folder holding a broken image, and one of another size than a "
+    "Fashion-MNIST model takes",
+    "both skipped, not fatal: 'warning: skipped 2 image(s) that could not be read (...)', each "
+    "listed with its reason in OUTPUT.skipped.txt; the others predicted",
+)
 def test_unreadable_images_are_skipped_and_listed(fmnist_run, tmp_path, capsys):
     _, run_dir, _, tree = fmnist_run
     folder = tmp_path / "mixed"
@@ -161,6 +169,13 @@ def test_unreadable_images_are_skipped_and_listed(fmnist_run, tmp_path, capsys):
     assert not stale.exists()
 
 
+@covers(
+    "bad input",
+    "mwnet predict on a list file with a label beyond the model's classes, or listing a file "
+    "that does not exist",
+    "'LIST:1: label 10 out of range: the model has 10 classes'; a missing file is skipped "
+    "and listed",
+)
 def test_a_list_file_with_and_without_labels(fmnist_run, tmp_path, capsys):
     trainer, run_dir, _, tree = fmnist_run
     files = sorted(tree.rglob("*.png"))[:3]
@@ -200,6 +215,12 @@ def test_one_image_to_standard_output(fmnist_run, capsys):
     assert "accuracy" not in captured.err
 
 
+@covers(
+    "bad input",
+    "mwnet predict on INPUTS that name nothing: no such path, an unknown dataset, an empty folder",
+    "one line: 'no such file or folder ...', 'nor a split of a dataset mwnet reads', "
+    "'no image files under it'",
+)
 def test_inputs_that_name_nothing(fmnist_run, tmp_path, capsys):
     _, run_dir, _, _ = fmnist_run
     assert main(["predict", str(run_dir), str(tmp_path / "nope")]) == 2
