@@ -194,6 +194,13 @@ def _add_suite(sub) -> None:
     add_suite(sub)
 
 
+@command
+def _add_predict(sub) -> None:
+    from mwnet.predict.command import add_predict
+
+    add_predict(sub)
+
+
 # --- bench -------------------------------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ from mwnet.run import (
 )
 from mwnet.run.atomic import atomic_write
 from mwnet.run.claim import RunClaim, RunDirBusy, RunDirError, claim_fresh, claim_run_dir
+from mwnet.run.model_file import MODEL_FILE, save_model_file
 from mwnet.run.records import PATHS_FILE, paths_fingerprint, write_paths
 from mwnet.run.signals import SIGNALS_FILE, EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import WEIGHT_NET_FILE, save_weight_net
@@ -58,6 +59,7 @@ from mwnet.train.config import load_config_file, to_yaml
 from mwnet.train.evaluate import accuracy, per_sample, predict
 from mwnet.train.experiment import Experiment, build_experiment, build_schedule
 from mwnet.train.pseudo_meta_set import score_training_set
+from mwnet.train.shipped_model import model_fields
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -700,8 +702,11 @@ class Trainer:
             ) from err
 
     def finish(self) -> list[Path]:
-        """Per-sample final weights, the learned weighting function and net, and the plots."""
+        """The model file, per-sample final weights, the learned weighting function and
+        net, and the plots."""
         e, d = self.exp, self.exp.data
+        test_acc = self._last_record().get("test_acc")
+        save_model_file(self.run_dir / MODEL_FILE, model_fields(e, self.epoch, test_acc))
         weighting = e.method.weighting_net()
         if weighting is not None:
             net, normalize = weighting
