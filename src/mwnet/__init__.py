@@ -22,6 +22,7 @@ from mwnet.core import (
 )
 from mwnet.label_issues import LabelIssues, find_label_issues
 from mwnet.methods import MethodContext, MethodDescriptor, register_method
+from mwnet.predict import LoadedModel, load_model
 from mwnet.run.signals import EpochPredictions, SampleSignals
 from mwnet.run.weight_net_file import SavedWeightNet, load_weight_net, save_weight_net
 
@@ -29,6 +30,7 @@ __all__ = [
     "ClassAwareWeightNet",
     "EpochPredictions",
     "LabelIssues",
+    "LoadedModel",
     "MetaReweighter",
     "MethodContext",
     "MethodDescriptor",
@@ -39,6 +41,7 @@ __all__ = [
     "__version__",
     "cluster_by_count",
     "find_label_issues",
+    "load_model",
     "load_weight_net",
     "normalize_weights",
     "register_method",

@@ -3,8 +3,9 @@
 Each subcommand is one function that adds its parser to the subcommand group and sets
 ``func`` (called with the parsed arguments, returns the exit code), registered with
 :func:`command`. Each command's arguments live in its own module (``train/commands.py``,
-``label_issues/command.py``, ``suite/command.py``, ``bench/command.py``) and the work
-itself in the library; here only the subcommands are wired.
+``label_issues/command.py``, ``suite/command.py``, ``predict/command.py``,
+``bench/command.py``) and the work itself in the library; here only the subcommands are
+wired.
 """
 
 from __future__ import annotations
@@ -184,6 +185,13 @@ def _add_suite(sub) -> None:
     from mwnet.suite.command import add_suite
 
     add_suite(sub)
+
+
+@command
+def _add_predict(sub) -> None:
+    from mwnet.predict.command import add_predict
+
+    add_predict(sub)
 
 
 @command

@@ -868,6 +868,27 @@ def _check_method_options(cfg: Any) -> None:
         checks.append((0.0 <= teacher.decay <= 1.0, "method.teacher.decay must lie in [0, 1]"))
     if m.get("cmwnet") is not None:
         checks.append((m.cmwnet.clusters >= 1, "method.cmwnet.clusters must be >= 1"))
+    for group in ("glc", "s_model"):
+        phases = m.get(group)
+        if phases is not None:
+            e = phases.estimate_epochs
+            checks.append(
+                (
+                    e is None or e >= 0,
+                    f"method.{group}.estimate_epochs must be >= 0 (0 or null: optim.epochs)",
+                )
+            )
+    if m.get("glc") is not None:
+        checks += [
+            (m.glc.trusted_weight > 0, "method.glc.trusted_weight must be > 0"),
+            (
+                cfg.data.meta_source == "clean",
+                "method.glc estimates the label corruption on a trusted set, and "
+                "data.meta_source=auto has none; use data.meta_source=clean",
+            ),
+        ]
+    if m.get("s_model") is not None:
+        checks.append((m.s_model.lr_factor > 0, "method.s_model.lr_factor must be > 0"))
     if w is not None:
         try:
             mode = _options(w).hypergradient(prefix="method.mwnet.")
@@ -918,6 +939,12 @@ def _check_method_options(cfg: Any) -> None:
         ]
     for ok, message in checks:
         if not ok:
+            raise ConfigError(message)
+    for group in method_descriptor(str(m.name)).options:  # groups that check themselves
+        node = m.get(group)
+        problem = None if node is None else getattr(_options(node), "problem", None)
+        message = problem(f"method.{group}.") if callable(problem) else None
+        if message is not None:
             raise ConfigError(message)
     if w is not None:
         try:

@@ -249,6 +249,28 @@ def run_loop_on_ranks(
     return _spawn(run_loop_rank, (preset, overrides), world, tmp, timeout)
 
 
+def run_method_rank(rank: int, world: int, store: str, overrides: list[str], out_dir: str) -> None:
+    """One spawned rank of the training loop on gloo: the run of ``overrides`` (a config
+    without preset) to its end; keeps this rank's model and method state."""
+    join_gloo(rank, world, store)
+    parallel = DataParallel(rank, world, 0, torch.device("cpu"), "gloo", GradientReducer())
+    try:
+        trainer, _ = loop.start(load_config(None, overrides), quiet=True, parallel=parallel)
+        trainer.fit()
+        results = {"model": _model_state(trainer), "method": trainer.exp.method.state_dict()}
+    finally:
+        parallel.close()
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+
+
+def train_method_on_ranks(
+    overrides: list[str], world: int, tmp: Path, timeout: float = 120
+) -> list[dict]:
+    """:func:`run_method_rank` on ``world`` spawned ranks; each rank's model and method
+    state at the end."""
+    return _spawn(run_method_rank, (overrides,), world, tmp, timeout)
+
+
 def source_env() -> dict[str, str]:
     """The environment for subprocesses: the ``mwnet`` imported here comes first on the path."""
     src = str(Path(mwnet.__file__).resolve().parent.parent)

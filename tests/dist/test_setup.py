@@ -54,7 +54,9 @@ def test_a_partial_last_batch_with_a_sample_per_rank_is_fine():
 def test_sync_bn_on_the_cpu_names_cuda_and_nccl():
     """torch's SyncBatchNorm raises on CPU tensors ("expected input tensor to be on GPU");
     the run refuses up front instead, naming what it needs and the alternative."""
-    cfg = load_config("fmnist-flip2-40", ["distributed.sync_bn=true", "method.mwnet.hypergrad=head"])
+    cfg = load_config(
+        "fmnist-flip2-40", ["distributed.sync_bn=true", "method.mwnet.hypergrad=head"]
+    )
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     with pytest.raises(ConfigError, match="needs CUDA devices and the nccl backend"):
         use_sync_bn(cfg, model, _parallel())

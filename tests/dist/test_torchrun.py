@@ -100,3 +100,7 @@ def test_hung_rank_times_out_with_a_clear_error_and_two_ranks_resume(fmnist_root
     summary = read_json(run_dir / "summary.json")
     assert summary["epochs_done"] == 3 and summary["ranks"] == 2
     assert (run_dir / "accuracy.png").is_file() and (run_dir / "sample_weights.csv").is_file()
+    # rank 0 wrote the model file; every rank held the same model, so it is any rank's
+    from mwnet import load_model
+
+    assert load_model(run_dir).fields["training"]["epochs"] == 3

@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mwnet.methods import LABEL_CORRECTION_METHODS, Method, build_method
+from mwnet.methods import (
+    LABEL_CORRECTION_METHODS,
+    Method,
+    StepOutput,
+    build_method,
+    method_descriptor,
+)
 
 CLASSES = 5
 
@@ -61,6 +67,44 @@ def meta_stream(
     """Endless, deterministic meta batches; ``start`` skips ahead (a resumed iterator)."""
     for i in itertools.count(start):
         yield batch(kind, 1000 + i, n=8, dtype=dtype)
+
+
+TRAINING_SET_SIZE = 40
+
+
+class TinyTrainingSet:
+    """A stand-in for the loop's pass over the training set (a ``SamplePass``): fixed
+    random samples of one kind, run through a model in eval mode."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.inputs, self.labels = x, y
+
+    @classmethod
+    def of(cls, kind: str, dtype: torch.dtype = torch.float32) -> TinyTrainingSet:
+        return cls(*batch(kind, 500, n=TRAINING_SET_SIZE, dtype=dtype))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, reduce) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            return reduce(model(self.inputs), self.labels).double()
+        finally:
+            model.train(was_training)
+
+    def subset(self, indices: torch.Tensor) -> TinyTrainingSet:
+        return TinyTrainingSet(self.inputs[indices], self.labels[indices])
+
+
+def step(method: Method, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    """``method.step(x, y)``, with the batch's positions in the training set (the first
+    ``len(y)`` of :class:`TinyTrainingSet`) for the methods that keep per-sample state."""
+    if method_descriptor(method.name).reads_index:
+        return method.step(x, y, index=torch.arange(len(y)))
+    return method.step(x, y)
 
 
 def counts() -> torch.Tensor:
@@ -115,6 +159,7 @@ def build(
         soft_labels=fixed_soft_labels if name in LABEL_CORRECTION_METHODS else None,
         new_network=new_network_like(model),
         new_optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum),
+        training_set=TinyTrainingSet.of(kind, dtype),
     )
     return optimizer, method
 

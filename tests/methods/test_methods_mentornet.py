@@ -213,13 +213,6 @@ def test_a_failed_step_keeps_the_moving_average():
     assert method.state_dict() == before
 
 
-def test_data_parallelism_is_refused():
-    model = make_model("mlp")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="train it in one process"):
-        MentorNetPD(model, optimizer, epochs=4, reducer=object())  # type: ignore[arg-type]
-
-
 def test_it_needs_the_run_length():
     with pytest.raises(ValueError, match=r"needs options\['epochs'\]"):
         build64("mentornet-pd", model64(), {})

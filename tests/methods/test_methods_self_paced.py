@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from method_nets import batch, make_model
 from plain_checks import (
     assert_step_matches,
     batch64,
@@ -19,7 +18,7 @@ from plain_checks import (
     resumed_step_is_identical,
 )
 
-from mwnet.methods.self_paced import SelfPaced, SelfPacedOptions, selected_count
+from mwnet.methods.self_paced import SelfPacedOptions, selected_count
 
 
 def reference_fraction(epoch: int, start: float, full_epoch: int) -> float:
@@ -128,14 +127,6 @@ def test_resume_continues_with_the_epoch():
         assert torch.equal(resumed[k], v), k
     # with its epoch reset to 0 it would select 3 of 10 instead of 7, and step elsewhere
     assert any(not torch.equal(forgot[k], v) for k, v in uninterrupted.items())
-
-
-def test_data_parallelism_is_refused():
-    model = make_model("mlp")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="train it in one process"):
-        SelfPaced(model, optimizer, full_epoch=3, reducer=object())  # type: ignore[arg-type]
-    SelfPaced(model, optimizer, full_epoch=3).step(*batch("mlp", 0))
 
 
 @pytest.mark.parametrize(

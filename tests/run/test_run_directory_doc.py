@@ -98,6 +98,23 @@ def test_every_signals_array_is_documented(runs) -> None:
     assert written - _documented("`signals.npz`") == set()
 
 
+def test_every_model_file_field_is_documented(runs) -> None:
+    """Top-level fields, and the fields of its ``model``, ``input`` and ``training`` dicts
+    as ``model.name``... (a model's own options and weights are not the format's)."""
+    import torch
+
+    written = set()
+    for run in runs:
+        file = torch.load(run / "model.pt", weights_only=True)
+        for key, value in file.items():
+            if key in ("model", "input", "training"):
+                written |= {f"{key}.{inner}" for inner in value}
+            else:
+                written.add(key)
+    assert {"format", "state_dict", "input.normalize", "training.test_acc"} <= written
+    assert written - _documented("`model.pt`") == set()
+
+
 def test_every_file_is_documented(runs) -> None:
     from mwnet.cli import main
 

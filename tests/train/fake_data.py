@@ -129,3 +129,25 @@ def tiny_folder_overrides(root: Path, out: Path, *extra: str) -> list[str]:
         f"out_dir={out}",
         *extra,
     ]
+
+
+def tiny_idx_overrides(root: Path, out: Path, *extra: str) -> list[str]:
+    """Config overrides for a cheap run that learns the IDX data of :func:`write_idx`
+    (written with ``per_class=20``): cross-entropy, a 16-unit MLP, two epochs, one CPU
+    thread; ``extra`` last, so it can override any of them."""
+    return [
+        f"data.root={root}",
+        "data.download=false",
+        "data.meta_per_class=2",
+        "data.batch_size=20",
+        "data.augment=false",
+        "model.name=mlp",
+        "model.options.hidden=[16]",
+        "optim.epochs=2",
+        "optim.lr=0.1",
+        "method.name=ce",
+        "threads=1",
+        "device=cpu",
+        f"out_dir={out}",
+        *extra,
+    ]

@@ -190,6 +190,14 @@ FULL_DISK_FILES = [
     ),
     Row(
         "state damage",
+        "the disk fills up while the model file is written at the end (model.pt)",
+        "mwnet: error: cannot write the end-of-run files of RUN (No space left on device, "
+        "writing model.pt); its 1 epoch is saved: ..., then mwnet train --resume RUN "
+        "writes them",
+        ("model.pt", "cannot write the end-of-run files", "writing model.pt); its 1 epoch"),
+    ),
+    Row(
+        "state damage",
         "the disk fills up while the final plots are drawn (accuracy.png)",
         "mwnet: error: cannot write the end-of-run files of RUN (No space left on device, "
         "writing accuracy.png); its 1 epoch is saved: ..., then mwnet train --resume RUN "
@@ -212,13 +220,14 @@ def test_full_disk_names_the_file(row, fmnist_root, tmp_path, monkeypatch, capsy
     if name == "metrics.jsonl":  # nothing saved: the new run's directory is removed
         assert not run_dir.exists()
         return
-    assert line.endswith(f"mwnet train --resume {run_dir}" + (" writes them" * (".png" in name)))
+    at_end = name.endswith(".png") or name == "model.pt"
+    assert line.endswith(f"mwnet train --resume {run_dir}" + (" writes them" * at_end))
     assert _temporaries(run_dir) == []
     assert load_checkpoint(run_dir / loop.CHECKPOINT)["epoch"] == 1
     assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
     summary = read_json(run_dir / "summary.json")
     assert summary["finished"] and summary["epochs_done"] == 1
-    assert (run_dir / "accuracy.png").is_file()
+    assert (run_dir / "accuracy.png").is_file() and (run_dir / "model.pt").is_file()
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")

@@ -65,6 +65,7 @@ def test_run_directory_has_every_artifact(fmnist_root, tmp_path):
         "weighting_function.png",
         "weight_histogram.png",
         "accuracy.png",
+        "model.pt",
     } <= names
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2, 3]

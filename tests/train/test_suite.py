@@ -28,25 +28,42 @@ from mwnet.suite.runner import run_cell, run_dir_of
 from mwnet.train import loop
 from mwnet.train.config import load_config
 
+PREVIOUS_DEFAULTS = (
+    "ce",
+    "class-balanced",
+    "l2rw",
+    "finetune",
+    "ce-finetune",
+    "mwnet-fast",
+    "cmwnet",
+    "cmwnet-sl",
+    "mwnet-fast-retrain",
+    "mwnet-fast-finetune",
+)
+
 
 def test_full_grid_has_every_method_setting_and_seed() -> None:
     grid = cells(FULL)
     trained = [m for m in DEFAULT_METHODS if method_named(m).after is None]  # no continuations
-    assert len(trained) == 7
+    field = [m for m in trained if method_named(m).noise_only]
+    assert len(trained) == 18 and len(field) == 11
     clean_axis = ("l2rw", "finetune", "mwnet-fast", "cmwnet")
-    # the 6 default main settings at seeds 0-2 (class-balanced loss on the 2 long tails
-    # only); the clean-set axis's default (2 noises x 100 images) at seeds 0-2 for the
-    # methods that read the clean set; small data at seeds 0-4
-    assert len(grid) == 6 * 6 * 3 + 2 * 3 + 2 * 4 * 3 + 6 * 5
+    # the 5 default main settings at seeds 0-2 (class-balanced loss on the long tail only,
+    # the field's noisy-label methods on the 3 noisy ones only); the clean-set axis's
+    # default (2 noises x 100 images) at seeds 0-2 for the methods that read the clean
+    # set; small data (noisy) at seeds 0-4
+    assert len(grid) == 6 * 3 + 3 * 17 * 3 + 7 * 3 + 2 * 4 * 3 + 17 * 5
     main = [s.name for s in SETTINGS if s.group == "main" and s.in_default]
+    assert main == ["clean", "uniform-60", "flip2-40", "instance-40", "lt-100"]
     axis = [s.name for s in SETTINGS if s.group == "clean-size" and s.in_default]
     long_tails = {s.name for s in SETTINGS if s.imbalanced}
+    noisy = {s.name for s in SETTINGS if s.noisy}
     assert {(c.setting.name, c.method.name) for c in grid} == {
         *(
             (s, m)
             for s in (*main, "small-flip2-40")
             for m in trained
-            if m != "class-balanced" or s in long_tails
+            if (m != "class-balanced" or s in long_tails) and (m not in field or s in noisy)
         ),
         *((s, m) for s in axis for m in clean_axis),
     }
@@ -64,7 +81,10 @@ def test_every_cell_is_a_valid_config(scale) -> None:
 
 
 def test_pure_imbalance_uses_the_papers_weighting_net_optimizer() -> None:
-    by_setting = {c.setting.name: c for c in cells(FULL, methods=("mwnet-fast",))}
+    settings = ("lt-100", "lt-100-flip2-20")
+    by_setting = {
+        c.setting.name: c for c in cells(FULL, settings=settings, methods=("mwnet-fast",))
+    }
     lt = load_config(None, list(by_setting["lt-100"].overrides))
     noisy_lt = load_config(None, list(by_setting["lt-100-flip2-20"].overrides))
     assert (lt.method.mwnet.net_optimizer, lt.method.mwnet.net_lr) == ("sgd", 1e-5)
@@ -177,7 +197,11 @@ def test_quick_suite_writes_the_report_and_reruns_train_nothing(
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{HEADLINE_START}\nold table\n{HEADLINE_END}\noutro\n")
     args = ["suite", "--quick", "--jobs", "1", "--out", str(out), "--docs", str(docs)]
+    # the methods of the default grid before the field's, and two of those (one with a
+    # first phase, one loss-only): every kind of row, in seconds
+    methods = [*PREVIOUS_DEFAULTS, "glc", "gce"]
     args += ["--settings", "flip2-40,lt-100", "--readme", str(readme)]
+    args += ["--methods", ",".join(methods)]
     assert main(args) == 0
 
     results = (docs / "RESULTS.md").read_text()
@@ -196,8 +220,11 @@ def test_quick_suite_writes_the_report_and_reruns_train_nothing(
     # for the 7 methods that train (8 on the long tail: class-balanced loss); the
     # fine-tuning continuation searches no lr; CE -> fine-tune runs only where a setting
     # names it (the full-CNN regime)
-    assert len(DEFAULT_METHODS) == 10
-    assert len(list(out.glob("*/*/summary.json"))) == (7 + 8) * (2 + 1) + 2 * (1 + 1)
+    assert len(DEFAULT_METHODS) == 21
+    # glc and gce like the others (the quick scale searches one knob value), in the
+    # noisy setting only
+    runs = (7 + 8) * (2 + 1) + 2 * (1 + 1) + 2 * (2 + 1)
+    assert len(list(out.glob("*/*/summary.json"))) == runs
 
     # A hand-written reading survives; finished cells are not trained again.
     (docs / "RESULTS.md").write_text(

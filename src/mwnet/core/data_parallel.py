@@ -133,6 +133,24 @@ def mean_backward(
     return summed[1] / total
 
 
+def sum_backward(
+    objective: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    reducer: GradientReducer,
+    extras: Sequence[torch.Tensor] = (),
+) -> torch.Tensor:
+    """Set ``.grad`` to the gradient of the sum over ranks of each rank's ``objective``:
+    for an objective whose ranks' parts are already normalised by global counts (each a
+    share of a global mean), so that they simply add up. Returns the sums of
+    ``[objective, *extras]`` (no graph)."""
+    parts = [objective.detach(), *(e.detach().to(objective.dtype) for e in extras)]
+    stats = torch.stack(parts)
+    summed, _ = _backward_and_sum(
+        objective, stats, optimizer, reducer, lambda s: torch.ones_like(s[0])
+    )
+    return summed
+
+
 def _backward_and_sum(
     objective: torch.Tensor,
     stats: torch.Tensor,

@@ -11,7 +11,8 @@ whatever the number of parameter tensors, and the bytes of each call are counted
 category for benchmarks.
 
 Every rank receives the same reduced buffer, so ranks that start identical stay
-identical: the same sums go into the same optimizer steps everywhere.
+identical: the same sums go into the same optimizer steps everywhere. One all-gather
+(:meth:`GradientReducer.gather`) serves methods that decide over, or mix, the global batch.
 """
 
 from __future__ import annotations
@@ -109,12 +110,14 @@ class GradientReducer:
         self.counter.add(category, count)
         dist.all_gather(counts, count, group=self.group)
         sizes = [int(c) for c in counts]
-        padded = local.detach().new_zeros((max(sizes), *local.shape[1:]))
-        padded[: local.shape[0]] = local.detach()
+        kind = local.dtype  # gloo gathers no bool: as bytes, and back
+        rows = local.detach().to(torch.uint8) if kind == torch.bool else local.detach()
+        padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows
         parts = [torch.empty_like(padded) for _ in sizes]
         self.counter.add(category, padded)
-        dist.all_gather(parts, padded, group=self.group)
-        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]), sizes
+        dist.all_gather(parts, padded.contiguous(), group=self.group)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]).to(kind), sizes
 
 
 class _SumOverRanks(torch.autograd.Function):

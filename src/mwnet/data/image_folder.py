@@ -151,10 +151,59 @@ def decode_image(path: Path, size: Size, where: str = "") -> torch.Tensor:
         DatasetError: naming the file, for a file Pillow cannot decode, an image over
             Pillow's decompression-bomb limit, or pixels :func:`to_rgb8` refuses.
     """
+    h, w = _size_hw(size)
+    return cover_crop(_open_rgb8(path, where), h, w, path, where)
+
+
+def read_image(
+    path: Path, size: Size, channels: int = 3, resize: bool = True, where: str = ""
+) -> torch.Tensor:
+    """One image file as a model trained on ``size`` images of ``channels`` channels
+    takes it: ``uint8`` ``(channels, h, w)``.
+
+    With ``resize`` it is read exactly as ``data.dataset=folder`` and ``list`` read their
+    images (:func:`decode_image`: upright, 8-bit RGB, scaled to cover, centre-cropped).
+    Without it the image must already be ``size`` (the named datasets are trained at their
+    own size, never resized): any other size is refused rather than silently distorted.
+    One channel is the greyscale of the RGB image (:func:`grey8`).
+
+    Raises:
+        DatasetError: naming the file, for everything :func:`decode_image` refuses, and
+            (``resize=False``) an image of another size.
+    """
+    if channels not in (1, 3):
+        raise DatasetError(f"images have 1 (greyscale) or 3 (RGB) channels, not {channels}")
+    h, w = _size_hw(size)
+    img = _open_rgb8(path, where)
+    if not resize and (img.height, img.width) != (h, w):
+        raise DatasetError(
+            f"{path}{where}: the image is {img.width}x{img.height} pixels, but the model takes "
+            f"{w}x{h} images as they are (it was trained on a dataset of that size, never "
+            f"resized); resize the image to {w}x{h} first"
+        )
+    rgb = cover_crop(img, h, w, path, where)  # the image itself when it has the size
+    return rgb if channels == 3 else grey8(rgb[None])[0]
+
+
+def grey8(rgb: torch.Tensor) -> torch.Tensor:
+    """The greyscale of ``uint8`` RGB images ``(N, 3, H, W)``, as ``(N, 1, H, W)``.
+
+    Pillow's ``convert("L")``, ITU-R 601-2 luma ``L = (19595 R + 38470 G + 7471 B +
+    2^15) >> 16``, in integers: the weights sum to ``2^16``, so a grey pixel (R = G = B)
+    keeps its exact value, and a greyscale image saved as RGB reads back unchanged.
+    """
+    if rgb.dtype != torch.uint8 or rgb.dim() != 4 or rgb.shape[1] != 3:
+        raise DatasetError(f"expected uint8 RGB images (N, 3, H, W), got {tuple(rgb.shape)}")
+    r, g, b = rgb.to(torch.int32).unbind(1)
+    luma = (19595 * r + 38470 * g + 7471 * b + 32768) >> 16
+    return luma.to(torch.uint8).unsqueeze(1)
+
+
+def _open_rgb8(path: Path, where: str) -> Any:
+    """``path`` decoded, upright by its EXIF orientation, as an 8-bit RGB Pillow image."""
     image_mod = _pil()
     from PIL import ImageOps
 
-    h, w = _size_hw(size)
     bombs = (image_mod.DecompressionBombError, image_mod.DecompressionBombWarning)
     try:
         with warnings.catch_warnings():
@@ -162,13 +211,20 @@ def decode_image(path: Path, size: Size, where: str = "") -> torch.Tensor:
             # refused with one line rather than decoded behind a multi-line warning.
             warnings.simplefilter("error", image_mod.DecompressionBombWarning)
             with image_mod.open(path) as img:
-                img = to_rgb8(ImageOps.exif_transpose(img), f"{path}{where}")
+                return to_rgb8(ImageOps.exif_transpose(img), f"{path}{where}")
     except bombs as exc:
         raise _too_large(path, where, exc) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow's decode errors
         if isinstance(exc, DatasetError):
             raise
         raise DatasetError(f"{path}{where}: cannot read image: {exc}") from exc
+
+
+def cover_crop(img: Any, h: int, w: int, path: Path | str = "", where: str = "") -> torch.Tensor:
+    """The RGB Pillow image ``img`` scaled so that it covers ``h x w``, centre-cropped to
+    it, as a ``uint8`` ``(3, h, w)`` tensor (an image of that size is returned as it is:
+    Pillow's resize to its own size is a copy). ``path`` and ``where`` name it in errors."""
+    image_mod = _pil()
     try:
         scale = max(h / img.height, w / img.width)
         new_w = max(w, round(img.width * scale))
@@ -369,34 +425,14 @@ def load_image_list(
             out-of-range label, or a missing or unreadable image.
     """
     list_file, image_root = Path(list_file), Path(image_root)
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DatasetError(f"{list_file}: cannot read list file: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise DatasetError(
-            f"{list_file}: not a UTF-8 text list of 'relative/path label' lines ({exc.reason} "
-            f"at byte {exc.start}); is it the right file?"
-        ) from None
     files: list[Path] = []
     labels: list[int] = []
     where: list[str] = []
-    for lineno, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        loc = f"{list_file}:{lineno}"
-        parts = text.rsplit(maxsplit=1)
-        if len(parts) != 2:
-            raise DatasetError(f"{loc}: expected 'relative/path label', got {text!r}")
-        try:
-            label = int(parts[1])
-        except ValueError:
-            raise DatasetError(f"{loc}: label {parts[1]!r} is not an integer") from None
+    for loc, relative, label in list_entries(list_file):  # every label given: required
         if label < 0 or (classes is not None and label >= len(classes)):
             limit = f"[0, {len(classes)})" if classes is not None else ">= 0"
             raise DatasetError(f"{loc}: label {label} out of range (expected {limit})")
-        path = image_root / parts[0]
+        path = image_root / relative
         if not path.is_file():
             problem = "is a folder, not an image file" if path.is_dir() else "does not exist"
             raise DatasetError(f"{loc}: image file {path} {problem}")
@@ -407,3 +443,51 @@ def load_image_list(
         raise DatasetError(f"{list_file}: no entries")
     names = list(classes) if classes is not None else [str(i) for i in range(max(labels) + 1)]
     return _build(files, labels, names, size, list_file.stem, where, cache)
+
+
+def list_entries(
+    list_file: str | os.PathLike[str], labels_required: bool = True
+) -> list[tuple[str, str, int | None]]:
+    """The entries of a ``relative/path label`` list file: ``(where, path, label)`` each,
+    ``where`` being ``file:line`` for messages.
+
+    Blank lines and lines starting with ``#`` are skipped; the path may contain spaces
+    (the label is the last field). With ``labels_required=False`` a line may be a path
+    alone: its last field is its label only if it is an integer and not the whole line
+    (the label is then None).
+
+    Raises:
+        DatasetError: an unreadable or non-UTF-8 file, or (labels required) a line
+            without an integer label, naming the file and line.
+    """
+    list_file = Path(list_file)
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DatasetError(f"{list_file}: cannot read list file: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{list_file}: not a UTF-8 text list of 'relative/path label' lines ({exc.reason} "
+            f"at byte {exc.start}); is it the right file?"
+        ) from None
+    entries: list[tuple[str, str, int | None]] = []
+    for lineno, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        loc = f"{list_file}:{lineno}"
+        parts = text.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            if labels_required:
+                raise DatasetError(f"{loc}: expected 'relative/path label', got {text!r}")
+            entries.append((loc, text, None))
+            continue
+        try:
+            label = int(parts[1])
+        except ValueError:
+            if labels_required:
+                raise DatasetError(f"{loc}: label {parts[1]!r} is not an integer") from None
+            entries.append((loc, text, None))
+            continue
+        entries.append((loc, parts[0], label))
+    return entries

@@ -13,10 +13,14 @@ from mwnet.methods.bootstrap import BootstrapHard, BootstrapSoft
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced
 from mwnet.methods.co_teaching import CoTeaching
+from mwnet.methods.d2l import D2L
 from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.dividemix import DivideMix, DivideMixOptions
+from mwnet.methods.elr import ELR
 from mwnet.methods.finetune import Finetune
 from mwnet.methods.focal import Focal
 from mwnet.methods.gce import GeneralizedCrossEntropy
+from mwnet.methods.glc import GoldLossCorrection
 from mwnet.methods.l2rw import L2RW
 from mwnet.methods.mentornet import MentorNetPD
 from mwnet.methods.meta_weight_net import MetaWeightNet
@@ -29,10 +33,13 @@ from mwnet.methods.registry import (
     method_names,
     register_method,
 )
+from mwnet.methods.s_model import SModel
 from mwnet.methods.sce import SymmetricCrossEntropy
 from mwnet.methods.self_paced import SelfPaced
 
 __all__ = [
+    "D2L",
+    "ELR",
     "L2RW",
     "LABEL_CORRECTION_METHODS",
     "METHODS",
@@ -42,15 +49,19 @@ __all__ = [
     "ClassBalanced",
     "CoTeaching",
     "CrossEntropy",
+    "DivideMix",
+    "DivideMixOptions",
     "Finetune",
     "Focal",
     "GeneralizedCrossEntropy",
+    "GoldLossCorrection",
     "Knob",
     "MentorNetPD",
     "MetaWeightNet",
     "Method",
     "MethodContext",
     "MethodDescriptor",
+    "SModel",
     "SamplePass",
     "SelfPaced",
     "StepOutput",

@@ -60,6 +60,17 @@ class SamplePass(Protocol):
         one that returns a network's features instead of its logits."""
         ...
 
+    def subset(self, indices: torch.Tensor) -> SamplePass:
+        """The pass over the samples at ``indices`` (positions in this set), in that order:
+        for estimates that need only a sample of the set (D2L's dimensionality)."""
+        ...
+
+
+TrainingViews = Callable[[torch.Tensor, int], torch.Tensor]
+"""``views(index, seed)``: the training samples at positions ``index`` (on the model's
+device), augmented afresh with randomness from ``seed`` and normalised like the training
+batches: another view of a batch (DivideMix's second augmentation)."""
+
 
 @dataclass
 class MethodContext:
@@ -93,6 +104,10 @@ class MethodContext:
     """An optimizer over the given parameters with the run's settings (``optim.*``)."""
     seed: int = 0
     """The run's seed, for methods that draw their own random numbers."""
+    augment: TrainingViews | None = None
+    """Fresh augmented views of training samples by position (:data:`TrainingViews`):
+    the same augmentation as the training batches (none if ``data.augment=false``),
+    drawn from the given seed, so that every rank draws the same view of a sample."""
 
     def compiled_model(self) -> nn.Module:
         """The model, through ``torch.compile`` when ``compile`` asks for it (a plain step:

@@ -50,3 +50,18 @@ def class_balanced_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
     effective = torch.where(present, 1.0 - torch.pow(beta, counts), torch.ones_like(counts))
     weights = torch.where(present, (1.0 - beta) / effective, torch.zeros_like(counts))
     return weights * (present.sum() / weights.sum())
+
+
+def forward_corrected_losses(
+    logits: torch.Tensor, labels: torch.Tensor, log_transition: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample −log p(noisy label y | x) = −log Σ_i softmax(logits)_i · T[i, y].
+
+    The forward loss correction of GLC (T = the estimated corruption matrix C) and the
+    S-Model's noise adaptation layer (T = the row-softmax of its learned matrix). Taken
+    as a log-sum-exp of log softmax(logits)_i + log T[i, y], so that neither a confident
+    prediction nor a small entry of T underflows before the log; ``log_transition`` is
+    log T (K, K), and may hold −inf where T is 0.
+    """
+    columns = log_transition.to(logits.dtype).T[labels]  # row t: log T[:, y_t]
+    return -torch.logsumexp(torch.log_softmax(logits, dim=1) + columns, dim=1)

@@ -108,8 +108,8 @@ class MentorNetPD(PlainMethod):
       ``loss_p_precentile``, which TensorFlow 1's tolerant flag parsing would ignore, so
       their runs may well have used 0.7. The decay is their script's flag default, 0.5
       (their ``utils.mentornet`` function's own default is 0.9).
-    * Not under data parallelism: the percentile is over the whole batch, which the ranks
-      split.
+    * Under data parallelism the percentile is taken over the global batch (every rank
+      gathers the losses of all), so the ranks weigh as one process does.
     """
 
     name = "mentornet-pd"
@@ -126,11 +126,6 @@ class MentorNetPD(PlainMethod):
         checks: bool = True,
         reducer: GradientReducer | None = None,
     ) -> None:
-        if reducer is not None:
-            raise ValueError(
-                "mentornet-pd thresholds on a percentile of the whole batch's losses, which "
-                "data parallelism splits across ranks; train it in one process"
-            )
         super().__init__(model, optimizer, checks=checks, reducer=reducer)
         self.epochs = configured_epochs(epochs, "mentornet-pd", "options['epochs']")
         self.percentile = check_percentile(percentile)
@@ -157,7 +152,8 @@ class MentorNetPD(PlainMethod):
     def weigh(self, losses: torch.Tensor) -> tuple[float, torch.Tensor]:
         """The moving average after this batch, and the batch's weights (no gradient);
         ``self.threshold`` is left as it is."""
-        percentile = float(nearest_percentile(losses.detach(), self.percentile))
+        batch = self.global_batch(losses)
+        percentile = float(nearest_percentile(batch, self.percentile))
         d = self.ema_decay
         threshold = d * self.threshold + (1.0 - d) * percentile
         if self.burning_in():
@@ -170,9 +166,11 @@ class MentorNetPD(PlainMethod):
         self._next_threshold, v = self.weigh(losses)  # kept only if the step succeeds
         return (v * losses).mean(), v
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> StepOutput:
         self._next_threshold = None
-        out = super().step(x, y)
+        out = super().step(x, y, index)
         if self._next_threshold is not None:
             self.threshold = self._next_threshold
         return out

@@ -59,6 +59,24 @@ class PlainMethod(Method):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The scalar loss to minimise from per-sample CE ``losses``, and the weights used."""
 
+    def backward_over_ranks(
+        self, loss: torch.Tensor, losses: torch.Tensor, weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Under data parallelism: leave in ``.grad`` the gradient of the objective over
+        the global batch, and return that objective. The default reads ``loss`` as a mean
+        over this rank's samples (every objective of the form mean_i f_i); an objective
+        normalised otherwise (a mean over selected samples) overrides this."""
+        assert self.reducer is not None
+        return mean_backward(loss, len(losses), self.optimizer, self.reducer)
+
+    def global_batch(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` of every sample of the global batch, in batch order, on every rank
+        (this rank's own in one process): for decisions over the whole batch (a quantile
+        of its losses), which every rank must take alike."""
+        if self.reducer is None:
+            return values.detach()
+        return self.reducer.gather(values.detach(), "selection")[0]
+
     def batch_kind(self) -> str:
         """How error messages name the batch being trained on."""
         return "training"
@@ -87,7 +105,7 @@ class PlainMethod(Method):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         else:
-            loss = mean_backward(loss, len(losses), self.optimizer, self.reducer)
+            loss = self.backward_over_ranks(loss, losses, weights)
         if self.checks:  # one check of the losses and of the update's gradient
             raise_if_not_finite(
                 self.steps_done,

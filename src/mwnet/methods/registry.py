@@ -21,11 +21,21 @@ from mwnet.methods.bootstrap import (
 from mwnet.methods.ce import CrossEntropy
 from mwnet.methods.class_balanced import ClassBalanced, ClassBalancedOptions
 from mwnet.methods.co_teaching import CoTeaching, CoTeachingOptions, peer_optimizer_like
-from mwnet.methods.descriptor import Knob, MethodContext, MethodDescriptor, SamplePass
+from mwnet.methods.d2l import D2L, D2LOptions
+from mwnet.methods.descriptor import (
+    Knob,
+    MethodContext,
+    MethodDescriptor,
+    SamplePass,
+    TrainingViews,
+)
+from mwnet.methods.dividemix import DivideMix, DivideMixOptions
+from mwnet.methods.elr import ELR, ELROptions
 from mwnet.methods.finetune import Finetune, FinetuneOptions
 from mwnet.methods.flat_keys import FLAT_KEYS
 from mwnet.methods.focal import Focal, FocalOptions
 from mwnet.methods.gce import GceOptions, GeneralizedCrossEntropy
+from mwnet.methods.glc import GlcOptions, GoldLossCorrection
 from mwnet.methods.l2rw import L2RW, L2RWOptions
 from mwnet.methods.mentornet import MentorNetOptions, MentorNetPD
 from mwnet.methods.meta_weight_net import (
@@ -34,6 +44,7 @@ from mwnet.methods.meta_weight_net import (
     MetaWeightNet,
     WeightingOptions,
 )
+from mwnet.methods.s_model import SModel, SModelOptions
 from mwnet.methods.sce import SceOptions, SymmetricCrossEntropy
 from mwnet.methods.self_paced import SelfPaced, SelfPacedOptions
 
@@ -213,6 +224,86 @@ def _co_teaching(ctx: MethodContext) -> Method:
         forget_rate=o.forget_rate,
         num_gradual=o.num_gradual,
         exponent=o.exponent,
+        **ctx.common(),
+    )
+
+
+def _glc(ctx: MethodContext) -> Method:
+    o: GlcOptions = ctx.options["glc"]
+    return GoldLossCorrection(
+        ctx.model,
+        ctx.optimizer,
+        ctx.meta_batches,
+        ctx.meta_set,
+        training_size=None if ctx.training_set is None else len(ctx.training_set),
+        epochs=ctx.epochs,
+        estimate_epochs=o.estimate_epochs,
+        variant=o.variant,
+        trusted_weight=o.trusted_weight,
+        **ctx.common(),
+    )
+
+
+def _s_model(ctx: MethodContext) -> Method:
+    o: SModelOptions = ctx.options["s_model"]
+    return SModel(
+        ctx.model,
+        ctx.optimizer,
+        ctx.training_set,
+        len(ctx.class_counts),
+        epochs=ctx.epochs,
+        estimate_epochs=o.estimate_epochs,
+        confusion=o.confusion,
+        lr_factor=o.lr_factor,
+        **ctx.common(),
+    )
+
+
+def _training_set(ctx: MethodContext, name: str, why: str) -> SamplePass:
+    if ctx.training_set is None:
+        raise ValueError(f"{name} {why}: build it with training_set=... (the loop passes it)")
+    return ctx.training_set
+
+
+def _elr(ctx: MethodContext) -> Method:
+    o = ctx.options["elr"]
+    samples = len(_training_set(ctx, "elr", "keeps a target per training sample"))
+    return ELR(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        samples,
+        len(ctx.class_counts),
+        beta=o.beta,
+        lam=o.lam,
+        **ctx.common(),
+    )
+
+
+def _d2l(ctx: MethodContext) -> Method:
+    if ctx.epochs is None:
+        raise ValueError("d2l's schedule needs the run's epochs: pass options={'epochs': ...}")
+    return D2L(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        _training_set(ctx, "d2l", "estimates dimensionality on training samples"),
+        epochs=ctx.epochs,
+        options=ctx.options["d2l"],
+        seed=ctx.seed,
+        network=ctx.model,
+        **ctx.common(),
+    )
+
+
+def _dividemix(ctx: MethodContext) -> Method:
+    return DivideMix(
+        ctx.model,
+        ctx.optimizer,
+        options=ctx.options["dividemix"],
+        peer=None if ctx.new_network is None else ctx.new_network(1),
+        new_optimizer=ctx.new_optimizer,
+        training_set=ctx.training_set,
+        augment=ctx.augment,
+        seed=ctx.seed,
         **ctx.common(),
     )
 
@@ -415,6 +506,44 @@ for _descriptor in (
         description="Co-teaching (Han et al., 2018): two networks, each trained on the "
         "samples the other finds small-loss",
     ),
+    MethodDescriptor(
+        "glc",
+        _glc,
+        {"glc": GlcOptions},
+        reads_meta=True,
+        knob=Knob("glc.trusted_weight", "tw", "GLC trusted weight", (1.0, 10.0)),
+        description="gold loss correction (Hendrycks et al., 2018)",
+    ),
+    MethodDescriptor(
+        "s-model",
+        _s_model,
+        {"s_model": SModelOptions},
+        description="noise adaptation layer, S-Model (Goldberger & Ben-Reuven, 2017)",
+    ),
+    MethodDescriptor(
+        "elr",
+        _elr,
+        {"elr": ELROptions},
+        reads_index=True,
+        compiles=True,
+        knob=Knob("elr.lam", "lam", "ELR lambda", (3.0, 7.0)),
+        description="early-learning regularization (Liu et al., 2020)",
+    ),
+    MethodDescriptor(
+        "d2l",
+        _d2l,
+        {"d2l": D2LOptions},
+        compiles=True,
+        description="dimensionality-driven learning (Ma et al., 2018)",
+    ),
+    MethodDescriptor(
+        "dividemix",
+        _dividemix,
+        {"dividemix": DivideMixOptions},
+        reads_index=True,
+        knob=Knob("dividemix.lambda_u", "lu", "DivideMix lambda_u", (25.0, 0.0)),
+        description="DivideMix (Li et al., 2020): two networks, a loss mixture, MixMatch",
+    ),
 ):
     register_method(_descriptor)
 
@@ -475,6 +604,7 @@ def build_method(
     new_network: Callable[[int], nn.Module] | None = None,
     new_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     seed: int = 0,
+    augment: TrainingViews | None = None,
 ) -> Method:
     """The training method ``name`` (a registered one) for ``model`` and ``optimizer``.
 
@@ -505,6 +635,9 @@ def build_method(
         new_optimizer: an optimizer with the run's settings over the given parameters
             (``co-teaching`` without it: ``optimizer``'s class and settings).
         seed: the run's seed, for methods that draw their own random numbers.
+        augment: ``augment(index, seed)``, fresh augmented views of training samples by
+            position (:data:`~mwnet.methods.descriptor.TrainingViews`), for methods that
+            augment a batch more than once (DivideMix).
 
     Raises:
         ValueError: for an unknown name (listing the known ones) or a bad option value.
@@ -533,5 +666,6 @@ def build_method(
         new_network=new_network,
         new_optimizer=new_optimizer,
         seed=int(seed),
+        augment=augment,
     )
     return descriptor.build(context)

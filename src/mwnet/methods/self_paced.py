@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mwnet.core.data_parallel import weighted_backward
 from mwnet.core.reducer import GradientReducer
 from mwnet.methods.plain import PlainMethod
 from mwnet.methods.schedule import check_epoch_option, configured_epochs
@@ -54,12 +55,15 @@ def selected_count(fraction: float, n: int) -> int:
     return max(1, min(n, math.floor(fraction * n + 0.5)))
 
 
-def self_paced_weights(losses: torch.Tensor, fraction: float) -> torch.Tensor:
+def self_paced_weights(
+    losses: torch.Tensor, fraction: float, batch: torch.Tensor | None = None
+) -> torch.Tensor:
     """v_i = 1 for the round(fraction·n) lowest losses, else 0: v_i = 1[ℓ_i ≤ λ] with the
     threshold λ the per-batch quantile, the k-th smallest loss (tied losses at λ are all
-    selected)."""
-    k = selected_count(fraction, losses.numel())
-    threshold = losses.detach().kthvalue(k).values
+    selected). ``batch``: the whole batch's losses when ``losses`` is one rank's share."""
+    batch = losses.detach() if batch is None else batch
+    k = selected_count(fraction, batch.numel())
+    threshold = batch.kthvalue(k).values
     return (losses.detach() <= threshold).to(losses.dtype)
 
 
@@ -84,8 +88,8 @@ class SelfPaced(PlainMethod):
       minimisation over the whole training set to convergence.
     * The loss is the mean over the selected samples (the MW-Net paper's "loss over the
       selected samples"), so the step size does not shrink with the selected share.
-    * Not under data parallelism: the quantile is over the whole batch, which the ranks
-      split.
+    * Under data parallelism the quantile is taken over the global batch (every rank
+      gathers the losses of all), so the ranks select what one process selects.
     """
 
     name = "self-paced"
@@ -101,11 +105,6 @@ class SelfPaced(PlainMethod):
         checks: bool = True,
         reducer: GradientReducer | None = None,
     ) -> None:
-        if reducer is not None:
-            raise ValueError(
-                "self-paced selects by a quantile of the whole batch's losses, which data "
-                "parallelism splits across ranks; train it in one process"
-            )
         super().__init__(model, optimizer, checks=checks, reducer=reducer)
         self.start_fraction = check_start_fraction(start_fraction)
         full_epoch = check_epoch_option(full_epoch, "method.self_paced.full_epoch")
@@ -124,8 +123,15 @@ class SelfPaced(PlainMethod):
     def objective(
         self, logits: torch.Tensor, losses: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self_paced_weights(losses, self.fraction())
+        v = self_paced_weights(losses, self.fraction(), self.global_batch(losses))
         return (v * losses).sum() / v.sum(), v
+
+    def backward_over_ranks(
+        self, loss: torch.Tensor, losses: torch.Tensor, weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The mean over the selected samples of the global batch."""
+        assert self.reducer is not None and weights is not None
+        return weighted_backward(losses, weights, "sum", self.optimizer, self.reducer)[1]
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "epoch": self.epoch}

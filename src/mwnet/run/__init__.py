@@ -14,6 +14,7 @@ from mwnet.run.checkpoint import (
 )
 from mwnet.run.claim import RunDirBusy, RunDirError
 from mwnet.run.interrupt import Terminated, interrupt_deferred, sigterm_as_interrupt
+from mwnet.run.model_file import MODEL_FILE, ModelFileError
 from mwnet.run.plots import plot_run
 from mwnet.run.records import (
     append_jsonl,
@@ -30,7 +31,9 @@ from mwnet.run.records import (
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "MODEL_FILE",
     "CheckpointError",
+    "ModelFileError",
     "RunDirBusy",
     "RunDirError",
     "Terminated",

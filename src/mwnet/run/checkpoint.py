@@ -17,6 +17,7 @@ import os
 import pickletools
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,12 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "FileKind",
     "interrupt_deferred",
     "load_checkpoint",
+    "read_torch_file",
     "save_checkpoint",
+    "write_torch_file",
 ]
 
 # Pickle opcodes that name a Python object to import or call: the only way a pickle can
@@ -47,6 +51,33 @@ _CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "N
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be loaded; the message says which file, why, and what to do."""
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """How the one-line errors of :func:`read_torch_file` name a kind of file and what
+    they advise: each kind of mwnet file has its own remedy."""
+
+    noun: str
+    """``checkpoint``, ``model file``, ..."""
+    missing: str
+    """What to do when there is no such file."""
+    point: str
+    """What to point at instead of a directory or a device."""
+    trusted: str
+    """What to do with a file that holds more than tensors and containers."""
+    damaged: str
+    """What to do with a truncated or corrupt file."""
+    error: type[CheckpointError] = CheckpointError
+
+
+CHECKPOINT_FILE = FileKind(
+    noun="checkpoint",
+    missing="check the path, or start the run without resuming",
+    point="point at a checkpoint",
+    trusted="only load checkpoints from a source you trust, or restart the run",
+    damaged="delete it and resume from an earlier checkpoint, or restart the run",
+)
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
@@ -60,9 +91,15 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
     if not isinstance(state, dict):
         raise TypeError(f"checkpoint state must be a dict, not {type(state).__name__}")
     envelope = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "state": state}
+    write_torch_file(path, envelope)
+
+
+def write_torch_file(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
+    """``torch.save(obj)`` to ``path`` atomically; a failed write (a full disk) is the
+    ``OSError`` naming ``path`` that it was, not torch's ``RuntimeError``."""
     try:
         with atomic_write(path, "wb") as f:
-            torch.save(envelope, f)
+            torch.save(obj, f)
     except RuntimeError as err:
         failed = _write_failure(path, err)
         if failed is None:
@@ -102,39 +139,48 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             than tensors and plain containers (a pickle that would run code).
     """
     path = Path(path)
-    _check_readable(path)
+    return _unwrap(path, read_torch_file(path, CHECKPOINT_FILE))
+
+
+def read_torch_file(path: Path, kind: FileKind) -> object:
+    """What ``torch.load(path, weights_only=True)`` reads, on the CPU, after checking that
+    the file is there, readable and (a zip archive) intact.
+
+    Raises:
+        kind.error: one line naming the file, the cause and ``kind``'s remedy, for a
+            missing or unreadable file, a truncated or corrupt one, or one holding objects
+            other than tensors and plain containers (a pickle that would run code).
+    """
+    _check_readable(path, kind)
     if zipfile.is_zipfile(path):
-        _check_zip_integrity(path)
+        _check_zip_integrity(path, kind)
     try:
         with warnings.catch_warnings():
             # torch warns about unusual pickle protocols before rejecting such files;
-            # the CheckpointError below is the message that matters.
+            # the error below is the message that matters.
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise _classify_load_failure(path, exc) from exc
-    return _unwrap(path, obj)
+        raise _classify_load_failure(path, exc, kind) from exc
 
 
-def _check_readable(path: Path) -> None:
+def _check_readable(path: Path, kind: FileKind) -> None:
     if not path.exists():
-        raise CheckpointError(
-            f"{path}: no such checkpoint; check the path, or start the run without resuming"
-        )
+        raise kind.error(f"{path}: no such {kind.noun}; {kind.missing}")
     if not path.is_file():  # a directory, or a device or pipe that never ends (/dev/zero)
-        kind = "a directory" if path.is_dir() else "not a regular file"
-        raise CheckpointError(f"{path}: {kind}, not a checkpoint file; point at a checkpoint")
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise kind.error(f"{path}: {what}, not a {kind.noun} file; {kind.point}")
     try:
         with path.open("rb") as f:
             f.read(1)
     except OSError as exc:
-        raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({exc.strerror or exc}); "
+        raise kind.error(
+            f"{path}: cannot read the {kind.noun} ({exc.strerror or exc}); "
             "check that it is a file and that you may read it"
         ) from exc
 
 
-def _check_zip_integrity(path: Path) -> None:
+def _check_zip_integrity(path: Path, kind: FileKind) -> None:
     """Verify every member's CRC, which ``torch.load`` does not do.
 
     Without this a flipped bit in the tensor data loads silently as wrong weights.
@@ -143,19 +189,19 @@ def _check_zip_integrity(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             bad_member = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise _corrupt(path, f"damaged zip archive: {_one_line(exc)}") from exc
+        raise _corrupt(path, f"damaged zip archive: {_one_line(exc)}", kind) from exc
     if bad_member is not None:
-        raise _corrupt(path, f"checksum mismatch in {bad_member!r}")
+        raise _corrupt(path, f"checksum mismatch in {bad_member!r}", kind)
 
 
-def _classify_load_failure(path: Path, exc: Exception) -> CheckpointError:
+def _classify_load_failure(path: Path, exc: Exception, kind: FileKind) -> CheckpointError:
     # torch's restricted unpickler names the rejected import: "Unsupported global: GLOBAL
     # posix.system ..." (plain pickles fail earlier, on an opcode, and are scanned instead).
     if "GLOBAL" in str(exc):
-        return _refused(path)
+        return _refused(path, kind)
     if not zipfile.is_zipfile(path) and _bare_pickle_names_code(path):
-        return _refused(path)
-    return _corrupt(path, _one_line(exc))
+        return _refused(path, kind)
+    return _corrupt(path, _one_line(exc), kind)
 
 
 def _bare_pickle_names_code(path: Path) -> bool:
@@ -190,23 +236,19 @@ def _unwrap(path: Path, obj: object) -> dict[str, Any]:
         )
     state = obj.get("state")
     if not isinstance(state, dict):
-        raise _corrupt(path, f"its state is a {type(state).__name__}, not a dict")
+        raise _corrupt(path, f"its state is a {type(state).__name__}, not a dict", CHECKPOINT_FILE)
     return state
 
 
-def _refused(path: Path) -> CheckpointError:
-    return CheckpointError(
+def _refused(path: Path, kind: FileKind) -> CheckpointError:
+    return kind.error(
         f"{path}: refused to load: it contains objects that are not plain tensors/containers "
-        "(possible tampering); only load checkpoints from a source you trust, "
-        "or restart the run"
+        f"(possible tampering); {kind.trusted}"
     )
 
 
-def _corrupt(path: Path, cause: str) -> CheckpointError:
-    return CheckpointError(
-        f"{path}: checkpoint is truncated or corrupt ({cause}); delete it and resume from "
-        "an earlier checkpoint, or restart the run"
-    )
+def _corrupt(path: Path, cause: str, kind: FileKind) -> CheckpointError:
+    return kind.error(f"{path}: {kind.noun} is truncated or corrupt ({cause}); {kind.damaged}")
 
 
 _NOISE_PREFIXES = ("weights only load failed", "please file an issue", "check the documentation")

@@ -35,7 +35,7 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
         "ordinary run directory under --out, and a small record in the --ledger). Cells "
         "recorded in the ledger are skipped, interrupted runs resumed. Then write "
         "RESULTS.md and plots to --docs from the ledger. The default grid takes "
-        "under 3 hours on a 2-core CPU; --quick is a tiny version for smoke tests; "
+        "about 3 hours on a 2-core CPU; --quick is a tiny version for smoke tests; "
         f"--settings {','.join(FULL_TRAIN)} is the full-training-set regime (hours more).",
     )
     p.add_argument("--quick", action="store_true", help="tiny cells: 2 epochs, tiny grids")

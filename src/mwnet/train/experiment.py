@@ -40,6 +40,7 @@ from mwnet.train.preflight import check_model_fits
 from mwnet.train.pseudo_meta_set import PseudoMetaStream
 from mwnet.train.sample_pass import DatasetPass
 from mwnet.train.teacher import EmaTeacher
+from mwnet.train.training_views import AugmentedViews
 
 IMAGENET_NORMALIZE = Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -84,11 +85,22 @@ def _normalization(cfg: Any, data: TrainData) -> Normalize | None:
     return Normalize.from_images(data.train_images)
 
 
-def build_model(cfg: Any, data: TrainData) -> nn.Module:
-    c, h, _ = data.train_images.shape[1:]
-    options = dict(cfg.model.options)
+def model_options(cfg: Any, data: TrainData) -> dict[str, Any]:
+    """The keyword arguments the run's model is built with: ``model.options`` as plain
+    containers, and the image size for the models that need it (the model file records
+    them, so that the same architecture is built again)."""
+    options = cfg.model.options
+    if OmegaConf.is_config(options):
+        options = OmegaConf.to_container(options, resolve=True)
+    options = dict(options)
     if cfg.model.name in ("cnn_small", "mlp"):
-        options.setdefault("image_size", h)
+        options.setdefault("image_size", int(data.train_images.shape[2]))
+    return options
+
+
+def build_model(cfg: Any, data: TrainData) -> nn.Module:
+    c = data.train_images.shape[1]
+    options = model_options(cfg, data)
     try:
         return models.build(cfg.model.name, num_classes=data.num_classes, in_channels=c, **options)
     except TypeError as err:
@@ -362,6 +374,7 @@ def build_experiment(
         new_network=lambda k: new_network(cfg, data, parallel, device, k),
         new_optimizer=lambda parameters: new_optimizer(cfg, parameters),
         seed=seed,
+        augment=AugmentedViews(train_batches.images, augment, normalize),
     )
     return Experiment(
         cfg=cfg,

@@ -52,6 +52,7 @@ from mwnet.run import (
 from mwnet.run.atomic import atomic_write
 from mwnet.run.checkpoint import CHECKPOINT_FILE
 from mwnet.run.claim import RunClaim, RunDirBusy, RunDirError, claim_fresh, claim_run_dir
+from mwnet.run.model_file import MODEL_FILE, save_model_file
 from mwnet.run.records import PATHS_FILE, paths_fingerprint, write_paths
 from mwnet.run.saved_config import CONFIG_FILE, run_config
 from mwnet.run.signals import SIGNALS_FILE, EpochPredictions, SampleSignals
@@ -60,6 +61,7 @@ from mwnet.train import resume_check
 from mwnet.train.evaluate import accuracy, per_sample, predict
 from mwnet.train.experiment import Experiment, build_experiment, build_schedule
 from mwnet.train.pseudo_meta_set import score_training_set
+from mwnet.train.shipped_model import model_fields
 
 CHECKPOINT = CHECKPOINT_FILE
 CONFIG = CONFIG_FILE
@@ -702,8 +704,11 @@ class Trainer:
             ) from err
 
     def finish(self) -> list[Path]:
-        """Per-sample final weights, the learned weighting function and net, and the plots."""
+        """The model file, per-sample final weights, the learned weighting function and
+        net, and the plots."""
         e, d = self.exp, self.exp.data
+        test_acc = self._last_record().get("test_acc")
+        save_model_file(self.run_dir / MODEL_FILE, model_fields(e, self.epoch, test_acc))
         weighting = e.method.weighting_net()
         if weighting is not None:
             net, normalize = weighting

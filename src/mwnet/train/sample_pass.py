@@ -3,6 +3,7 @@ at every sample between epochs (see :class:`mwnet.methods.SamplePass`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -40,3 +41,7 @@ class DatasetPass:
             reduce,
             parallel=self.parallel,
         )
+
+    def subset(self, indices: torch.Tensor) -> DatasetPass:
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])

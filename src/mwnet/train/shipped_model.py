@@ -1,0 +1,62 @@
+"""The model file of a run (:mod:`mwnet.run.model_file`): what the run's model needs to
+be used without the run, taken from the experiment that trained it.
+
+How an image becomes the model's input is the training pipeline's own: the channels and
+size of the training images, the normalisation the batches applied (``data.normalize``:
+the training set's statistics, CIFAR's or ImageNet's constants, or none), and whether
+image files were resized (``data.dataset=folder`` and ``list`` decode every file scaled
+to cover ``data.image_size`` and centre-cropped; the named datasets are used at their own
+size, so an image of another size is refused rather than resized).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mwnet
+from mwnet.run.model_file import COLORS
+from mwnet.train.experiment import Experiment, model_options
+
+RESIZED_DATASETS = ("folder", "list")
+"""The datasets whose images are files resized to ``data.image_size`` when read."""
+
+NOT_RECORDED_OPTIONS = ("weights_path",)
+"""Model options that only say where the starting weights came from: the model file
+holds the trained weights, and the path may not exist where the file is used."""
+
+
+def model_fields(exp: Experiment, epochs: int, test_acc: float | None) -> dict[str, Any]:
+    """The model file's fields for ``exp.model`` after ``epochs`` epochs, whose last test
+    accuracy (percent) was ``test_acc``."""
+    cfg, data = exp.cfg, exp.data
+    channels, height, width = (int(v) for v in data.train_images.shape[1:])
+    options = {k: v for k, v in model_options(cfg, data).items() if k not in NOT_RECORDED_OPTIONS}
+    normalize = exp.normalize
+    return {
+        "mwnet_version": mwnet.__version__,
+        "model": {
+            "name": str(cfg.model.name),
+            "options": options,
+            "num_classes": data.num_classes,
+            "in_channels": channels,
+        },
+        "state_dict": {k: v.detach().cpu() for k, v in exp.model.state_dict().items()},
+        "classes": [str(c) for c in data.classes],
+        "input": {
+            "channels": channels,
+            "height": height,
+            "width": width,
+            "color": COLORS[channels],
+            "resize": "cover-crop" if cfg.data.dataset in RESIZED_DATASETS else "none",
+            "normalize": None
+            if normalize is None
+            else {"mean": list(normalize.mean), "std": list(normalize.std)},
+        },
+        "training": {
+            "dataset": str(cfg.data.dataset),
+            "method": str(cfg.method.name),
+            "seed": int(cfg.seed),
+            "epochs": int(epochs),
+            "test_acc": None if test_acc is None else float(test_acc),
+        },
+    }

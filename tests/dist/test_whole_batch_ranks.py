@@ -1,0 +1,77 @@
+"""Self-paced learning and MentorNet's curriculum under torchrun: their thresholds come from
+the whole batch's losses, which every rank gathers, so two ranks weigh every sample as one
+process does and train to its parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from dist_workers import train_on_two_ranks_and_one
+from rounding import assert_close_or_within_spread
+
+from mwnet.cli import main
+from mwnet.run import load_checkpoint, read_jsonl
+from mwnet.run.signals import SIGNALS_FILE, SampleSignals
+
+pytestmark = pytest.mark.distributed
+
+OPTIONS = {
+    "self-paced": ["method.self_paced.start_fraction=0.5"],
+    "mentornet-pd": ["method.mentornet.burn_in_epochs=1", "method.mentornet.percentile=0.5"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(OPTIONS))
+def test_two_ranks_weigh_and_train_as_one_process(method, fmnist_root, tmp_path):
+    args = [
+        "train",
+        "--quiet",
+        f"data.root={fmnist_root}",
+        "data.download=false",
+        "data.subset=95",  # batches of 30, 30, 30 and 5: the last shards are 3 and 2
+        "data.meta_per_class=2",
+        "data.batch_size=30",
+        "data.augment=false",
+        "data.noise=uniform",
+        "data.noise_rate=0.4",
+        "model.name=mlp",
+        "model.options.hidden=[16]",
+        "optim.lr=0.1",
+        "optim.epochs=3",
+        f"method.name={method}",
+        *OPTIONS[method],
+        "device=cpu",
+        "threads=1",
+        f"out_dir={tmp_path}",
+    ]
+    train_on_two_ranks_and_one(args, tmp_path)
+    # A threshold is a decision on the gathered losses, equal to the one process's up to
+    # rounding far below the gaps between them: the same samples are weighed alike.
+    one, _ = SampleSignals.load(tmp_path / "one" / SIGNALS_FILE)
+    two, _ = SampleSignals.load(tmp_path / "two" / SIGNALS_FILE)
+    for name in ("weight_sum", "weight_count", "last_weight"):
+        np.testing.assert_array_equal(getattr(two, name).numpy(), getattr(one, name).numpy())
+    assert float(one.weight_sum.min()) < float(one.weight_sum.max())  # the weights vary
+    # The parameters are sums in another order: bounded by the one process's own spread
+    # under another thread count (see test_co_teaching_ranks.py).
+    two_threads = [a if a != "threads=1" else "threads=2" for a in args]
+    threads = torch.get_num_threads()
+    try:
+        assert main([*two_threads, "name=one-2-threads"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    records = [read_jsonl(tmp_path / n / "metrics.jsonl") for n in ("one", "two", "one-2-threads")]
+    losses = [torch.tensor([r["train_loss"] for r in rs]) for rs in records]
+    assert_close_or_within_spread(losses[1], losses[0], [losses[2]], 0, 1e-5, "train_loss")
+    states = [
+        load_checkpoint(tmp_path / n / "checkpoint.pt") for n in ("one", "two", "one-2-threads")
+    ]
+    for k, v in states[0]["model"].items():
+        assert_close_or_within_spread(
+            states[1]["model"][k], v, [states[2]["model"][k]], 1e-4, 1e-6, k
+        )
+    if method == "mentornet-pd":
+        assert states[1]["method"]["threshold"] == pytest.approx(
+            states[0]["method"]["threshold"], rel=1e-5
+        )
