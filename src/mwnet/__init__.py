@@ -4,13 +4,7 @@ A tiny network learns to map each training sample's loss to a weight, trained by
 meta-learning on a small clean set while the classifier trains.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:  # the installed package's version (pyproject.toml), recorded in every run
-    __version__ = version("mwnet")
-except PackageNotFoundError:  # a source tree on sys.path, never installed
-    __version__ = "0+unknown"
-
+from mwnet._version import __version__  # the installed package's, recorded in every run
 from mwnet.core import (
     ClassAwareWeightNet,
     MetaReweighter,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import mwnet
+from mwnet._version import __version__ as MWNET_VERSION
 from mwnet.config import load_config_file, to_yaml
 from mwnet.core.checks import NonFiniteError
 from mwnet.data import pseudo_meta_precision, select_pseudo_meta
@@ -169,7 +169,7 @@ class Trainer:
             "signals": self.signals.state_dict(),
             "config": resume_check.config_snapshot(e.cfg),
             "data_crc": self.data_crc,
-            "mwnet_version": mwnet.__version__,
+            "mwnet_version": MWNET_VERSION,
         }
 
     @property
@@ -514,7 +514,7 @@ class Trainer:
             },
             "device": str(e.device),
             "ranks": 1 if self.parallel is None else self.parallel.world_size,
-            "mwnet_version": mwnet.__version__,
+            "mwnet_version": MWNET_VERSION,
             **self._class_clusters(),
             **_weight_check_summary(last),
             "finished": False,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import mwnet
+from mwnet._version import __version__ as MWNET_VERSION
 from mwnet.run.model_file import COLORS
 from mwnet.train.experiment import Experiment, model_options
 
@@ -33,7 +33,7 @@ def model_fields(exp: Experiment, epochs: int, test_acc: float | None) -> dict[s
     options = {k: v for k, v in model_options(cfg, data).items() if k not in NOT_RECORDED_OPTIONS}
     normalize = exp.normalize
     return {
-        "mwnet_version": mwnet.__version__,
+        "mwnet_version": MWNET_VERSION,
         "model": {
             "name": str(cfg.model.name),
             "options": options,
