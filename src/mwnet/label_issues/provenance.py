@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mwnet.run.checkpoint import CHECKPOINT_FILE
+from mwnet.run.checkpoint import CHECKPOINT_NAME
 from mwnet.run.records import PATHS_FILE, paths_fingerprint, read_paths
 
 RUN_KEYS = ("run_epoch", "run_seed", "run_config_crc", "run_data_crc")
@@ -65,13 +65,13 @@ def check_signals_of_run(run_dir: Path, path: Path, extra: dict[str, np.ndarray]
         raise ValueError(
             f"{path} was recorded on other data than this run's checkpoint was trained on "
             f"(data fingerprint {int(extra['run_data_crc']):08x} there, {int(data_crc):08x} "
-            f"in {CHECKPOINT_FILE}): put back the {path.name} this run wrote, or train this "
+            f"in {CHECKPOINT_NAME}): put back the {path.name} this run wrote, or train this "
             "run again"
         )
     recorded = int(extra["run_epoch"])
     if epoch is not None and int(epoch) != recorded:
         raise ValueError(
-            f"{path} is of epoch {recorded} of the run, but its {CHECKPOINT_FILE} is of "
+            f"{path} is of epoch {recorded} of the run, but its {CHECKPOINT_NAME} is of "
             f"epoch {int(epoch)}: the file is left from another state of the run (the run "
             f"stopped while saving, or the file was copied back); resume the run (mwnet "
             f"train --resume {run_dir}) to write it again"
@@ -98,7 +98,7 @@ def _checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The run's checkpoint state, or None where the run directory keeps none."""
     from mwnet.run import load_checkpoint
 
-    checkpoint = run_dir / CHECKPOINT_FILE
+    checkpoint = run_dir / CHECKPOINT_NAME
     return load_checkpoint(checkpoint) if checkpoint.is_file() else None
 
 

@@ -26,14 +26,14 @@ import torch
 from mwnet.run.atomic import atomic_write
 from mwnet.run.interrupt import interrupt_deferred
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.pt"
 """The checkpoint's name in a run directory."""
 CHECKPOINT_FORMAT = "mwnet-checkpoint"
 CHECKPOINT_VERSION = 1
 
 __all__ = [
-    "CHECKPOINT_FILE",
     "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
     "CHECKPOINT_VERSION",
     "CheckpointError",
     "FileKind",

@@ -50,7 +50,7 @@ from mwnet.run import (
     write_weight_function,
 )
 from mwnet.run.atomic import atomic_write
-from mwnet.run.checkpoint import CHECKPOINT_FILE
+from mwnet.run.checkpoint import CHECKPOINT_NAME
 from mwnet.run.claim import RunClaim, RunDirBusy, RunDirError, claim_fresh, claim_run_dir
 from mwnet.run.model_file import MODEL_FILE, save_model_file
 from mwnet.run.records import PATHS_FILE, paths_fingerprint, write_paths
@@ -63,7 +63,7 @@ from mwnet.train.experiment import Experiment, build_experiment, build_schedule
 from mwnet.train.pseudo_meta_set import score_training_set
 from mwnet.train.shipped_model import model_fields
 
-CHECKPOINT = CHECKPOINT_FILE
+CHECKPOINT = CHECKPOINT_NAME
 CONFIG = CONFIG_FILE
 METRICS = "metrics.jsonl"
 _STARTED_FILES = (CONFIG, PATHS_FILE, METRICS)
