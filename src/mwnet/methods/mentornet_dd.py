@@ -104,7 +104,8 @@ class MentorNetDD(MentorNetPD):
     3. From then on a step gives sample i the weight v_i = sigmoid(mentor(ℓ_i, ℓ_i − λ,
        label, P)), with λ the moving average after this batch (as in MentorNet-PD) and the
        same P, held (the authors' ``fixed_epoch_after_burn_in``). No gradient reaches the
-       mentor, which does not change again.
+       mentor, which does not change again; it runs on the CPU in float64 (four numbers
+       per sample), and every rank weighs its own shard with the shared λ.
 
     ``StepOutput.weights`` holds v; the mentor's weights, P, how its fit ended, λ and the
     epoch are in :meth:`state_dict`. Evaluation and the saved model are the loop's model.
