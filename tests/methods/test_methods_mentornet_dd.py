@@ -435,14 +435,24 @@ def test_the_config_refuses_bad_values_before_reading_data(overrides, message, t
 RUN = ("optim.epochs=3", "method.mentornet.burn_in_epochs=1", "method.mentornet_dd.mentor_steps=30")
 
 
-@pytest.mark.parametrize("stop", [1, 2])
-def test_a_run_resumes_bit_for_bit_across_the_end_of_the_burn_in(stop, fmnist_root, tmp_path):
-    """Stopped at the burn-in's end (before the fit) or after the fit, then resumed: the
-    metrics, the model, the optimizer and the mentor end as in a run never stopped."""
-    whole, whole_dir = loop.start(
-        tiny_config(fmnist_root, tmp_path, "mentornet-dd", *RUN, "name=whole"), quiet=True
+@pytest.fixture(scope="module")
+def whole_dir(fmnist_root, tmp_path_factory) -> Path:
+    """A run of :data:`RUN` never stopped."""
+    out = tmp_path_factory.mktemp("whole")
+    whole, run_dir = loop.start(
+        tiny_config(fmnist_root, out, "mentornet-dd", *RUN, "name=whole"), quiet=True
     )
     whole.fit()
+    whole.close()
+    return run_dir
+
+
+@pytest.mark.parametrize("stop", [1, 2])
+def test_a_run_resumes_bit_for_bit_across_the_end_of_the_burn_in(
+    stop, fmnist_root, whole_dir, tmp_path
+):
+    """Stopped at the burn-in's end (before the fit) or after the fit, then resumed: the
+    metrics, the model, the optimizer and the mentor end as in a run never stopped."""
     cut, cut_dir = loop.start(
         tiny_config(fmnist_root, tmp_path, "mentornet-dd", *RUN, "name=cut"), quiet=True
     )
