@@ -22,7 +22,15 @@ from rounding import gamma, relative_sum_bound
 from mwnet.methods import LABEL_CORRECTION_METHODS, METHODS, Method, StepOutput, build_method
 
 LEARNED = {"mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl"}
-WEIGHTED = {"class-balanced", "l2rw", "self-paced", "mentornet-pd", "co-teaching", *LEARNED}
+WEIGHTED = {
+    "class-balanced",
+    "l2rw",
+    "self-paced",
+    "mentornet-pd",
+    "mentornet-dd",
+    "co-teaching",
+    *LEARNED,
+}
 META_LOSS = {"l2rw", *LEARNED}
 
 
@@ -74,7 +82,7 @@ def _assert_weights_are_right(name: str, method, out, y: torch.Tensor) -> None:
     elif name == "self-paced":  # epoch 0 selects the lower half of the batch by loss
         assert torch.equal(w, (out.losses <= out.losses.sort().values[4]).to(w.dtype))
         assert float(w.sum()) == 5
-    elif name == "mentornet-pd":  # epoch 0 of 3 is in the burn-in: every sample weighs 1
+    elif name in ("mentornet-pd", "mentornet-dd"):  # epoch 0 of 3: burn-in, every weight 1
         assert torch.equal(w, torch.ones_like(w))
         assert method.threshold > 0  # the moving average moves in the burn-in too
     elif name == "co-teaching":  # 0/1: the samples the peer kept; every one in epoch 0

@@ -23,6 +23,7 @@ from mwnet.methods.gce import GeneralizedCrossEntropy
 from mwnet.methods.glc import GoldLossCorrection
 from mwnet.methods.l2rw import L2RW
 from mwnet.methods.mentornet import MentorNetPD
+from mwnet.methods.mentornet_dd import MentorNetDD
 from mwnet.methods.meta_weight_net import MetaWeightNet
 from mwnet.methods.registry import (
     LABEL_CORRECTION_METHODS,
@@ -56,6 +57,7 @@ __all__ = [
     "GeneralizedCrossEntropy",
     "GoldLossCorrection",
     "Knob",
+    "MentorNetDD",
     "MentorNetPD",
     "MetaWeightNet",
     "Method",

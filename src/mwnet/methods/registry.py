@@ -38,6 +38,7 @@ from mwnet.methods.gce import GceOptions, GeneralizedCrossEntropy
 from mwnet.methods.glc import GlcOptions, GoldLossCorrection
 from mwnet.methods.l2rw import L2RW, L2RWOptions
 from mwnet.methods.mentornet import MentorNetOptions, MentorNetPD
+from mwnet.methods.mentornet_dd import MentorNetDD, MentorNetDDOptions
 from mwnet.methods.meta_weight_net import (
     ClassAwareOptions,
     LabelCorrectionOptions,
@@ -203,6 +204,24 @@ def _mentornet_pd(ctx: MethodContext) -> Method:
         percentile=o.percentile,
         ema_decay=o.ema_decay,
         burn_in_epochs=o.burn_in_epochs,
+        **ctx.common(),
+    )
+
+
+def _mentornet_dd(ctx: MethodContext) -> Method:
+    o = ctx.options["mentornet"]
+    return MentorNetDD(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        ctx.meta_set,
+        epochs=ctx.epochs,
+        classes=len(ctx.class_counts),
+        percentile=o.percentile,
+        ema_decay=o.ema_decay,
+        burn_in_epochs=o.burn_in_epochs,
+        options=ctx.options["mentornet_dd"],
+        seed=ctx.seed,
+        network=ctx.model,
         **ctx.common(),
     )
 
@@ -497,6 +516,18 @@ for _descriptor in (
         compiles=True,
         knob=Knob("mentornet.percentile", "pct", "MentorNet percentile", (0.7, 0.5)),
         description="MentorNet, predefined curriculum (Jiang et al., 2018)",
+    ),
+    MethodDescriptor(
+        "mentornet-dd",
+        _mentornet_dd,
+        {"mentornet": MentorNetOptions, "mentornet_dd": MentorNetDDOptions},
+        reads_meta=True,
+        compiles=True,
+        knob=Knob(
+            "mentornet_dd.mentor_noise_rate", "mnr", "MentorNet-DD mentor noise rate", (0.4, 0.2)
+        ),
+        description="MentorNet, data-driven curriculum learned on the trusted set "
+        "(Jiang et al., 2018)",
     ),
     MethodDescriptor(
         "co-teaching",

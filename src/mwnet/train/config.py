@@ -152,8 +152,8 @@ class MethodConfig:
     compile: bool = False
     """torch.compile the model's passes: the methods whose descriptor compiles (the
     loss-only ones: ce, focal, class-balanced, gce, sce, bootstrap-hard, bootstrap-soft,
-    self-paced, mentornet-pd; and the weighting methods with method.mwnet.hypergrad=fast;
-    see docs/PERFORMANCE.md for what it gains)"""
+    self-paced, mentornet-pd; mentornet-dd; and the weighting methods with
+    method.mwnet.hypergrad=fast; see docs/PERFORMANCE.md for what it gains)"""
     warmup_epochs: int = 0
     """plain cross-entropy for this many first epochs"""
 
@@ -887,6 +887,14 @@ def _check_method_options(cfg: Any) -> None:
         ]
     if m.get("s_model") is not None:
         checks.append((m.s_model.lr_factor > 0, "method.s_model.lr_factor must be > 0"))
+    if m.get("mentornet_dd") is not None:
+        checks.append(
+            (
+                cfg.data.meta_source == "clean",
+                "method.mentornet_dd fits its mentor on a trusted set with known clean "
+                "labels, and data.meta_source=auto has none; use data.meta_source=clean",
+            )
+        )
     if w is not None:
         try:
             mode = _options(w).hypergradient(prefix="method.mwnet.")
