@@ -24,6 +24,7 @@ from mwnet.methods.glc import GoldLossCorrection
 from mwnet.methods.l2rw import L2RW
 from mwnet.methods.mentornet import MentorNetPD
 from mwnet.methods.meta_weight_net import MetaWeightNet
+from mwnet.methods.mlc import MetaLabelCorrection, MlcOptions
 from mwnet.methods.registry import (
     LABEL_CORRECTION_METHODS,
     METHODS,
@@ -57,10 +58,12 @@ __all__ = [
     "GoldLossCorrection",
     "Knob",
     "MentorNetPD",
+    "MetaLabelCorrection",
     "MetaWeightNet",
     "Method",
     "MethodContext",
     "MethodDescriptor",
+    "MlcOptions",
     "SModel",
     "SamplePass",
     "SelfPaced",
