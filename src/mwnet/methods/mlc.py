@@ -193,10 +193,10 @@ class MetaLabelCorrection(Method):
 
     * their k-step look-ahead (``--gradient_steps k``) is implemented for k = 1 only, the
       default of their scripts (their Clothing1M command uses k = 5). For k = 1 their meta
-      gradient is the exact one computed here (the proxy ⟨∇_θ J, s·∇_θ̂ L_meta⟩
-      backpropagated to α); for k > 1 they add the previous steps' gradients discounted by
-      a factor that takes the training loss's Hessian as the identity, an approximation
-      not offered here;
+      gradient is the exact one computed here (the proxy −⟨∇_θ J, s·∇_θ̂ L_meta⟩,
+      s the step's gradient multiplier, backpropagated to α); for k > 1 they add the
+      previous steps' gradients discounted by a factor that takes the training loss's
+      Hessian as the identity, an approximation not offered here;
     * the trusted batch is split by position parity (odd positions: meta loss), not into
       its first and second halves, so that the split is the same on any number of ranks;
       the sizes are theirs (⌊m/2⌋ for the meta loss). Set ``data.meta_batch_size`` to the
@@ -205,7 +205,7 @@ class MetaLabelCorrection(Method):
       half, the meta batch at θ̂) all move BatchNorm's running statistics; here only the
       training batch's does;
     * their virtual step's learning rate comes from ``MultiStepLR.get_lr()``, which in the
-      epoch right after each milestone returns a tenth of the rate in use; here it is the
+      epoch right after each milestone returns the rate in use times γ (a tenth); here it is the
       rate in use. Their virtual step reads the optimizer's defaults; here each parameter's
       group. Without a momentum buffer (the first step) the virtual step is torch's first
       SGD step, as the real one (theirs scales the gradient by 1 − dampening there; both
@@ -348,7 +348,15 @@ class MetaLabelCorrection(Method):
         buffers = {k: b.clone() for k, b in self.model.named_buffers()}
         with inputs_named(x, "training"):
             _, features = self.representation.with_output(x, buffers)
-        return self.corrector(self._checked_features(features), y)
+        return self._correct(features, y)
+
+    def _correct(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The correction net on the detached representation, in its own precision and
+        outside autocast (as the core runs a weighting net): it is tiny, and its labels
+        weigh the model's float32 log-probabilities."""
+        features = self._checked_features(features).to(self.corrector.embedding.weight.dtype)
+        with torch.autocast(features.device.type, enabled=False):
+            return self.corrector(features, labels)
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
         if not self.checks:
@@ -407,9 +415,9 @@ class MetaLabelCorrection(Method):
                 )
         counts = self._counts(len(y), len(y_meta), x.device)
         evaluation, trusted = self._split(len(y_meta), counts.offset, x.device)
-        terms = -torch.log_softmax(logits, dim=-1)
+        terms = _terms(logits)
         losses = terms.gather(1, y[:, None]).squeeze(1)
-        corrected = self.corrector(self._checked_features(features), y)
+        corrected = self._correct(features, y)
         normaliser = counts.training + counts.trusted_training
         coefficients = (corrected / normaliser).to(terms.dtype).reshape(-1)
         trusted_part = None
@@ -427,7 +435,7 @@ class MetaLabelCorrection(Method):
         def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             with snapshot.replaying_rng():  # the real forward's dropout masks
                 out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
-            return -torch.log_softmax(out, dim=-1).reshape(-1)
+            return _terms(out).reshape(-1)
 
         groups = self.optimizer.param_groups
         problem = MetaProblem(
@@ -479,6 +487,12 @@ class MetaLabelCorrection(Method):
         self.steps_done = int(state["steps_done"])
         self.corrector.load_state_dict(state["corrector"])
         self.corrector_optimizer.load_state_dict(state["corrector_optimizer"])
+
+
+def _terms(logits: torch.Tensor) -> torch.Tensor:
+    """−log p_ik, the terms the corrected labels weigh, in at least float32 (under autocast
+    the logits may be half precision)."""
+    return -torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:
