@@ -31,7 +31,7 @@ WEIGHTED = {
     "co-teaching",
     *LEARNED,
 }
-META_LOSS = {"l2rw", *LEARNED}
+META_LOSS = {"l2rw", "mlc", *LEARNED}
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
@@ -170,7 +170,7 @@ def test_labels_out_of_range_give_the_core_error(name):
         step(method, x, y[:4])
 
 
-@pytest.mark.parametrize("name", ["l2rw", *sorted(LEARNED)])
+@pytest.mark.parametrize("name", ["l2rw", "mlc", *sorted(LEARNED)])
 def test_meta_labels_out_of_range_give_the_core_error(name):
     torch.manual_seed(0)
     model = make_model("mlp")
@@ -213,7 +213,7 @@ def test_only_the_weighting_methods_have_a_weighting_function():
         assert (method.weighting_net() is None) == (name not in shapes)
 
 
-@pytest.mark.parametrize("name", ["l2rw", *sorted(LEARNED)])
+@pytest.mark.parametrize("name", ["l2rw", "mlc", *sorted(LEARNED)])
 def test_an_exhausted_meta_stream_is_a_clear_error(name):
     model = make_model("mlp")
     method = build_method(

@@ -25,6 +25,7 @@ from mwnet.methods.l2rw import L2RW
 from mwnet.methods.mentornet import MentorNetPD
 from mwnet.methods.mentornet_dd import MentorNetDD
 from mwnet.methods.meta_weight_net import MetaWeightNet
+from mwnet.methods.mlc import MetaLabelCorrection, MlcOptions
 from mwnet.methods.registry import (
     LABEL_CORRECTION_METHODS,
     METHODS,
@@ -59,10 +60,12 @@ __all__ = [
     "Knob",
     "MentorNetDD",
     "MentorNetPD",
+    "MetaLabelCorrection",
     "MetaWeightNet",
     "Method",
     "MethodContext",
     "MethodDescriptor",
+    "MlcOptions",
     "SModel",
     "SamplePass",
     "SelfPaced",

@@ -45,6 +45,7 @@ from mwnet.methods.meta_weight_net import (
     MetaWeightNet,
     WeightingOptions,
 )
+from mwnet.methods.mlc import MetaLabelCorrection, MlcOptions
 from mwnet.methods.s_model import SModel, SModelOptions
 from mwnet.methods.sce import SceOptions, SymmetricCrossEntropy
 from mwnet.methods.self_paced import SelfPaced, SelfPacedOptions
@@ -327,6 +328,18 @@ def _dividemix(ctx: MethodContext) -> Method:
     )
 
 
+def _mlc(ctx: MethodContext) -> Method:
+    return MetaLabelCorrection(
+        ctx.model,
+        ctx.optimizer,
+        ctx.meta_batches,
+        len(ctx.class_counts),
+        options=ctx.options["mlc"],
+        seed=ctx.seed,
+        **ctx.common(),
+    )
+
+
 def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodContext], Method]:
     """The builder of MW-Net (loss-only net) or CMW-Net (class-aware), with or without
     label correction."""
@@ -574,6 +587,15 @@ for _descriptor in (
         reads_index=True,
         knob=Knob("dividemix.lambda_u", "lu", "DivideMix lambda_u", (25.0, 0.0)),
         description="DivideMix (Li et al., 2020): two networks, a loss mixture, MixMatch",
+    ),
+    MethodDescriptor(
+        "mlc",
+        _mlc,
+        {"mlc": MlcOptions},
+        reads_meta=True,
+        knob=Knob("mlc.lr", "clr", "MLC correction-net lr", (3e-4, 3e-3)),
+        description="Meta Label Correction (Zheng et al., 2021): a correction net, learned "
+        "on the trusted set by meta-learning, rewrites each noisy label",
     ),
 ):
     register_method(_descriptor)
