@@ -121,9 +121,9 @@ class Data:
         return train, trusted
 
 
-def weight_net(class_aware: bool) -> nn.Module:
+def weight_net(class_aware: bool, seed: int = 7) -> nn.Module:
     """A weighting net of the model's dtype; CMW-Net's with three class sizes."""
-    torch.manual_seed(7)
+    torch.manual_seed(seed)
     net = ClassAwareWeightNet(torch.tensor([300, 200, 50, 10])) if class_aware else WeightNet()
     return net.double()
 
@@ -282,7 +282,9 @@ def run_rank(
         for name, options in cases.items():
             options = dict(options)
             class_aware = options.pop("class_aware", False)
-            model, net = initial_model(), weight_net(class_aware)
+            # each process starts elsewhere; rank 0 where the one-process reference starts:
+            # DDP broadcasts rank 0's model, MetaWeighting rank 0's weighting net
+            model, net = initial_model(seed=rank), weight_net(class_aware, seed=7 + rank)
             train, trusted = data.loaders(setup["batch"], setup["meta_batch"])
             hook, record = DdpAllReduces(), Record()
             callback = MetaWeighting(trusted, weight_net=net, **options)

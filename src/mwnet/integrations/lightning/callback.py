@@ -139,11 +139,30 @@ class MetaWeighting(pl.Callback):
         self._restore: Callable[[], None] | None = None
 
     @property
+    def state_key(self) -> str:
+        """The callback's entry in a checkpoint: one name for this class and any subclass,
+        so that a run resumes whatever the callback's class was called."""
+        return "MetaWeighting"
+
+    @property
     def weight_net(self) -> nn.Module:
         """The weighting net (available once ``fit`` has started)."""
         if self.method is None:
             raise RuntimeError("the weighting net is built when Trainer.fit starts")
         return self.method.reweighter.weight_net
+
+    def weights(self, losses: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The learned weights V(L) in (0, 1) of per-sample losses of shape (n,) (with the
+        samples' labels for CMW-Net's class-aware net), without gradient."""
+        if self.method is None:
+            raise RuntimeError("the weighting net is built when Trainer.fit starts")
+        net = self.weight_net
+        param = next(net.parameters())
+        losses = losses.to(device=param.device, dtype=param.dtype)
+        if labels is not None:
+            labels = labels.to(param.device)
+        with torch.no_grad():
+            return self.method.reweighter.weights(losses, labels)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _check_trainer(trainer)
