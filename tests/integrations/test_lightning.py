@@ -10,6 +10,7 @@ nothing: the same operations in the same order, so equality is bitwise.
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
@@ -280,6 +281,34 @@ def test_the_module_is_given_back_after_fit_even_a_failed_one(lw):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lw.trainer(max_steps=1).fit(model, train)  # its own training_step trains it again
     assert not _same_states(model.state_dict(), before)
+
+
+def test_a_second_fit_with_the_same_callback_goes_on_from_the_first(lw):
+    """The weighting net MetaWeighting built for the first fit, its Adam state, the step
+    count and the trusted position carry over to a second fit (a new Trainer builds the
+    method anew): the second fit starts from the first one's end."""
+    from mwnet.integrations.lightning import MetaWeighting
+
+    data = lw.Data.make(n=36, n_meta=32)
+    train, trusted = data.loaders(BATCH, META_BATCH)
+    model = lw.initial_model()
+    callback = MetaWeighting(trusted)  # builds its own net as each fit starts
+    lw.trainer(max_epochs=1, callbacks=[callback]).fit(model, train)
+    after_first = copy.deepcopy(callback.state_dict())  # Adam updates its tensors in place
+    first_net = lw.state(callback.weight_net)
+    seen = {}
+
+    class AtStart(lw.pl.Callback):  # runs after MetaWeighting's on_fit_start
+        def on_fit_start(self, trainer, pl_module):
+            seen["net"] = lw.state(callback.weight_net)
+            seen["state"] = copy.deepcopy(callback.state_dict())
+
+    lw.trainer(max_epochs=1, callbacks=[callback, AtStart()]).fit(model, train)
+    _assert_equal_states(seen["net"], first_net, "weight_net")
+    assert seen["state"]["trusted"] == after_first["trusted"] == {"passes": 0, "drawn": 3}
+    adam = seen["state"]["method"]["weight_optimizer"]["state"]
+    assert int(adam[0]["step"]) == 3 and seen["state"]["method"]["steps_done"] == 3
+    assert callback.method.steps_done == 6
 
 
 def test_a_step_returns_the_weights_to_on_train_batch_end_and_logs(lw):
