@@ -164,6 +164,9 @@ class MetaWeightNet(Method):
             :func:`mwnet.start_flat`). Only for a net built here, not a given one.
         frozen: never update the weighting net: no meta batch is drawn, a step costs a
             plain step plus the tiny net. Needs ``weight_net``.
+        loss_fn: the per-sample training loss ``(output, labels) -> (n,)`` (see
+            :class:`mwnet.MetaReweighter`); None: cross-entropy. The meta loss is then its
+            mean on the meta batch. Not with ``soft_labels``, which sets the loss itself.
         soft_labels: label correction (CMW-Net-SL): a callable giving a teacher's class
             probabilities for a training batch's inputs (e.g. an EMA teacher's
             ``soft_labels``). Each sample's objective is then
@@ -220,6 +223,7 @@ class MetaWeightNet(Method):
         weight_init: str = "default",
         weight_net: nn.Module | None = None,
         frozen: bool = False,
+        loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
         soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
         soft_label_model: nn.Module | None = None,
         mixup: bool = False,
@@ -230,6 +234,11 @@ class MetaWeightNet(Method):
             raise ValueError(
                 "a frozen weighting net must come from somewhere: pass weight_net (e.g. "
                 "mwnet.load_weight_net(path).net), or drop frozen"
+            )
+        if loss_fn is not None and soft_labels is not None:
+            raise ValueError(
+                "soft_labels sets the training loss (label correction), so loss_fn has nothing "
+                "to do; drop one of them"
             )
         if mixup and (soft_labels is None or normalize != "mean"):
             raise ValueError(
@@ -286,7 +295,7 @@ class MetaWeightNet(Method):
             optimizer,
             net,
             net_optimizer,
-            loss_fn=None if soft_labels is None else self._label_correction,
+            loss_fn=loss_fn if soft_labels is None else self._label_correction,
             meta_loss_fn=None if soft_labels is None else self._meta_loss,
             normalize=normalize,
             virtual_step=virtual_step,
