@@ -47,7 +47,8 @@ from mwnet.core.reducer import GradientReducer
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.tangents import ForwardRecord, TangentReplay
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
-from mwnet.core.weight_net import WeightNet, takes_labels
+from mwnet.core.weight_inputs import DEFAULT_DECAY, WeightInputs
+from mwnet.core.weight_net import WeightNet, net_inputs, takes_labels
 
 Normalization = Literal["sum", "sum-detached", "mean", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("sum", "sum-detached", "mean", "none")
@@ -86,7 +87,7 @@ class StepResult:
 
     losses: torch.Tensor
     """Per-sample training losses L_i(θ) before the update, shape (n,): what the weighting
-    net saw (a :class:`WeightedLoss`'s ``weigh_by``)."""
+    net saw as its ``loss`` input (a :class:`WeightedLoss`'s ``weigh_by``)."""
     weights: torch.Tensor
     """Raw weights V(L_i) in (0, 1) from the weighting net used for the real update."""
     coefficients: torch.Tensor
@@ -124,7 +125,12 @@ class MetaReweighter:
             true ``takes_labels`` attribute (:class:`ClassAwareWeightNet`), as
             ``weight_net(losses, labels)`` with the batch's observed labels, shape (n,).
             Either way it returns one weight per sample. Its input is detached from the
-            model's graph, as in the authors' noisy-label scripts.
+            model's graph, as in the authors' noisy-label scripts. A net with an ``inputs``
+            attribute other than ``("loss",)`` (see :mod:`mwnet.core.weight_inputs`) is
+            called with the ``(n, width)`` matrix of those inputs instead of the losses,
+            all detached: the hypergradient is exact given them, in every mode. Inputs
+            averaged per training sample need ``num_samples`` here and ``index`` in
+            :meth:`step`; their table is part of :meth:`state_dict`.
         weight_optimizer: optimizer of ``weight_net``; default Adam(lr=1e-3,
             weight_decay=1e-4), the authors' setting for flip noise.
         loss_fn: per-sample training loss ``(output, labels) -> (n,)``; default
@@ -182,6 +188,9 @@ class MetaReweighter:
             learned in another run; a step then costs a plain step plus the tiny net.
         checks: validate batches and labels and stop on NaN/Inf (one or two host syncs
             per step on a GPU).
+        num_samples: the training set's size, for a weighting net that reads averages
+            kept per training sample (``loss_ema``, ``margin``, ``confidence``,
+            ``agreement``); None otherwise.
         reducer: data parallelism over the ranks of a ``torch.distributed`` process group
             (see :mod:`mwnet.core.data_parallel`). Every rank then passes its own contiguous
             shard of the training batch and an equal-sized shard of the meta batch, and all
@@ -212,6 +221,7 @@ class MetaReweighter:
         frozen: bool = False,
         checks: bool = True,
         reducer: GradientReducer | None = None,
+        num_samples: int | None = None,
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
@@ -251,6 +261,17 @@ class MetaReweighter:
         self.weight_net = weight_net if weight_net is not None else WeightNet()
         self.frozen = frozen
         self._weight_dtype = next(self.weight_net.parameters()).dtype
+        self.inputs = WeightInputs(
+            net_inputs(self.weight_net),
+            num_classes=getattr(self.weight_net, "num_classes", None),
+            num_samples=num_samples,
+            decay=_decay(self.weight_net),
+            dtype=self._weight_dtype,
+            device=next(self.weight_net.parameters()).device,
+            reducer=reducer,
+            checks=checks,
+        )
+        """What the weighting net reads about each sample, and the per-sample averages."""
         self._weight_params = [p for p in self.weight_net.parameters() if p.requires_grad]
         if frozen:
             if weight_optimizer is not None:
@@ -294,14 +315,16 @@ class MetaReweighter:
         return [groups[i] for i in self._group_index]
 
     def weights(self, losses: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw weights V(L) in (0, 1) for per-sample losses of shape (n,).
+        """Raw weights V(L) in (0, 1) for per-sample losses of shape (n,), or, for a net
+        with more inputs, for the ``(n, width)`` matrix of its inputs.
 
         ``labels`` (the samples' observed labels, shape (n,)) are required by a weighting
         net that takes them and ignored otherwise. The weighting net always runs in its own
         precision, outside autocast: it is tiny, and its output must match the dtype of the
         losses it multiplies.
         """
-        column = losses.reshape(-1, 1).to(self._weight_dtype)
+        column = losses.reshape(-1, 1) if losses.dim() < 2 else losses
+        column = column.to(self._weight_dtype)
         with torch.autocast(losses.device.type, enabled=False):
             if takes_labels(self.weight_net):
                 if labels is None:
@@ -312,10 +335,10 @@ class MetaReweighter:
                 out = self.weight_net(column, labels)
             else:
                 out = self.weight_net(column)
-        if out.numel() != losses.numel():
+        if out.numel() != column.shape[0]:
             raise ValueError(
                 f"weight_net must return one weight per loss: got {tuple(out.shape)} for "
-                f"{losses.numel()} losses"
+                f"{column.shape[0]} losses"
             )
         return out.reshape(-1)
 
@@ -381,9 +404,10 @@ class MetaReweighter:
         x_meta: torch.Tensor,
         y_meta: torch.Tensor,
         call: HeadCall | Recording | None,
+        features: torch.Tensor,
         keep_graph: bool = True,
     ) -> MetaProblem:
-        weights = self.weights(terms.losses.detach(), _labels(terms, y))
+        weights = self.weights(features, _labels(terms, y))
         coefficients = self._coefficients(weights).to(terms.weighted.dtype)
         if self._head is not None:
             assert isinstance(call, HeadCall)
@@ -398,6 +422,33 @@ class MetaReweighter:
             out = self._functional({**theta, **snapshot.buffer_copies()}, x_meta)
             return self._meta_loss(out, y_meta)
 
+        jvp = self._losses_jvp
+        return MetaProblem(
+            names=self._names,
+            params=self._params,
+            losses=terms.weighted,
+            coefficients=coefficients,
+            unweighted_mean=self._unweighted_mean(terms),
+            step=affine_step(self.virtual_step, self._params, self._groups(), self.optimizer),
+            meta_loss_at=meta_loss_at,
+            losses_at=self._replay(x, y, snapshot, call),
+            weight_params=self._weight_params,
+            reducer=self.reducer,
+            losses_jvp=None if jvp is None else jvp.replaying(self._names, snapshot, x, y),
+            keep_graph=keep_graph,
+        )
+
+    def _replay(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        snapshot: ForwardSnapshot,
+        call: HeadCall | Recording | ForwardRecord | None,
+    ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        """The training forward again with the given parameters (dual tensors in forward
+        mode): same dropout masks, buffers on copies, the recorded outputs reused when the
+        forward was recorded (:mod:`mwnet.core.tangents`); returns the weighted part A_i."""
+
         def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             with snapshot.replaying_rng():
                 if isinstance(call, ForwardRecord):
@@ -410,21 +461,7 @@ class MetaReweighter:
                     out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
             return self._weighted_part(out, y)
 
-        jvp = self._losses_jvp
-        return MetaProblem(
-            names=self._names,
-            params=self._params,
-            losses=terms.weighted,
-            coefficients=coefficients,
-            unweighted_mean=self._unweighted_mean(terms),
-            step=affine_step(self.virtual_step, self._params, self._groups(), self.optimizer),
-            meta_loss_at=meta_loss_at,
-            losses_at=losses_at,
-            weight_params=self._weight_params,
-            reducer=self.reducer,
-            losses_jvp=None if jvp is None else jvp.replaying(self._names, snapshot, x, y),
-            keep_graph=keep_graph,
-        )
+        return losses_at
 
     def _coefficients(self, weights: torch.Tensor) -> torch.Tensor:
         """c_i from raw weights, normalised over the global batch under data parallelism."""
@@ -523,12 +560,19 @@ class MetaReweighter:
         )
 
     def meta_gradient(
-        self, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor, y_meta: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_meta: torch.Tensor,
+        y_meta: torch.Tensor,
+        index: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """∂L_meta/∂Θ and the meta loss for one iteration, changing no state at all.
 
         The gradients follow the order of the weighting net's trainable parameters. Useful
-        to inspect or test the hypergradient; :meth:`step` computes the same internally.
+        to inspect or test the hypergradient; :meth:`step` computes the same internally
+        (``index`` as there: the per-sample averages are read and this visit's value
+        counted, but the table is not written).
         """
         y, y_meta = integer_labels(y), integer_labels(y_meta)
         self._check_batches(x, y, x_meta, y_meta)
@@ -536,7 +580,10 @@ class MetaReweighter:
         with self._watching(True, x.device) as call, inputs_named(x, "training"):
             output = functional_call(self.model, snapshot.buffer_copies(), (x,))
         terms = self._per_sample(output, y, "training")
-        problem = self._problem(x, y, output, terms, snapshot, x_meta, y_meta, call, False)
+        features, _ = self.inputs.batch(output, terms.losses, _labels(terms, y), index)
+        problem = self._problem(
+            x, y, output, terms, snapshot, x_meta, y_meta, call, features, False
+        )
         return HYPERGRADIENTS[self.hypergrad](problem)
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
@@ -566,13 +613,17 @@ class MetaReweighter:
         y: torch.Tensor,
         x_meta: torch.Tensor | None = None,
         y_meta: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
     ) -> StepResult:
         """One iteration: virtual step, weighting-net update, real update.
 
         The meta batch may be None on steps that do not update the weighting net (see
-        :meth:`is_meta_step`). Raises FloatingPointError (naming the step) instead of
-        applying an update computed from a non-finite loss or gradient; a step that raises
-        leaves the model's buffers, the weighting net and its optimizer as they were.
+        :meth:`is_meta_step`). ``index``: each sample's position in the training set,
+        needed by a weighting net that reads per-sample averages (and ignored otherwise);
+        under data parallelism, this rank's shard of them. Raises FloatingPointError
+        (naming the step) instead of applying an update computed from a non-finite loss or
+        gradient; a step that raises leaves the model's buffers, the weighting net and its
+        optimizer as they were, and writes no per-sample average.
 
         With the default loss, ``y`` and ``y_meta`` are class indices of shape (n,), of any
         integer dtype (converted to int64), and the model returns logits of shape
@@ -584,7 +635,7 @@ class MetaReweighter:
         optimizers = [self.weight_optimizer] if learning else []
         y, y_meta = integer_labels(y), integer_labels(y_meta)
         with step_guard(self.model, modules=learning, optimizers=optimizers, enabled=self.checks):
-            return self._step(x, y, x_meta, y_meta)
+            return self._step(x, y, x_meta, y_meta, index)
 
     def _step(
         self,
@@ -592,6 +643,7 @@ class MetaReweighter:
         y: torch.Tensor,
         x_meta: torch.Tensor | None,
         y_meta: torch.Tensor | None,
+        index: torch.Tensor | None,
     ) -> StepResult:
         meta_update = self.is_meta_step()
         recompute = meta_update and self.low_memory
@@ -611,10 +663,20 @@ class MetaReweighter:
             else:
                 output = self._forward(x)
         terms = self._per_sample(output, y, "training")
+        features, pending = self.inputs.batch(output, terms.losses, _labels(terms, y), index)
         meta_loss = None
         if meta_update:
             problem = self._problem(
-                x, y, output, terms, snapshot, x_meta, y_meta, call, keep_graph=not recompute
+                x,
+                y,
+                output,
+                terms,
+                snapshot,
+                x_meta,
+                y_meta,
+                call,
+                features,
+                keep_graph=not recompute,
             )
             hyper, meta_loss = HYPERGRADIENTS[self.hypergrad](problem)
             if self.checks:
@@ -631,7 +693,7 @@ class MetaReweighter:
         if recompute:
             output, terms = self._replayed_forward(x, y, snapshot)
         with torch.no_grad():
-            weights = self.weights(terms.losses.detach(), _labels(terms, y))
+            weights = self.weights(features, _labels(terms, y))
         if self.reducer is None:
             with torch.no_grad():
                 coefficients = normalize_weights(weights, self.normalize)
@@ -655,6 +717,7 @@ class MetaReweighter:
                 model_gradient=gradient_norms(self.optimizer),
             )
         self.optimizer.step()
+        self.inputs.commit(pending)  # the per-sample averages of a step that succeeded
         result = StepResult(
             losses=terms.losses.detach(),
             weights=weights,
@@ -677,23 +740,36 @@ class MetaReweighter:
         return output, self._per_sample(output, y, "training")
 
     def state_dict(self) -> dict[str, Any]:
-        """The reweighter's own state: step count, weighting net and its optimizer.
+        """The reweighter's own state: step count, weighting net and its optimizer, and the
+        per-sample averages its weighting net reads (only when it reads some).
 
         The model and its optimizer belong to the caller and are saved by the caller.
         """
-        return {
+        state = {
             "steps_done": self.steps_done,
             "weight_net": self.weight_net.state_dict(),
             "weight_optimizer": (
                 None if self.weight_optimizer is None else self.weight_optimizer.state_dict()
             ),
         }
+        dynamics = self.inputs.state_dict()
+        if dynamics:
+            state["dynamics"] = dynamics
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.inputs.needs_index:  # first: a mismatch leaves everything as it was
+            self.inputs.load_state_dict(state.get("dynamics", {}))
         self.steps_done = int(state["steps_done"])
         self.weight_net.load_state_dict(state["weight_net"])
         if self.weight_optimizer is not None:
             self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+
+
+def _decay(weight_net: nn.Module) -> float:
+    """The decay of the per-sample averages ``weight_net`` reads (unused without them)."""
+    decay = getattr(weight_net, "dynamics_decay", None)
+    return DEFAULT_DECAY if decay is None else float(decay)
 
 
 def _labels(terms: WeightedLoss, y: torch.Tensor) -> torch.Tensor:
