@@ -57,6 +57,7 @@ class Case:
     meta_batch: int = 100
     inputs: tuple[str, ...] = ("loss",)
     """What the weighting net reads about each sample (method.mwnet.inputs)."""
+    gate: str = "none"
 
 
 class Mlp(nn.Module):
@@ -141,6 +142,7 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
             meta_interval=case.meta_interval,
             reducer=reducer,
             num_samples=TRAINING_SET,
+            gate=case.gate,  # type: ignore[arg-type]
         )
     elif case.method == "l2rw":
         method = L2RW(model, optimizer, meta, hypergrad=case.hypergrad, reducer=reducer)  # type: ignore[arg-type]

@@ -2,8 +2,9 @@
 
 Every case trains a BatchNorm-free float64 MLP for a few steps with momentum SGD, once on
 2 spawned ranks (gloo on loopback) and once in this process, and compares the model, the
-weighting net, the applied per-sample weights, the logged losses and, for a weighting net
-that reads per-sample averages (method.mwnet.inputs), their table.
+weighting net, the applied per-sample weights (gated, with gate="meta-sign"), the logged
+losses and, for a weighting net that reads per-sample averages (method.mwnet.inputs),
+their table.
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ CASES = [
         batch=99,
     ),
     Case("cmwnet-head-every-input", hypergrad="head", class_aware=True, inputs=EVERY_INPUT),
+    Case("mwnet-fast-gate", gate="meta-sign"),
+    Case(
+        "mwnet-reverse-gate-every-input",
+        hypergrad="reverse",
+        gate="meta-sign",
+        inputs=EVERY_INPUT,
+        meta_interval=2,
+    ),
+    Case("cmwnet-fast-gate-uneven", class_aware=True, gate="meta-sign", batch=99),
 ]
 REORDERINGS = (1, 2, 3)
 """Seeds of the one-process runs with the samples of every batch shuffled: how far the
@@ -79,6 +89,8 @@ def test_two_ranks_equal_one_process(case: Case, two_ranks: list[dict]) -> None:
     single = train(case, None)
     reordered = [train(case, None, order_seed=seed) for seed in REORDERINGS]
     ranks = [r[case.name] for r in two_ranks]
+    if case.gate != "none":  # the gate kept some samples and dropped others
+        assert any(bool((w == 0).any() and (w > 0).any()) for w in single["weights"])
     if single["dynamics"] is not None:  # the ranks keep one table: every sample's averages
         seen = single["dynamics"]["seen"]
         assert int(seen.sum()) > case.batch  # samples were revisited

@@ -1,11 +1,12 @@
 """Runs whose weighting net reads more than the loss (method.mwnet.inputs): an exact
 resume with the per-sample averages, the saved net's record of its inputs, its reuse, and
-the config's errors."""
+the config's errors; and runs whose weights are gated by the meta gradient's sign."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fake_data import write_idx
@@ -159,8 +160,29 @@ def test_the_loss_alone_keeps_the_runs_state_and_curve(root, tmp_path):
             "method.mwnet.inputs may then hold loss and class only",
         ),
         (["method.name=ce", "method.mwnet.inputs=[loss,margin]"], "is read by mwnet, cmwnet"),
+        (["method.mwnet.gate=sign"], "method.mwnet.gate=sign is not valid: expected one of"),
+        (
+            ["method.mwnet.gate=meta-sign", "method.mwnet.hypergrad=head"],
+            "restricts the virtual step to part of the model; set method.mwnet.hypergrad=fast",
+        ),
     ],
 )
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_a_gated_run_reads_a_meta_batch_every_step_and_drops_samples(root, tmp_path, monkeypatch):
+    from mwnet.data import EndlessBatches
+
+    drawn = []
+    real_next = EndlessBatches.__next__
+    monkeypatch.setattr(EndlessBatches, "__next__", lambda self: drawn.append(1) or real_next(self))
+    extra = ("method.mwnet.gate=meta-sign", "method.mwnet.meta_interval=2", "optim.epochs=1")
+    trainer, run = _run(root, tmp_path, "gated", *extra)
+    steps = trainer.exp.method.steps_done
+    assert steps > 2 and len(drawn) == steps  # not only the weighting net's every other step
+    records = read_jsonl(run / "metrics.jsonl")
+    assert records[0]["meta_loss"] is not None
+    weights = np.loadtxt(run / "sample_weights.csv", delimiter=",", skiprows=1, usecols=-1)
+    assert (weights == 0).any() and (weights > 0).any()  # the gate dropped some samples

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from mwnet.core.data_parallel import global_coefficients, global_mean, weighted_
 from mwnet.core.head import HeadCall, LinearHead, head_problem
 from mwnet.core.hypergrad import (
     HEAD_MODE,
+    HYPERGRAD_MODES,
     HYPERGRADIENTS,
     PARTIAL_MODE,
     REWEIGHTER_MODES,
@@ -44,6 +46,7 @@ from mwnet.core.objective import WeightedLoss, as_weighted_loss
 from mwnet.core.parameters import virtual_parameters
 from mwnet.core.partial import Recording, TopPart
 from mwnet.core.reducer import GradientReducer
+from mwnet.core.sample_meta_gradient import sample_meta_gradient
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.tangents import ForwardRecord, TangentReplay
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
@@ -52,6 +55,10 @@ from mwnet.core.weight_net import WeightNet, net_inputs, takes_labels
 
 Normalization = Literal["sum", "sum-detached", "mean", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("sum", "sum-detached", "mean", "none")
+Gate = Literal["none", "meta-sign"]
+GATES: tuple[str, ...] = typing.get_args(Gate)
+"""``none``: the weighting net's weights as they are; ``meta-sign``: each multiplied by
+1[the sample's own meta gradient is favourable] (see :class:`MetaReweighter`)."""
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 TrainingLossFn = Callable[[Any, torch.Tensor], "torch.Tensor | WeightedLoss"]
 
@@ -89,7 +96,8 @@ class StepResult:
     """Per-sample training losses L_i(θ) before the update, shape (n,): what the weighting
     net saw as its ``loss`` input (a :class:`WeightedLoss`'s ``weigh_by``)."""
     weights: torch.Tensor
-    """Raw weights V(L_i) in (0, 1) from the weighting net used for the real update."""
+    """Raw weights the real update used: V(L_i) in (0, 1) from the updated weighting net,
+    times the gate (0 or 1) with ``gate="meta-sign"``."""
     coefficients: torch.Tensor
     """Normalised weights c_i actually applied: the update minimises Σ_i c_i L_i."""
     loss: torch.Tensor
@@ -100,6 +108,9 @@ class StepResult:
     updated this step (see ``meta_interval``)."""
     step: int
     """Index of this step, counted from 0."""
+    gate: torch.Tensor | None = None
+    """With ``gate="meta-sign"``: which samples kept their weight (bool, shape (n,)):
+    those whose own meta gradient g_i is negative. None without a gate."""
 
 
 class MetaReweighter:
@@ -191,6 +202,18 @@ class MetaReweighter:
         num_samples: the training set's size, for a weighting net that reads averages
             kept per training sample (``loss_ema``, ``margin``, ``confidence``,
             ``agreement``); None otherwise.
+        gate: ``"none"`` (default) | ``"meta-sign"``: multiply each sample's weight in the
+            real update by 1[g_i < 0], with g_i = ∂L_meta(θ − α∇_θ Σ_j ε_j L_j)/∂ε_i at
+            ε = 0 = −α⟨∇_θ L_meta(θ), ∇_θ L_i(θ)⟩ the sample's own meta gradient, L2RW's
+            signal (Ren et al., 2018; computed as :class:`mwnet.methods.L2RW` computes it,
+            :func:`mwnet.core.sample_meta_gradient.sample_meta_gradient`, with α each
+            parameter's current learning rate and L_i the part of the objective the
+            weights multiply), on the step's meta batch. The weighting net learns as
+            without the gate (its virtual step uses its own weights, ungated); only the
+            real update is gated. Every step then needs a meta batch
+            (:meth:`needs_meta_batch`), and costs one more meta forward and backward at θ
+            and one more JVP (``fast``) or second-order pass (``reverse``); ``head`` and
+            ``partial`` are refused (the signal is over every parameter, exactly).
         reducer: data parallelism over the ranks of a ``torch.distributed`` process group
             (see :mod:`mwnet.core.data_parallel`). Every rank then passes its own contiguous
             shard of the training batch and an equal-sized shard of the meta batch, and all
@@ -222,6 +245,7 @@ class MetaReweighter:
         checks: bool = True,
         reducer: GradientReducer | None = None,
         num_samples: int | None = None,
+        gate: Gate = "none",
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
@@ -238,6 +262,7 @@ class MetaReweighter:
                 f"{hypergrad!r}; drop partial= or set hypergrad='partial'"
             )
         check_virtual_step(virtual_step, optimizer)
+        check_gate(gate, hypergrad)
         if not isinstance(meta_interval, int) or meta_interval < 1:
             raise ValueError(f"meta_interval must be an integer >= 1, got {meta_interval!r}")
         if low_memory and hypergrad != "fast":
@@ -272,6 +297,7 @@ class MetaReweighter:
             checks=checks,
         )
         """What the weighting net reads about each sample, and the per-sample averages."""
+        self.gate = gate
         self._weight_params = [p for p in self.weight_net.parameters() if p.requires_grad]
         if frozen:
             if weight_optimizer is not None:
@@ -463,6 +489,36 @@ class MetaReweighter:
 
         return losses_at
 
+    def _sample_scores(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        terms: WeightedLoss,
+        snapshot: ForwardSnapshot,
+        x_meta: torch.Tensor,
+        y_meta: torch.Tensor,
+        call: HeadCall | Recording | ForwardRecord | None,
+    ) -> torch.Tensor:
+        """The gate's signal: each term's g_i = −α⟨∇_θ L_meta(θ), ∇_θ A_i(θ)⟩, this rank's."""
+
+        def meta_loss_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = self._functional({**theta, **snapshot.buffer_copies()}, x_meta)
+            return self._meta_loss(out, y_meta)
+
+        lrs = [float(g["lr"]) for g in self._groups()]
+        scores, _ = sample_meta_gradient(
+            self._names,
+            self._params,
+            lrs,
+            terms.weighted,
+            meta_loss_at,
+            self._replay(x, y, snapshot, call),
+            "reverse" if self.hypergrad == "reverse" else "fast",
+            self.reducer,
+            who="gate='meta-sign'",
+        )
+        return scores
+
     def _coefficients(self, weights: torch.Tensor) -> torch.Tensor:
         """c_i from raw weights, normalised over the global batch under data parallelism."""
         if self.reducer is None:
@@ -607,6 +663,11 @@ class MetaReweighter:
         """Whether the next :meth:`step` updates the weighting net (and needs a meta batch)."""
         return not self.frozen and self.steps_done % self.meta_interval == 0
 
+    def needs_meta_batch(self) -> bool:
+        """Whether the next :meth:`step` reads a meta batch: to update the weighting net,
+        or, with a gate, on every step."""
+        return self.gate != "none" or self.is_meta_step()
+
     def step(
         self,
         x: torch.Tensor,
@@ -617,8 +678,8 @@ class MetaReweighter:
     ) -> StepResult:
         """One iteration: virtual step, weighting-net update, real update.
 
-        The meta batch may be None on steps that do not update the weighting net (see
-        :meth:`is_meta_step`). ``index``: each sample's position in the training set,
+        The meta batch may be None on steps that do not read it (see
+        :meth:`needs_meta_batch`). ``index``: each sample's position in the training set,
         needed by a weighting net that reads per-sample averages (and ignored otherwise);
         under data parallelism, this rank's shard of them. Raises FloatingPointError
         (naming the step) instead of applying an update computed from a non-finite loss or
@@ -646,18 +707,23 @@ class MetaReweighter:
         index: torch.Tensor | None,
     ) -> StepResult:
         meta_update = self.is_meta_step()
+        gated = self.gate != "none"
         recompute = meta_update and self.low_memory
-        if meta_update and (x_meta is None or y_meta is None):
+        if (meta_update or gated) and (x_meta is None or y_meta is None):
+            why = "updates the weighting net" if meta_update else "gates the weights"
             raise ValueError(
-                f"step {self.steps_done} updates the weighting net and needs a meta batch; "
-                "pass x_meta and y_meta (see is_meta_step())"
+                f"step {self.steps_done} {why} and needs a meta batch; pass x_meta and y_meta "
+                "(see needs_meta_batch())"
             )
-        if meta_update:
+        if meta_update or gated:
             self._check_batches(x, y, x_meta, y_meta)
             snapshot = ForwardSnapshot.capture(self.model, x.device)
         elif self.checks:
             self._check_batch(x, y, "training")
-        with self._watching(meta_update, x.device) as call, inputs_named(x, "training"):
+        with (
+            self._watching(meta_update or gated, x.device) as call,
+            inputs_named(x, "training"),
+        ):
             if recompute:  # on buffer copies: the real forward comes after the meta step
                 output = self._functional(snapshot.buffer_copies(), x)
             else:
@@ -692,8 +758,16 @@ class MetaReweighter:
             self.weight_optimizer.step()
         if recompute:
             output, terms = self._replayed_forward(x, y, snapshot)
+        gate = None
+        if gated:
+            scores = self._sample_scores(x, y, terms, snapshot, x_meta, y_meta, call)
+            if self.checks:
+                raise_if_not_finite(self.steps_done, sample_meta_gradient=scores)
+            gate = scores < 0
         with torch.no_grad():
             weights = self.weights(features, _labels(terms, y))
+            if gate is not None:
+                weights = weights * gate.to(weights.dtype)
         if self.reducer is None:
             with torch.no_grad():
                 coefficients = normalize_weights(weights, self.normalize)
@@ -725,6 +799,7 @@ class MetaReweighter:
             loss=loss.detach(),
             meta_loss=meta_loss,
             step=self.steps_done,
+            gate=gate,
         )
         self.steps_done += 1
         return result
@@ -770,6 +845,18 @@ def _decay(weight_net: nn.Module) -> float:
     """The decay of the per-sample averages ``weight_net`` reads (unused without them)."""
     decay = getattr(weight_net, "dynamics_decay", None)
     return DEFAULT_DECAY if decay is None else float(decay)
+
+
+def check_gate(gate: str, hypergrad: str) -> None:
+    """Reject an unknown gate, or one the hypergradient mode cannot support, naming the fix."""
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+    if gate != "none" and hypergrad not in HYPERGRAD_MODES:
+        raise ValueError(
+            f"gate={gate!r} needs each sample's exact meta gradient over every trainable "
+            f"parameter, but hypergrad={hypergrad!r} restricts the virtual step to part of "
+            "the model; use hypergrad='fast' or 'reverse' with the gate, or gate='none'"
+        )
 
 
 def _labels(terms: WeightedLoss, y: torch.Tensor) -> torch.Tensor:

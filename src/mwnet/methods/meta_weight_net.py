@@ -19,14 +19,14 @@ from mwnet.core.checks import (
     integer_labels,
     step_guard,
 )
-from mwnet.core.hypergrad import HypergradMode
+from mwnet.core.hypergrad import HYPERGRAD_MODES, HypergradMode
 from mwnet.core.objective import (
     WeightedLoss,
     label_correction_loss,
     label_correction_mixup_loss,
 )
 from mwnet.core.reducer import GradientReducer
-from mwnet.core.reweighter import Normalization
+from mwnet.core.reweighter import GATES, Gate, Normalization
 from mwnet.core.virtual_step import VirtualStepKind
 from mwnet.core.weight_inputs import (
     DEFAULT_DECAY,
@@ -90,7 +90,7 @@ class WeightingOptions:
     """start from the weight_net.pt of another run (a file or run directory)"""
     meta: bool = True
     """false keeps the weighting net of net_from frozen: no meta step, the meta set is
-    never read, a step costs about a plain step"""
+    never read (unless gate reads it), a step costs about a plain step"""
     inputs: list[str] = field(default_factory=lambda: list(LOSS_ONLY))
     """what the weighting net reads about each sample, a list of: loss | class | loss_ema |
     margin | confidence | agreement | loss_rank (see mwnet.core.weight_inputs); default
@@ -98,15 +98,27 @@ class WeightingOptions:
     dynamics_decay: float = DEFAULT_DECAY
     """decay of the per-sample averages among the inputs (loss_ema, margin, confidence,
     agreement): row <- d row + (1 - d) value at each visit"""
+    gate: Gate = "none"
+    """none | meta-sign: the real update keeps a sample's weight only where its own meta
+    gradient (L2RW's) is favourable; the weighting net learns as without it"""
 
     def problem(self, prefix: str = "") -> str | None:
-        """What is wrong with the inputs and their decay (keys named with ``prefix``), or
-        None."""
+        """What is wrong with the inputs, their decay and the gate (keys named with
+        ``prefix``), or None."""
         try:
             inputs = check_inputs(list(self.inputs), prefix)
             check_decay(self.dynamics_decay, prefix)
         except ValueError as err:
             return str(err)
+        if self.gate not in GATES:
+            return f"{prefix}gate={self.gate!r} is not valid; choose one of {', '.join(GATES)}"
+        if self.gate != "none" and self.hypergrad not in HYPERGRAD_MODES:
+            return (
+                f"{prefix}gate={self.gate} needs each sample's exact meta gradient over every "
+                f"parameter, but {prefix}hypergrad={self.hypergrad} restricts the virtual step "
+                f"to part of the model; set {prefix}hypergrad=fast (or reverse), or "
+                f"{prefix}gate=none"
+            )
         if self.freeze_tolerance is not None and inputs != LOSS_ONLY:
             return (
                 f"{prefix}freeze_tolerance compares the loss-to-weight curve between epochs, "
@@ -229,9 +241,12 @@ class MetaWeightNet(Method):
         num_classes: the classes, for the one-hot ``class`` input (CMW-Net's net counts
             them from ``class_counts``).
         num_samples: the training set's size: rows of the table of averages.
+        gate: ``"none"`` | ``"meta-sign"``: the real update keeps each sample's weight
+            only where the sample's own meta gradient is negative (see
+            :class:`mwnet.MetaReweighter`); the meta batch is then drawn every step.
 
     Departures from the authors' code, beyond the reweighter's: the inputs other than the
-    loss are not in MW-Net or CMW-Net; with the default nothing changes.
+    loss and the gate are not in MW-Net or CMW-Net; with their defaults nothing changes.
     """
 
     name = "mwnet"
@@ -272,6 +287,7 @@ class MetaWeightNet(Method):
         dynamics_decay: float = DEFAULT_DECAY,
         num_classes: int | None = None,
         num_samples: int | None = None,
+        gate: Gate = "none",
         checks: bool = True,
         reducer: GradientReducer | None = None,
     ) -> None:
@@ -374,6 +390,7 @@ class MetaWeightNet(Method):
             checks=checks,
             reducer=reducer,
             num_samples=num_samples if reads_dynamics(inputs) else None,
+            gate=gate,
         )
         self.name = "cmwnet" if isinstance(net, ClassAwareWeightNet) else "mwnet"
         self.name += "-sl" if soft_labels is not None else ""
@@ -449,8 +466,8 @@ class MetaWeightNet(Method):
                 self._batch_soft_labels = self.soft_labels(x)
             if rw.checks:  # the label-correction loss indexes the classes with the labels
                 check_labels(y, self._batch_soft_labels.shape[-1], "training")
-        x_meta = y_meta = None  # drawn only on the steps that update the weighting net
-        if rw.is_meta_step():
+        x_meta = y_meta = None  # drawn only on the steps that read it
+        if rw.needs_meta_batch():
             x_meta, y_meta = next_meta_batch(self.meta_batches)
             y_meta = integer_labels(y_meta)
             if rw.checks and self._batch_soft_labels is not None:

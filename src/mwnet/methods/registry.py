@@ -365,6 +365,7 @@ def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodCon
             dynamics_decay=o.dynamics_decay,
             num_classes=len(ctx.class_counts),
             num_samples=samples,
+            gate=o.gate,
             **ctx.common(),
         )
 
