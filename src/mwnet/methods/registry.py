@@ -11,6 +11,7 @@ from torch import nn
 
 from mwnet.core import ClassAwareWeightNet
 from mwnet.core.reducer import GradientReducer
+from mwnet.core.weight_inputs import reads_dynamics
 from mwnet.methods.base import Method
 from mwnet.methods.bootstrap import (
     BootstrapHard,
@@ -361,6 +362,10 @@ def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodCon
                 f"{'set' if ctx.soft_labels is not None else 'None'}"
             )
         mode = o.hypergradient()
+        inputs = tuple(o.inputs)
+        samples = None
+        if reads_dynamics(inputs):
+            samples = len(_training_set(ctx, name, "averages per training sample"))
         return MetaWeightNet(
             ctx.model,
             ctx.optimizer,
@@ -388,6 +393,11 @@ def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodCon
             soft_labels=ctx.soft_labels,
             soft_label_model=ctx.soft_label_model,
             mixup=bool(ctx.options["label_correction"].mixup) if label_correction else False,
+            inputs=inputs,
+            dynamics_decay=o.dynamics_decay,
+            num_classes=len(ctx.class_counts),
+            num_samples=samples,
+            gate=o.gate,
             **ctx.common(),
         )
 
@@ -437,6 +447,7 @@ for _descriptor in (
         _weighting(False, False),
         {"mwnet": WeightingOptions},
         reads_meta=True,
+        reads_index=True,  # for the inputs averaged per sample (method.mwnet.inputs)
         compiles=True,
         weighting=True,
         knob=WEIGHT_LR,
@@ -448,6 +459,7 @@ for _descriptor in (
         {"mwnet": WeightingOptions, "cmwnet": ClassAwareOptions},
         reads_meta=True,
         reads_class_counts=True,
+        reads_index=True,
         compiles=True,
         weighting=True,
         class_aware=True,
@@ -460,6 +472,7 @@ for _descriptor in (
         {"mwnet": WeightingOptions, "label_correction": LabelCorrectionOptions},
         reads_meta=True,
         reads_teacher=True,
+        reads_index=True,
         compiles=True,
         weighting=True,
         knob=WEIGHT_LR,
@@ -476,6 +489,7 @@ for _descriptor in (
         reads_meta=True,
         reads_teacher=True,
         reads_class_counts=True,
+        reads_index=True,
         compiles=True,
         weighting=True,
         class_aware=True,

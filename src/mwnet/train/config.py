@@ -942,6 +942,12 @@ def _check_method_options(cfg: Any) -> None:
                 "method.label_correction.mixup=true is label correction on mixed batches: it "
                 "needs method.mwnet.normalize=mean",
             ),
+            (
+                not mixup or all(n in ("loss", "class") for n in w.inputs),
+                "method.label_correction.mixup=true gives each mixed input two terms, one per "
+                "label, and the other inputs describe one sample each: method.mwnet.inputs "
+                "may then hold loss and class only",
+            ),
         ]
     for ok, message in checks:
         if not ok:
