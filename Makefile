@@ -2,7 +2,7 @@
 #   make test   install the pinned CPU toolchain and the package, lint, run the test suite
 #   make train  install the data and the package; train cross-entropy and MW-Net side by side
 #               on noisy Fashion-MNIST and report the label issues found (minutes on 2 cores)
-#   make suite  the Fashion-MNIST evidence suite behind docs/RESULTS.md (about 3 hours, 2 cores)
+#   make suite  the Fashion-MNIST evidence suite behind docs/RESULTS.md (about 3.3 hours, 2 cores)
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PRESET ?= fmnist-flip2-40-mlp

@@ -87,3 +87,15 @@ def test_make_image_folder_writes_the_layout_the_folder_source_reads(tmp_path, m
     misfiled = sum(true_class(img) != c for img, c in zip(train.images, filed, strict=True))
     assert misfiled == wrong and 0 < wrong < 80
     assert [true_class(img) for img in meta.images] == [meta.classes[int(y)] for y in meta.labels]
+
+
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+def test_lightning_quickstart_separates_wrong_labels(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("lightning")
+    monkeypatch.chdir(tmp_path)  # whatever Lightning might write lands here
+    runpy.run_path(str(EXAMPLES / "lightning_quickstart.py"), run_name="__main__")
+    weights, accuracy = capsys.readouterr().out.strip().splitlines()[-2:]
+    clean, wrong = _numbers(weights)
+    assert wrong < 0.5 * clean, weights
+    assert _numbers(accuracy)[0] > 0.9, accuracy
+    assert list(tmp_path.iterdir()) == []  # the example leaves no files behind

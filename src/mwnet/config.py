@@ -154,8 +154,8 @@ class MethodConfig:
     compile: bool = False
     """torch.compile the model's passes: the methods whose descriptor compiles (the
     loss-only ones: ce, focal, class-balanced, gce, sce, bootstrap-hard, bootstrap-soft,
-    self-paced, mentornet-pd; and the weighting methods with method.mwnet.hypergrad=fast;
-    see docs/PERFORMANCE.md for what it gains)"""
+    self-paced, mentornet-pd; mentornet-dd; and the weighting methods with
+    method.mwnet.hypergrad=fast; see docs/PERFORMANCE.md for what it gains)"""
     warmup_epochs: int = 0
     """plain cross-entropy for this many first epochs"""
 
@@ -889,6 +889,14 @@ def _check_method_options(cfg: Any) -> None:
         ]
     if m.get("s_model") is not None:
         checks.append((m.s_model.lr_factor > 0, "method.s_model.lr_factor must be > 0"))
+    if m.get("mentornet_dd") is not None:
+        checks.append(
+            (
+                cfg.data.meta_source == "clean",
+                "method.mentornet_dd fits its mentor on a trusted set with known clean "
+                "labels, and data.meta_source=auto has none; use data.meta_source=clean",
+            )
+        )
     if w is not None:
         try:
             mode = _options(w).hypergradient(prefix="method.mwnet.")
@@ -935,6 +943,12 @@ def _check_method_options(cfg: Any) -> None:
                 not mixup or w.normalize == "mean",
                 "method.label_correction.mixup=true is label correction on mixed batches: it "
                 "needs method.mwnet.normalize=mean",
+            ),
+            (
+                not mixup or all(n in ("loss", "class") for n in w.inputs),
+                "method.label_correction.mixup=true gives each mixed input two terms, one per "
+                "label, and the other inputs describe one sample each: method.mwnet.inputs "
+                "may then hold loss and class only",
             ),
         ]
     for ok, message in checks:

@@ -32,6 +32,9 @@ from mwnet.train.config import load_config
 STEPS = 3
 CLASSES = 4
 FEATURES = 6
+TRAINING_SET = 150
+"""Positions the batches' samples are drawn from: three batches of 100 revisit samples, so
+the per-sample averages a weighting net may read hold earlier visits."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class Case:
     """hypergrad="partial" only: the top (module names)."""
     batch: int = 100
     meta_batch: int = 100
+    inputs: tuple[str, ...] = ("loss",)
+    """What the weighting net reads about each sample (method.mwnet.inputs)."""
+    gate: str = "none"
 
 
 class Mlp(nn.Module):
@@ -68,6 +74,7 @@ class Mlp(nn.Module):
 
 def _batches(case: Case) -> list[tuple[torch.Tensor, ...]]:
     g = torch.Generator().manual_seed(1)
+    positions = torch.Generator().manual_seed(2)  # its own stream: the data stay as they were
     out = []
     for _ in range(STEPS):
         y = torch.randint(0, CLASSES, (case.batch,), generator=g)
@@ -76,7 +83,8 @@ def _batches(case: Case) -> list[tuple[torch.Tensor, ...]]:
         ym = torch.randint(0, CLASSES, (case.meta_batch,), generator=g)
         xm = torch.randn(case.meta_batch, FEATURES, generator=g, dtype=torch.float64)
         xm[torch.arange(case.meta_batch), ym] += 1.5
-        out.append((x, y, xm, ym))
+        index = torch.randperm(TRAINING_SET, generator=positions)[: case.batch]
+        out.append((x, y, xm, ym, index))
     return out
 
 
@@ -107,12 +115,15 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
         model.parameters(), lr=0.5, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
     batches = _batches(case)
-    shards = [(take(x, y), take(xm, ym)) for x, y, xm, ym in batches]
-    meta = iter([(xm, ym) for _, (xm, ym, _) in shards])
+    shards = [(take(x, y), take(xm, ym), index) for x, y, xm, ym, index in batches]
+    meta = iter([(xm, ym) for _, (xm, ym, _), _ in shards])
     weight_net = None
     if case.method == "mwnet":
+        inputs = {"inputs": case.inputs}
         weight_net = (
-            ClassAwareWeightNet([300, 200, 50, 10], hidden=100) if case.class_aware else WeightNet()
+            ClassAwareWeightNet([300, 200, 50, 10], hidden=100, **inputs)
+            if case.class_aware
+            else WeightNet(num_classes=CLASSES, **inputs)
         ).double()
         if case.flat:
             start_flat(weight_net)
@@ -130,15 +141,17 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
             partial=case.partial,
             meta_interval=case.meta_interval,
             reducer=reducer,
+            num_samples=TRAINING_SET,
+            gate=case.gate,  # type: ignore[arg-type]
         )
     elif case.method == "l2rw":
         method = L2RW(model, optimizer, meta, hypergrad=case.hypergrad, reducer=reducer)  # type: ignore[arg-type]
     else:
         method = CrossEntropy(model, optimizer, reducer=reducer)
     losses, meta_losses, weights = [], [], []
-    for (x, y, places), (xm, ym, _) in shards:
+    for (x, y, places), (xm, ym, _), index in shards:
         if case.method == "mwnet":
-            out = method.step(x, y, xm, ym)
+            out = method.step(x, y, xm, ym, index[places])
             applied = out.coefficients
         else:
             out = method.step(x, y)
@@ -151,11 +164,20 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "weight_net": None if weight_net is None else weight_net.state_dict(),
+        "dynamics": _dynamics(method),
         "loss": losses,
         "meta_loss": meta_losses,
         "weights": weights,
         "bytes": {} if reducer is None else dict(reducer.counter.bytes),
     }
+
+
+def _dynamics(method) -> dict[str, torch.Tensor] | None:
+    """The table of per-sample averages a weighting net reads, if it reads some."""
+    inputs = getattr(method, "inputs", None)
+    if inputs is None or inputs.table is None:
+        return None
+    return {"table": inputs.table.clone(), "seen": inputs.seen.clone()}
 
 
 def join_gloo(rank: int, world: int, store: str) -> None:

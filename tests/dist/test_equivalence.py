@@ -2,7 +2,9 @@
 
 Every case trains a BatchNorm-free float64 MLP for a few steps with momentum SGD, once on
 2 spawned ranks (gloo on loopback) and once in this process, and compares the model, the
-weighting net, the applied per-sample weights and the logged losses.
+weighting net, the applied per-sample weights (gated, with gate="meta-sign"), the logged
+losses and, for a weighting net that reads per-sample averages (method.mwnet.inputs),
+their table.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from rounding import assert_states_within_order_noise, assert_within_order_noise
 
 pytestmark = pytest.mark.distributed
 
+EVERY_INPUT = ("loss", "class", "loss_ema", "margin", "confidence", "agreement", "loss_rank")
 CASES = [
     Case("mwnet-reverse-sum", hypergrad="reverse"),
     Case("mwnet-fast-sum", hypergrad="fast"),
@@ -48,6 +51,24 @@ CASES = [
     Case("l2rw-reverse", method="l2rw", hypergrad="reverse"),
     Case("ce", method="ce"),
     Case("ce-uneven-shards", method="ce", batch=99),
+    Case("mwnet-fast-every-input", inputs=EVERY_INPUT),
+    Case(
+        "mwnet-reverse-every-input-uneven",
+        hypergrad="reverse",
+        inputs=EVERY_INPUT,
+        meta_interval=2,
+        batch=99,
+    ),
+    Case("cmwnet-head-every-input", hypergrad="head", class_aware=True, inputs=EVERY_INPUT),
+    Case("mwnet-fast-gate", gate="meta-sign"),
+    Case(
+        "mwnet-reverse-gate-every-input",
+        hypergrad="reverse",
+        gate="meta-sign",
+        inputs=EVERY_INPUT,
+        meta_interval=2,
+    ),
+    Case("cmwnet-fast-gate-uneven", class_aware=True, gate="meta-sign", batch=99),
 ]
 REORDERINGS = (1, 2, 3)
 """Seeds of the one-process runs with the samples of every batch shuffled: how far the
@@ -68,15 +89,26 @@ def test_two_ranks_equal_one_process(case: Case, two_ranks: list[dict]) -> None:
     single = train(case, None)
     reordered = [train(case, None, order_seed=seed) for seed in REORDERINGS]
     ranks = [r[case.name] for r in two_ranks]
-    for key in ("model", "weight_net"):
+    if case.gate != "none":  # the gate kept some samples and dropped others
+        assert any(bool((w == 0).any() and (w > 0).any()) for w in single["weights"])
+    if single["dynamics"] is not None:  # the ranks keep one table: every sample's averages
+        seen = single["dynamics"]["seen"]
+        assert int(seen.sum()) > case.batch  # samples were revisited
+        assert all(torch.equal(r["dynamics"]["seen"], seen) for r in ranks)
+    for key in ("model", "weight_net", "dynamics"):
         if single[key] is None:
             continue
         for name in single[key]:
             # every rank holds bit-for-bit the same parameters ...
             assert torch.equal(ranks[0][key][name], ranks[1][key][name]), name
-        # ... equal to one process's on the whole batches
+        # ... equal to one process's on the whole batches (the flags of seen samples are
+        # compared above)
+        kept = [k for k in single[key] if single[key][k].dtype != torch.bool]
         assert_states_within_order_noise(
-            ranks[0][key], single[key], [r[key] for r in reordered], f"{key}."
+            {k: ranks[0][key][k] for k in kept},
+            {k: single[key][k] for k in kept},
+            [{k: r[key][k] for k in kept} for r in reordered],
+            f"{key}.",
         )
     for step in range(len(single["loss"])):
         assert_within_order_noise(

@@ -1,6 +1,7 @@
-"""Self-paced learning and MentorNet's curriculum under torchrun: their thresholds come from
+"""Self-paced learning and MentorNet's curricula under torchrun: their thresholds come from
 the whole batch's losses, which every rank gathers, so two ranks weigh every sample as one
-process does and train to its parameters."""
+process does and train to its parameters (MentorNet-DD's mentor, fitted on the trusted set
+that every rank gathers, too)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ pytestmark = pytest.mark.distributed
 OPTIONS = {
     "self-paced": ["method.self_paced.start_fraction=0.5"],
     "mentornet-pd": ["method.mentornet.burn_in_epochs=1", "method.mentornet.percentile=0.5"],
+    "mentornet-dd": [
+        "method.mentornet.burn_in_epochs=1",
+        "method.mentornet.percentile=0.5",
+        "method.mentornet_dd.mentor_steps=50",
+    ],
 }
+SMOOTH = {"mentornet-dd"}
+"""Methods whose weights are a smooth function of the losses, not a decision."""
 
 
 @pytest.mark.parametrize("method", sorted(OPTIONS))
@@ -46,13 +54,6 @@ def test_two_ranks_weigh_and_train_as_one_process(method, fmnist_root, tmp_path)
         f"out_dir={tmp_path}",
     ]
     train_on_two_ranks_and_one(args, tmp_path)
-    # A threshold is a decision on the gathered losses, equal to the one process's up to
-    # rounding far below the gaps between them: the same samples are weighed alike.
-    one, _ = SampleSignals.load(tmp_path / "one" / SIGNALS_FILE)
-    two, _ = SampleSignals.load(tmp_path / "two" / SIGNALS_FILE)
-    for name in ("weight_sum", "weight_count", "last_weight"):
-        np.testing.assert_array_equal(getattr(two, name).numpy(), getattr(one, name).numpy())
-    assert float(one.weight_sum.min()) < float(one.weight_sum.max())  # the weights vary
     # The parameters are sums in another order: bounded by the one process's own spread
     # under another thread count (see test_co_teaching_ranks.py).
     two_threads = [a if a != "threads=1" else "threads=2" for a in args]
@@ -61,6 +62,23 @@ def test_two_ranks_weigh_and_train_as_one_process(method, fmnist_root, tmp_path)
         assert main([*two_threads, "name=one-2-threads"]) == 0
     finally:
         torch.set_num_threads(threads)
+    one, _ = SampleSignals.load(tmp_path / "one" / SIGNALS_FILE)
+    two, _ = SampleSignals.load(tmp_path / "two" / SIGNALS_FILE)
+    rerun, _ = SampleSignals.load(tmp_path / "one-2-threads" / SIGNALS_FILE)
+    np.testing.assert_array_equal(two.weight_count.numpy(), one.weight_count.numpy())
+    for name in ("weight_sum", "last_weight"):
+        got, want = getattr(two, name), getattr(one, name)
+        if method in SMOOTH:
+            # a weight smooth in the loss moves with the losses' and the mentor's rounding
+            # (measured: 6e-7 of a sum of weights), within the loss's bound; the rank's
+            # own percentile instead of the global batch's moves it by 1e-3 and more
+            assert_close_or_within_spread(got, want, [getattr(rerun, name)], 1e-5, 1e-6, name)
+        else:
+            # A threshold is a decision on the gathered losses, equal to the one process's
+            # up to rounding far below the gaps between them: the same samples are weighed
+            # alike.
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert float(one.weight_sum.min()) < float(one.weight_sum.max())  # the weights vary
     records = [read_jsonl(tmp_path / n / "metrics.jsonl") for n in ("one", "two", "one-2-threads")]
     losses = [torch.tensor([r["train_loss"] for r in rs]) for rs in records]
     assert_close_or_within_spread(losses[1], losses[0], [losses[2]], 0, 1e-5, "train_loss")
@@ -71,7 +89,11 @@ def test_two_ranks_weigh_and_train_as_one_process(method, fmnist_root, tmp_path)
         assert_close_or_within_spread(
             states[1]["model"][k], v, [states[2]["model"][k]], 1e-4, 1e-6, k
         )
-    if method == "mentornet-pd":
+    if method.startswith("mentornet"):
         assert states[1]["method"]["threshold"] == pytest.approx(
             states[0]["method"]["threshold"], rel=1e-5
         )
+    if method == "mentornet-dd":  # fitted on the gathered trusted losses: one mentor
+        mentors = [s["method"]["mentor"] for s in states]
+        for k, v in mentors[0].items():
+            assert_close_or_within_spread(mentors[1][k], v, [mentors[2][k]], 1e-4, 1e-6, k)

@@ -22,8 +22,16 @@ from rounding import gamma, relative_sum_bound
 from mwnet.methods import LABEL_CORRECTION_METHODS, METHODS, Method, StepOutput, build_method
 
 LEARNED = {"mwnet", "cmwnet", "mwnet-sl", "cmwnet-sl"}
-WEIGHTED = {"class-balanced", "l2rw", "self-paced", "mentornet-pd", "co-teaching", *LEARNED}
-META_LOSS = {"l2rw", *LEARNED}
+WEIGHTED = {
+    "class-balanced",
+    "l2rw",
+    "self-paced",
+    "mentornet-pd",
+    "mentornet-dd",
+    "co-teaching",
+    *LEARNED,
+}
+META_LOSS = {"l2rw", "mlc", *LEARNED}
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
@@ -74,7 +82,7 @@ def _assert_weights_are_right(name: str, method, out, y: torch.Tensor) -> None:
     elif name == "self-paced":  # epoch 0 selects the lower half of the batch by loss
         assert torch.equal(w, (out.losses <= out.losses.sort().values[4]).to(w.dtype))
         assert float(w.sum()) == 5
-    elif name == "mentornet-pd":  # epoch 0 of 3 is in the burn-in: every sample weighs 1
+    elif name in ("mentornet-pd", "mentornet-dd"):  # epoch 0 of 3: burn-in, every weight 1
         assert torch.equal(w, torch.ones_like(w))
         assert method.threshold > 0  # the moving average moves in the burn-in too
     elif name == "co-teaching":  # 0/1: the samples the peer kept; every one in epoch 0
@@ -162,7 +170,7 @@ def test_labels_out_of_range_give_the_core_error(name):
         step(method, x, y[:4])
 
 
-@pytest.mark.parametrize("name", ["l2rw", *sorted(LEARNED)])
+@pytest.mark.parametrize("name", ["l2rw", "mlc", *sorted(LEARNED)])
 def test_meta_labels_out_of_range_give_the_core_error(name):
     torch.manual_seed(0)
     model = make_model("mlp")
@@ -205,7 +213,7 @@ def test_only_the_weighting_methods_have_a_weighting_function():
         assert (method.weighting_net() is None) == (name not in shapes)
 
 
-@pytest.mark.parametrize("name", ["l2rw", *sorted(LEARNED)])
+@pytest.mark.parametrize("name", ["l2rw", "mlc", *sorted(LEARNED)])
 def test_an_exhausted_meta_stream_is_a_clear_error(name):
     model = make_model("mlp")
     method = build_method(

@@ -156,3 +156,50 @@ def test_weight_init_is_checked_and_not_applied_to_a_given_net():
             weight_net=mwnet.WeightNet(),
             weight_init="flat",
         )
+
+
+def _smoothed(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A per-sample loss other than the default: label-smoothed cross-entropy."""
+    return torch.nn.functional.cross_entropy(output, labels, reduction="none", label_smoothing=0.3)
+
+
+def test_a_per_sample_loss_reaches_the_core_and_trains_on_it():
+    """loss_fn is the reweighter's: the method steps as MetaReweighter(loss_fn=...) does,
+    and not as it does with the default cross-entropy (so the loss was used)."""
+
+    def run(loss_fn, direct: bool):
+        torch.manual_seed(0)
+        model = make_model("mlp")
+        net = mwnet.WeightNet()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        if direct:
+            rw = mwnet.MetaReweighter(model, optimizer, net, loss_fn=loss_fn)
+            meta = meta_stream("mlp")
+            outs = [rw.step(*batch("mlp", i), *next(meta)) for i in range(3)]
+        else:
+            method = MetaWeightNet(
+                model, optimizer, meta_stream("mlp"), weight_net=net, loss_fn=loss_fn
+            )
+            outs = [method.step(*batch("mlp", i)) for i in range(3)]
+        return state(model), [o.loss for o in outs]
+
+    (method_model, method_losses), (core_model, core_losses) = (
+        run(_smoothed, False),
+        run(_smoothed, True),
+    )
+    assert_same(method_model, core_model, rtol=0, atol=0)
+    assert [float(a) for a in method_losses] == [float(b) for b in core_losses]
+    default_model, _ = run(None, False)
+    assert any(not torch.equal(method_model[k], default_model[k]) for k in default_model)
+
+
+def test_a_per_sample_loss_and_label_correction_exclude_each_other():
+    model = make_model("mlp")
+    with pytest.raises(ValueError, match="soft_labels sets the training loss"):
+        MetaWeightNet(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            meta_stream("mlp"),
+            loss_fn=_smoothed,
+            soft_labels=lambda x: torch.full((len(x), 3), 1 / 3),
+        )

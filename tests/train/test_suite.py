@@ -46,13 +46,13 @@ def test_full_grid_has_every_method_setting_and_seed() -> None:
     grid = cells(FULL)
     trained = [m for m in DEFAULT_METHODS if method_named(m).after is None]  # no continuations
     field = [m for m in trained if method_named(m).noise_only]
-    assert len(trained) == 18 and len(field) == 11
+    assert len(trained) == 20 and len(field) == 13
     clean_axis = ("l2rw", "finetune", "mwnet-fast", "cmwnet")
     # the 5 default main settings at seeds 0-2 (class-balanced loss on the long tail only,
     # the field's noisy-label methods on the 3 noisy ones only); the clean-set axis's
-    # default (2 noises x 100 images) at seeds 0-2 for the methods that read the clean
+    # default (flip2 noise, 100 images) at seeds 0-2 for the methods that read the clean
     # set; small data (noisy) at seeds 0-4
-    assert len(grid) == 6 * 3 + 3 * 17 * 3 + 7 * 3 + 2 * 4 * 3 + 17 * 5
+    assert len(grid) == 6 * 3 + 3 * 19 * 3 + 7 * 3 + 1 * 4 * 3 + 19 * 5
     main = [s.name for s in SETTINGS if s.group == "main" and s.in_default]
     assert main == ["clean", "uniform-60", "flip2-40", "instance-40", "lt-100"]
     axis = [s.name for s in SETTINGS if s.group == "clean-size" and s.in_default]
@@ -220,7 +220,7 @@ def test_quick_suite_writes_the_report_and_reruns_train_nothing(
     # for the 7 methods that train (8 on the long tail: class-balanced loss); the
     # fine-tuning continuation searches no lr; CE -> fine-tune runs only where a setting
     # names it (the full-CNN regime)
-    assert len(DEFAULT_METHODS) == 21
+    assert len(DEFAULT_METHODS) == 23
     # glc and gce like the others (the quick scale searches one knob value), in the
     # noisy setting only
     runs = (7 + 8) * (2 + 1) + 2 * (1 + 1) + 2 * (2 + 1)

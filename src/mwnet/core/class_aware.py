@@ -15,6 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mwnet.core.weight_inputs import (
+    DEFAULT_DECAY,
+    LOSS_ONLY,
+    check_inputs,
+    describe,
+    input_matrix,
+    input_width,
+)
+from mwnet.core.weight_net import dynamics_decay_of
+
 
 def cluster_by_count(counts: Sequence[int] | torch.Tensor, clusters: int = 3) -> torch.Tensor:
     """Group classes by their sample counts: optimal 1-D k-means, largest classes first.
@@ -100,6 +110,9 @@ class ClassAwareWeightNet(nn.Module):
         clusters: the number of class groups ``K`` (CMW-Net: 3); fewer if there are fewer
             distinct counts.
         hidden: width of the trunk.
+        inputs, dynamics_decay: what the trunk reads about each sample, as for
+            :class:`~mwnet.WeightNet` (default the loss alone, CMW-Net's net); the one-hot
+            ``class`` input has one column per class of ``class_counts``.
 
     The class-to-cluster map and the counts are buffers: they travel with the state dict,
     so a saved net applies the groups it was trained with.
@@ -108,7 +121,13 @@ class ClassAwareWeightNet(nn.Module):
     takes_labels = True
 
     def __init__(
-        self, class_counts: Sequence[int] | torch.Tensor, clusters: int = 3, hidden: int = 100
+        self,
+        class_counts: Sequence[int] | torch.Tensor,
+        clusters: int = 3,
+        hidden: int = 100,
+        *,
+        inputs: Sequence[str] = LOSS_ONLY,
+        dynamics_decay: float | None = DEFAULT_DECAY,
     ) -> None:
         super().__init__()
         if not isinstance(hidden, int) or hidden < 1:
@@ -116,9 +135,12 @@ class ClassAwareWeightNet(nn.Module):
         cluster_of_class = cluster_by_count(class_counts, clusters)
         self.clusters = clusters
         self.hidden = hidden
+        self.inputs = check_inputs(inputs)
+        self.width = input_width(self.inputs, len(cluster_of_class))
+        self.dynamics_decay = dynamics_decay_of(self.inputs, dynamics_decay)
         self.register_buffer("class_counts", torch.as_tensor(_as_counts(class_counts)).long())
         self.register_buffer("cluster_of_class", cluster_of_class)
-        self.trunk = nn.Linear(1, hidden)
+        self.trunk = nn.Linear(self.width, hidden)
         self.heads = nn.Linear(hidden, self.num_clusters)  # row k is cluster k's head
 
     @property
@@ -131,16 +153,14 @@ class ClassAwareWeightNet(nn.Module):
         return int(self.cluster_of_class.max()) + 1
 
     def curves(self, losses: torch.Tensor) -> torch.Tensor:
-        """Every cluster's weight for each loss, shape ``(n, K)``: the learned curves."""
-        hidden = F.relu(self.trunk(losses.reshape(-1, 1)))
+        """Every cluster's weight for each loss, shape ``(n, K)``: the learned curves (of a
+        loss-only net; with more inputs, every cluster's weight for each row of inputs)."""
+        column = losses.reshape(-1, 1) if self.width == 1 else losses
+        hidden = F.relu(self.trunk(column))
         return torch.sigmoid(self.heads(hidden))
 
     def forward(self, losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if not (losses.dim() == 1 or (losses.dim() == 2 and losses.shape[1] == 1)):
-            raise ValueError(
-                "ClassAwareWeightNet takes per-sample losses of shape (n,) or (n, 1), got "
-                f"{tuple(losses.shape)}"
-            )
+        input_matrix(losses, self.inputs, self.width, "ClassAwareWeightNet")  # checks the shape
         n = losses.shape[0]
         if labels.shape != (n,) or labels.dtype not in (torch.int64, torch.int32):
             raise ValueError(
@@ -152,7 +172,12 @@ class ClassAwareWeightNet(nn.Module):
         return weights if losses.dim() == 2 else weights.squeeze(1)
 
     def extra_repr(self) -> str:
+        extra = ""
+        if self.inputs != LOSS_ONLY:
+            extra = f", inputs: {describe(self.inputs, self.num_classes)}"
+            if self.dynamics_decay is not None:
+                extra += f", dynamics_decay={self.dynamics_decay}"
         return (
             f"classes={self.num_classes}, clusters={self.num_clusters} (asked {self.clusters}), "
-            f"hidden={self.hidden}"
+            f"hidden={self.hidden}{extra}"
         )

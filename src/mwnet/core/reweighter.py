@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from mwnet.core.data_parallel import global_coefficients, global_mean, weighted_
 from mwnet.core.head import HeadCall, LinearHead, head_problem
 from mwnet.core.hypergrad import (
     HEAD_MODE,
+    HYPERGRAD_MODES,
     HYPERGRADIENTS,
     PARTIAL_MODE,
     REWEIGHTER_MODES,
@@ -44,13 +46,19 @@ from mwnet.core.objective import WeightedLoss, as_weighted_loss
 from mwnet.core.parameters import virtual_parameters
 from mwnet.core.partial import Recording, TopPart
 from mwnet.core.reducer import GradientReducer
+from mwnet.core.sample_meta_gradient import sample_meta_gradient
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.tangents import ForwardRecord, TangentReplay
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
-from mwnet.core.weight_net import WeightNet, takes_labels
+from mwnet.core.weight_inputs import DEFAULT_DECAY, WeightInputs
+from mwnet.core.weight_net import WeightNet, net_inputs, takes_labels
 
 Normalization = Literal["sum", "sum-detached", "mean", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("sum", "sum-detached", "mean", "none")
+Gate = Literal["none", "meta-sign"]
+GATES: tuple[str, ...] = typing.get_args(Gate)
+"""``none``: the weighting net's weights as they are; ``meta-sign``: each multiplied by
+1[the sample's own meta gradient is favourable] (see :class:`MetaReweighter`)."""
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 TrainingLossFn = Callable[[Any, torch.Tensor], "torch.Tensor | WeightedLoss"]
 
@@ -86,9 +94,10 @@ class StepResult:
 
     losses: torch.Tensor
     """Per-sample training losses L_i(θ) before the update, shape (n,): what the weighting
-    net saw (a :class:`WeightedLoss`'s ``weigh_by``)."""
+    net saw as its ``loss`` input (a :class:`WeightedLoss`'s ``weigh_by``)."""
     weights: torch.Tensor
-    """Raw weights V(L_i) in (0, 1) from the weighting net used for the real update."""
+    """Raw weights the real update used: V(L_i) in (0, 1) from the updated weighting net,
+    times the gate (0 or 1) with ``gate="meta-sign"``."""
     coefficients: torch.Tensor
     """Normalised weights c_i actually applied: the update minimises Σ_i c_i L_i."""
     loss: torch.Tensor
@@ -99,6 +108,9 @@ class StepResult:
     updated this step (see ``meta_interval``)."""
     step: int
     """Index of this step, counted from 0."""
+    gate: torch.Tensor | None = None
+    """With ``gate="meta-sign"``: which samples kept their weight (bool, shape (n,)):
+    those whose own meta gradient g_i is negative. None without a gate."""
 
 
 class MetaReweighter:
@@ -124,7 +136,12 @@ class MetaReweighter:
             true ``takes_labels`` attribute (:class:`ClassAwareWeightNet`), as
             ``weight_net(losses, labels)`` with the batch's observed labels, shape (n,).
             Either way it returns one weight per sample. Its input is detached from the
-            model's graph, as in the authors' noisy-label scripts.
+            model's graph, as in the authors' noisy-label scripts. A net with an ``inputs``
+            attribute other than ``("loss",)`` (see :mod:`mwnet.core.weight_inputs`) is
+            called with the ``(n, width)`` matrix of those inputs instead of the losses,
+            all detached: the hypergradient is exact given them, in every mode. Inputs
+            averaged per training sample need ``num_samples`` here and ``index`` in
+            :meth:`step`; their table is part of :meth:`state_dict`.
         weight_optimizer: optimizer of ``weight_net``; default Adam(lr=1e-3,
             weight_decay=1e-4), the authors' setting for flip noise.
         loss_fn: per-sample training loss ``(output, labels) -> (n,)``; default
@@ -182,6 +199,21 @@ class MetaReweighter:
             learned in another run; a step then costs a plain step plus the tiny net.
         checks: validate batches and labels and stop on NaN/Inf (one or two host syncs
             per step on a GPU).
+        num_samples: the training set's size, for a weighting net that reads averages
+            kept per training sample (``loss_ema``, ``margin``, ``confidence``,
+            ``agreement``); None otherwise.
+        gate: ``"none"`` (default) | ``"meta-sign"``: multiply each sample's weight in the
+            real update by 1[g_i < 0], with g_i = ∂L_meta(θ − α∇_θ Σ_j ε_j L_j)/∂ε_i at
+            ε = 0 = −α⟨∇_θ L_meta(θ), ∇_θ L_i(θ)⟩ the sample's own meta gradient, L2RW's
+            signal (Ren et al., 2018; computed as :class:`mwnet.methods.L2RW` computes it,
+            :func:`mwnet.core.sample_meta_gradient.sample_meta_gradient`, with α each
+            parameter's current learning rate and L_i the part of the objective the
+            weights multiply), on the step's meta batch. The weighting net learns as
+            without the gate (its virtual step uses its own weights, ungated); only the
+            real update is gated. Every step then needs a meta batch
+            (:meth:`needs_meta_batch`), and costs one more meta forward and backward at θ
+            and one more JVP (``fast``) or second-order pass (``reverse``); ``head`` and
+            ``partial`` are refused (the signal is over every parameter, exactly).
         reducer: data parallelism over the ranks of a ``torch.distributed`` process group
             (see :mod:`mwnet.core.data_parallel`). Every rank then passes its own contiguous
             shard of the training batch and an equal-sized shard of the meta batch, and all
@@ -212,6 +244,8 @@ class MetaReweighter:
         frozen: bool = False,
         checks: bool = True,
         reducer: GradientReducer | None = None,
+        num_samples: int | None = None,
+        gate: Gate = "none",
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
@@ -228,6 +262,7 @@ class MetaReweighter:
                 f"{hypergrad!r}; drop partial= or set hypergrad='partial'"
             )
         check_virtual_step(virtual_step, optimizer)
+        check_gate(gate, hypergrad)
         if not isinstance(meta_interval, int) or meta_interval < 1:
             raise ValueError(f"meta_interval must be an integer >= 1, got {meta_interval!r}")
         if low_memory and hypergrad != "fast":
@@ -251,6 +286,18 @@ class MetaReweighter:
         self.weight_net = weight_net if weight_net is not None else WeightNet()
         self.frozen = frozen
         self._weight_dtype = next(self.weight_net.parameters()).dtype
+        self.inputs = WeightInputs(
+            net_inputs(self.weight_net),
+            num_classes=getattr(self.weight_net, "num_classes", None),
+            num_samples=num_samples,
+            decay=_decay(self.weight_net),
+            dtype=self._weight_dtype,
+            device=next(self.weight_net.parameters()).device,
+            reducer=reducer,
+            checks=checks,
+        )
+        """What the weighting net reads about each sample, and the per-sample averages."""
+        self.gate = gate
         self._weight_params = [p for p in self.weight_net.parameters() if p.requires_grad]
         if frozen:
             if weight_optimizer is not None:
@@ -294,14 +341,16 @@ class MetaReweighter:
         return [groups[i] for i in self._group_index]
 
     def weights(self, losses: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw weights V(L) in (0, 1) for per-sample losses of shape (n,).
+        """Raw weights V(L) in (0, 1) for per-sample losses of shape (n,), or, for a net
+        with more inputs, for the ``(n, width)`` matrix of its inputs.
 
         ``labels`` (the samples' observed labels, shape (n,)) are required by a weighting
         net that takes them and ignored otherwise. The weighting net always runs in its own
         precision, outside autocast: it is tiny, and its output must match the dtype of the
         losses it multiplies.
         """
-        column = losses.reshape(-1, 1).to(self._weight_dtype)
+        column = losses.reshape(-1, 1) if losses.dim() < 2 else losses
+        column = column.to(self._weight_dtype)
         with torch.autocast(losses.device.type, enabled=False):
             if takes_labels(self.weight_net):
                 if labels is None:
@@ -312,10 +361,10 @@ class MetaReweighter:
                 out = self.weight_net(column, labels)
             else:
                 out = self.weight_net(column)
-        if out.numel() != losses.numel():
+        if out.numel() != column.shape[0]:
             raise ValueError(
                 f"weight_net must return one weight per loss: got {tuple(out.shape)} for "
-                f"{losses.numel()} losses"
+                f"{column.shape[0]} losses"
             )
         return out.reshape(-1)
 
@@ -381,9 +430,10 @@ class MetaReweighter:
         x_meta: torch.Tensor,
         y_meta: torch.Tensor,
         call: HeadCall | Recording | None,
+        features: torch.Tensor,
         keep_graph: bool = True,
     ) -> MetaProblem:
-        weights = self.weights(terms.losses.detach(), _labels(terms, y))
+        weights = self.weights(features, _labels(terms, y))
         coefficients = self._coefficients(weights).to(terms.weighted.dtype)
         if self._head is not None:
             assert isinstance(call, HeadCall)
@@ -398,6 +448,33 @@ class MetaReweighter:
             out = self._functional({**theta, **snapshot.buffer_copies()}, x_meta)
             return self._meta_loss(out, y_meta)
 
+        jvp = self._losses_jvp
+        return MetaProblem(
+            names=self._names,
+            params=self._params,
+            losses=terms.weighted,
+            coefficients=coefficients,
+            unweighted_mean=self._unweighted_mean(terms),
+            step=affine_step(self.virtual_step, self._params, self._groups(), self.optimizer),
+            meta_loss_at=meta_loss_at,
+            losses_at=self._replay(x, y, snapshot, call),
+            weight_params=self._weight_params,
+            reducer=self.reducer,
+            losses_jvp=None if jvp is None else jvp.replaying(self._names, snapshot, x, y),
+            keep_graph=keep_graph,
+        )
+
+    def _replay(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        snapshot: ForwardSnapshot,
+        call: HeadCall | Recording | ForwardRecord | None,
+    ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        """The training forward again with the given parameters (dual tensors in forward
+        mode): same dropout masks, buffers on copies, the recorded outputs reused when the
+        forward was recorded (:mod:`mwnet.core.tangents`); returns the weighted part A_i."""
+
         def losses_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             with snapshot.replaying_rng():
                 if isinstance(call, ForwardRecord):
@@ -410,21 +487,37 @@ class MetaReweighter:
                     out = functional_call(self.model, {**theta, **snapshot.buffer_copies()}, (x,))
             return self._weighted_part(out, y)
 
-        jvp = self._losses_jvp
-        return MetaProblem(
-            names=self._names,
-            params=self._params,
-            losses=terms.weighted,
-            coefficients=coefficients,
-            unweighted_mean=self._unweighted_mean(terms),
-            step=affine_step(self.virtual_step, self._params, self._groups(), self.optimizer),
-            meta_loss_at=meta_loss_at,
-            losses_at=losses_at,
-            weight_params=self._weight_params,
-            reducer=self.reducer,
-            losses_jvp=None if jvp is None else jvp.replaying(self._names, snapshot, x, y),
-            keep_graph=keep_graph,
+        return losses_at
+
+    def _sample_scores(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        terms: WeightedLoss,
+        snapshot: ForwardSnapshot,
+        x_meta: torch.Tensor,
+        y_meta: torch.Tensor,
+        call: HeadCall | Recording | ForwardRecord | None,
+    ) -> torch.Tensor:
+        """The gate's signal: each term's g_i = −α⟨∇_θ L_meta(θ), ∇_θ A_i(θ)⟩, this rank's."""
+
+        def meta_loss_at(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = self._functional({**theta, **snapshot.buffer_copies()}, x_meta)
+            return self._meta_loss(out, y_meta)
+
+        lrs = [float(g["lr"]) for g in self._groups()]
+        scores, _ = sample_meta_gradient(
+            self._names,
+            self._params,
+            lrs,
+            terms.weighted,
+            meta_loss_at,
+            self._replay(x, y, snapshot, call),
+            "reverse" if self.hypergrad == "reverse" else "fast",
+            self.reducer,
+            who="gate='meta-sign'",
         )
+        return scores
 
     def _coefficients(self, weights: torch.Tensor) -> torch.Tensor:
         """c_i from raw weights, normalised over the global batch under data parallelism."""
@@ -523,12 +616,19 @@ class MetaReweighter:
         )
 
     def meta_gradient(
-        self, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor, y_meta: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_meta: torch.Tensor,
+        y_meta: torch.Tensor,
+        index: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """∂L_meta/∂Θ and the meta loss for one iteration, changing no state at all.
 
         The gradients follow the order of the weighting net's trainable parameters. Useful
-        to inspect or test the hypergradient; :meth:`step` computes the same internally.
+        to inspect or test the hypergradient; :meth:`step` computes the same internally
+        (``index`` as there: the per-sample averages are read and this visit's value
+        counted, but the table is not written).
         """
         y, y_meta = integer_labels(y), integer_labels(y_meta)
         self._check_batches(x, y, x_meta, y_meta)
@@ -536,7 +636,10 @@ class MetaReweighter:
         with self._watching(True, x.device) as call, inputs_named(x, "training"):
             output = functional_call(self.model, snapshot.buffer_copies(), (x,))
         terms = self._per_sample(output, y, "training")
-        problem = self._problem(x, y, output, terms, snapshot, x_meta, y_meta, call, False)
+        features, _ = self.inputs.batch(output, terms.losses, _labels(terms, y), index)
+        problem = self._problem(
+            x, y, output, terms, snapshot, x_meta, y_meta, call, features, False
+        )
         return HYPERGRADIENTS[self.hypergrad](problem)
 
     def _check_batches(self, x, y, x_meta, y_meta) -> None:
@@ -560,19 +663,28 @@ class MetaReweighter:
         """Whether the next :meth:`step` updates the weighting net (and needs a meta batch)."""
         return not self.frozen and self.steps_done % self.meta_interval == 0
 
+    def needs_meta_batch(self) -> bool:
+        """Whether the next :meth:`step` reads a meta batch: to update the weighting net,
+        or, with a gate, on every step."""
+        return self.gate != "none" or self.is_meta_step()
+
     def step(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
         x_meta: torch.Tensor | None = None,
         y_meta: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
     ) -> StepResult:
         """One iteration: virtual step, weighting-net update, real update.
 
-        The meta batch may be None on steps that do not update the weighting net (see
-        :meth:`is_meta_step`). Raises FloatingPointError (naming the step) instead of
-        applying an update computed from a non-finite loss or gradient; a step that raises
-        leaves the model's buffers, the weighting net and its optimizer as they were.
+        The meta batch may be None on steps that do not read it (see
+        :meth:`needs_meta_batch`). ``index``: each sample's position in the training set,
+        needed by a weighting net that reads per-sample averages (and ignored otherwise);
+        under data parallelism, this rank's shard of them. Raises FloatingPointError
+        (naming the step) instead of applying an update computed from a non-finite loss or
+        gradient; a step that raises leaves the model's buffers, the weighting net and its
+        optimizer as they were, and writes no per-sample average.
 
         With the default loss, ``y`` and ``y_meta`` are class indices of shape (n,), of any
         integer dtype (converted to int64), and the model returns logits of shape
@@ -584,7 +696,7 @@ class MetaReweighter:
         optimizers = [self.weight_optimizer] if learning else []
         y, y_meta = integer_labels(y), integer_labels(y_meta)
         with step_guard(self.model, modules=learning, optimizers=optimizers, enabled=self.checks):
-            return self._step(x, y, x_meta, y_meta)
+            return self._step(x, y, x_meta, y_meta, index)
 
     def _step(
         self,
@@ -592,29 +704,45 @@ class MetaReweighter:
         y: torch.Tensor,
         x_meta: torch.Tensor | None,
         y_meta: torch.Tensor | None,
+        index: torch.Tensor | None,
     ) -> StepResult:
         meta_update = self.is_meta_step()
+        gated = self.gate != "none"
         recompute = meta_update and self.low_memory
-        if meta_update and (x_meta is None or y_meta is None):
+        if (meta_update or gated) and (x_meta is None or y_meta is None):
+            why = "updates the weighting net" if meta_update else "gates the weights"
             raise ValueError(
-                f"step {self.steps_done} updates the weighting net and needs a meta batch; "
-                "pass x_meta and y_meta (see is_meta_step())"
+                f"step {self.steps_done} {why} and needs a meta batch; pass x_meta and y_meta "
+                "(see needs_meta_batch())"
             )
-        if meta_update:
+        if meta_update or gated:
             self._check_batches(x, y, x_meta, y_meta)
             snapshot = ForwardSnapshot.capture(self.model, x.device)
         elif self.checks:
             self._check_batch(x, y, "training")
-        with self._watching(meta_update, x.device) as call, inputs_named(x, "training"):
+        with (
+            self._watching(meta_update or gated, x.device) as call,
+            inputs_named(x, "training"),
+        ):
             if recompute:  # on buffer copies: the real forward comes after the meta step
                 output = self._functional(snapshot.buffer_copies(), x)
             else:
                 output = self._forward(x)
         terms = self._per_sample(output, y, "training")
+        features, pending = self.inputs.batch(output, terms.losses, _labels(terms, y), index)
         meta_loss = None
         if meta_update:
             problem = self._problem(
-                x, y, output, terms, snapshot, x_meta, y_meta, call, keep_graph=not recompute
+                x,
+                y,
+                output,
+                terms,
+                snapshot,
+                x_meta,
+                y_meta,
+                call,
+                features,
+                keep_graph=not recompute,
             )
             hyper, meta_loss = HYPERGRADIENTS[self.hypergrad](problem)
             if self.checks:
@@ -630,8 +758,16 @@ class MetaReweighter:
             self.weight_optimizer.step()
         if recompute:
             output, terms = self._replayed_forward(x, y, snapshot)
+        gate = None
+        if gated:
+            scores = self._sample_scores(x, y, terms, snapshot, x_meta, y_meta, call)
+            if self.checks:
+                raise_if_not_finite(self.steps_done, sample_meta_gradient=scores)
+            gate = scores < 0
         with torch.no_grad():
-            weights = self.weights(terms.losses.detach(), _labels(terms, y))
+            weights = self.weights(features, _labels(terms, y))
+            if gate is not None:
+                weights = weights * gate.to(weights.dtype)
         if self.reducer is None:
             with torch.no_grad():
                 coefficients = normalize_weights(weights, self.normalize)
@@ -655,6 +791,7 @@ class MetaReweighter:
                 model_gradient=gradient_norms(self.optimizer),
             )
         self.optimizer.step()
+        self.inputs.commit(pending)  # the per-sample averages of a step that succeeded
         result = StepResult(
             losses=terms.losses.detach(),
             weights=weights,
@@ -662,6 +799,7 @@ class MetaReweighter:
             loss=loss.detach(),
             meta_loss=meta_loss,
             step=self.steps_done,
+            gate=gate,
         )
         self.steps_done += 1
         return result
@@ -677,23 +815,48 @@ class MetaReweighter:
         return output, self._per_sample(output, y, "training")
 
     def state_dict(self) -> dict[str, Any]:
-        """The reweighter's own state: step count, weighting net and its optimizer.
+        """The reweighter's own state: step count, weighting net and its optimizer, and the
+        per-sample averages its weighting net reads (only when it reads some).
 
         The model and its optimizer belong to the caller and are saved by the caller.
         """
-        return {
+        state = {
             "steps_done": self.steps_done,
             "weight_net": self.weight_net.state_dict(),
             "weight_optimizer": (
                 None if self.weight_optimizer is None else self.weight_optimizer.state_dict()
             ),
         }
+        dynamics = self.inputs.state_dict()
+        if dynamics:
+            state["dynamics"] = dynamics
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.inputs.needs_index:  # first: a mismatch leaves everything as it was
+            self.inputs.load_state_dict(state.get("dynamics", {}))
         self.steps_done = int(state["steps_done"])
         self.weight_net.load_state_dict(state["weight_net"])
         if self.weight_optimizer is not None:
             self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+
+
+def _decay(weight_net: nn.Module) -> float:
+    """The decay of the per-sample averages ``weight_net`` reads (unused without them)."""
+    decay = getattr(weight_net, "dynamics_decay", None)
+    return DEFAULT_DECAY if decay is None else float(decay)
+
+
+def check_gate(gate: str, hypergrad: str) -> None:
+    """Reject an unknown gate, or one the hypergradient mode cannot support, naming the fix."""
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
+    if gate != "none" and hypergrad not in HYPERGRAD_MODES:
+        raise ValueError(
+            f"gate={gate!r} needs each sample's exact meta gradient over every trainable "
+            f"parameter, but hypergrad={hypergrad!r} restricts the virtual step to part of "
+            "the model; use hypergrad='fast' or 'reverse' with the gate, or gate='none'"
+        )
 
 
 def _labels(terms: WeightedLoss, y: torch.Tensor) -> torch.Tensor:

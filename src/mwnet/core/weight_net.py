@@ -1,4 +1,5 @@
-"""The weighting network (V-Net): a tiny MLP from a sample's loss to its weight."""
+"""The weighting network (V-Net): a tiny MLP from a sample's loss (and optionally other
+per-sample inputs, :mod:`mwnet.core.weight_inputs`) to its weight."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from mwnet.core.weight_inputs import (
+    DEFAULT_DECAY,
+    LOSS_ONLY,
+    check_decay,
+    check_inputs,
+    describe,
+    input_matrix,
+    input_width,
+    reads_dynamics,
+)
 
 
 class WeightNet(nn.Module):
@@ -22,9 +34,18 @@ class WeightNet(nn.Module):
     Args:
         hidden: width of each hidden layer.
         depth: number of hidden layers (``depth=0`` gives a logistic map of the loss).
+        inputs: what the net reads about each sample, in the order of its input columns
+            (names of :data:`~mwnet.core.weight_inputs.WEIGHT_INPUTS`); default the loss
+            alone, the paper's net, built and computing bit for bit as before.
+        num_classes: the width of the one-hot ``class`` input (needed only with it).
+        dynamics_decay: the decay of the per-sample averages among the inputs (``loss_ema``,
+            ``margin``, ``confidence``, ``agreement``): part of what the inputs mean, so the
+            net carries it and a reused net is fed the same averages. None without them.
 
-    Input is a vector of per-sample losses, shape ``(n,)`` or ``(n, 1)``; the
-    output has the same shape and lies in (0, 1).
+    A loss-only net takes per-sample losses of shape ``(n,)`` or ``(n, 1)`` and returns
+    the same shape; a net with more inputs takes their ``(n, width)`` matrix and returns
+    ``(n, 1)``. The weights lie in (0, 1). :class:`~mwnet.MetaReweighter` builds the
+    matrix from the net's ``inputs``.
     """
 
     takes_labels = False
@@ -32,14 +53,26 @@ class WeightNet(nn.Module):
     ``net(losses, labels)`` (see :class:`mwnet.ClassAwareWeightNet`); others as
     ``net(losses)``."""
 
-    def __init__(self, hidden: int = 100, depth: int = 1) -> None:
+    def __init__(
+        self,
+        hidden: int = 100,
+        depth: int = 1,
+        *,
+        inputs: Sequence[str] = LOSS_ONLY,
+        num_classes: int | None = None,
+        dynamics_decay: float | None = DEFAULT_DECAY,
+    ) -> None:
         super().__init__()
         if hidden < 1:
             raise ValueError(f"WeightNet hidden width must be >= 1, got {hidden}")
         if depth < 0:
             raise ValueError(f"WeightNet depth must be >= 0, got {depth}")
         self.hidden, self.depth = hidden, depth
-        widths: Sequence[int] = [1, *([hidden] * depth), 1]
+        self.inputs = check_inputs(inputs)
+        self.num_classes = int(num_classes) if "class" in self.inputs and num_classes else None
+        self.width = input_width(self.inputs, num_classes)
+        self.dynamics_decay = dynamics_decay_of(self.inputs, dynamics_decay)
+        widths: Sequence[int] = [self.width, *([hidden] * depth), 1]
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Linear(fan_in, fan_out))
@@ -48,13 +81,26 @@ class WeightNet(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
-        if losses.dim() == 1:
-            return torch.sigmoid(self.net(losses.unsqueeze(1))).squeeze(1)
-        if losses.dim() == 2 and losses.shape[1] == 1:
-            return torch.sigmoid(self.net(losses))
+        column = input_matrix(losses, self.inputs, self.width, "WeightNet")
+        out = torch.sigmoid(self.net(column))
+        return out.squeeze(1) if losses.dim() == 1 else out
+
+    def extra_repr(self) -> str:
+        if self.inputs == LOSS_ONLY:
+            return ""
+        decay = "" if self.dynamics_decay is None else f", dynamics_decay={self.dynamics_decay}"
+        return f"inputs: {describe(self.inputs, self.num_classes)}{decay}"
+
+
+def dynamics_decay_of(inputs: Sequence[str], decay: float | None) -> float | None:
+    """The decay a net with ``inputs`` records: None unless it reads a per-sample average."""
+    if not reads_dynamics(inputs):
+        return None
+    if decay is None:
         raise ValueError(
-            f"WeightNet takes per-sample losses of shape (n,) or (n, 1), got {tuple(losses.shape)}"
+            "a weighting net that reads per-sample averages needs their dynamics_decay"
         )
+    return check_decay(decay)
 
 
 WeightInit = Literal["default", "flat"]
@@ -86,3 +132,9 @@ def start_flat(weight_net: nn.Module) -> nn.Module:
 def takes_labels(weight_net: nn.Module) -> bool:
     """Whether ``weight_net`` is called with each sample's label besides its loss."""
     return bool(getattr(weight_net, "takes_labels", False))
+
+
+def net_inputs(weight_net: nn.Module) -> tuple[str, ...]:
+    """What ``weight_net`` reads about each sample: its ``inputs`` attribute, or the loss
+    alone for a net without one (a user's own net, as before)."""
+    return tuple(getattr(weight_net, "inputs", LOSS_ONLY))

@@ -23,7 +23,9 @@ from mwnet.methods.gce import GeneralizedCrossEntropy
 from mwnet.methods.glc import GoldLossCorrection
 from mwnet.methods.l2rw import L2RW
 from mwnet.methods.mentornet import MentorNetPD
+from mwnet.methods.mentornet_dd import MentorNetDD
 from mwnet.methods.meta_weight_net import MetaWeightNet
+from mwnet.methods.mlc import MetaLabelCorrection, MlcOptions
 from mwnet.methods.registry import (
     LABEL_CORRECTION_METHODS,
     METHODS,
@@ -56,11 +58,14 @@ __all__ = [
     "GeneralizedCrossEntropy",
     "GoldLossCorrection",
     "Knob",
+    "MentorNetDD",
     "MentorNetPD",
+    "MetaLabelCorrection",
     "MetaWeightNet",
     "Method",
     "MethodContext",
     "MethodDescriptor",
+    "MlcOptions",
     "SModel",
     "SamplePass",
     "SelfPaced",

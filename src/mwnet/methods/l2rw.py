@@ -8,7 +8,9 @@ would change if sample i's weight ε_i in a plain SGD step were raised from 0:
 
 keeps the samples whose gradient agrees with the meta gradient, w̃_i = max(−g_i, 0),
 normalises w = w̃ / Σ w̃ (all 0 if the sum is 0) and takes the real step on Σ_i w_i L_i.
-No weighting net is learned; the weights are recomputed from scratch every step.
+No weighting net is learned; the weights are recomputed from scratch every step. The
+scores g are :func:`mwnet.core.sample_meta_gradient.sample_meta_gradient`, which MW-Net's
+``gate="meta-sign"`` shares.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
@@ -40,6 +41,7 @@ from mwnet.core.data_parallel import weighted_backward
 from mwnet.core.hypergrad import HYPERGRAD_MODES
 from mwnet.core.parameters import virtual_parameters
 from mwnet.core.reducer import GradientReducer
+from mwnet.core.sample_meta_gradient import sample_meta_gradient
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
 from mwnet.methods.hypergrad_mode import Hypergradient, hypergradient
@@ -220,71 +222,11 @@ class L2RW(Method):
             out = functional_call(self.model, {**theta, **state.buffer_copies()}, (x_meta,))
             return self._losses(out, y_meta, "meta").mean()
 
-        # With a reducer the batches are split over ranks: the meta loss is the mean over
-        # the global meta batch (equal shards), so each rank contributes its shard mean /
-        # world size. ``reverse`` differentiates through a virtual step whose gradient is
-        # summed over ranks; ``fast`` sums the ranks' shares of the meta gradient before
-        # its JVP. One process: world size 1 and no sums, the same arithmetic.
-        reducer = self.reducer
-        world = 1 if reducer is None else reducer.world_size
-        if self.hypergrad == "reverse":
-            eps = torch.zeros_like(losses, requires_grad=True)
-            grads = torch.autograd.grad(
-                torch.dot(eps, losses),
-                params,
-                create_graph=True,
-                retain_graph=True,
-                allow_unused=True,
-            )
-            grads = _or_zeros(grads, params)
-            if reducer is not None:
-                grads = reducer.sum_differentiable(grads, "virtual_grad", "meta_grad")
-            theta_hat = {
-                n: p - lr * g for n, p, g, lr in zip(names, params, grads, lrs, strict=True)
-            }
-            share = meta_loss_at(theta_hat) / world
-            (scores,) = torch.autograd.grad(share, eps, allow_unused=True)
-            scores = torch.zeros_like(losses) if scores is None else scores
-            return scores.detach(), share.detach()
-        share = meta_loss_at({}) / world
-        meta_grads = _or_zeros(torch.autograd.grad(share, params, allow_unused=True), params)
-        if reducer is not None:
-            meta_grads = reducer.sum(meta_grads, "meta_grad")
-        duals = {
-            n: (p, -lr * g) for n, p, g, lr in zip(names, params, meta_grads, lrs, strict=True)
-        }
-        scores = _losses_jvp(self.model, state, x, y, duals)
-        return (torch.zeros_like(losses) if scores is None else scores), share.detach()
+        def losses_at(duals: dict[str, torch.Tensor]) -> torch.Tensor:
+            with state.replaying_rng():  # the real forward's dropout masks, buffers on copies
+                out = functional_call(self.model, {**duals, **state.buffer_copies()}, (x,))
+            return F.cross_entropy(out, y, reduction="none")
 
-
-def _or_zeros(
-    grads: tuple[torch.Tensor | None, ...], params: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
-
-
-def _losses_jvp(
-    model: nn.Module,
-    state: ForwardSnapshot,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    directions: dict[str, tuple[torch.Tensor, torch.Tensor]],
-) -> torch.Tensor | None:
-    """Per-sample ⟨∇_θ L_i, t⟩ for ``directions[name] = (θ_name, t_name)``.
-
-    Replays the real forward in forward mode: same dropout masks, buffers on copies.
-    """
-    try:
-        with fwad.dual_level():
-            duals = {n: fwad.make_dual(p.detach(), t) for n, (p, t) in directions.items()}
-            with state.replaying_rng():
-                out = functional_call(model, {**duals, **state.buffer_copies()}, (x,))
-            losses = F.cross_entropy(out, y, reduction="none")
-            return fwad.unpack_dual(losses).tangent
-    except (NotImplementedError, RuntimeError) as err:
-        if "forward" not in str(err).lower() and "jvp" not in str(err).lower():
-            raise
-        raise NotImplementedError(
-            f"l2rw with hypergrad='fast' needs forward-mode AD through the model, which failed: "
-            f"{err}. Use hypergrad='reverse' for this model (same weights, slower)."
-        ) from err
+        return sample_meta_gradient(
+            names, params, lrs, losses, meta_loss_at, losses_at, self.hypergrad, self.reducer
+        )

@@ -127,7 +127,7 @@ class MentorNetPD(PlainMethod):
         reducer: GradientReducer | None = None,
     ) -> None:
         super().__init__(model, optimizer, checks=checks, reducer=reducer)
-        self.epochs = configured_epochs(epochs, "mentornet-pd", "options['epochs']")
+        self.epochs = configured_epochs(epochs, self.name, "options['epochs']")
         self.percentile = check_percentile(percentile)
         self.ema_decay = check_ema_decay(ema_decay)
         self.burn_in_epochs = check_epoch_option(burn_in_epochs, "method.mentornet.burn_in_epochs")
@@ -149,7 +149,9 @@ class MentorNetPD(PlainMethod):
             return self.epoch < self.burn_in_epochs
         return self.percent() <= BURN_IN_PERCENT
 
-    def weigh(self, losses: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def weigh(
+        self, losses: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[float, torch.Tensor]:
         """The moving average after this batch, and the batch's weights (no gradient);
         ``self.threshold`` is left as it is."""
         batch = self.global_batch(losses)
@@ -158,12 +160,19 @@ class MentorNetPD(PlainMethod):
         threshold = d * self.threshold + (1.0 - d) * percentile
         if self.burning_in():
             return threshold, torch.ones_like(losses.detach())
-        return threshold, curriculum_weights(losses, threshold, self.percent())
+        return threshold, self.curriculum(losses, threshold, labels)
+
+    def curriculum(
+        self, losses: torch.Tensor, threshold: float, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The weights after the burn-in, from the losses and the moving average λ after
+        this batch: here the predefined curriculum (a learned mentor in MentorNet-DD)."""
+        return curriculum_weights(losses, threshold, self.percent())
 
     def objective(
         self, logits: torch.Tensor, losses: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self._next_threshold, v = self.weigh(losses)  # kept only if the step succeeds
+        self._next_threshold, v = self.weigh(losses, y)  # kept only if the step succeeds
         return (v * losses).mean(), v
 
     def step(

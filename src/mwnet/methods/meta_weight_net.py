@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -19,16 +19,23 @@ from mwnet.core.checks import (
     integer_labels,
     step_guard,
 )
-from mwnet.core.hypergrad import HypergradMode
+from mwnet.core.hypergrad import HYPERGRAD_MODES, HypergradMode
 from mwnet.core.objective import (
     WeightedLoss,
     label_correction_loss,
     label_correction_mixup_loss,
 )
 from mwnet.core.reducer import GradientReducer
-from mwnet.core.reweighter import Normalization
+from mwnet.core.reweighter import GATES, Gate, Normalization
 from mwnet.core.virtual_step import VirtualStepKind
-from mwnet.core.weight_net import WeightInit
+from mwnet.core.weight_inputs import (
+    DEFAULT_DECAY,
+    LOSS_ONLY,
+    check_decay,
+    check_inputs,
+    reads_dynamics,
+)
+from mwnet.core.weight_net import WeightInit, net_inputs
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
 from mwnet.methods.hypergrad_mode import Hypergradient, hypergradient
 from mwnet.methods.meta_schedule import CURVE_LOSSES, UpdateSchedule, parse_interval_schedule
@@ -83,7 +90,42 @@ class WeightingOptions:
     """start from the weight_net.pt of another run (a file or run directory)"""
     meta: bool = True
     """false keeps the weighting net of net_from frozen: no meta step, the meta set is
-    never read, a step costs about a plain step"""
+    never read (unless gate reads it), a step costs about a plain step"""
+    inputs: list[str] = field(default_factory=lambda: list(LOSS_ONLY))
+    """what the weighting net reads about each sample, a list of: loss | class | loss_ema |
+    margin | confidence | agreement | loss_rank (see mwnet.core.weight_inputs); default
+    [loss], MW-Net's net"""
+    dynamics_decay: float = DEFAULT_DECAY
+    """decay of the per-sample averages among the inputs (loss_ema, margin, confidence,
+    agreement): row <- d row + (1 - d) value at each visit"""
+    gate: Gate = "none"
+    """none | meta-sign: the real update keeps a sample's weight only where its own meta
+    gradient (L2RW's) is favourable; the weighting net learns as without it"""
+
+    def problem(self, prefix: str = "") -> str | None:
+        """What is wrong with the inputs, their decay and the gate (keys named with
+        ``prefix``), or None."""
+        try:
+            inputs = check_inputs(list(self.inputs), prefix)
+            check_decay(self.dynamics_decay, prefix)
+        except ValueError as err:
+            return str(err)
+        if self.gate not in GATES:
+            return f"{prefix}gate={self.gate!r} is not valid; choose one of {', '.join(GATES)}"
+        if self.gate != "none" and self.hypergrad not in HYPERGRAD_MODES:
+            return (
+                f"{prefix}gate={self.gate} needs each sample's exact meta gradient over every "
+                f"parameter, but {prefix}hypergrad={self.hypergrad} restricts the virtual step "
+                f"to part of the model; set {prefix}hypergrad=fast (or reverse), or "
+                f"{prefix}gate=none"
+            )
+        if self.freeze_tolerance is not None and inputs != LOSS_ONLY:
+            return (
+                f"{prefix}freeze_tolerance compares the loss-to-weight curve between epochs, "
+                f"and a net that reads {', '.join(inputs)} has none; use "
+                f"{prefix}freeze_epoch instead"
+            )
+        return None
 
     def hypergradient(self, prefix: str = "") -> Hypergradient:
         """The configured hypergradient mode, checked (see :func:`hypergradient`)."""
@@ -164,6 +206,9 @@ class MetaWeightNet(Method):
             :func:`mwnet.start_flat`). Only for a net built here, not a given one.
         frozen: never update the weighting net: no meta batch is drawn, a step costs a
             plain step plus the tiny net. Needs ``weight_net``.
+        loss_fn: the per-sample training loss ``(output, labels) -> (n,)`` (see
+            :class:`mwnet.MetaReweighter`); None: cross-entropy. The meta loss is then its
+            mean on the meta batch. Not with ``soft_labels``, which sets the loss itself.
         soft_labels: label correction (CMW-Net-SL): a callable giving a teacher's class
             probabilities for a training batch's inputs (e.g. an EMA teacher's
             ``soft_labels``). Each sample's objective is then
@@ -187,6 +232,24 @@ class MetaWeightNet(Method):
             mixed the same way and its loss is the mixup cross-entropy. The soft labels
             come from the un-mixed inputs. Needs ``soft_labels`` and
             ``normalize="mean"``. Under data parallelism each rank mixes within its shard.
+        inputs: what a net built here reads about each sample (see
+            :mod:`mwnet.core.weight_inputs`): default ``("loss",)``, MW-Net's net, the
+            same to the bit as before the option existed. ``class`` needs ``num_classes``;
+            the averages (``loss_ema``, ``margin``, ``confidence``, ``agreement``) need
+            ``num_samples`` and ``index`` in :meth:`step`. A given ``weight_net`` must
+            read the same inputs (with the same ``dynamics_decay``). With more than the
+            loss there is no loss-to-weight curve: :meth:`weighting_function` is None and
+            ``freeze_tolerance`` is refused.
+        dynamics_decay: the decay of those averages.
+        num_classes: the classes, for the one-hot ``class`` input (CMW-Net's net counts
+            them from ``class_counts``).
+        num_samples: the training set's size: rows of the table of averages.
+        gate: ``"none"`` | ``"meta-sign"``: the real update keeps each sample's weight
+            only where the sample's own meta gradient is negative (see
+            :class:`mwnet.MetaReweighter`); the meta batch is then drawn every step.
+
+    Departures from the authors' code, beyond the reweighter's: the inputs other than the
+    loss and the gate are not in MW-Net or CMW-Net; with their defaults nothing changes.
     """
 
     name = "mwnet"
@@ -220,16 +283,38 @@ class MetaWeightNet(Method):
         weight_init: str = "default",
         weight_net: nn.Module | None = None,
         frozen: bool = False,
+        loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
         soft_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
         soft_label_model: nn.Module | None = None,
         mixup: bool = False,
+        inputs: Sequence[str] = LOSS_ONLY,
+        dynamics_decay: float = DEFAULT_DECAY,
+        num_classes: int | None = None,
+        num_samples: int | None = None,
+        gate: Gate = "none",
         checks: bool = True,
         reducer: GradientReducer | None = None,
     ) -> None:
-        if frozen and weight_net is None:
+        inputs = check_inputs(inputs)
+        if mixup and any(n not in ("loss", "class") for n in inputs):
+            raise ValueError(
+                "mixup gives each mixed input two terms, one per label, and the inputs "
+                f"{', '.join(n for n in inputs if n not in ('loss', 'class'))} describe one "
+                "sample each; use inputs=[loss] or [loss, class] with mixup"
+            )
+        if freeze_tolerance is not None and inputs != LOSS_ONLY:
+            raise ValueError(
+                "freeze_tolerance compares the loss-to-weight curve between epochs, and a net "
+                f"that reads {', '.join(inputs)} has none; use freeze_epoch instead"
+            )
             raise ValueError(
                 "a frozen weighting net must come from somewhere: pass weight_net (e.g. "
                 "mwnet.load_weight_net(path).net), or drop frozen"
+            )
+        if loss_fn is not None and soft_labels is not None:
+            raise ValueError(
+                "soft_labels sets the training loss (label correction), so loss_fn has nothing "
+                "to do; drop one of them"
             )
         if mixup and (soft_labels is None or normalize != "mean"):
             raise ValueError(
@@ -262,12 +347,26 @@ class MetaWeightNet(Method):
                 "was given (it starts as it is); drop one of them"
             )
         param = next(model.parameters())
+        decay = check_decay(dynamics_decay) if reads_dynamics(inputs) else None
         if weight_net is not None:
             net = weight_net
+            _check_given_net(net, inputs, decay)
         elif class_counts is not None:
-            net = ClassAwareWeightNet(class_counts, clusters=weight_clusters, hidden=weight_hidden)
+            net = ClassAwareWeightNet(
+                class_counts,
+                clusters=weight_clusters,
+                hidden=weight_hidden,
+                inputs=inputs,
+                dynamics_decay=decay,
+            )
         else:
-            net = WeightNet(hidden=weight_hidden, depth=weight_depth)
+            net = WeightNet(
+                hidden=weight_hidden,
+                depth=weight_depth,
+                inputs=inputs,
+                num_classes=num_classes,
+                dynamics_decay=decay,
+            )
         if weight_init == "flat":
             start_flat(net)
         net = net.to(device=param.device, dtype=_float_dtype(model))
@@ -286,7 +385,7 @@ class MetaWeightNet(Method):
             optimizer,
             net,
             net_optimizer,
-            loss_fn=None if soft_labels is None else self._label_correction,
+            loss_fn=loss_fn if soft_labels is None else self._label_correction,
             meta_loss_fn=None if soft_labels is None else self._meta_loss,
             normalize=normalize,
             virtual_step=virtual_step,
@@ -299,6 +398,8 @@ class MetaWeightNet(Method):
             frozen=frozen,
             checks=checks,
             reducer=reducer,
+            num_samples=num_samples if reads_dynamics(inputs) else None,
+            gate=gate,
         )
         self.name = "cmwnet" if isinstance(net, ClassAwareWeightNet) else "mwnet"
         self.name += "-sl" if soft_labels is not None else ""
@@ -351,17 +452,19 @@ class MetaWeightNet(Method):
     def step(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
     ) -> StepOutput:
+        """One step; ``index`` (each sample's position in the training set, which the loop
+        passes) is read only by a weighting net that reads per-sample averages."""
         teacher = self.soft_label_model
         if teacher is None or not self.checks:
-            return self._step(x, y)
+            return self._step(x, y, index)
         with step_guard(teacher):  # the reweighter guards the model and the weighting net
-            return self._step(x, y)
+            return self._step(x, y, index)
 
     @property
     def checks(self) -> bool:
         return self.reweighter.checks
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> StepOutput:
         rw = self.reweighter
         y = integer_labels(y)
         if self.soft_labels is not None:
@@ -372,8 +475,8 @@ class MetaWeightNet(Method):
                 self._batch_soft_labels = self.soft_labels(x)
             if rw.checks:  # the label-correction loss indexes the classes with the labels
                 check_labels(y, self._batch_soft_labels.shape[-1], "training")
-        x_meta = y_meta = None  # drawn only on the steps that update the weighting net
-        if rw.is_meta_step():
+        x_meta = y_meta = None  # drawn only on the steps that read it
+        if rw.needs_meta_batch():
             x_meta, y_meta = next_meta_batch(self.meta_batches)
             y_meta = integer_labels(y_meta)
             if rw.checks and self._batch_soft_labels is not None:
@@ -385,7 +488,7 @@ class MetaWeightNet(Method):
             if x_meta is not None:
                 self._meta_mix = _Mix.draw(len(y_meta), x_meta.device)
                 x_meta = self._meta_mix.apply(x_meta)
-        result = rw.step(x, y, x_meta, y_meta)
+        result = rw.step(x, y, x_meta, y_meta, index)
         n = len(y)  # with mixup two terms per sample: report each sample's given-label one
         return StepOutput(
             loss=result.loss,
@@ -394,10 +497,13 @@ class MetaWeightNet(Method):
             meta_loss=result.meta_loss,
         )
 
-    def weighting_function(self, losses: torch.Tensor) -> torch.Tensor:
+    def weighting_function(self, losses: torch.Tensor) -> torch.Tensor | None:
         """The current weighting net's V(L) in (0, 1) for losses of shape (n,); for a
-        class-aware net, one curve per class cluster, shape (n, K)."""
+        class-aware net, one curve per class cluster, shape (n, K). None for a net that
+        reads more than the loss: its weight is no function of the loss alone."""
         net = self.reweighter.weight_net
+        if net_inputs(net) != LOSS_ONLY:
+            return None
         param = next(net.parameters())
         losses = losses.to(device=param.device, dtype=param.dtype)
         with torch.no_grad():
@@ -420,6 +526,22 @@ class MetaWeightNet(Method):
             self.updates.load_state_dict(state.get("updates", {}))
             if self.updates.frozen_at is not None:
                 self.reweighter.freeze()
+
+
+def _check_given_net(net: nn.Module, inputs: tuple[str, ...], decay: float | None) -> None:
+    """A net learned elsewhere must read what this run feeds it."""
+    given = net_inputs(net)
+    if given != inputs:
+        raise ValueError(
+            f"the given weighting net reads {', '.join(given)}, but inputs="
+            f"{', '.join(inputs)}; pass inputs={list(given)} to use it"
+        )
+    given_decay = getattr(net, "dynamics_decay", None)
+    if decay is not None and given_decay is not None and given_decay != decay:
+        raise ValueError(
+            f"the given weighting net learned on averages with dynamics_decay={given_decay}, "
+            f"but dynamics_decay={decay}; pass dynamics_decay={given_decay} to use it"
+        )
 
 
 @dataclass(frozen=True)

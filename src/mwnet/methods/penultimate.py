@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 
 class PenultimateFeatures(nn.Module):
@@ -24,6 +25,15 @@ class PenultimateFeatures(nn.Module):
         self.network = network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.with_output(x)[1]
+
+    def with_output(
+        self, x: torch.Tensor, substitutes: dict[str, torch.Tensor] | None = None
+    ) -> tuple[Any, torch.Tensor]:
+        """``network(x)`` and its representation from that one forward: a method that
+        trains on the output and reads the representation (MLC's label corrector) runs
+        the network once. ``substitutes`` (parameters or buffers by name) run it through
+        ``torch.func.functional_call`` instead, e.g. on copies of its buffers."""
         seen: list[torch.Tensor] = []
 
         def record(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -32,7 +42,10 @@ class PenultimateFeatures(nn.Module):
         linears = [m for m in self.network.modules() if isinstance(m, nn.Linear)]
         handles = [m.register_forward_pre_hook(record) for m in linears]
         try:
-            self.network(x)
+            if substitutes is None:
+                output = self.network(x)
+            else:
+                output = functional_call(self.network, substitutes, (x,))
         finally:
             for handle in handles:
                 handle.remove()
@@ -41,4 +54,17 @@ class PenultimateFeatures(nn.Module):
                 f"{type(self.network).__name__} ran no nn.Linear layer: its representation "
                 "is read as the input of its last nn.Linear (the classifier)"
             )
-        return seen[-1].flatten(1)
+        return output, seen[-1].flatten(1)
+
+
+def feature_width(network: nn.Module) -> int:
+    """The width of :class:`PenultimateFeatures` of ``network`` without running it: the
+    ``in_features`` of its last ``nn.Linear`` in module order (the classifier, in the
+    models of :mod:`mwnet.models` and torchvision's)."""
+    linears = [m for m in network.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"{type(network).__name__} has no nn.Linear layer: its representation is read "
+            "as the input of its last nn.Linear (the classifier)"
+        )
+    return linears[-1].in_features

@@ -11,6 +11,7 @@ from torch import nn
 
 from mwnet.core import ClassAwareWeightNet
 from mwnet.core.reducer import GradientReducer
+from mwnet.core.weight_inputs import reads_dynamics
 from mwnet.methods.base import Method
 from mwnet.methods.bootstrap import (
     BootstrapHard,
@@ -38,12 +39,14 @@ from mwnet.methods.gce import GceOptions, GeneralizedCrossEntropy
 from mwnet.methods.glc import GlcOptions, GoldLossCorrection
 from mwnet.methods.l2rw import L2RW, L2RWOptions
 from mwnet.methods.mentornet import MentorNetOptions, MentorNetPD
+from mwnet.methods.mentornet_dd import MentorNetDD, MentorNetDDOptions
 from mwnet.methods.meta_weight_net import (
     ClassAwareOptions,
     LabelCorrectionOptions,
     MetaWeightNet,
     WeightingOptions,
 )
+from mwnet.methods.mlc import MetaLabelCorrection, MlcOptions
 from mwnet.methods.s_model import SModel, SModelOptions
 from mwnet.methods.sce import SceOptions, SymmetricCrossEntropy
 from mwnet.methods.self_paced import SelfPaced, SelfPacedOptions
@@ -207,6 +210,24 @@ def _mentornet_pd(ctx: MethodContext) -> Method:
     )
 
 
+def _mentornet_dd(ctx: MethodContext) -> Method:
+    o = ctx.options["mentornet"]
+    return MentorNetDD(
+        ctx.compiled_model(),
+        ctx.optimizer,
+        ctx.meta_set,
+        epochs=ctx.epochs,
+        classes=len(ctx.class_counts),
+        percentile=o.percentile,
+        ema_decay=o.ema_decay,
+        burn_in_epochs=o.burn_in_epochs,
+        options=ctx.options["mentornet_dd"],
+        seed=ctx.seed,
+        network=ctx.model,
+        **ctx.common(),
+    )
+
+
 def _co_teaching(ctx: MethodContext) -> Method:
     o: CoTeachingOptions = ctx.options["co_teaching"]
     if ctx.new_network is None:
@@ -308,6 +329,18 @@ def _dividemix(ctx: MethodContext) -> Method:
     )
 
 
+def _mlc(ctx: MethodContext) -> Method:
+    return MetaLabelCorrection(
+        ctx.model,
+        ctx.optimizer,
+        ctx.meta_batches,
+        len(ctx.class_counts),
+        options=ctx.options["mlc"],
+        seed=ctx.seed,
+        **ctx.common(),
+    )
+
+
 def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodContext], Method]:
     """The builder of MW-Net (loss-only net) or CMW-Net (class-aware), with or without
     label correction."""
@@ -329,6 +362,10 @@ def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodCon
                 f"{'set' if ctx.soft_labels is not None else 'None'}"
             )
         mode = o.hypergradient()
+        inputs = tuple(o.inputs)
+        samples = None
+        if reads_dynamics(inputs):
+            samples = len(_training_set(ctx, name, "averages per training sample"))
         return MetaWeightNet(
             ctx.model,
             ctx.optimizer,
@@ -356,6 +393,11 @@ def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodCon
             soft_labels=ctx.soft_labels,
             soft_label_model=ctx.soft_label_model,
             mixup=bool(ctx.options["label_correction"].mixup) if label_correction else False,
+            inputs=inputs,
+            dynamics_decay=o.dynamics_decay,
+            num_classes=len(ctx.class_counts),
+            num_samples=samples,
+            gate=o.gate,
             **ctx.common(),
         )
 
@@ -405,6 +447,7 @@ for _descriptor in (
         _weighting(False, False),
         {"mwnet": WeightingOptions},
         reads_meta=True,
+        reads_index=True,  # for the inputs averaged per sample (method.mwnet.inputs)
         compiles=True,
         weighting=True,
         knob=WEIGHT_LR,
@@ -416,6 +459,7 @@ for _descriptor in (
         {"mwnet": WeightingOptions, "cmwnet": ClassAwareOptions},
         reads_meta=True,
         reads_class_counts=True,
+        reads_index=True,
         compiles=True,
         weighting=True,
         class_aware=True,
@@ -428,6 +472,7 @@ for _descriptor in (
         {"mwnet": WeightingOptions, "label_correction": LabelCorrectionOptions},
         reads_meta=True,
         reads_teacher=True,
+        reads_index=True,
         compiles=True,
         weighting=True,
         knob=WEIGHT_LR,
@@ -444,6 +489,7 @@ for _descriptor in (
         reads_meta=True,
         reads_teacher=True,
         reads_class_counts=True,
+        reads_index=True,
         compiles=True,
         weighting=True,
         class_aware=True,
@@ -499,6 +545,18 @@ for _descriptor in (
         description="MentorNet, predefined curriculum (Jiang et al., 2018)",
     ),
     MethodDescriptor(
+        "mentornet-dd",
+        _mentornet_dd,
+        {"mentornet": MentorNetOptions, "mentornet_dd": MentorNetDDOptions},
+        reads_meta=True,
+        compiles=True,
+        knob=Knob(
+            "mentornet_dd.mentor_noise_rate", "mnr", "MentorNet-DD mentor noise rate", (0.4, 0.2)
+        ),
+        description="MentorNet, data-driven curriculum learned on the trusted set "
+        "(Jiang et al., 2018)",
+    ),
+    MethodDescriptor(
         "co-teaching",
         _co_teaching,
         {"co_teaching": CoTeachingOptions},
@@ -543,6 +601,15 @@ for _descriptor in (
         reads_index=True,
         knob=Knob("dividemix.lambda_u", "lu", "DivideMix lambda_u", (25.0, 0.0)),
         description="DivideMix (Li et al., 2020): two networks, a loss mixture, MixMatch",
+    ),
+    MethodDescriptor(
+        "mlc",
+        _mlc,
+        {"mlc": MlcOptions},
+        reads_meta=True,
+        knob=Knob("mlc.lr", "clr", "MLC correction-net lr", (3e-4, 3e-3)),
+        description="Meta Label Correction (Zheng et al., 2021): a correction net, learned "
+        "on the trusted set by meta-learning, rewrites each noisy label",
     ),
 ):
     register_method(_descriptor)

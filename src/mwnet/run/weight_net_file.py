@@ -1,9 +1,10 @@
 """``weight_net.pt``: a learned weighting net saved for reuse in another run.
 
 The file is an mwnet checkpoint (atomic write, ``weights_only=True`` load, one-line
-errors) whose state holds the net's spec (:mod:`mwnet.core.weight_net_spec`), its state
-dict and the weight normalisation it was learned with: the learned curve's scale only
-means something under that normalisation.
+errors) whose state holds the net's spec (:mod:`mwnet.core.weight_net_spec`: kind, sizes,
+and what it reads about each sample with each input's transform and the decay of the
+per-sample averages), its state dict and the weight normalisation it was learned with: the
+learned curve's scale only means something under that normalisation.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from mwnet.core.weight_net import net_inputs
 from mwnet.core.weight_net_spec import build_weight_net, weight_net_spec
 from mwnet.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -32,8 +34,20 @@ class SavedWeightNet:
 
     @property
     def num_classes(self) -> int | None:
-        """Classes a class-aware net was built for; None for a net that ignores labels."""
+        """Classes a class-aware net, or a net with the ``class`` input, was built for;
+        None for a net that ignores labels."""
         return getattr(self.net, "num_classes", None)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What the net reads about each sample (``("loss",)`` for MW-Net's net, and for
+        every file written before nets had other inputs)."""
+        return net_inputs(self.net)
+
+    @property
+    def dynamics_decay(self) -> float | None:
+        """The decay of the per-sample averages among its inputs; None without them."""
+        return getattr(self.net, "dynamics_decay", None)
 
 
 def save_weight_net(path: str | os.PathLike[str], net: nn.Module, *, normalize: str) -> None:

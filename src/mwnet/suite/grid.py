@@ -249,8 +249,8 @@ CLEAN_SIZES = (10, 30)
 """Clean images per class on the axis besides the main settings' 100 (1,000 in all)."""
 DEFAULT_CLEAN_SIZES = (10,)
 """The sizes the default grid runs (the axis's far end, 100 images: 0.8 % of the training
-set, the paper's regime); 300 images on request (``--settings``), to keep the default
-grid within its time budget."""
+set, the paper's regime), under flip2 noise; 300 images, and the uniform-noise axis, on
+request (``--settings``), to keep the default grid within its time budget."""
 
 
 def _clean_size_settings() -> tuple[Setting, ...]:
@@ -269,7 +269,7 @@ def _clean_size_settings() -> tuple[Setting, ...]:
                     clean_per_class=per_class,
                     varies=base.name,
                     select_from=base.name,
-                    in_default=per_class in DEFAULT_CLEAN_SIZES and base.in_default,
+                    in_default=per_class in DEFAULT_CLEAN_SIZES and base.name == "flip2-40",
                 )
             )
     return tuple(out)
@@ -480,6 +480,22 @@ METHODS: tuple[MethodSpec, ...] = (
         ("method.name=mentornet-pd",),
         1.0,
         knob=method_knob("mentornet-pd"),
+        noise_only=True,
+    ),
+    MethodSpec(
+        "mentornet-dd",
+        "MentorNet (DD)",
+        ("method.name=mentornet-dd",),
+        1.1,
+        knob=method_knob("mentornet-dd"),
+        noise_only=True,
+    ),
+    MethodSpec(
+        "mlc",
+        "MLC",
+        ("method.name=mlc",),
+        3.0,
+        knob=method_knob("mlc"),
         noise_only=True,
     ),
     MethodSpec("s-model", "S-Model", ("method.name=s-model",), 2.0, noise_only=True),

@@ -227,6 +227,21 @@ def reused_weight_net(cfg: Any, num_classes: int) -> nn.Module | None:
             f"{saved.path} was learned for {saved.num_classes} classes, but this data has "
             f"{num_classes}; a class-aware weighting net only applies to the same classes"
         )
+    inputs = tuple(w.inputs)
+    if saved.inputs != inputs:
+        listed = ",".join(saved.inputs)
+        raise ConfigError(
+            f"{saved.path} holds a weighting net that reads {', '.join(saved.inputs)}, but "
+            f"method.mwnet.inputs=[{','.join(inputs)}]; set method.mwnet.inputs=[{listed}] "
+            "to use it"
+        )
+    decay = saved.dynamics_decay
+    if decay is not None and decay != w.dynamics_decay:
+        raise ConfigError(
+            f"{saved.path} was learned on per-sample averages with method.mwnet."
+            f"dynamics_decay={decay}, but this run uses {w.dynamics_decay}; its inputs mean the "
+            f"same only with the same decay: set method.mwnet.dynamics_decay={decay}"
+        )
     if saved.normalize != w.normalize:
         raise ConfigError(
             f"{saved.path} was learned with method.mwnet.normalize={saved.normalize}, but this "
