@@ -82,7 +82,8 @@ def _gated_reference(model, vnet, batch, kept, *, move_dropped=True):
     per_sample = []
     for i in range(len(y)):
         g_i = torch.autograd.grad(losses[i], [p[k] for k in kept], retain_graph=True)
-        per_sample.append(sum(float((LR * a.abs() * b.abs()).sum()) for a, b in zip(t, g_i)))
+        products = zip(t, g_i, strict=True)
+        per_sample.append(sum(float((LR * a.abs() * b.abs()).sum()) for a, b in products))
     dc = torch.stack([_flat(torch.autograd.grad(c[i], theta, retain_graph=True)) for i in range(N)])
     abs_terms = (dc.abs() * torch.tensor(per_sample, dtype=F64)[:, None]).sum(0)
     return want, abs_terms
