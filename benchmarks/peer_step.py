@@ -404,9 +404,10 @@ def table(rows: list[Row]) -> str:
     head += "| weighting net, max abs diff | model, max abs diff | note |"
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
+        ms = _fmt(r.median_ms, ".0f" if (r.median_ms or 0) >= 100 else ".1f")
         lines.append(
             f"| {MODELS[r.model]} | {r.name} | {_fmt(r.ratio, '.2f')} | "
-            f"{_fmt(r.median_ms, '.0f')} | {_fmt(r.gradient_diff, '.1e')} | "
+            f"{ms} | {_fmt(r.gradient_diff, '.1e')} | "
             f"{_fmt(r.weight_net_diff, '.1e')} | {_fmt(r.model_diff, '.1e')} | {r.note.strip()} |"
         )
     return "\n".join(lines)
