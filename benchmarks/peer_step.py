@@ -301,6 +301,10 @@ class Row:
     gradient_diff: float | None = None
     """Largest |difference| of the weighting net's gradient (the hypergradient) from the
     reference's, relative to the reference's largest entry."""
+    gradient_ratio: float | None = None
+    """‖hypergradient‖ / ‖the reference's‖."""
+    gradient_cosine: float | None = None
+    """The cosine of the angle between the hypergradient and the reference's."""
     weight_net_diff: float | None = None
     model_diff: float | None = None
     note: str = ""
@@ -354,6 +358,10 @@ def differences(model_name: str, names: list[str], rows: dict[str, Row]) -> None
             rows[name].note += f" the weighting net stepped {len(grads)} times"
         else:
             rows[name].gradient_diff = _max_diff(grads[0], ref_grads[0]) / scale
+            mine = torch.cat([g.reshape(-1) for g in grads[0]])
+            ref = torch.cat([g.reshape(-1) for g in ref_grads[0]])
+            rows[name].gradient_ratio = float(mine.norm() / ref.norm())
+            rows[name].gradient_cosine = float(mine @ ref / (mine.norm() * ref.norm()))
         rows[name].weight_net_diff = _max_diff(
             list(weight_net.parameters()), list(ref_net.parameters())
         )
@@ -401,13 +409,15 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def table(rows: list[Row]) -> str:
     head = "| model | implementation | x plain step | median ms | hypergradient, max rel. diff "
+    head += "| hypergradient, norm ratio | hypergradient, cosine "
     head += "| weighting net, max abs diff | model, max abs diff | note |"
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         ms = _fmt(r.median_ms, ".0f" if (r.median_ms or 0) >= 100 else ".1f")
         lines.append(
             f"| {MODELS[r.model]} | {r.name} | {_fmt(r.ratio, '.2f')} | "
-            f"{ms} | {_fmt(r.gradient_diff, '.1e')} | "
+            f"{ms} | {_fmt(r.gradient_diff, '.1e')} | {_fmt(r.gradient_ratio, '.2f')} | "
+            f"{_fmt(r.gradient_cosine, '.4f')} | "
             f"{_fmt(r.weight_net_diff, '.1e')} | {_fmt(r.model_diff, '.1e')} | {r.note.strip()} |"
         )
     return "\n".join(lines)
@@ -420,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument(
         "--no-install", action="store_true", help="do not pip install missing peers"
+    )
+    parser.add_argument(
+        "--no-timing", action="store_true", help="only the float64 differences (no timing)"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -434,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in IMPLEMENTATIONS if not by_name[n].note]
         print(f"{model_name}: one float64 iteration each...", file=sys.stderr)
         differences(model_name, names, by_name)
-        print(f"{model_name}: timing {args.warmup}+{args.repeats} rounds...", file=sys.stderr)
-        timings(model_name, names, by_name, args.repeats, args.warmup)
+        if not args.no_timing:
+            print(f"{model_name}: timing {args.warmup}+{args.repeats} rounds...", file=sys.stderr)
+            timings(model_name, names, by_name, args.repeats, args.warmup)
         rows += list(by_name.values())
     versions = {m: _version(m) for m in ("torch", *PEERS)}
     print(
@@ -443,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
     )
-    print(f"batch {BATCH}, meta batch {META_BATCH}; median of {args.repeats} rounds")
+    rounds = "no timing" if args.no_timing else f"median of {args.repeats} rounds"
+    print(f"batch {BATCH}, meta batch {META_BATCH}; {rounds}")
     print(table(rows))
     return 0
 
