@@ -14,7 +14,7 @@ import pytest
 
 from mwnet.bench import mode_specs
 from mwnet.bench.epoch import variant_overrides
-from mwnet.bench.step import bench_model, mode_spec
+from mwnet.bench.step import base_mode, bench_model, mode_spec
 from mwnet.cli import main
 
 TINY = ["bench", "step", "--model", "cnn_small", "--batch", "8", "--meta-batch", "8"]
@@ -112,6 +112,18 @@ def test_partial_rows_at_several_cuts(capsys: pytest.CaptureFixture[str]) -> Non
     assert (specs[1].cut, specs[2].cut) == (None, "features.1")
     with pytest.raises(ValueError, match="partial@MODULE"):
         mode_spec("fast@features.1")
+
+
+def test_famus_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """``famus`` draws its layers, ``famus+top`` keeps the ones nearest the output; the
+    memory subprocess (not run here) rebuilds each from its base mode name."""
+    assert main([*TINY, "--no-memory", "--json", "--modes", "famus,famus+top"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in rows] == ["plain", "famus", "famus+top"]
+    assert all(r["hypergrad"] == "famus" for r in rows[1:])
+    specs = mode_specs(["famus+top", "famus"])
+    assert [(s.name, s.famus) for s in specs[1:]] == [("famus", "uniform"), ("famus+top", "top")]
+    assert [base_mode(s) for s in specs[1:]] == ["famus", "famus+top"]
 
 
 def test_a_cut_that_is_not_a_module_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -937,7 +937,7 @@ def _check_method_options(cfg: Any) -> None:
                 not m.compile or mode.compiles,
                 f"method.compile=true with {m.name} needs method.mwnet.hypergrad=fast "
                 "(compiled graphs have no double backward for reverse and no forward hooks "
-                "for head and partial)",
+                "for head and partial; famus runs eagerly)",
             ),
             (
                 not mixup or w.normalize == "mean",

@@ -23,6 +23,7 @@ from torch import nn
 
 import mwnet
 from mwnet import ClassAwareWeightNet, MetaReweighter, WeightNet, start_flat
+from mwnet.core.famus import LayerSampling
 from mwnet.core.reducer import GradientReducer
 from mwnet.distributed import DataParallel
 from mwnet.methods import L2RW, CrossEntropy
@@ -53,6 +54,8 @@ class Case:
     """Start the weighting net flat (:func:`mwnet.start_flat`)."""
     partial: str | None = None
     """hypergrad="partial" only: the top (module names)."""
+    famus: LayerSampling | None = None
+    """hypergrad="famus" only: which layers carry the meta gradient."""
     batch: int = 100
     meta_batch: int = 100
     inputs: tuple[str, ...] = ("loss",)
@@ -139,6 +142,7 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
             virtual_step=case.virtual_step,  # type: ignore[arg-type]
             hypergrad=case.hypergrad,  # type: ignore[arg-type]
             partial=case.partial,
+            famus=case.famus,
             meta_interval=case.meta_interval,
             reducer=reducer,
             num_samples=TRAINING_SET,
@@ -148,8 +152,10 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
         method = L2RW(model, optimizer, meta, hypergrad=case.hypergrad, reducer=reducer)  # type: ignore[arg-type]
     else:
         method = CrossEntropy(model, optimizer, reducer=reducer)
-    losses, meta_losses, weights = [], [], []
+    losses, meta_losses, weights, kept = [], [], [], []
     for (x, y, places), (xm, ym, _), index in shards:
+        if case.hypergrad == "famus":
+            kept.append(method.famus_parameters())
         if case.method == "mwnet":
             out = method.step(x, y, xm, ym, index[places])
             applied = out.coefficients
@@ -168,6 +174,7 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
         "loss": losses,
         "meta_loss": meta_losses,
         "weights": weights,
+        "famus_kept": kept,
         "bytes": {} if reducer is None else dict(reducer.counter.bytes),
     }
 

@@ -180,9 +180,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         "--modes",
         type=_mode_list,
         default=("plain", "reverse", "fast", "fast+lowmem", "head", "partial"),
-        help="comma list of plain,reverse,fast,fast+lowmem,head,partial (default all; plain "
-        "always runs: it is the baseline; fast+lowmem is fast with low_memory=True; partial "
-        "the partial virtual step with the model's default top)",
+        help="comma list of plain,reverse,fast,fast+lowmem,head,partial,famus,famus+top "
+        "(default all but the famus ones; plain always runs: it is the baseline; fast+lowmem "
+        "is fast with low_memory=True; partial the partial virtual step with the model's "
+        "default top; famus the meta gradient through 4 layers drawn each step, famus+top "
+        "through the 4 nearest the output)",
     )
     step.add_argument(
         "--cuts",

@@ -12,7 +12,9 @@ meta pass, the forward run again for the real update). ``partial`` is the partia
 step with the model's default top (its last stage and classifier); each ``cuts`` entry
 NAME adds ``partial@NAME``, whose top begins at the module NAME
 (:func:`mwnet.core.partial.modules_from`: NAME and every module registered after it).
-With ``compile`` the run adds
+``famus`` is FaMUS's layer-wise approximation with four layers drawn uniformly each step
+(seed 0), ``famus+top`` with the four layers nearest the output
+(:mod:`mwnet.core.famus`). With ``compile`` the run adds
 ``plain+compile`` and ``<mode>+compile`` for the modes ``torch.compile`` supports, timed in
 the same rounds; their ratios are to ``plain+compile``, so they show what the meta step
 costs when both sides are compiled (compare the medians for what compiling gains).
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from mwnet.core import MetaReweighter, WeightNet
+from mwnet.core.famus import LayerSampling
 from mwnet.core.partial import modules_from
 from mwnet.models import build, input_shape
 
@@ -55,7 +58,17 @@ LIVE_MMAP_THRESHOLD = 128 * 1024
 LOW_MEMORY_SUFFIX = "+lowmem"
 PARTIAL = "partial"
 CUT_SEPARATOR = "@"
-HYPERGRAD_MODES = ("reverse", "fast", "fast" + LOW_MEMORY_SUFFIX, "head", PARTIAL)
+FAMUS = "famus"
+TOP_SUFFIX = "+top"
+HYPERGRAD_MODES = (
+    "reverse",
+    "fast",
+    "fast" + LOW_MEMORY_SUFFIX,
+    "head",
+    PARTIAL,
+    FAMUS,
+    FAMUS + TOP_SUFFIX,
+)
 MODES = (PLAIN, *HYPERGRAD_MODES)
 COMPILE_SUFFIX = "+compile"
 COMPILABLE_MODES = (PLAIN, "fast", "fast" + LOW_MEMORY_SUFFIX)
@@ -73,6 +86,8 @@ class ModeSpec:
     compile: bool = False
     cut: str | None = None
     """``partial`` only: the module where the top begins; None: the default top."""
+    famus: str | None = None
+    """``famus`` only: how its layers are chosen (``uniform`` or ``top``)."""
 
 
 def mode_spec(mode: str, meta_interval: int = 1, compile: bool = False) -> ModeSpec:
@@ -90,9 +105,12 @@ def mode_spec(mode: str, meta_interval: int = 1, compile: bool = False) -> ModeS
     if mode == PLAIN:
         return ModeSpec(PLAIN + suffix, compile=compile)
     name = mode if meta_interval == 1 else f"{mode}+interval({meta_interval})"
-    hypergrad = base.removesuffix(LOW_MEMORY_SUFFIX)
-    low_memory = hypergrad != base
-    return ModeSpec(name + suffix, hypergrad, meta_interval, low_memory, compile, cut or None)
+    hypergrad = base.removesuffix(LOW_MEMORY_SUFFIX).removesuffix(TOP_SUFFIX)
+    low_memory = base.endswith(LOW_MEMORY_SUFFIX)
+    famus = None if hypergrad != FAMUS else ("top" if base.endswith(TOP_SUFFIX) else "uniform")
+    return ModeSpec(
+        name + suffix, hypergrad, meta_interval, low_memory, compile, cut or None, famus
+    )
 
 
 def mode_specs(
@@ -254,6 +272,7 @@ def make_runner(
         weight_net,
         hypergrad=spec.hypergrad,  # type: ignore[arg-type]
         partial=None if spec.cut is None else modules_from(model, spec.cut),
+        famus=None if spec.famus is None else LayerSampling(sampling=spec.famus),  # type: ignore[arg-type]
         meta_interval=spec.meta_interval,
         low_memory=spec.low_memory,
         compile=spec.compile,
@@ -350,7 +369,8 @@ def base_mode(spec: ModeSpec) -> str:
     if spec.hypergrad is None:
         return PLAIN
     cut = "" if spec.cut is None else f"{CUT_SEPARATOR}{spec.cut}"
-    return spec.hypergrad + (LOW_MEMORY_SUFFIX if spec.low_memory else "") + cut
+    top = TOP_SUFFIX if spec.famus == "top" else ""
+    return spec.hypergrad + (LOW_MEMORY_SUFFIX if spec.low_memory else "") + top + cut
 
 
 def load_average() -> float | None:

@@ -25,7 +25,10 @@ but the same quantity for a smaller problem: only the final linear layer takes t
 virtual step. Its problem lives in head space, where :func:`reverse_hypergradient` is
 tiny, so it uses that (exact for the restricted problem, any twice-differentiable loss).
 The ``partial`` mode (:mod:`mwnet.core.partial`) restricts the virtual step to a top part
-of the model and runs :func:`fast_hypergradient` on that problem.
+of the model and runs :func:`fast_hypergradient` on that problem. The ``famus`` mode
+(:mod:`mwnet.core.famus`) keeps the whole virtual step but lets only some layers carry the
+meta gradient back to the weights: :func:`fast_hypergradient` with
+:attr:`MetaProblem.meta_indices` set.
 """
 
 from __future__ import annotations
@@ -40,15 +43,16 @@ import torch.autograd.forward_ad as fwad
 from mwnet.core.reducer import GradientReducer
 from mwnet.core.virtual_step import AffineStep
 
-HypergradMode = Literal["reverse", "fast", "head", "partial"]
+HypergradMode = Literal["reverse", "fast", "head", "partial", "famus"]
 LossesJvp = Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor | None]
 HYPERGRAD_MODES: tuple[str, ...] = ("reverse", "fast")
 """The exact modes: ∂L_meta/∂Θ with every trainable parameter in the virtual step."""
 HEAD_MODE = "head"
 PARTIAL_MODE = "partial"
-REWEIGHTER_MODES: tuple[str, ...] = (*HYPERGRAD_MODES, HEAD_MODE, PARTIAL_MODE)
-"""What :class:`mwnet.MetaReweighter` accepts: the exact modes plus the restricted ones
-(the head alone, a top part of the model)."""
+FAMUS_MODE = "famus"
+REWEIGHTER_MODES: tuple[str, ...] = (*HYPERGRAD_MODES, HEAD_MODE, PARTIAL_MODE, FAMUS_MODE)
+"""What :class:`mwnet.MetaReweighter` accepts: the exact modes, the restricted ones (the
+head alone, a top part of the model) and the layer-wise approximation (a few layers)."""
 
 
 @dataclass
@@ -78,6 +82,11 @@ class MetaProblem:
     losses_jvp: LossesJvp | None = None
     """Optional: per-sample ⟨∇_θ L_i, t⟩ from (θ, t) in one call (a compiled forward-mode
     pass); None runs forward-mode AD through ``losses_at``."""
+    meta_indices: list[int] | None = None
+    """Positions (in ``params``) of the parameters whose terms of the meta gradient are
+    kept (``famus``'s layers, ascending); None keeps every one. ``fast`` only."""
+    meta_scale: float = 1.0
+    """The factor the kept terms are multiplied by (``famus`` with ``rescale``)."""
     keep_graph: bool = True
     """Whether the training forward's graph must survive the hypergradient (the real update
     reuses it). ``fast`` frees it with its first-order backward when False; ``reverse``
@@ -138,7 +147,12 @@ def _reverse_data_parallel(
 
 
 def fast_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The same gradient from first-order passes and one forward-mode JVP."""
+    """The same gradient from first-order passes and one forward-mode JVP.
+
+    With :attr:`MetaProblem.meta_indices` only those parameters' terms are summed: the
+    meta backward asks for their gradients alone (so it stops at the lowest of them) and
+    the JVP's tangent is zero elsewhere (so the forward-mode work starts there too).
+    """
     reducer = problem.reducer
     coefficients = problem.coefficients.detach()
     outputs, seeds = [problem.losses], [coefficients]
@@ -157,16 +171,21 @@ def fast_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], torch.
         grads = reducer.sum(grads, "virtual_grad")
     with torch.no_grad():
         theta_hat = problem.step.apply(grads)
-    theta_hat = [t.requires_grad_() for t in theta_hat]
+    kept = problem.meta_indices
+    kept = list(range(len(theta_hat))) if kept is None else kept
+    moving = [theta_hat[i].requires_grad_() for i in kept]
     meta_loss = problem.meta_loss_at(dict(zip(problem.names, theta_hat, strict=True)))
-    meta_grads = _grads_or_zeros(
-        torch.autograd.grad(meta_loss, theta_hat, allow_unused=True), theta_hat
-    )
+    meta_grads = _grads_or_zeros(torch.autograd.grad(meta_loss, moving, allow_unused=True), moving)
     if reducer is not None:  # the mean over the global meta batch: equal shards
         shares = torch._foreach_div([*meta_grads, meta_loss.detach()], reducer.world_size)
         *meta_grads, meta_loss = reducer.sum(shares, "meta_grad")
-    tangents = torch._foreach_mul(meta_grads, [-s for s in problem.step.scales])
+    scales = problem.step.scales
+    tangents: list[torch.Tensor | None] = [None] * len(theta_hat)
+    for i, t in zip(kept, torch._foreach_mul(meta_grads, [-scales[i] for i in kept]), strict=True):
+        tangents[i] = t
     dmeta_dc = _loss_jvp(problem, tangents)
+    if problem.meta_scale != 1.0:
+        dmeta_dc = dmeta_dc * problem.meta_scale
     hyper = torch.autograd.grad(
         problem.coefficients, problem.weight_params, dmeta_dc, allow_unused=True
     )
@@ -176,15 +195,20 @@ def fast_hypergradient(problem: MetaProblem) -> tuple[list[torch.Tensor], torch.
     return hyper, meta_loss.detach()
 
 
-def _loss_jvp(problem: MetaProblem, tangents: list[torch.Tensor]) -> torch.Tensor:
-    """Per-sample ⟨∇_θ L_i, t⟩ by forward-mode AD at θ."""
+def _loss_jvp(problem: MetaProblem, tangents: list[torch.Tensor | None]) -> torch.Tensor:
+    """Per-sample ⟨∇_θ L_i, t⟩ by forward-mode AD at θ; a None tangent is zero (that
+    parameter enters as a plain tensor, so ops that see no other tangent do no tangent work)."""
     try:
         if problem.losses_jvp is not None:
-            tangent = problem.losses_jvp([p.detach() for p in problem.params], tangents)
+            dense = [
+                torch.zeros_like(p) if t is None else t
+                for p, t in zip(problem.params, tangents, strict=True)
+            ]
+            tangent = problem.losses_jvp([p.detach() for p in problem.params], dense)
         else:
             with fwad.dual_level():
                 duals = {
-                    name: fwad.make_dual(p.detach(), t)
+                    name: p.detach() if t is None else fwad.make_dual(p.detach(), t)
                     for name, p, t in zip(problem.names, problem.params, tangents, strict=True)
                 }
                 tangent = fwad.unpack_dual(problem.losses_at(duals)).tangent
@@ -205,4 +229,5 @@ HYPERGRADIENTS: dict[str, Callable[[MetaProblem], tuple[list[torch.Tensor], torc
     "fast": fast_hypergradient,
     HEAD_MODE: reverse_hypergradient,
     PARTIAL_MODE: fast_hypergradient,
+    FAMUS_MODE: fast_hypergradient,
 }

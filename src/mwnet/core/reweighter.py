@@ -32,8 +32,10 @@ from mwnet.core.compiled import (
     eager_functional,
 )
 from mwnet.core.data_parallel import global_coefficients, global_mean, weighted_backward
+from mwnet.core.famus import LayerSampling, kept_parameters, layer_groups
 from mwnet.core.head import HeadCall, LinearHead, head_problem
 from mwnet.core.hypergrad import (
+    FAMUS_MODE,
     HEAD_MODE,
     HYPERGRAD_MODES,
     HYPERGRADIENTS,
@@ -167,6 +169,11 @@ class MetaReweighter:
             takes the virtual step, the rest is frozen for the meta step and its
             activations are reused: the meta forward, meta backward and JVP run through
             the top only; exact for that restricted problem (:mod:`mwnet.core.partial`).
+            ``famus``: FaMUS's layer-wise approximation (Xu et al., 2021): the whole
+            virtual step, but only a few layers (``famus=``) carry the meta gradient back
+            to the weights, each step's layers drawn from the run's seed and the step;
+            the meta backward and the JVP stop at the lowest kept layer
+            (:mod:`mwnet.core.famus`).
         head: ``hypergrad="head"`` only: the module name (as in ``model.named_modules()``)
             of the final ``nn.Linear``, whose output is then taken as what ``loss_fn``
             receives. Default: detected at the first meta update as the last
@@ -180,6 +187,9 @@ class MetaReweighter:
             the classifier, read from the module tree (see
             :func:`mwnet.core.partial.default_top`). The top must be trainable and in
             ``optimizer``.
+        famus: ``hypergrad="famus"`` only: which layers are kept, how many and how drawn
+            (:class:`mwnet.core.famus.LayerSampling`; default four layers drawn uniformly,
+            seed 0).
         meta_interval: update the weighting net every k-th step only; steps in between
             use the current weighting net and cost about a plain step.
         low_memory: ``hypergrad="fast"`` only. By default the real update reuses the
@@ -238,6 +248,7 @@ class MetaReweighter:
         hypergrad: HypergradMode = "fast",
         head: str | None = None,
         partial: str | Sequence[str] | None = None,
+        famus: LayerSampling | None = None,
         meta_interval: int = 1,
         low_memory: bool = False,
         compile: bool = False,
@@ -260,6 +271,15 @@ class MetaReweighter:
             raise ValueError(
                 f"partial={partial!r} is used by hypergrad='partial' only, but hypergrad="
                 f"{hypergrad!r}; drop partial= or set hypergrad='partial'"
+            )
+        if famus is not None and hypergrad != FAMUS_MODE:
+            raise ValueError(
+                f"famus={famus!r} is used by hypergrad='famus' only, but hypergrad="
+                f"{hypergrad!r}; drop famus= or set hypergrad='famus'"
+            )
+        if famus is not None and not isinstance(famus, LayerSampling):
+            raise TypeError(
+                f"famus must be a mwnet.core.famus.LayerSampling, got {type(famus).__name__}"
             )
         check_virtual_step(virtual_step, optimizer)
         check_gate(gate, hypergrad)
@@ -333,7 +353,9 @@ class MetaReweighter:
             top = TopPart(model, self._names, self._params, partial)
         # a top that holds every parameter is fast's problem, and takes fast's passes
         self._top = None if top is None or top.is_everything else top
-        self._jvp_mode = hypergrad in ("fast", PARTIAL_MODE) and self._top is None
+        self._famus = (famus or LayerSampling()) if hypergrad == FAMUS_MODE else None
+        self._layers = layer_groups(self._names)
+        self._jvp_mode = hypergrad in ("fast", PARTIAL_MODE, FAMUS_MODE) and self._top is None
 
     def _groups(self) -> list[dict]:
         """Each virtual parameter's current param group (with the lr a schedule set)."""
@@ -449,6 +471,9 @@ class MetaReweighter:
             return self._meta_loss(out, y_meta)
 
         jvp = self._losses_jvp
+        kept, scale = None, 1.0
+        if self._famus is not None:
+            kept, scale = kept_parameters(self._famus, self._layers, self.steps_done)
         return MetaProblem(
             names=self._names,
             params=self._params,
@@ -461,6 +486,8 @@ class MetaReweighter:
             weight_params=self._weight_params,
             reducer=self.reducer,
             losses_jvp=None if jvp is None else jvp.replaying(self._names, snapshot, x, y),
+            meta_indices=kept,
+            meta_scale=scale,
             keep_graph=keep_graph,
         )
 
@@ -667,6 +694,15 @@ class MetaReweighter:
         """Whether the next :meth:`step` reads a meta batch: to update the weighting net,
         or, with a gate, on every step."""
         return self.gate != "none" or self.is_meta_step()
+
+    def famus_parameters(self, step: int | None = None) -> list[str]:
+        """``hypergrad="famus"``: names of the parameters whose layers carry the meta
+        gradient at ``step`` (default: the next step), for logging and inspection."""
+        if self._famus is None:
+            raise ValueError(f"famus_parameters needs hypergrad='famus', not {self.hypergrad!r}")
+        at = self.steps_done if step is None else step
+        kept, _ = kept_parameters(self._famus, self._layers, at)
+        return [self._names[i] for i in kept]
 
     def step(
         self,

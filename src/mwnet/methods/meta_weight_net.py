@@ -19,6 +19,7 @@ from mwnet.core.checks import (
     integer_labels,
     step_guard,
 )
+from mwnet.core.famus import LayerSampling
 from mwnet.core.hypergrad import HYPERGRAD_MODES, HypergradMode
 from mwnet.core.objective import (
     WeightedLoss,
@@ -52,7 +53,8 @@ class WeightingOptions:
 
     hypergrad: HypergradMode = "fast"
     """fast | reverse (exact, the same gradient) | head | partial (the virtual step of a top
-    part only): see docs/PERFORMANCE.md"""
+    part only) | famus (the meta gradient through a few layers only): see
+    docs/PERFORMANCE.md"""
     low_memory: bool = False
     """hypergrad=fast only: free the training graph before the meta pass and run the forward
     again for the real update (same result, about a plain step's peak memory)"""
@@ -61,6 +63,15 @@ class WeightingOptions:
     partial: str | None = None
     """hypergrad=partial only: the top that takes the virtual step, a comma list of module
     or parameter names (e.g. stage3,fc); None: the model's last stage and classifier"""
+    famus_layers: int | None = None
+    """hypergrad=famus only: how many layers carry the meta gradient each step (null: 4,
+    the FaMUS paper's K)"""
+    famus_sampling: Literal["uniform", "top"] | None = None
+    """hypergrad=famus only: uniform (drawn each step from the run's seed and the step;
+    the default) | top (the layers nearest the output)"""
+    famus_rescale: bool | None = None
+    """hypergrad=famus, uniform only: scale the kept layers' sum by L/K, an unbiased
+    estimate (default false: the paper's plain sum, K/L of the exact one on average)"""
     normalize: Normalization = "sum"
     """sum | sum-detached | mean | none: how the weights of a batch are normalised"""
     virtual_step: VirtualStepKind = "sgd"
@@ -134,6 +145,9 @@ class WeightingOptions:
             low_memory=self.low_memory,
             head=self.head,
             partial=self.partial,
+            famus_layers=self.famus_layers,
+            famus_sampling=self.famus_sampling,
+            famus_rescale=self.famus_rescale,
             prefix=prefix,
         )
 
@@ -263,6 +277,7 @@ class MetaWeightNet(Method):
         hypergrad: HypergradMode = "fast",
         head: str | None = None,
         partial: str | Sequence[str] | None = None,
+        famus: LayerSampling | None = None,
         normalize: Normalization = "sum",
         virtual_step: VirtualStepKind = "sgd",
         meta_interval: int = 1,
@@ -392,6 +407,7 @@ class MetaWeightNet(Method):
             hypergrad=hypergrad,
             head=head,
             partial=partial,
+            famus=famus,
             meta_interval=schedule.interval(0),
             low_memory=low_memory,
             compile=compile,

@@ -370,7 +370,7 @@ def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodCon
             ctx.model,
             ctx.optimizer,
             ctx.meta_batches,
-            **mode.reweighter_options(),
+            **mode.reweighter_options(seed=ctx.seed),
             normalize=o.normalize,
             virtual_step=o.virtual_step,
             meta_interval=o.meta_interval,

@@ -641,6 +641,29 @@ METHODS: tuple[MethodSpec, ...] = (
     _mwnet_fast(
         "mb400", "meta batch 400", (), 4.0, data=("data.meta_batch_size=400",), knob=WEIGHT_LR
     ),
+    # Learned weighting under noise that follows the images: a weighting net that reads
+    # the run's training dynamics besides the loss, and the curve's weights gated by each
+    # sample's own meta gradient (L2RW's signal).
+    MethodSpec(
+        "mwnet-dynamics",
+        "MW-Net (fast, loss + dynamics)",
+        (
+            "method.name=mwnet",
+            "method.mwnet.hypergrad=fast",
+            "method.mwnet.inputs=[loss,agreement,margin,loss_ema]",
+        ),
+        3.6,
+        default=False,
+        knob=WEIGHT_LR,
+    ),
+    MethodSpec(
+        "mwnet-gate",
+        "MW-Net (fast, meta-sign gate)",
+        ("method.name=mwnet", "method.mwnet.hypergrad=fast", "method.mwnet.gate=meta-sign"),
+        4.5,
+        default=False,
+        knob=WEIGHT_LR,
+    ),
     MethodSpec(
         "mwnet-reverse",
         "MW-Net (reverse)",
