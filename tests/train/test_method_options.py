@@ -277,3 +277,18 @@ def test_a_registered_method_is_compared_and_in_the_suite(scaled_ce, tmp_path):
     for cell in runs:
         cfg = load_config(None, list(cell.overrides))
         assert cfg.method.name == "scaled-ce" and cfg.method.scaled.scale == 1.0
+
+
+def test_a_registered_method_has_its_rows_in_the_suite_report(scaled_ce, tmp_path, monkeypatch):
+    """A user's method run by the suite (``--methods``) is in the report's tables, among
+    the extra methods, beside the table's own."""
+    from fake_data import write_idx
+
+    root = write_idx(tmp_path / "data" / "fashion-mnist", per_class=30, test_per_class=5)
+    monkeypatch.setenv("MWNET_DATA", str(root.parent))
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    args = ["suite", "--quick", "--jobs", "1", "--out", str(out), "--docs", str(docs)]
+    assert main([*args, "--settings", "flip2-40", "--methods", "ce,scaled-ce"]) == 0
+    results = (docs / "RESULTS.md").read_text()
+    rows = [line for line in results.splitlines() if line.startswith("|") and "scaled-ce" in line]
+    assert rows, "the registered method has no row in RESULTS.md"

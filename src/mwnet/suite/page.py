@@ -21,7 +21,6 @@ from typing import Any
 
 from mwnet.run.atomic import atomic_write
 from mwnet.suite.grid import (
-    METHODS,
     PSEUDO_META_METHODS,
     SETTINGS,
     WEIGHT_LRS,
@@ -31,6 +30,7 @@ from mwnet.suite.grid import (
     method_named,
     seeds_of,
     setting_named,
+    suite_methods,
 )
 from mwnet.suite.results import these_versions, this_machine
 from mwnet.suite.runs import Results
@@ -87,7 +87,9 @@ def render(
     figures: Sequence[Path],
     docs: Path,
 ) -> str:
-    has_extra = any(not m.default and res.select(s.name, m.name) for s in SETTINGS for m in METHODS)
+    has_extra = any(
+        not m.default and res.select(s.name, m.name) for s in SETTINGS for m in suite_methods()
+    )
     small = next(s for s in SETTINGS if s.group == "small")
     lines = [
         "# Results: when does learned weighting help? (Fashion-MNIST)",
@@ -137,7 +139,7 @@ def render(
         "part of the default grid and ran with `--methods`):",
         *[
             _method_line(m, scale)
-            for m in METHODS
+            for m in suite_methods()
             if m.default or any(r.method == m.name for r in res.runs)
         ],
         _timing(res, suite_info),
@@ -389,7 +391,7 @@ def _method_line(method: MethodSpec, scale: Scale) -> str:
 
 
 def _timing(res: Results, suite_info: dict[str, Any]) -> str:
-    default = {m.name for m in METHODS if m.default}
+    default = {m.name for m in suite_methods() if m.default}
     main = {s.name for s in SETTINGS if s.in_default}
     summed = 0.0
     n = 0

@@ -16,8 +16,6 @@ import numpy as np
 
 from mwnet.suite.grid import (
     CLEAN_SIZE_METHODS,
-    METHOD_NAMES,
-    METHODS,
     NO_CLEAN_METHODS,
     PSEUDO_META_METHODS,
     SETTINGS,
@@ -27,6 +25,7 @@ from mwnet.suite.grid import (
     method_named,
     methods_of,
     setting_named,
+    suite_methods,
 )
 from mwnet.suite.runs import Results, Run
 from mwnet.suite.selection import Selection, State
@@ -149,7 +148,7 @@ def headline_table(res: Results, default: bool = True, group: str = "main") -> s
     that have runs."""
     settings = [s for s in SETTINGS if s.group == group]
     names = {r.method for r in res.runs if any(r.setting == s.name for s in settings)}
-    methods = [m for m in METHODS if m.default == default and m.name in names]
+    methods = [m for m in suite_methods() if m.default == default and m.name in names]
     if not methods:
         return ""
     lines = _method_header(methods)
@@ -194,7 +193,7 @@ def verdict_table(res: Results, group: str = "main") -> str:
     ]
     found = False
     for setting in (s for s in SETTINGS if s.group == group):
-        everyone = [m.name for m in METHODS]
+        everyone = [m.name for m in suite_methods()]
         best = _best(res, setting.name, everyone)
         ours = _best(res, setting.name, MWNET_FAMILY)
         if best is None or ours is None:
@@ -240,7 +239,7 @@ def selection_table(res: Results, group: str = "main") -> str:
             return False
         return any(st.settled for _, st in res.selection(setting.name, method.name).grid)
 
-    methods = [m for m in METHODS if any(started(s, m) for s in settings)]
+    methods = [m for m in suite_methods() if any(started(s, m) for s in settings)]
     if not methods:
         return ""
     lines = _method_header(methods)
@@ -287,7 +286,7 @@ def grid_table(res: Results, setting: Setting) -> str:
     validation accuracy (the selected one in bold), as the selection saw it, and the margin
     rule's decision."""
     lines = []
-    for method in methods_of(setting, METHOD_NAMES):
+    for method in methods_of(setting, tuple(m.name for m in suite_methods())):
         sel = res.selection(setting.name, method.name)
         if not sel.grid or not any(s.settled for _, s in sel.grid):
             continue
@@ -340,7 +339,7 @@ def setting_table(res: Results, setting: Setting) -> str:
         + (" weight clean / corrupted | AUROC (corrupted) |" if setting.noisy else ""),
         "|---|---|---|---|---|---|---|" + ("---|---|" if setting.noisy else ""),
     ]
-    for method in METHODS:
+    for method in suite_methods():
         rs = res.select(setting.name, method.name)
         if not rs:
             continue
@@ -422,7 +421,7 @@ def clean_size_table(res: Results) -> str:
 
 def full_train_table(res: Results) -> str:
     settings = [s for s in SETTINGS if s.group == "full-train"]
-    methods = [m for m in METHODS if any(res.select(s.name, m.name) for s in settings)]
+    methods = [m for m in suite_methods() if any(res.select(s.name, m.name) for s in settings)]
     if not methods:
         return ""
     lines = [
@@ -473,7 +472,7 @@ def cost_table(res: Results, setting: str = "flip2-40") -> str:
         "| method | last-epoch acc % | wall time / run | x CE |",
         "|---|---|---|---|",
     ]
-    for method in METHODS:
+    for method in suite_methods():
         rs = res.select(setting, method.name)
         if not rs:
             continue
@@ -562,7 +561,7 @@ def computed_findings(res: Results) -> list[str]:
         parts = [f"**{setting.title}**:"]
         drop = np.mean([r.last - r.best for r in ce])
         parts.append(f"CE ends {abs(drop):.2f} points {'below' if drop < 0 else 'above'} its best")
-        winner = _best(res, setting.name, [m.name for m in METHODS])
+        winner = _best(res, setting.name, [m.name for m in suite_methods()])
         if winner:
             mean = np.mean([r.last for r in res.select(setting.name, winner)])
             parts.append(f"top last-epoch accuracy: {method_named(winner).title} ({mean:.2f} %)")
