@@ -323,3 +323,17 @@ def train_on_two_ranks_and_one(args: list[str], out: Path, timeout: float = 180)
     assert two.returncode == 0, two.stderr[-2000:]
     assert main([*args, "name=one"]) == 0
     assert (out / "one").is_dir() and (out / "two").is_dir()
+
+
+def rerun_on_two_threads(args: list[str], name: str = "one-2-threads") -> None:
+    """``mwnet ARGS`` (which say ``threads=1``) again in this process on 2 threads, as run
+    ``name``: nothing changes but the blocking of its sums, so its distance from the
+    1-thread run is this CPU's rounding spread, the bound of a rank-equivalence test."""
+    from mwnet.cli import main
+
+    two_threads = [a if a != "threads=1" else "threads=2" for a in args]
+    threads = torch.get_num_threads()
+    try:
+        assert main([*two_threads, f"name={name}"]) == 0
+    finally:
+        torch.set_num_threads(threads)

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dist_workers import train_on_two_ranks_and_one
+from dist_workers import rerun_on_two_threads, train_on_two_ranks_and_one
 from rounding import assert_close_or_within_spread
 
-from mwnet.cli import main
 from mwnet.run import load_checkpoint, read_jsonl
 
 pytestmark = pytest.mark.distributed
@@ -45,12 +44,7 @@ def test_partial_step_with_a_schedule_and_freezing_equals_one_process(fmnist_roo
     # the 2-thread run does (weighting net 2.3e-7 vs 8.9e-8 of its 0.046 scale; losses
     # 1.8e-7 both), 19x inside the literal bounds below; the bounds widen to 10x the
     # spread where a CPU carries rounding farther.
-    two_threads = [a if a != "threads=1" else "threads=2" for a in args]
-    threads = torch.get_num_threads()
-    try:
-        assert main([*two_threads, "name=one-2-threads"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    rerun_on_two_threads(args)
     one_records = read_jsonl(tmp_path / "one" / "metrics.jsonl")
     two_records = read_jsonl(tmp_path / "two" / "metrics.jsonl")
     rerun_records = read_jsonl(tmp_path / "one-2-threads" / "metrics.jsonl")

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dist_workers import train_on_two_ranks_and_one
+from dist_workers import rerun_on_two_threads, train_on_two_ranks_and_one
 from rounding import assert_close_or_within_spread
 
-from mwnet.cli import main
 from mwnet.run import load_checkpoint, read_jsonl
 
 pytestmark = pytest.mark.distributed
@@ -40,12 +39,7 @@ def test_two_ranks_divide_and_train_as_one_process(fmnist_root, tmp_path):
     train_on_two_ranks_and_one(args, tmp_path)
     # The one process again on 2 threads: only the blocking of its sums changes, so its
     # distance from the 1-thread run is this CPU's rounding spread after these 12 steps.
-    two_threads = [a if a != "threads=1" else "threads=2" for a in args]
-    threads = torch.get_num_threads()
-    try:
-        assert main([*two_threads, "name=one-2-threads"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    rerun_on_two_threads(args)
     one, two, rerun = (
         load_checkpoint(tmp_path / name / "checkpoint.pt")
         for name in ("one", "two", "one-2-threads")

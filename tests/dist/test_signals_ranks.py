@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dist_workers import train_on_two_ranks_and_one
+from dist_workers import rerun_on_two_threads, train_on_two_ranks_and_one
 from rounding import assert_close_or_within_spread
 
-from mwnet.cli import main
 from mwnet.run.signals import SIGNALS_FILE, SampleSignals
 
 pytestmark = pytest.mark.distributed
@@ -44,12 +43,7 @@ def test_two_ranks_record_the_signals_of_one_process(fmnist_root, tmp_path):
     # 6.3 scale; losses, weights, confidences 1.2e-7 to 2.4e-7), 53x inside the literal
     # bounds below at the closest; they widen to 10x the spread where a CPU carries
     # rounding farther.
-    two_threads = [a if a != "threads=1" else "threads=2" for a in args]
-    threads = torch.get_num_threads()
-    try:
-        assert main([*two_threads, "name=one-2-threads"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    rerun_on_two_threads(args)
     rerun, _ = SampleSignals.load(tmp_path / "one-2-threads" / SIGNALS_FILE)
     one, one_extra = SampleSignals.load(tmp_path / "one" / SIGNALS_FILE)
     two, two_extra = SampleSignals.load(tmp_path / "two" / SIGNALS_FILE)

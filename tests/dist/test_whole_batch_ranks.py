@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dist_workers import train_on_two_ranks_and_one
+from dist_workers import rerun_on_two_threads, train_on_two_ranks_and_one
 from rounding import assert_close_or_within_spread
 
-from mwnet.cli import main
 from mwnet.run import load_checkpoint, read_jsonl
 from mwnet.run.signals import SIGNALS_FILE, SampleSignals
 
@@ -56,12 +55,7 @@ def test_two_ranks_weigh_and_train_as_one_process(method, fmnist_root, tmp_path)
     train_on_two_ranks_and_one(args, tmp_path)
     # The parameters are sums in another order: bounded by the one process's own spread
     # under another thread count (see test_co_teaching_ranks.py).
-    two_threads = [a if a != "threads=1" else "threads=2" for a in args]
-    threads = torch.get_num_threads()
-    try:
-        assert main([*two_threads, "name=one-2-threads"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    rerun_on_two_threads(args)
     one, _ = SampleSignals.load(tmp_path / "one" / SIGNALS_FILE)
     two, _ = SampleSignals.load(tmp_path / "two" / SIGNALS_FILE)
     rerun, _ = SampleSignals.load(tmp_path / "one-2-threads" / SIGNALS_FILE)
