@@ -125,8 +125,8 @@ def cross_validated_probabilities(cfg: Any, seed: int, folds: int) -> tuple[np.n
 
 def _retrain(cell_cfg: Any, exclude_index: np.ndarray, out: Path, name: str) -> float:
     """Cross-entropy on the training set without ``exclude_index``: last-epoch test acc."""
-    from mwnet.train import loop
     from mwnet.config import load_config
+    from mwnet.train import loop
 
     summary_file = out / name / "summary.json"
     if summary_file.is_file():
