@@ -21,8 +21,8 @@ def _identical(a: dict, b: dict) -> None:
 
 @covers(
     "state damage",
-    "NaN in a training batch, any method (ce, focal, class-balanced, l2rw, finetune, mwnet, "
-    "cmwnet, -sl, gce, sce, bootstrap-hard/-soft, self-paced, mentornet-pd), BatchNorm model",
+    "NaN in a training batch, every built-in method (mwnet.methods.METHODS: the MW-Net "
+    "family, the baselines and the field's methods), BatchNorm model",
     "FloatingPointError naming the step; parameters, running statistics and "
     "num_batches_tracked bit-identical to before, and the method's own state (MentorNet's "
     "moving average) unchanged",
