@@ -204,6 +204,7 @@ def run_rank(rank: int, world: int, store: str, cases: list[Case], out_dir: str)
     join_gloo(rank, world, store)
     try:
         results = {case.name: train(case, GradientReducer()) for case in cases}
+        dist.barrier()  # no rank leaves while a peer still receives its last rows
     finally:
         dist.destroy_process_group()
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")

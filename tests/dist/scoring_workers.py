@@ -39,6 +39,7 @@ def run_rank(rank: int, world: int, store: str, out_dir: str) -> None:
     try:
         parallel = DataParallel(rank, world, 0, torch.device("cpu"), "gloo", GradientReducer())
         scores = score_here(parallel)
+        dist.barrier()  # no rank leaves while a peer still receives its last rows
     finally:
         dist.destroy_process_group()
     torch.save(scores, Path(out_dir) / f"scores{rank}.pt")

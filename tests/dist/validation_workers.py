@@ -39,6 +39,7 @@ def run_rank(rank: int, world: int, store: str, overrides: list[str], model_file
     try:
         parallel = DataParallel(rank, world, 0, torch.device("cpu"), "gloo", GradientReducer())
         result = evaluate_here(overrides, model_file, parallel)
+        dist.barrier()  # no rank leaves while a peer still receives its last rows
     finally:
         dist.destroy_process_group()
     torch.save(result, Path(out) / f"rank{rank}.pt")

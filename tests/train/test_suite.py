@@ -74,7 +74,13 @@ def test_full_grid_has_every_method_setting_and_seed() -> None:
 
 @pytest.mark.parametrize("scale", [FULL, QUICK], ids=["full", "quick"])
 def test_every_cell_is_a_valid_config(scale) -> None:
+    # cells that differ in the seed alone load alike: one of each, with its seed checked
+    seen: set[tuple[str, ...]] = set()
     for cell in cells(scale):
+        rest = tuple(o for o in cell.overrides if not o.startswith("seed="))
+        if rest in seen:
+            continue
+        seen.add(rest)
         cfg = load_config(None, list(cell.overrides))
         assert cfg.seed == cell.seed
         assert cfg.method.name == cell.method.overrides[0].split("=")[1]
