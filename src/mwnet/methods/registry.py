@@ -154,60 +154,17 @@ def _finetune(ctx: MethodContext) -> Method:
     )
 
 
-def _gce(ctx: MethodContext) -> Method:
-    o = ctx.options["gce"]
-    return GeneralizedCrossEntropy(
-        ctx.compiled_model(),
-        ctx.optimizer,
-        q=o.q,
-        truncated=o.truncated,
-        k=o.k,
-        truncate_from=o.truncate_from,
-        epochs=ctx.epochs,
-        **ctx.common(),
-    )
+def _loss_only(cls: type, group: str, *, epochs: bool = False) -> Callable[[MethodContext], Method]:
+    """The builder of a loss-only baseline whose option group's fields are its keyword
+    arguments (and, with ``epochs``, the configured number of epochs)."""
 
+    def build(ctx: MethodContext) -> Method:
+        options = dataclasses.asdict(ctx.options[group])
+        if epochs:
+            options["epochs"] = ctx.epochs
+        return cls(ctx.compiled_model(), ctx.optimizer, **options, **ctx.common())
 
-def _sce(ctx: MethodContext) -> Method:
-    o = ctx.options["sce"]
-    return SymmetricCrossEntropy(
-        ctx.compiled_model(), ctx.optimizer, alpha=o.alpha, beta=o.beta, **ctx.common()
-    )
-
-
-def _bootstrap_hard(ctx: MethodContext) -> Method:
-    o = ctx.options["bootstrap_hard"]
-    return BootstrapHard(ctx.compiled_model(), ctx.optimizer, beta=o.beta, **ctx.common())
-
-
-def _bootstrap_soft(ctx: MethodContext) -> Method:
-    o = ctx.options["bootstrap_soft"]
-    return BootstrapSoft(ctx.compiled_model(), ctx.optimizer, beta=o.beta, **ctx.common())
-
-
-def _self_paced(ctx: MethodContext) -> Method:
-    o = ctx.options["self_paced"]
-    return SelfPaced(
-        ctx.compiled_model(),
-        ctx.optimizer,
-        start_fraction=o.start_fraction,
-        full_epoch=o.full_epoch,
-        epochs=ctx.epochs,
-        **ctx.common(),
-    )
-
-
-def _mentornet_pd(ctx: MethodContext) -> Method:
-    o = ctx.options["mentornet"]
-    return MentorNetPD(
-        ctx.compiled_model(),
-        ctx.optimizer,
-        epochs=ctx.epochs,
-        percentile=o.percentile,
-        ema_decay=o.ema_decay,
-        burn_in_epochs=o.burn_in_epochs,
-        **ctx.common(),
-    )
+    return build
 
 
 def _mentornet_dd(ctx: MethodContext) -> Method:
@@ -498,7 +455,7 @@ for _descriptor in (
     ),
     MethodDescriptor(
         "gce",
-        _gce,
+        _loss_only(GeneralizedCrossEntropy, "gce", epochs=True),
         {"gce": GceOptions},
         compiles=True,
         knob=Knob("gce.q", "q", "GCE q", (0.7, 0.5)),
@@ -506,7 +463,7 @@ for _descriptor in (
     ),
     MethodDescriptor(
         "sce",
-        _sce,
+        _loss_only(SymmetricCrossEntropy, "sce"),
         {"sce": SceOptions},
         compiles=True,
         knob=Knob("sce.alpha", "alpha", "SCE alpha", (0.1, 1.0)),
@@ -514,7 +471,7 @@ for _descriptor in (
     ),
     MethodDescriptor(
         "bootstrap-hard",
-        _bootstrap_hard,
+        _loss_only(BootstrapHard, "bootstrap_hard"),
         {"bootstrap_hard": BootstrapHardOptions},
         compiles=True,
         knob=Knob("bootstrap_hard.beta", "beta", "hard bootstrap beta", (0.8, 0.6)),
@@ -522,7 +479,7 @@ for _descriptor in (
     ),
     MethodDescriptor(
         "bootstrap-soft",
-        _bootstrap_soft,
+        _loss_only(BootstrapSoft, "bootstrap_soft"),
         {"bootstrap_soft": BootstrapSoftOptions},
         compiles=True,
         knob=Knob("bootstrap_soft.beta", "beta", "soft bootstrap beta", (0.95, 0.8)),
@@ -530,7 +487,7 @@ for _descriptor in (
     ),
     MethodDescriptor(
         "self-paced",
-        _self_paced,
+        _loss_only(SelfPaced, "self_paced", epochs=True),
         {"self_paced": SelfPacedOptions},
         compiles=True,
         knob=Knob("self_paced.start_fraction", "frac", "self-paced start fraction", (0.5, 0.7)),
@@ -538,7 +495,7 @@ for _descriptor in (
     ),
     MethodDescriptor(
         "mentornet-pd",
-        _mentornet_pd,
+        _loss_only(MentorNetPD, "mentornet", epochs=True),
         {"mentornet": MentorNetOptions},
         compiles=True,
         knob=Knob("mentornet.percentile", "pct", "MentorNet percentile", (0.7, 0.5)),
