@@ -174,6 +174,13 @@ def _add_training(sub) -> None:
 
 
 @command
+def _add_fit(sub) -> None:
+    from mwnet.fitting.command import add_fit
+
+    add_fit(sub)
+
+
+@command
 def _add_issues(sub) -> None:
     from mwnet.label_issues.command import add_issues
 
