@@ -91,13 +91,21 @@ def _batches(case: Case) -> list[tuple[torch.Tensor, ...]]:
     return out
 
 
-def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = None) -> dict:
+def train(
+    case: Case,
+    reducer: GradientReducer | None,
+    order_seed: int | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
     """``STEPS`` steps of ``case``; with a reducer, on this rank's shards of the batches.
 
     ``order_seed`` (one process only) shuffles the samples within every batch and meta
     batch: in exact arithmetic nothing changes (every sum over samples is the same sum), so
     the run differs from the unshuffled one only in the order of its floating-point sums.
-    The per-sample weights are returned in the unshuffled order.
+    The per-sample weights are returned in the unshuffled order. ``device``: where the
+    model, the weighting net and the batches live (the data are drawn on the CPU, so every
+    device trains on the same numbers; the sample positions stay on the CPU, so a weighting
+    net that reads per-sample averages needs the CPU). The results stay on ``device``.
     """
     if order_seed is not None and reducer is not None:
         raise ValueError("order_seed shuffles one process's batches; ranks keep their shards")
@@ -110,10 +118,10 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
             places = torch.randperm(len(y), generator=shuffle)
         else:
             places = torch.arange(len(y)).tensor_split(world)[rank]
-        return x[places], y[places], places
+        return x[places].to(device), y[places].to(device), places
 
     torch.manual_seed(0)
-    model = Mlp().double()
+    model = Mlp().double().to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=0.5, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
@@ -127,7 +135,7 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
             ClassAwareWeightNet([300, 200, 50, 10], hidden=100, **inputs)
             if case.class_aware
             else WeightNet(num_classes=CLASSES, **inputs)
-        ).double()
+        ).double().to(device)
         if case.flat:
             start_flat(weight_net)
         method = MetaReweighter(
@@ -163,7 +171,7 @@ def train(case: Case, reducer: GradientReducer | None, order_seed: int | None = 
             out = method.step(x, y)
             applied = out.weights
         if applied is not None and shuffle is not None:
-            applied = torch.empty_like(applied).index_copy_(0, places, applied)
+            applied = torch.empty_like(applied).index_copy_(0, places.to(device), applied)
         weights.append(applied)
         losses.append(out.loss)
         meta_losses.append(out.meta_loss)

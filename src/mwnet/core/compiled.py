@@ -17,6 +17,11 @@ What compiled graphs can and cannot do here (torch 2.13, inductor, CPU):
   a new batch size (an epoch's last, smaller batch) compiles a graph of its own, since a
   dynamic-shape graph compiles its backward later, during the backward pass, outside that
   switch, and then refuses the second backward.
+* forward-mode AD under autocast: tracing the JVP, a batch norm's output comes out in
+  bfloat16 with a float32 tangent, and the next convolution refuses the mix ("Input type
+  (torch.float32) and weight type (torch.bfloat16) should be the same"), where eager
+  forward-mode AD runs. Under autocast the JVP therefore runs eagerly
+  (:func:`compiled_jvp_usable`); the other passes stay compiled.
 * random ops must draw exactly what eager mode draws, because the eager JVP replays the
   training forward from the same RNG state and must see the same dropout masks. Inductor's
   own random numbers differ, so these graphs are built with ``fallback_random``.
@@ -42,6 +47,12 @@ from mwnet.core.snapshot import ForwardSnapshot
 
 COMPILE_OPTIONS = {"fallback_random": True}
 """Inductor options of every compiled pass: eager-identical random draws (see above)."""
+
+
+def compiled_jvp_usable() -> bool:
+    """False under autocast (CPU or CUDA), where the compiled JVP fails to trace (see the
+    module docstring) and the eager one is used instead."""
+    return not (torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
 
 
 class CompiledForward:

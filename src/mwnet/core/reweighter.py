@@ -28,6 +28,7 @@ from mwnet.core.checks import (
 from mwnet.core.compiled import (
     CompiledLossesJvp,
     compiled_functional,
+    compiled_jvp_usable,
     compiled_module,
     eager_functional,
 )
@@ -201,7 +202,8 @@ class MetaReweighter:
             same: peak memory near a plain step's, for one extra forward per meta update.
         compile: ``hypergrad="fast"`` only: run the step's passes through
             ``torch.compile``: the training forward and its backwards, the meta forward and
-            its backward, and the forward-mode JVP. Random ops draw what eager mode draws,
+            its backward, and the forward-mode JVP (eager under autocast, where tracing it
+            fails: see :mod:`mwnet.core.compiled`). Random ops draw what eager mode draws,
             so the step is the eager one up to float rounding. The first steps pay the
             compilation. See :mod:`mwnet.core.compiled` and docs/PERFORMANCE.md.
         frozen: use ``weight_net`` as it is, never updating it: no virtual step, no meta
@@ -485,7 +487,9 @@ class MetaReweighter:
             losses_at=self._replay(x, y, snapshot, call),
             weight_params=self._weight_params,
             reducer=self.reducer,
-            losses_jvp=None if jvp is None else jvp.replaying(self._names, snapshot, x, y),
+            losses_jvp=None
+            if jvp is None or not compiled_jvp_usable()
+            else jvp.replaying(self._names, snapshot, x, y),
             meta_indices=kept,
             meta_scale=scale,
             keep_graph=keep_graph,

@@ -93,7 +93,7 @@ class TangentReplay(TorchFunctionMode):
             return func(*args, **kwargs)
         call = self._next(func)
         if call.output._version != call.version or _autocasting():
-            return func(*args, **kwargs)
+            return _tangent_in_primal_dtype(func(*args, **kwargs))
         primal = call.output.detach()
         if func is F.batch_norm:
             tangent = _batch_norm_tangent(args, kwargs)
@@ -136,6 +136,23 @@ class TangentReplay(TorchFunctionMode):
 
 def _autocasting() -> bool:
     return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+
+
+def _tangent_in_primal_dtype(out: Any) -> Any:
+    """``out`` with its tangent in its primal's dtype.
+
+    Under autocast a batch norm whose input carries no tangent (the layers below the kept
+    ones of ``famus``) but whose float32 weight does returns a bfloat16 primal with a
+    float32 tangent; the next convolution's or linear layer's forward-mode rule then mixes
+    the two dtypes and fails. Casting the tangent is what autocast does to the tangent of
+    every input it casts, and what the ops give when their input carries the tangent.
+    """
+    if not isinstance(out, torch.Tensor):
+        return out
+    primal, tangent = fwad.unpack_dual(out)
+    if tangent is None or tangent.dtype == primal.dtype:
+        return out
+    return fwad.make_dual(primal, tangent.to(primal.dtype))
 
 
 def _split(t: Any) -> tuple[Any, torch.Tensor | None]:
