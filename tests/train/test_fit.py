@@ -54,9 +54,9 @@ def test_fit_trains_chooses_and_ships(fmnist_root, tmp_path, capsys) -> None:
     assert names == CANDIDATES.split(",")  # in the order asked, continuations included
     runs = {c["name"]: Path(c["run_dir"]) for c in record["candidates"]}
 
-    # the same training data for every method run (the continuation drops flagged rows)
     cfgs = {n: run_config(runs[n]) for n in ("mwnet", "ce")}
-    assert {c.data.val_size for c in cfgs.values()} == {record["val_samples"]} == {37}  # a tenth of 400 - 30 trusted
+    # a tenth of the 400 - 30 training images, the config holding out none
+    assert {c.data.val_size for c in cfgs.values()} == {record["val_samples"]} == {37}
     source = record["label_issues_from"]
     assert source == "MW-Net"  # the only weighting run, not flagged on 3 epochs
     retrain, tuned = run_config(runs["retrain"]), run_config(runs["finetune-best"])
