@@ -62,6 +62,9 @@ class Entry:
     """Why it cannot be chosen (failed, diverged, collapsed, weights flagged), or None."""
     right: np.ndarray | None = None
     """Per validation image: its shipped model's answer equals the given label."""
+    cpu_seconds: float | None = None
+    """CPU time its training took (one thread: about its wall time on a quiet machine);
+    for a run only read now, the figure recorded when it trained, if any."""
 
     @property
     def usable(self) -> bool:
@@ -260,6 +263,7 @@ def fit(
     from mwnet.train.compare import _announce, run_comparison
 
     out.mkdir(parents=True, exist_ok=True)
+    earlier_cpu = _recorded_cpu(out / FIT_FILE)
     start = time.perf_counter()
     _announce(configs, out, jobs)
     first = run_comparison(configs, jobs)
@@ -306,6 +310,9 @@ def fit(
         right = None
         if result.status != "failed":
             right = validation_answers(result.run_dir, held.val_images, held.val_labels)
+        cpu = result.cpu_seconds
+        if cpu is None:
+            cpu = earlier_cpu.get(str(result.run_dir))
         entries.append(
             Entry(
                 candidate,
@@ -315,6 +322,7 @@ def fit(
                 result.summary,
                 excluded,
                 right,
+                cpu,
             )
         )
     usable = [e for e in entries if e.usable]
@@ -344,6 +352,22 @@ def fit(
     return result
 
 
+def _recorded_cpu(path: Path) -> dict[str, float]:
+    """Each run's CPU time as an earlier ``fit.json`` recorded it, by run directory."""
+    from mwnet.run.records import read_json
+
+    try:
+        earlier = read_json(path)
+        rows = earlier.get("candidates") or []
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {
+        str(r["run_dir"]): float(r["cpu_seconds"])
+        for r in rows
+        if isinstance(r, dict) and r.get("cpu_seconds") is not None and "run_dir" in r
+    }
+
+
 def _copy_atomically(source: Path, target: Path) -> None:
     from mwnet.run.atomic import atomic_write
 
@@ -371,6 +395,7 @@ def record(result: FitResult, cfg: Any) -> dict[str, Any]:
                 "val_acc": rounded(e.val_acc),
                 "test_acc": rounded(e.test_acc),
                 "train_seconds": rounded(e.seconds, 1),
+                "cpu_seconds": rounded(e.cpu_seconds, 1),
             }
             for e in result.entries
         ],

@@ -41,10 +41,11 @@ def print_result(result: Any, stream: IO[str]) -> None:
     if result.label_issues is not None:
         print(f"\nlabel issues, from the {result.issues_from} run:", file=stream)
         print(result.label_issues.headline(), file=stream)
-    trained = sum(e.seconds or 0.0 for e in result.entries)
+    cpu = [e.cpu_seconds for e in result.entries if e.cpu_seconds is not None]
+    spent = f"{sum(cpu) / 60:.1f} CPU min of training" if cpu else "training time not recorded"
     print(
-        f"fit: {result.directory / 'fit.json'} ({trained / 60:.1f} min of training over "
-        f"{len(result.entries)} candidates, {result.elapsed / 60:.1f} min now)",
+        f"fit: {result.directory / 'fit.json'} ({spent} over {len(result.entries)} "
+        f"candidates; {result.elapsed / 60:.1f} min of wall time now)",
         file=stream,
     )
 
