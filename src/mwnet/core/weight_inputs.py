@@ -46,9 +46,9 @@ and its loss stays high relative to its class. These inputs, by name:
   parallelism the batch is the global batch.
 
 Scaling: fixed transforms, no running statistics. Every input is already on one of two
-scales: the loss, its average, its sequence and the margin in nats or logit units (the scale of the
-authors' loss input, which must stay raw for ``inputs=[loss]`` to be MW-Net's net bit for
-bit), and the other inputs in [0, 1]. Running statistics would make an input's meaning
+scales: the loss, its average, its sequence and the margin in nats or logit units (the
+scale of the authors' loss input, which must stay raw for ``inputs=[loss]`` to be MW-Net's
+net bit for bit), and the other inputs in [0, 1]. Running statistics would make an input's meaning
 drift over training, so the curve learned at one epoch would be applied to differently
 scaled inputs at the next, and a net reused frozen would need the source run's statistics
 of its last epoch, which describe the end of training, not the start. The transform of
@@ -295,7 +295,7 @@ class WeightInputs:
         """One row per training sample in training-set order: one column per average, then
         the K losses of the sequence, oldest first."""
         self.seen: torch.Tensor | None = None
-        """Whether each sample has been observed (its row holds an average)."""
+        """Whether each sample has been observed (its row holds its averages and sequence)."""
         if self.kept:
             if num_samples is None or int(num_samples) < 1:
                 raise ValueError(
