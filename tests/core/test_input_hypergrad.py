@@ -1,8 +1,9 @@
 """The hypergradient of a weighting net that reads more than the loss is exact given its
 inputs: fast == reverse == finite differences == a reference written out here, in float64,
-with every input (the per-sample averages already holding earlier visits). The inputs are
-constants of the meta gradient, as the authors' detached loss is: a planted input left
-attached to the model's graph moves the reverse hypergradient far outside the bound."""
+with every input (the per-sample averages and loss sequences already holding earlier
+visits). The inputs are constants of the meta gradient, as the authors' detached loss is: a
+planted input left attached to the model's graph, or a loss sequence that lags one visit
+behind, moves the hypergradient far outside the bound."""
 
 from __future__ import annotations
 
@@ -17,8 +18,17 @@ from torch.func import functional_call
 import mwnet
 from mwnet.core import weight_inputs
 
-INPUTS = ("loss", "class", "loss_ema", "margin", "confidence", "agreement", "loss_rank")
-CLASSES, SAMPLES, DECAY, LR = 4, 24, 0.8, 0.5
+INPUTS = (
+    "loss",
+    "class",
+    "loss_ema",
+    "margin",
+    "confidence",
+    "agreement",
+    "loss_history",
+    "loss_rank",
+)
+CLASSES, SAMPLES, DECAY, LR, HISTORY = 4, 24, 0.8, 0.5, 3
 H = 1e-4
 """Finite-difference step: the truncation h²·|f⁽³⁾|/6 and the rounding gamma_1000·|f|/h
 (rounding.central_difference_error) are then about 2e-9 and 1e-9 an entry."""
@@ -36,21 +46,24 @@ def _data(seed: int, n: int):
 
 
 def _trained(hypergrad: str = "fast"):
-    """A model and a multi-input net after two steps, so that some rows of the averages
-    hold earlier visits; and the batch whose hypergradient is compared."""
+    """A model and a multi-input net after three steps, so that some rows of the averages
+    hold earlier visits and some loss sequences two of them (the compared batch shifts
+    them again); and the batch whose hypergradient is compared."""
     torch.manual_seed(0)
     model = Mlp(classes=CLASSES).double()
     net = mwnet.WeightNet(
-        hidden=6, inputs=INPUTS, num_classes=CLASSES, dynamics_decay=DECAY
+        hidden=6, inputs=INPUTS, num_classes=CLASSES, dynamics_decay=DECAY, history=HISTORY
     ).double()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     rw = mwnet.MetaReweighter(
         model, opt, net, torch.optim.SGD(net.parameters(), lr=0.3), num_samples=SAMPLES
     )
-    for seed in (1, 2):
+    for seed in (1, 2, 4):
         x, y, xm, ym, index = _data(seed, 12)
         rw.step(x, y, xm, ym, index)
     assert 0 < int(rw.inputs.seen.sum()) < SAMPLES
+    history = rw.inputs.table[:, 4:]
+    assert bool((history[:, 0] != history[:, 1]).any())  # a sequence already moved twice
     if hypergrad != "fast":
         other = mwnet.MetaReweighter(
             model,
@@ -78,7 +91,15 @@ def _reference_inputs(logits, y, losses, table, seen, index):
     now = torch.stack([losses, margin, confidence, agreement], 1)
     rows = torch.stack(
         [
-            DECAY * table[i] + (1 - DECAY) * now[k] if seen[i] else now[k]
+            DECAY * table[i, :4] + (1 - DECAY) * now[k] if seen[i] else now[k]
+            for k, i in enumerate(index)
+        ]
+    )
+    # the loss sequence: the last HISTORY - 1 losses kept, then this visit's; a first
+    # visit's loss in every column
+    history = torch.stack(
+        [
+            torch.cat([table[i, 5:], losses[k : k + 1]]) if seen[i] else losses[k].repeat(HISTORY)
             for k, i in enumerate(index)
         ]
     )
@@ -91,7 +112,7 @@ def _reference_inputs(logits, y, losses, table, seen, index):
         rank.append(below / len(same) if same else 0.5)
     one_hot = torch.eye(CLASSES, dtype=torch.float64)[y]
     rank = torch.tensor(rank, dtype=torch.float64)
-    return torch.cat([losses[:, None], one_hot, rows, rank[:, None]], 1)
+    return torch.cat([losses[:, None], one_hot, rows, history, rank[:, None]], 1)
 
 
 def _reference_hypergradient(model, net, table, seen, batch, order=None):
@@ -189,13 +210,32 @@ def test_an_input_left_attached_is_caught(monkeypatch):
         assert_within_order_noise(planted, reference, reordered, "planted")
 
 
+def _lagging_push(old, loss, seen):
+    """A plausible bug: the sequence of the earlier visits only, one visit behind."""
+    return torch.where(seen[:, None], old, loss[:, None].expand(-1, old.shape[1]))
+
+
+@pytest.mark.parametrize("hypergrad", ["fast", "reverse"])
+def test_a_loss_sequence_one_visit_behind_is_caught(monkeypatch, hypergrad):
+    """The sequence must end with this visit's loss: one that lags a visit feeds the net
+    other numbers for every sample seen before, and the hypergradient moves away from the
+    reference by far more than rounding."""
+    rw, model, net, batch = _trained(hypergrad)
+    monkeypatch.setattr(weight_inputs, "push_loss", _lagging_push)
+    planted = _flat(rw.meta_gradient(*batch)[0])
+    monkeypatch.undo()
+    reference, reordered = _reference_and_noise(model, net, rw, batch)
+    with pytest.raises(AssertionError, match="more than rounding explains"):
+        assert_within_order_noise(planted, reference, reordered, "planted")
+
+
 @pytest.mark.parametrize("hypergrad", ["head", "partial"])
 def test_restricted_modes_take_the_inputs_as_they_are(hypergrad):
     """head and partial differentiate the same weights (the same constant inputs): with a
     top holding every parameter, partial is fast's problem; head runs on the last layer."""
     torch.manual_seed(0)
     model = Mlp(classes=CLASSES).double()
-    net = mwnet.WeightNet(hidden=6, inputs=INPUTS, num_classes=CLASSES).double()
+    net = mwnet.WeightNet(hidden=6, inputs=INPUTS, num_classes=CLASSES, history=HISTORY).double()
     kw = {"partial": "head"} if hypergrad == "partial" else {}
     rw = mwnet.MetaReweighter(
         model,

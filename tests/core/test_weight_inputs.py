@@ -1,5 +1,6 @@
 """What a weighting net reads about each sample: hand-computed inputs, the per-sample
-averages against a loop written out here, the nets' widths, and the errors."""
+averages and loss sequences against loops written out here, the nets' widths, and the
+errors."""
 
 from __future__ import annotations
 
@@ -12,14 +13,25 @@ from nets import Mlp, random_batches
 from rounding import relative_sum_bound
 
 import mwnet
+from mwnet.core import weight_inputs
 from mwnet.core.weight_inputs import (
     WEIGHT_INPUTS,
     WeightInputs,
     check_inputs,
     rank_within_class,
 )
+from mwnet.core.weight_net_spec import build_weight_net, weight_net_spec
 
-ALL = ("loss", "class", "loss_ema", "margin", "confidence", "agreement", "loss_rank")
+ALL = (
+    "loss",
+    "class",
+    "loss_ema",
+    "margin",
+    "confidence",
+    "agreement",
+    "loss_history",
+    "loss_rank",
+)
 
 
 def test_margin_confidence_and_agreement_by_hand():
@@ -87,6 +99,130 @@ def test_averages_follow_each_sample_over_its_visits():
     # ... and the table holds every sample's latest; sample 3 seen once, its row its value
     assert inputs.seen.tolist() == [True] * 6
     assert torch.equal(inputs.table, torch.tensor([want[i] for i in range(6)], dtype=torch.float64))
+
+
+def _sequences(visits: list[tuple[list[int], list[float]]], k: int) -> list[list[list[float]]]:
+    """The loss sequence each visit feeds, written as a loop over visits: the sample's
+    losses so far, its first one repeated in front until there are k, the last k kept."""
+    seen: dict[int, list[float]] = {}
+    fed = []
+    for index, losses in visits:
+        batch = []
+        for i, loss in zip(index, losses, strict=True):
+            seen[i] = [*seen.get(i, []), loss]
+            padded = [seen[i][0]] * k + seen[i]
+            batch.append(padded[-k:])
+        fed.append(batch)
+    return fed
+
+
+def test_the_loss_sequence_by_hand():
+    """Sample 0's losses 1, 2, 3, 4 over four visits, K = 3: it reads [1, 1, 1],
+    [1, 1, 2], [1, 2, 3], [2, 3, 4]; sample 1 (seen at the first and last visits only)
+    [5, 5, 5] then [5, 5, 6]; sample 2 (seen at the last visit only) [7, 7, 7]."""
+    visits = [([0, 1], [1.0, 5.0]), ([0], [2.0]), ([0], [3.0]), ([0, 1, 2], [4.0, 6.0, 7.0])]
+    want = [
+        [[1.0, 1.0, 1.0], [5.0, 5.0, 5.0]],
+        [[1.0, 1.0, 2.0]],
+        [[1.0, 2.0, 3.0]],
+        [[2.0, 3.0, 4.0], [5.0, 5.0, 6.0], [7.0, 7.0, 7.0]],
+    ]
+    assert _sequences(visits, 3) == want  # the loop written here agrees with the hand
+    inputs = WeightInputs(["loss_history"], num_samples=4, history=3, dtype=torch.float64)
+    for (index, losses), rows in zip(visits, want, strict=True):
+        n = len(index)
+        got, pending = inputs.batch(
+            None,
+            torch.tensor(losses, dtype=torch.float64),
+            torch.zeros(n).long(),
+            torch.tensor(index),
+        )
+        assert got.tolist() == rows  # copies of the losses: equal to the bit
+        inputs.commit(pending)
+    assert inputs.table[:3].tolist() == [[2.0, 3.0, 4.0], [5.0, 5.0, 6.0], [7.0, 7.0, 7.0]]
+    assert inputs.seen.tolist() == [True, True, True, False]
+
+
+def test_a_sequence_one_visit_behind_is_caught(monkeypatch):
+    """A plausible bug, the sequence of the earlier visits without this one (one epoch
+    behind), feeds other numbers than the reference from the second visit on."""
+    monkeypatch.setattr(
+        weight_inputs,
+        "push_loss",
+        lambda old, loss, seen: torch.where(
+            seen[:, None], old, loss[:, None].expand(-1, old.shape[1])
+        ),
+    )
+    inputs = WeightInputs(["loss_history"], num_samples=1, history=3, dtype=torch.float64)
+    fed = []
+    for loss in (1.0, 2.0):
+        got, pending = inputs.batch(
+            None,
+            torch.tensor([loss], dtype=torch.float64),
+            torch.tensor([0]),
+            torch.tensor([0]),
+        )
+        fed.append(got.tolist())
+        inputs.commit(pending)
+    assert fed != _sequences([([0], [1.0]), ([0], [2.0])], 3)
+
+
+def test_the_sequence_and_the_averages_share_the_table_and_keep_their_values():
+    """Adding loss_history leaves the averages' columns what they were, to the bit, and
+    the sequence takes the last K columns of the table; loss_history of one visit is the
+    loss column itself."""
+    g = torch.Generator().manual_seed(0)
+    both = WeightInputs(
+        ["loss", "loss_history", "margin", "loss_ema"],
+        num_samples=6,
+        history=1,
+        dtype=torch.float64,
+    )
+    alone = WeightInputs(["margin", "loss_ema"], num_samples=6, dtype=torch.float64)
+    for index in ([0, 1, 2, 3], [2, 4, 0, 5], [5, 2, 1, 0]):
+        index = torch.tensor(index)
+        logits = torch.randn(4, 3, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 3, (4,), generator=g)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        got, pending = both.batch(logits, losses, labels, index)
+        want, pending_alone = alone.batch(logits, losses, labels, index)
+        assert torch.equal(got[:, 1], got[:, 0])  # K = 1: the loss
+        assert torch.equal(got[:, 2:], want)
+        both.commit(pending)
+        alone.commit(pending_alone)
+    assert torch.equal(both.table[:, :2], alone.table)
+    assert torch.equal(both.table[index, 2], losses)  # the last visit's losses
+
+
+def test_a_net_reading_one_visit_of_history_is_mw_nets_net():
+    """inputs=[loss_history], history=1: built under the same seed, the same parameters
+    and the same weights as the paper's loss-only net, to the bit."""
+    losses = torch.tensor([0.1, 0.7, 2.5, 4.0])
+    torch.manual_seed(5)
+    sequence = mwnet.WeightNet(inputs=["loss_history"], history=1)
+    torch.manual_seed(5)
+    plain = mwnet.WeightNet()
+    fed, _ = WeightInputs(["loss_history"], num_samples=4, history=1).batch(
+        None, losses, torch.zeros(4).long(), torch.arange(4)
+    )
+    assert torch.equal(sequence(fed).squeeze(1), plain(losses))
+
+
+def test_the_history_travels_with_the_net():
+    net = mwnet.WeightNet(inputs=["loss", "loss_history"], history=4)
+    assert net.net[0].in_features == 5 and net.history == 4 and net.dynamics_decay is None
+    assert "loss_history (4 visits)" in repr(net)
+    spec = weight_net_spec(net)
+    assert spec["history"] == 4 and spec["transforms"]["loss_history"] == "identity"
+    again = build_weight_net(spec)
+    assert again.history == 4 and again.net[0].in_features == 5
+    aware = mwnet.ClassAwareWeightNet([5, 3, 2], inputs=["loss_history"], history=2)
+    assert aware.trunk.in_features == 2 and build_weight_net(weight_net_spec(aware)).history == 2
+    assert mwnet.WeightNet().history is None  # no sequence read: no length recorded
+    with pytest.raises(ValueError, match="history must be a whole number of visits >= 1"):
+        mwnet.WeightNet(inputs=["loss_history"], history=0)
+    with pytest.raises(ValueError, match="needs its history"):
+        mwnet.WeightNet(inputs=["loss_history"], history=None)
 
 
 def test_an_uncommitted_batch_writes_nothing():
@@ -174,10 +310,10 @@ def test_a_loss_only_net_is_built_as_before():
 
 
 def test_widths_follow_the_inputs():
-    net = mwnet.WeightNet(inputs=ALL, num_classes=10, dynamics_decay=0.5)
-    assert net.net[0].in_features == 6 + 10 and net.dynamics_decay == 0.5
-    assert net(torch.zeros(3, 16)).shape == (3, 1)
-    with pytest.raises(ValueError, match=r"reads 16 columns per sample .*got \(3,\)"):
+    net = mwnet.WeightNet(inputs=ALL, num_classes=10, dynamics_decay=0.5, history=3)
+    assert net.net[0].in_features == 6 + 10 + 3 and net.dynamics_decay == 0.5
+    assert net(torch.zeros(3, 19)).shape == (3, 1)
+    with pytest.raises(ValueError, match=r"reads 19 columns per sample .*got \(3,\)"):
         net(torch.zeros(3))
     counts = [5, 3, 2]
     aware = mwnet.ClassAwareWeightNet(counts, inputs=["loss", "class"])

@@ -35,7 +35,7 @@ CLASSES = 4
 FEATURES = 6
 TRAINING_SET = 150
 """Positions the batches' samples are drawn from: three batches of 100 revisit samples, so
-the per-sample averages a weighting net may read hold earlier visits."""
+the per-sample averages and loss sequences a weighting net may read hold earlier visits."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class Case:
     meta_batch: int = 100
     inputs: tuple[str, ...] = ("loss",)
     """What the weighting net reads about each sample (method.mwnet.inputs)."""
+    history: int = 3
+    """K, the visits of the input loss_history (method.mwnet.history)."""
     gate: str = "none"
 
 
@@ -130,7 +132,7 @@ def train(
     meta = iter([(xm, ym) for _, (xm, ym, _), _ in shards])
     weight_net = None
     if case.method == "mwnet":
-        inputs = {"inputs": case.inputs}
+        inputs = {"inputs": case.inputs, "history": case.history}
         weight_net = (
             ClassAwareWeightNet([300, 200, 50, 10], hidden=100, **inputs)
             if case.class_aware

@@ -3,8 +3,8 @@
 Every case trains a BatchNorm-free float64 MLP for a few steps with momentum SGD, once on
 2 spawned ranks (gloo on loopback) and once in this process, and compares the model, the
 weighting net, the applied per-sample weights (gated, with gate="meta-sign"), the logged
-losses and, for a weighting net that reads per-sample averages (method.mwnet.inputs),
-their table.
+losses and, for a weighting net that reads per-sample averages or loss sequences
+(method.mwnet.inputs), their table.
 """
 
 from __future__ import annotations
@@ -69,6 +69,14 @@ CASES = [
         meta_interval=2,
     ),
     Case("cmwnet-fast-gate-uneven", class_aware=True, gate="meta-sign", batch=99),
+    Case("mwnet-fast-loss-history-uneven", inputs=("loss", "loss_history"), batch=99),
+    Case(
+        "cmwnet-reverse-loss-history-and-averages",
+        hypergrad="reverse",
+        class_aware=True,
+        inputs=("loss_history", "margin", "loss_rank"),
+        history=2,
+    ),
 ]
 REORDERINGS = (1, 2, 3)
 """Seeds of the one-process runs with the samples of every batch shuffled: how far the

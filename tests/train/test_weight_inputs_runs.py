@@ -1,6 +1,7 @@
 """Runs whose weighting net reads more than the loss (method.mwnet.inputs): an exact
-resume with the per-sample averages, the saved net's record of its inputs, its reuse, and
-the config's errors; and runs whose weights are gated by the meta gradient's sign."""
+resume with the per-sample averages and loss sequences, the saved net's record of its
+inputs, its reuse, and the config's errors; and runs whose weights are gated by the meta
+gradient's sign."""
 
 from __future__ import annotations
 
@@ -16,7 +17,19 @@ from mwnet.run import load_checkpoint, read_jsonl
 from mwnet.train import loop
 from mwnet.train.config import ConfigError, load_config
 
-EVERY = "method.mwnet.inputs=[loss,class,loss_ema,margin,confidence,agreement,loss_rank]"
+EVERY = (
+    "method.mwnet.inputs=[loss,class,loss_ema,margin,confidence,agreement,loss_history,loss_rank]"
+)
+INPUTS = [
+    "loss",
+    "class",
+    "loss_ema",
+    "margin",
+    "confidence",
+    "agreement",
+    "loss_history",
+    "loss_rank",
+]
 TIMING = ("epoch_time", "wall_time")
 
 
@@ -76,6 +89,11 @@ def test_a_run_with_averages_resumes_bit_for_bit(root, tmp_path, every_input_run
         assert torch.equal(a["model"][k], b["model"][k]), k
     dynamics = a["method"]["dynamics"]
     assert dynamics["seen"].all()  # two epochs: every sample visited
+    sequences = dynamics["table"][:, 4:]  # after the four averages, K = 10 losses
+    assert sequences.shape[1] == 10
+    # two visits each: the first loss in the first nine columns, the second one last
+    assert torch.equal(sequences[:, :9], sequences[:, :1].expand(-1, 9))
+    assert bool((sequences[:, 8] != sequences[:, 9]).all())
     for k in ("table", "seen"):
         assert torch.equal(dynamics[k], b["method"]["dynamics"][k]), k
     for k, v in a["method"]["weight_net"].items():
@@ -85,13 +103,14 @@ def test_a_run_with_averages_resumes_bit_for_bit(root, tmp_path, every_input_run
 def test_the_saved_net_records_what_it_reads(every_input_run):
     with (every_input_run / "weight_net.pt").open("rb") as f:  # plain data: weights-only
         spec = torch.load(f, weights_only=True)["state"]["weight_net"]["spec"]
-    inputs = ["loss", "class", "loss_ema", "margin", "confidence", "agreement", "loss_rank"]
+    inputs = INPUTS
     assert spec["inputs"] == inputs and spec["num_classes"] == 10
-    assert spec["dynamics_decay"] == 0.9
+    assert spec["dynamics_decay"] == 0.9 and spec["history"] == 10
     assert spec["transforms"] == {n: "one-hot" if n == "class" else "identity" for n in inputs}
     saved = mwnet.load_weight_net(every_input_run)
     assert saved.inputs == tuple(inputs) and saved.dynamics_decay == 0.9
-    assert saved.net.net[0].in_features == 16
+    assert saved.history == 10 and saved.net.history == 10
+    assert saved.net.net[0].in_features == 6 + 10 + 10
     # a weight is no function of the loss alone: no curve is written
     assert not (every_input_run / "weight_function.csv").exists()
 
@@ -111,11 +130,13 @@ def test_a_frozen_reuse_reads_the_same_inputs(root, tmp_path, every_input_run):
     [
         (
             ("method.mwnet.inputs=[loss,margin]",),
-            r"reads loss, class, loss_ema, margin, confidence, agreement, loss_rank, but "
-            r"method.mwnet.inputs=\[loss,margin\]; set method.mwnet.inputs=\[loss,class,",
+            r"reads loss, class, loss_ema, margin, confidence, agreement, loss_history, "
+            r"loss_rank, but method.mwnet.inputs=\[loss,margin\]; set "
+            r"method.mwnet.inputs=\[loss,class,",
         ),
         ((), r"reads .*, but method.mwnet.inputs=\[loss\]"),
         ((EVERY, "method.mwnet.dynamics_decay=0.5"), "set method.mwnet.dynamics_decay=0.9"),
+        ((EVERY, "method.mwnet.history=3"), "set method.mwnet.history=10"),
     ],
 )
 def test_a_net_fed_other_inputs_is_refused(root, tmp_path, every_input_run, extra, message):
@@ -143,9 +164,10 @@ def test_the_loss_alone_keeps_the_runs_state_and_curve(root, tmp_path):
         (
             ["method.mwnet.inputs=[loss,entropy]"],
             "method.mwnet.inputs: unknown input 'entropy'; choose from loss, class, loss_ema, "
-            "margin, confidence, agreement, loss_rank",
+            "margin, confidence, agreement, loss_history, loss_rank",
         ),
         (["method.mwnet.dynamics_decay=1.0"], r"dynamics_decay must lie in \[0, 1\)"),
+        (["method.mwnet.history=0"], "method.mwnet.history must be a whole number of visits"),
         (
             ["method.mwnet.inputs=[loss,margin]", "method.mwnet.freeze_tolerance=0.01"],
             "has none; use method.mwnet.freeze_epoch instead",

@@ -17,13 +17,14 @@ from torch import nn
 
 from mwnet.core.weight_inputs import (
     DEFAULT_DECAY,
+    DEFAULT_HISTORY,
     LOSS_ONLY,
     check_inputs,
     describe,
     input_matrix,
     input_width,
 )
-from mwnet.core.weight_net import dynamics_decay_of
+from mwnet.core.weight_net import dynamics_decay_of, history_of
 
 
 def cluster_by_count(counts: Sequence[int] | torch.Tensor, clusters: int = 3) -> torch.Tensor:
@@ -110,7 +111,7 @@ class ClassAwareWeightNet(nn.Module):
         clusters: the number of class groups ``K`` (CMW-Net: 3); fewer if there are fewer
             distinct counts.
         hidden: width of the trunk.
-        inputs, dynamics_decay: what the trunk reads about each sample, as for
+        inputs, dynamics_decay, history: what the trunk reads about each sample, as for
             :class:`~mwnet.WeightNet` (default the loss alone, CMW-Net's net); the one-hot
             ``class`` input has one column per class of ``class_counts``.
 
@@ -128,6 +129,7 @@ class ClassAwareWeightNet(nn.Module):
         *,
         inputs: Sequence[str] = LOSS_ONLY,
         dynamics_decay: float | None = DEFAULT_DECAY,
+        history: int | None = DEFAULT_HISTORY,
     ) -> None:
         super().__init__()
         if not isinstance(hidden, int) or hidden < 1:
@@ -136,8 +138,9 @@ class ClassAwareWeightNet(nn.Module):
         self.clusters = clusters
         self.hidden = hidden
         self.inputs = check_inputs(inputs)
-        self.width = input_width(self.inputs, len(cluster_of_class))
         self.dynamics_decay = dynamics_decay_of(self.inputs, dynamics_decay)
+        self.history = history_of(self.inputs, history)
+        self.width = input_width(self.inputs, len(cluster_of_class), self.history)
         self.register_buffer("class_counts", torch.as_tensor(_as_counts(class_counts)).long())
         self.register_buffer("cluster_of_class", cluster_of_class)
         self.trunk = nn.Linear(self.width, hidden)
@@ -174,7 +177,7 @@ class ClassAwareWeightNet(nn.Module):
     def extra_repr(self) -> str:
         extra = ""
         if self.inputs != LOSS_ONLY:
-            extra = f", inputs: {describe(self.inputs, self.num_classes)}"
+            extra = f", inputs: {describe(self.inputs, self.num_classes, self.history)}"
             if self.dynamics_decay is not None:
                 extra += f", dynamics_decay={self.dynamics_decay}"
         return (

@@ -53,7 +53,7 @@ from mwnet.core.sample_meta_gradient import sample_meta_gradient
 from mwnet.core.snapshot import ForwardSnapshot
 from mwnet.core.tangents import ForwardRecord, TangentReplay
 from mwnet.core.virtual_step import VirtualStepKind, affine_step, check_virtual_step
-from mwnet.core.weight_inputs import DEFAULT_DECAY, WeightInputs
+from mwnet.core.weight_inputs import DEFAULT_DECAY, DEFAULT_HISTORY, WeightInputs
 from mwnet.core.weight_net import WeightNet, net_inputs, takes_labels
 
 Normalization = Literal["sum", "sum-detached", "mean", "none"]
@@ -143,8 +143,8 @@ class MetaReweighter:
             attribute other than ``("loss",)`` (see :mod:`mwnet.core.weight_inputs`) is
             called with the ``(n, width)`` matrix of those inputs instead of the losses,
             all detached: the hypergradient is exact given them, in every mode. Inputs
-            averaged per training sample need ``num_samples`` here and ``index`` in
-            :meth:`step`; their table is part of :meth:`state_dict`.
+            kept per training sample (averages, the loss sequence) need ``num_samples``
+            here and ``index`` in :meth:`step`; their table is part of :meth:`state_dict`.
         weight_optimizer: optimizer of ``weight_net``; default Adam(lr=1e-3,
             weight_decay=1e-4), the authors' setting for flip noise.
         loss_fn: per-sample training loss ``(output, labels) -> (n,)``; default
@@ -213,7 +213,7 @@ class MetaReweighter:
             per step on a GPU).
         num_samples: the training set's size, for a weighting net that reads averages
             kept per training sample (``loss_ema``, ``margin``, ``confidence``,
-            ``agreement``); None otherwise.
+            ``agreement``) or their loss sequence (``loss_history``); None otherwise.
         gate: ``"none"`` (default) | ``"meta-sign"``: multiply each sample's weight in the
             real update by 1[g_i < 0], with g_i = ∂L_meta(θ − α∇_θ Σ_j ε_j L_j)/∂ε_i at
             ε = 0 = −α⟨∇_θ L_meta(θ), ∇_θ L_i(θ)⟩ the sample's own meta gradient, L2RW's
@@ -313,6 +313,7 @@ class MetaReweighter:
             num_classes=getattr(self.weight_net, "num_classes", None),
             num_samples=num_samples,
             decay=_decay(self.weight_net),
+            history=_history(self.weight_net),
             dtype=self._weight_dtype,
             device=next(self.weight_net.parameters()).device,
             reducer=reducer,
@@ -885,6 +886,12 @@ def _decay(weight_net: nn.Module) -> float:
     """The decay of the per-sample averages ``weight_net`` reads (unused without them)."""
     decay = getattr(weight_net, "dynamics_decay", None)
     return DEFAULT_DECAY if decay is None else float(decay)
+
+
+def _history(weight_net: nn.Module) -> int:
+    """The length of the loss sequence ``weight_net`` reads (unused without one)."""
+    history = getattr(weight_net, "history", None)
+    return DEFAULT_HISTORY if history is None else int(history)
 
 
 def check_gate(gate: str, hypergrad: str) -> None:

@@ -22,15 +22,33 @@ and its loss stays high relative to its class. These inputs, by name:
   ``row ← d·row + (1 − d)·value``; the current visit counts (the table is updated with the
   step's own training forward before the weights are computed). They need each sample's
   position in the training set (``index``).
+* ``loss_history``: the sample's training losses at its last ``history`` visits (K
+  columns, oldest first, the current visit last), after MROLS (Meta Reweighting via Loss
+  Sequences, from "Learning to Reweight Samples with Offline Loss Sequence";
+  code: Neronjust2017/MROLS). A wrong label's loss stays high epoch after epoch while a
+  hard clean sample's falls once the model learns it, so the sequence tells apart what one
+  loss value cannot. Each visit shifts the row left by one and writes the visit's loss in
+  the last column; a sample's first visit fills every column with its loss (replicate
+  padding: until a sample has K visits, its oldest known loss stands for the ones it has
+  not had, so a young sample looks like one whose loss never moved, not like one whose
+  loss was 0). With ``history=1`` the input is the loss itself. Needs ``index``.
+  Departures from the authors' code, which record each sample's loss at every visit
+  (training forward, before the update, as here) in separate plain cross-entropy runs,
+  average three seeds' sequences and feed the whole fixed sequence (one value per epoch of
+  those runs) to a 1-D convolutional net (two 16-channel convolutions of width 5, a
+  max-pool, a 16-unit layer): here the sequence is this run's own, online, over the last
+  K visits, and it is read by the same MLP as every other input (so it combines with them
+  and a net is saved, reused and frozen like any other). The losses stay raw, as the
+  authors' averaged sequence is (their script loads the unnormalised file).
 * ``loss_rank``: the loss's rank among the batch's samples with the same given label, in
   [0, 1]: (number with a smaller loss + half the others with an equal one) / (m − 1) for a
   class with m samples in the batch; 1/2 for a sample alone in its class. Under data
   parallelism the batch is the global batch.
 
 Scaling: fixed transforms, no running statistics. Every input is already on one of two
-scales: the loss, its average and the margin in nats or logit units (the scale of the
-authors' loss input, which must stay raw for ``inputs=[loss]`` to be MW-Net's net bit for
-bit), and the other inputs in [0, 1]. Running statistics would make an input's meaning
+scales: the loss, its average, its sequence and the margin in nats or logit units (the
+scale of the authors' loss input, which must stay raw for ``inputs=[loss]`` to be MW-Net's
+net bit for bit), and the other inputs in [0, 1]. Running statistics would make an input's meaning
 drift over training, so the curve learned at one epoch would be applied to differently
 scaled inputs at the next, and a net reused frozen would need the source run's statistics
 of its last epoch, which describe the end of training, not the start. The transform of
@@ -55,17 +73,24 @@ import torch.nn.functional as F
 
 from mwnet.core.reducer import GradientReducer
 
-WeightInput = Literal["loss", "class", "loss_ema", "margin", "confidence", "agreement", "loss_rank"]
+WeightInput = Literal[
+    "loss", "class", "loss_ema", "margin", "confidence", "agreement", "loss_history", "loss_rank"
+]
 WEIGHT_INPUTS: tuple[str, ...] = typing.get_args(WeightInput)
 """Every input a weighting net may read (see the module docstring)."""
 DYNAMIC_INPUTS: tuple[str, ...] = ("loss_ema", "margin", "confidence", "agreement")
 """Averages kept per training sample: they need each sample's position (``index``)."""
+HISTORY_INPUTS: tuple[str, ...] = ("loss_history",)
+"""Sequences kept per training sample: they need each sample's position (``index``)."""
 BATCH_INPUTS: tuple[str, ...] = ("loss_rank",)
 """Computed over the (global) batch."""
 LOSS_ONLY: tuple[str, ...] = ("loss",)
 """MW-Net's net: the loss alone."""
 DEFAULT_DECAY = 0.9
 """The averages' decay d: each sample is seen once an epoch, so about the last ten epochs."""
+DEFAULT_HISTORY = 10
+"""K, the visits ``loss_history`` spans: each sample is seen once an epoch, so the last ten
+epochs, the horizon of the averages' default decay."""
 TRANSFORMS: dict[str, str] = {name: "identity" for name in WEIGHT_INPUTS} | {"class": "one-hot"}
 """How each input reaches the net: as it is, or (``class``) as a one-hot row."""
 
@@ -103,23 +128,51 @@ def check_decay(decay: float, prefix: str = "") -> float:
     return float(decay)
 
 
+def check_history(history: int, prefix: str = "") -> int:
+    """K >= 1 visits (a whole number: it is a count of columns)."""
+    if isinstance(history, bool) or int(history) != history or int(history) < 1:
+        raise ValueError(f"{prefix}history must be a whole number of visits >= 1, got {history!r}")
+    return int(history)
+
+
 def reads_dynamics(inputs: Sequence[str]) -> bool:
     """Whether the inputs include an average kept per training sample (needs ``index``)."""
     return any(n in DYNAMIC_INPUTS for n in inputs)
 
 
-def input_width(inputs: Sequence[str], num_classes: int | None) -> int:
-    """Columns of the net's input: one per input, ``num_classes`` for ``class``."""
+def reads_history(inputs: Sequence[str]) -> bool:
+    """Whether the inputs include a loss sequence kept per training sample."""
+    return any(n in HISTORY_INPUTS for n in inputs)
+
+
+def per_sample(inputs: Sequence[str]) -> bool:
+    """Whether the inputs keep a row per training sample (an average or a sequence): such
+    a net needs ``num_samples`` and each batch's ``index``."""
+    return reads_dynamics(inputs) or reads_history(inputs)
+
+
+def input_width(inputs: Sequence[str], num_classes: int | None, history: int | None = None) -> int:
+    """Columns of the net's input: one per input, ``num_classes`` for ``class``, ``history``
+    for ``loss_history``."""
     if "class" in inputs and (num_classes is None or int(num_classes) < 1):
         raise ValueError(
             "the input 'class' is a one-hot row of the given label: the net needs num_classes"
         )
-    return sum(int(num_classes) if n == "class" else 1 for n in inputs)  # type: ignore[arg-type]
+    if reads_history(inputs) and history is None:
+        raise ValueError(
+            "the input 'loss_history' is a sequence of losses: the net needs history (its length)"
+        )
+    widths = {"class": num_classes, "loss_history": history}
+    return sum(int(widths.get(n) or 1) for n in inputs)
 
 
-def describe(inputs: Sequence[str], num_classes: int | None) -> str:
+def describe(inputs: Sequence[str], num_classes: int | None, history: int | None = None) -> str:
     """The inputs in words, e.g. ``loss, margin, class (10 columns)``."""
-    return ", ".join(f"class ({num_classes} columns)" if n == "class" else n for n in inputs)
+    words = {
+        "class": f"class ({num_classes} columns)",
+        "loss_history": f"loss_history ({history} visits)",
+    }
+    return ", ".join(words.get(n, n) for n in inputs)
 
 
 def input_matrix(x: torch.Tensor, inputs: Sequence[str], width: int, net: str) -> torch.Tensor:
@@ -175,6 +228,18 @@ def observe(
     return torch.stack([columns[name] for name in names], 1)
 
 
+def push_loss(old: torch.Tensor, loss: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """The loss sequences after this visit, shape (n, K): each seen row shifted left by one
+    with ``loss`` written last; an unseen sample's row is its loss in every column.
+
+    ``old``: the rows before the visit (n, K); ``loss``: the visit's losses (n,), detached;
+    ``seen``: whether each sample had a visit before (n,).
+    """
+    now = loss[:, None]
+    shifted = torch.cat([old[:, 1:], now], 1)
+    return torch.where(seen[:, None], shifted, now.expand(-1, old.shape[1]))
+
+
 @dataclass
 class PendingRows:
     """New rows of the averages, written once the step that computed them succeeded."""
@@ -185,14 +250,15 @@ class PendingRows:
 
 class WeightInputs:
     """The inputs of one weighting net for each training batch, and the per-sample table
-    of the averages among them.
+    of the averages and the loss sequence among them.
 
     Args:
         inputs: names from :data:`WEIGHT_INPUTS`, in the order of the net's columns.
         num_classes: the one-hot width of ``class``.
         num_samples: rows of the table (the training set's size); needed by
-            :data:`DYNAMIC_INPUTS`.
+            :data:`DYNAMIC_INPUTS` and :data:`HISTORY_INPUTS`.
         decay: the averages' d.
+        history: K, the visits of ``loss_history``.
         dtype, device: of the table and of the inputs built.
         reducer: data parallelism: the table rows of every rank's samples are gathered
             and written on every rank (so the ranks keep identical tables), and
@@ -207,6 +273,7 @@ class WeightInputs:
         num_classes: int | None = None,
         num_samples: int | None = None,
         decay: float = DEFAULT_DECAY,
+        history: int = DEFAULT_HISTORY,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         reducer: GradientReducer | None = None,
@@ -214,23 +281,29 @@ class WeightInputs:
     ) -> None:
         self.names = check_inputs(inputs)
         self.num_classes = num_classes
-        input_width(self.names, num_classes)  # class needs num_classes
         self.dynamic = tuple(n for n in self.names if n in DYNAMIC_INPUTS)
         self.decay = check_decay(decay)
+        self.history = check_history(history) if reads_history(self.names) else 0
+        """K, the columns of the loss sequence (0 without ``loss_history``)."""
+        input_width(self.names, num_classes, self.history or None)  # class needs num_classes
         self.dtype = dtype
         self.reducer = reducer
         self.checks = checks
+        self.kept = self.dynamic + tuple(n for n in self.names if n in HISTORY_INPUTS)
+        """The inputs kept per training sample, in the order of the table's columns."""
         self.table: torch.Tensor | None = None
-        """One row per training sample, one column per average, in training-set order."""
+        """One row per training sample in training-set order: one column per average, then
+        the K losses of the sequence, oldest first."""
         self.seen: torch.Tensor | None = None
-        """Whether each sample has been observed (its row holds an average)."""
-        if self.dynamic:
+        """Whether each sample has been observed (its row holds its averages and sequence)."""
+        if self.kept:
             if num_samples is None or int(num_samples) < 1:
                 raise ValueError(
-                    f"the inputs {', '.join(self.dynamic)} are averaged per training sample: "
+                    f"the inputs {', '.join(self.kept)} are kept per training sample: "
                     "pass num_samples (the training set's size)"
                 )
-            self.table = torch.zeros((int(num_samples), len(self.dynamic)), dtype=dtype)
+            columns = len(self.dynamic) + self.history
+            self.table = torch.zeros((int(num_samples), columns), dtype=dtype)
             self.table = self.table.to(device)
             self.seen = torch.zeros(int(num_samples), dtype=torch.bool, device=device)
 
@@ -240,7 +313,7 @@ class WeightInputs:
 
     @property
     def needs_index(self) -> bool:
-        return bool(self.dynamic)
+        return bool(self.kept)
 
     def batch(
         self,
@@ -267,12 +340,19 @@ class WeightInputs:
             )
         values = losses.to(self.dtype)
         pending, rows = None, None
-        if self.dynamic:
+        averages = len(self.dynamic)
+        if self.kept:
             index = self._index(index, n, values.device)
             assert self.table is not None and self.seen is not None
-            observed = observe(output, labels, values, self.dynamic)
-            old, seen = self.table[index], self.seen[index][:, None]
-            rows = torch.where(seen, self.decay * old + (1.0 - self.decay) * observed, observed)
+            old, seen = self.table[index], self.seen[index]
+            parts = []
+            if self.dynamic:
+                observed = observe(output, labels, values, self.dynamic)
+                moved = self.decay * old[:, :averages] + (1.0 - self.decay) * observed
+                parts.append(torch.where(seen[:, None], moved, observed))
+            if self.history:
+                parts.append(push_loss(old[:, averages:], values, seen))
+            rows = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
             pending = PendingRows(index, rows)
         ranks = None
         if "loss_rank" in self.names:
@@ -294,6 +374,9 @@ class WeightInputs:
             elif name == "loss_rank":
                 assert ranks is not None
                 columns.append(ranks[:, None])
+            elif name == "loss_history":
+                assert rows is not None
+                columns.append(rows[:, averages:])
             else:
                 assert rows is not None
                 columns.append(rows[:, self.dynamic.index(name), None])
@@ -302,7 +385,7 @@ class WeightInputs:
     def _index(self, index: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
         if index is None:
             raise ValueError(
-                f"the inputs {', '.join(self.dynamic)} are averaged per training sample: "
+                f"the inputs {', '.join(self.kept)} are kept per training sample: "
                 "pass index= (each sample's position in the training set) to step"
             )
         index = torch.as_tensor(index, device=device)
@@ -349,7 +432,7 @@ class WeightInputs:
         self.seen[pending.index] = True
 
     def state_dict(self) -> dict[str, Any]:
-        """The table (empty when no input is averaged per sample)."""
+        """The table (empty when no input is kept per sample)."""
         if self.table is None or self.seen is None:
             return {}
         return {"table": self.table.clone(), "seen": self.seen.clone()}
@@ -360,10 +443,11 @@ class WeightInputs:
         table = state.get("table")
         if table is None or tuple(table.shape) != tuple(self.table.shape):
             got = "none" if table is None else f"{tuple(table.shape)}"
+            columns = [*self.dynamic] + ([f"{self.history} losses"] if self.history else [])
             raise ValueError(
                 f"the saved per-sample averages are {got}, but this run keeps "
-                f"{tuple(self.table.shape)} (samples x {', '.join(self.dynamic)}): the run "
-                "was saved with other inputs or another training set"
+                f"{tuple(self.table.shape)} (samples x {', '.join(columns)}): the run "
+                "was saved with other inputs, another history or another training set"
             )
         self.table.copy_(table)
         self.seen.copy_(state["seen"])

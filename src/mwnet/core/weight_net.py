@@ -13,13 +13,16 @@ from torch import nn
 
 from mwnet.core.weight_inputs import (
     DEFAULT_DECAY,
+    DEFAULT_HISTORY,
     LOSS_ONLY,
     check_decay,
+    check_history,
     check_inputs,
     describe,
     input_matrix,
     input_width,
     reads_dynamics,
+    reads_history,
 )
 
 
@@ -41,6 +44,8 @@ class WeightNet(nn.Module):
         dynamics_decay: the decay of the per-sample averages among the inputs (``loss_ema``,
             ``margin``, ``confidence``, ``agreement``): part of what the inputs mean, so the
             net carries it and a reused net is fed the same averages. None without them.
+        history: K, the visits of the ``loss_history`` input (its K columns): recorded
+            like the decay; None without it.
 
     A loss-only net takes per-sample losses of shape ``(n,)`` or ``(n, 1)`` and returns
     the same shape; a net with more inputs takes their ``(n, width)`` matrix and returns
@@ -61,6 +66,7 @@ class WeightNet(nn.Module):
         inputs: Sequence[str] = LOSS_ONLY,
         num_classes: int | None = None,
         dynamics_decay: float | None = DEFAULT_DECAY,
+        history: int | None = DEFAULT_HISTORY,
     ) -> None:
         super().__init__()
         if hidden < 1:
@@ -70,8 +76,9 @@ class WeightNet(nn.Module):
         self.hidden, self.depth = hidden, depth
         self.inputs = check_inputs(inputs)
         self.num_classes = int(num_classes) if "class" in self.inputs and num_classes else None
-        self.width = input_width(self.inputs, num_classes)
         self.dynamics_decay = dynamics_decay_of(self.inputs, dynamics_decay)
+        self.history = history_of(self.inputs, history)
+        self.width = input_width(self.inputs, num_classes, self.history)
         widths: Sequence[int] = [self.width, *([hidden] * depth), 1]
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
@@ -89,7 +96,7 @@ class WeightNet(nn.Module):
         if self.inputs == LOSS_ONLY:
             return ""
         decay = "" if self.dynamics_decay is None else f", dynamics_decay={self.dynamics_decay}"
-        return f"inputs: {describe(self.inputs, self.num_classes)}{decay}"
+        return f"inputs: {describe(self.inputs, self.num_classes, self.history)}{decay}"
 
 
 def dynamics_decay_of(inputs: Sequence[str], decay: float | None) -> float | None:
@@ -101,6 +108,16 @@ def dynamics_decay_of(inputs: Sequence[str], decay: float | None) -> float | Non
             "a weighting net that reads per-sample averages needs their dynamics_decay"
         )
     return check_decay(decay)
+
+
+def history_of(inputs: Sequence[str], history: int | None) -> int | None:
+    """The sequence length a net with ``inputs`` records: None unless it reads
+    ``loss_history``."""
+    if not reads_history(inputs):
+        return None
+    if history is None:
+        raise ValueError("a weighting net that reads loss_history needs its history (K)")
+    return check_history(history)
 
 
 WeightInit = Literal["default", "flat"]

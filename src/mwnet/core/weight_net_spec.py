@@ -3,10 +3,11 @@
 A learned weighting net is an artefact of its own (CMW-Net transfers one, frozen, to
 another dataset). Saving only its state dict is not enough: rebuilding it needs its kind,
 its sizes, for the class-aware net the class counts it was clustered on, and what it reads
-about each sample (its inputs, how each is transformed, and the decay of the per-sample
-averages among them): a net fed other inputs than it learned on computes nonsense. The
-spec is plain data (str, int, float, lists, dicts), so a file holding it loads with
-``weights_only=True``. Specs written before nets had inputs hold none: they read the loss.
+about each sample (its inputs, how each is transformed, the decay of the per-sample
+averages and the length of the loss sequence among them): a net fed other inputs than it
+learned on computes nonsense. The spec is plain data (str, int, float, lists, dicts), so a
+file holding it loads with ``weights_only=True``. Specs written before nets had inputs hold
+none: they read the loss.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def weight_net_spec(net: nn.Module) -> dict[str, Any]:
     spec["transforms"] = {name: TRANSFORMS[name] for name in net.inputs}
     if net.dynamics_decay is not None:
         spec["dynamics_decay"] = net.dynamics_decay
+    if net.history is not None:
+        spec["history"] = net.history
     return spec
 
 
@@ -71,6 +74,8 @@ def build_weight_net(spec: dict[str, Any]) -> nn.Module:
             f"as {', '.join(TRANSFORMS[n] for n in changed)}"
         )
     decay = spec.get("dynamics_decay")
+    history = spec.get("history")
+    history = None if history is None else int(history)
     if kind == "mwnet":
         return WeightNet(
             hidden=int(spec["hidden"]),
@@ -78,6 +83,7 @@ def build_weight_net(spec: dict[str, Any]) -> nn.Module:
             inputs=inputs,
             num_classes=spec.get("num_classes"),
             dynamics_decay=None if decay is None else float(decay),
+            history=history,
         )
     if kind == "cmwnet":
         return ClassAwareWeightNet(
@@ -86,5 +92,6 @@ def build_weight_net(spec: dict[str, Any]) -> nn.Module:
             hidden=int(spec["hidden"]),
             inputs=inputs,
             dynamics_decay=None if decay is None else float(decay),
+            history=history,
         )
     raise ValueError(f"unknown weighting-net kind {kind!r}; expected one of {WEIGHT_NET_KINDS}")

@@ -31,10 +31,14 @@ from mwnet.core.reweighter import GATES, Gate, Normalization
 from mwnet.core.virtual_step import VirtualStepKind
 from mwnet.core.weight_inputs import (
     DEFAULT_DECAY,
+    DEFAULT_HISTORY,
     LOSS_ONLY,
     check_decay,
+    check_history,
     check_inputs,
+    per_sample,
     reads_dynamics,
+    reads_history,
 )
 from mwnet.core.weight_net import WeightInit, net_inputs
 from mwnet.methods.base import Method, StepOutput, next_meta_batch
@@ -104,11 +108,15 @@ class WeightingOptions:
     never read (unless gate reads it), a step costs about a plain step"""
     inputs: list[str] = field(default_factory=lambda: list(LOSS_ONLY))
     """what the weighting net reads about each sample, a list of: loss | class | loss_ema |
-    margin | confidence | agreement | loss_rank (see mwnet.core.weight_inputs); default
-    [loss], MW-Net's net"""
+    margin | confidence | agreement | loss_history | loss_rank (see
+    mwnet.core.weight_inputs); default [loss], MW-Net's net"""
     dynamics_decay: float = DEFAULT_DECAY
     """decay of the per-sample averages among the inputs (loss_ema, margin, confidence,
     agreement): row <- d row + (1 - d) value at each visit"""
+    history: int = DEFAULT_HISTORY
+    """K, the visits the input loss_history spans: the sample's losses at its last K visits
+    (about K epochs), oldest first, this one last, a first visit's loss repeated until
+    there are K (MROLS's loss sequence, online; see mwnet.core.weight_inputs)"""
     gate: Gate = "none"
     """none | meta-sign: the real update keeps a sample's weight only where its own meta
     gradient (L2RW's) is favourable; the weighting net learns as without it"""
@@ -119,6 +127,7 @@ class WeightingOptions:
         try:
             inputs = check_inputs(list(self.inputs), prefix)
             check_decay(self.dynamics_decay, prefix)
+            check_history(self.history, prefix)
         except ValueError as err:
             return str(err)
         if self.gate not in GATES:
@@ -250,11 +259,15 @@ class MetaWeightNet(Method):
             :mod:`mwnet.core.weight_inputs`): default ``("loss",)``, MW-Net's net, the
             same to the bit as before the option existed. ``class`` needs ``num_classes``;
             the averages (``loss_ema``, ``margin``, ``confidence``, ``agreement``) need
-            ``num_samples`` and ``index`` in :meth:`step`. A given ``weight_net`` must
-            read the same inputs (with the same ``dynamics_decay``). With more than the
+            ``num_samples`` and ``index`` in :meth:`step`, and so does ``loss_history``
+            (MROLS's loss sequence, online: see :mod:`mwnet.core.weight_inputs` for how
+            it departs from the authors' offline sequence and convolutional net). A given
+            ``weight_net`` must read the same inputs (with the same ``dynamics_decay``
+            and ``history``). With more than the
             loss there is no loss-to-weight curve: :meth:`weighting_function` is None and
             ``freeze_tolerance`` is refused.
         dynamics_decay: the decay of those averages.
+        history: K, the visits ``loss_history`` spans (its columns).
         num_classes: the classes, for the one-hot ``class`` input (CMW-Net's net counts
             them from ``class_counts``).
         num_samples: the training set's size: rows of the table of averages.
@@ -304,6 +317,7 @@ class MetaWeightNet(Method):
         mixup: bool = False,
         inputs: Sequence[str] = LOSS_ONLY,
         dynamics_decay: float = DEFAULT_DECAY,
+        history: int = DEFAULT_HISTORY,
         num_classes: int | None = None,
         num_samples: int | None = None,
         gate: Gate = "none",
@@ -363,9 +377,10 @@ class MetaWeightNet(Method):
             )
         param = next(model.parameters())
         decay = check_decay(dynamics_decay) if reads_dynamics(inputs) else None
+        length = check_history(history) if reads_history(inputs) else None
         if weight_net is not None:
             net = weight_net
-            _check_given_net(net, inputs, decay)
+            _check_given_net(net, inputs, decay, length)
         elif class_counts is not None:
             net = ClassAwareWeightNet(
                 class_counts,
@@ -373,6 +388,7 @@ class MetaWeightNet(Method):
                 hidden=weight_hidden,
                 inputs=inputs,
                 dynamics_decay=decay,
+                history=length,
             )
         else:
             net = WeightNet(
@@ -381,6 +397,7 @@ class MetaWeightNet(Method):
                 inputs=inputs,
                 num_classes=num_classes,
                 dynamics_decay=decay,
+                history=length,
             )
         if weight_init == "flat":
             start_flat(net)
@@ -414,7 +431,7 @@ class MetaWeightNet(Method):
             frozen=frozen,
             checks=checks,
             reducer=reducer,
-            num_samples=num_samples if reads_dynamics(inputs) else None,
+            num_samples=num_samples if per_sample(inputs) else None,
             gate=gate,
         )
         self.name = "cmwnet" if isinstance(net, ClassAwareWeightNet) else "mwnet"
@@ -544,7 +561,9 @@ class MetaWeightNet(Method):
                 self.reweighter.freeze()
 
 
-def _check_given_net(net: nn.Module, inputs: tuple[str, ...], decay: float | None) -> None:
+def _check_given_net(
+    net: nn.Module, inputs: tuple[str, ...], decay: float | None, history: int | None
+) -> None:
     """A net learned elsewhere must read what this run feeds it."""
     given = net_inputs(net)
     if given != inputs:
@@ -557,6 +576,12 @@ def _check_given_net(net: nn.Module, inputs: tuple[str, ...], decay: float | Non
         raise ValueError(
             f"the given weighting net learned on averages with dynamics_decay={given_decay}, "
             f"but dynamics_decay={decay}; pass dynamics_decay={given_decay} to use it"
+        )
+    given_history = getattr(net, "history", None)
+    if history is not None and given_history is not None and given_history != history:
+        raise ValueError(
+            f"the given weighting net reads loss sequences of {given_history} visits, but "
+            f"history={history}; pass history={given_history} to use it"
         )
 
 

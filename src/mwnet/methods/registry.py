@@ -11,7 +11,7 @@ from torch import nn
 
 from mwnet.core import ClassAwareWeightNet
 from mwnet.core.reducer import GradientReducer
-from mwnet.core.weight_inputs import reads_dynamics
+from mwnet.core.weight_inputs import per_sample
 from mwnet.methods.base import Method
 from mwnet.methods.bootstrap import (
     BootstrapHard,
@@ -321,8 +321,8 @@ def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodCon
         mode = o.hypergradient()
         inputs = tuple(o.inputs)
         samples = None
-        if reads_dynamics(inputs):
-            samples = len(_training_set(ctx, name, "averages per training sample"))
+        if per_sample(inputs):
+            samples = len(_training_set(ctx, name, "inputs kept per training sample"))
         return MetaWeightNet(
             ctx.model,
             ctx.optimizer,
@@ -352,6 +352,7 @@ def _weighting(class_aware: bool, label_correction: bool) -> Callable[[MethodCon
             mixup=bool(ctx.options["label_correction"].mixup) if label_correction else False,
             inputs=inputs,
             dynamics_decay=o.dynamics_decay,
+            history=o.history,
             num_classes=len(ctx.class_counts),
             num_samples=samples,
             gate=o.gate,

@@ -2,9 +2,10 @@
 
 The file is an mwnet checkpoint (atomic write, ``weights_only=True`` load, one-line
 errors) whose state holds the net's spec (:mod:`mwnet.core.weight_net_spec`: kind, sizes,
-and what it reads about each sample with each input's transform and the decay of the
-per-sample averages), its state dict and the weight normalisation it was learned with: the
-learned curve's scale only means something under that normalisation.
+and what it reads about each sample with each input's transform, the decay of the
+per-sample averages and the length of the loss sequence), its state dict and the weight
+normalisation it was learned with: the learned curve's scale only means something under
+that normalisation.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class SavedWeightNet:
     def dynamics_decay(self) -> float | None:
         """The decay of the per-sample averages among its inputs; None without them."""
         return getattr(self.net, "dynamics_decay", None)
+
+    @property
+    def history(self) -> int | None:
+        """The visits of its ``loss_history`` input; None without it."""
+        return getattr(self.net, "history", None)
 
 
 def save_weight_net(path: str | os.PathLike[str], net: nn.Module, *, normalize: str) -> None:

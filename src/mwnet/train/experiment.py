@@ -242,6 +242,13 @@ def reused_weight_net(cfg: Any, num_classes: int) -> nn.Module | None:
             f"dynamics_decay={decay}, but this run uses {w.dynamics_decay}; its inputs mean the "
             f"same only with the same decay: set method.mwnet.dynamics_decay={decay}"
         )
+    history = saved.history
+    if history is not None and history != w.history:
+        raise ConfigError(
+            f"{saved.path} was learned on loss sequences of method.mwnet.history={history} "
+            f"visits, but this run uses {w.history}; its input has {history} columns: set "
+            f"method.mwnet.history={history}"
+        )
     if saved.normalize != w.normalize:
         raise ConfigError(
             f"{saved.path} was learned with method.mwnet.normalize={saved.normalize}, but this "
