@@ -656,6 +656,19 @@ METHODS: tuple[MethodSpec, ...] = (
         default=False,
         knob=WEIGHT_LR,
     ),
+    # MROLS's input, kept online: each sample's losses at its last 10 visits.
+    MethodSpec(
+        "mwnet-history",
+        "MW-Net (fast, loss + loss sequence)",
+        (
+            "method.name=mwnet",
+            "method.mwnet.hypergrad=fast",
+            "method.mwnet.inputs=[loss,loss_history]",
+        ),
+        3.6,
+        default=False,
+        knob=WEIGHT_LR,
+    ),
     MethodSpec(
         "mwnet-gate",
         "MW-Net (fast, meta-sign gate)",
