@@ -21,7 +21,7 @@ import torch
 from mwnet.data.dataset import ImageDataset
 from mwnet.data.errors import ConfigError
 from mwnet.data.image_folder import load_image_folder, load_image_list
-from mwnet.data.label_edits import apply_label_edits, read_label_edits
+from mwnet.data.label_edits import apply_label_edits, edits_by_id, read_label_edits
 from mwnet.data.long_tail import long_tail_counts, long_tail_indices
 from mwnet.data.meta_split import default_meta_per_class, meta_split
 from mwnet.data.noise import corrupt
@@ -249,6 +249,10 @@ def prepare(d: Any, seed: int, *, meta_reader: str | None = None) -> TrainData:
     if d.exclude or d.relabel:
         exclude = read_label_edits(d.exclude, relabel=False) if d.exclude else None
         relabel = read_label_edits(d.relabel, relabel=True) if d.relabel else None
+        if exclude is not None:
+            exclude = edits_by_id(exclude, train.ids, train.classes, "data.exclude")
+        if relabel is not None:
+            relabel = edits_by_id(relabel, train.ids, train.classes, "data.relabel")
         keep, observed = apply_label_edits(
             train_idx,
             observed,
