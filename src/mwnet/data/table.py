@@ -93,8 +93,13 @@ def read_table(
     path: str | os.PathLike[str],
     columns: TableColumns = TableColumns(),
     labels_path: str | os.PathLike[str] | None = None,
+    labels_required: bool = True,
 ) -> Table:
     """The table at ``path`` (see the module docstring for the formats).
+
+    With ``labels_required=False`` (rows to predict) a table without its label column
+    (or a ``.npz`` without labels, a ``.npy`` without ``labels_path``) is read with every
+    label ``""``; a label column that is there must still be filled in.
 
     Raises:
         DatasetError: one line naming the file (row, column) and the fix, for a missing
@@ -109,13 +114,15 @@ def read_table(
         raise DatasetError(f"{path}: {what}; give a table file ({', '.join(TABLE_EXTENSIONS)})")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _from_columns(*_csv_columns(path), columns, path, csv_lines=True)
+        header, data = _csv_columns(path)
+        return _from_columns(header, data, columns, path, True, labels_required)
     if suffix in (".parquet", ".pq"):
-        return _from_columns(*_parquet_columns(path), columns, path, csv_lines=False)
+        header, data = _parquet_columns(path)
+        return _from_columns(header, data, columns, path, False, labels_required)
     if suffix == ".npz":
-        return _from_npz(path)
+        return _from_npz(path, labels_required)
     if suffix == ".npy":
-        return _from_npy(path, labels_path)
+        return _from_npy(path, labels_path, labels_required)
     raise DatasetError(
         f"{path}: cannot read a {suffix or 'extensionless'} file as a table; give a "
         f"{', '.join(TABLE_EXTENSIONS)} file"
@@ -182,9 +189,12 @@ def _from_columns(
     cols: TableColumns,
     path: Path,
     csv_lines: bool,
+    labels_required: bool = True,
 ) -> Table:
     n = len(next(iter(data.values()), []))
-    named = [c for c in (cols.label, cols.embedding, cols.id, cols.trusted) if c]
+    labelled = labels_required or cols.label in data
+    named = [c for c in (cols.embedding, cols.id, cols.trusted) if c]
+    named = ([cols.label] if labelled else []) + named
     named += list(cols.features or ())
     for column in named:
         if column not in data:
@@ -214,7 +224,7 @@ def _from_columns(
             "data.table.feature_columns=[...] or data.table.embedding_column=COLUMN"
         )
     features = np.concatenate(blocks, axis=1)
-    labels = _labels(data[cols.label], cols.label, path, csv_lines)
+    labels = _labels(data[cols.label], cols.label, path, csv_lines) if labelled else ("",) * n
     if cols.id:
         ids = tuple(_text(v) for v in data[cols.id])
         _check_ids(ids, path, csv_lines)
@@ -396,18 +406,20 @@ def _label_texts(y: np.ndarray, n: int, path: Path, what: str) -> tuple[str, ...
     return tuple(str(v) for v in y.tolist())
 
 
-def _from_npz(path: Path) -> Table:
+def _from_npz(path: Path, labels_required: bool = True) -> Table:
     with _load_numpy(path) as arrays:
         keys = set(arrays.files)
         xkey = next((k for k in FEATURE_KEYS if k in keys), None)
         ykey = next((k for k in LABEL_KEYS if k in keys), None)
-        if xkey is None or ykey is None:
+        if xkey is None or (ykey is None and labels_required):
             missing = "features (X or features)" if xkey is None else "labels (y or labels)"
             raise DatasetError(
                 f"{path}: no array of {missing}; its arrays are {', '.join(sorted(keys))}"
             )
         x = _check_matrix(arrays[xkey], path, f"array {xkey!r}")
-        labels = _label_texts(arrays[ykey], x.shape[0], path, f"array {ykey!r}")
+        labels = ("",) * x.shape[0]
+        if ykey is not None:
+            labels = _label_texts(arrays[ykey], x.shape[0], path, f"array {ykey!r}")
         ids = tuple(str(i) for i in range(x.shape[0]))
         if "ids" in keys:
             ids = _label_texts(arrays["ids"], x.shape[0], path, "array 'ids'")
@@ -422,16 +434,21 @@ def _from_npz(path: Path) -> Table:
     return Table(x, labels, ids, trusted, names, path)
 
 
-def _from_npy(path: Path, labels_path: str | os.PathLike[str] | None) -> Table:
-    if labels_path is None:
+def _from_npy(
+    path: Path, labels_path: str | os.PathLike[str] | None, labels_required: bool = True
+) -> Table:
+    if labels_path is None and labels_required:
         raise DatasetError(
             f"{path}: a .npy file holds the features only; give its labels with "
             "data.table.labels_path=LABELS.npy (or save both in one .npz as X and y)"
         )
     x = _check_matrix(_load_numpy(path), path, "the feature array")
+    names = tuple(f"x[{k}]" for k in range(x.shape[1]))
+    ids = tuple(str(i) for i in range(x.shape[0]))
+    if labels_path is None:
+        return Table(x, ("",) * x.shape[0], ids, None, names, path)
     lpath = Path(labels_path)
     if not lpath.is_file():
         raise DatasetError(f"{lpath}: labels file does not exist (data.table.labels_path)")
     labels = _label_texts(_load_numpy(lpath), x.shape[0], lpath, "the label array")
-    names = tuple(f"x[{k}]" for k in range(x.shape[1]))
-    return Table(x, labels, tuple(str(i) for i in range(x.shape[0])), None, names, path)
+    return Table(x, labels, ids, None, names, path)

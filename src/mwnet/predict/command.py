@@ -227,7 +227,12 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"exported {export_model(model, args.export)} (torch.export)", file=sys.stderr)
         if args.inputs is None:
             return 0
-    inputs = open_inputs(args.inputs, model.classes, args.data_root, args.image_root)
+    if model.input.table is not None:
+        from mwnet.predict.inputs import open_table_inputs
+
+        inputs = open_table_inputs(args.inputs, model.input.table)
+    else:
+        inputs = open_inputs(args.inputs, model.classes, args.data_root, args.image_root)
     if args.output is None:
         writing: contextlib.AbstractContextManager[IO[str]] = contextlib.nullcontext(sys.stdout)
     else:
