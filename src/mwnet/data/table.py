@@ -215,8 +215,14 @@ def _from_columns(
         vectors = _embedding(data[cols.embedding], cols.embedding, path, csv_lines)
         blocks.append(vectors)
         feature_names += [f"{cols.embedding}[{k}]" for k in range(vectors.shape[1])]
+    fix = (
+        "fix the cell, or leave the column out of data.table.feature_columns"
+        if cols.features is not None
+        else "fix the cell; if the column is no feature, list the features in "
+        "data.table.feature_columns=[...] (or, if it names the rows, set data.table.id_column)"
+    )
     for name in names:
-        blocks.append(_numeric(data[name], name, path, csv_lines)[:, None])
+        blocks.append(_numeric(data[name], name, path, csv_lines, fix)[:, None])
         feature_names.append(name)
     if not blocks:
         raise DatasetError(
@@ -266,14 +272,16 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _numeric(values: Sequence[Any], name: str, path: Path, csv_lines: bool) -> np.ndarray:
+def _numeric(
+    values: Sequence[Any], name: str, path: Path, csv_lines: bool, fix: str
+) -> np.ndarray:
     out = np.empty(len(values), dtype=np.float64)
     for i, value in enumerate(values):
         x = _number(value)
         if x is None:
             raise DatasetError(
                 f"{_row_name(path, i, csv_lines)}: column {name!r} holds {_text(value)!r}, not a "
-                "number; fix the cell, or leave the column out of data.table.feature_columns"
+                f"number; {fix}"
             )
         if not math.isfinite(x):
             raise DatasetError(
