@@ -272,9 +272,7 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _numeric(
-    values: Sequence[Any], name: str, path: Path, csv_lines: bool, fix: str
-) -> np.ndarray:
+def _numeric(values: Sequence[Any], name: str, path: Path, csv_lines: bool, fix: str) -> np.ndarray:
     out = np.empty(len(values), dtype=np.float64)
     for i, value in enumerate(values):
         x = _number(value)

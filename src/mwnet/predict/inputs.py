@@ -195,18 +195,21 @@ def open_table_inputs(text: str, table: dict) -> Inputs:
 
     from mwnet.data.table import TableColumns, read_table
 
-    features = table.get("feature_columns")
+    expected = tuple(table["feature_names"])
+    embedding = table.get("embedding_column")
+    # The columns by the names the model was trained on, in its order, whatever order
+    # the file has them in and whatever else it holds (an embedding's entries excepted).
+    named = tuple(f for f in expected if not (embedding and f.startswith(f"{embedding}[")))
     trusted = table.get("trusted_column")
     columns = TableColumns(
         label=str(table["label_column"]),
-        features=None if features is None else tuple(features),
-        embedding=table.get("embedding_column"),
+        features=named,
+        embedding=embedding,
         id=table.get("id_column"),
         ignore=() if trusted is None else (str(trusted),),
     )
     rows = read_table(text, columns, labels_required=False)
-    expected = tuple(table["feature_names"])
-    if rows.feature_names != expected:
+    if rows.feature_names != expected:  # an embedding of another length
         missing = [f for f in expected if f not in rows.feature_names]
         extra = [f for f in rows.feature_names if f not in expected]
         detail = (
