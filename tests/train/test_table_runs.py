@@ -202,3 +202,17 @@ def test_predict_on_a_table_applies_the_training_standardisation(trained, tmp_pa
     assert (raw - reference).abs().max() > 100 * bound
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train_samples"] == len(_rows(run_dir / "label_issues.csv"))
+
+
+def test_an_exported_table_model_gives_the_loaded_models_probabilities(trained, tmp_path) -> None:
+    from mwnet.predict.model import load_model
+
+    _, run_dir = trained
+    model = load_model(run_dir)
+    assert main(["predict", str(run_dir), "--export", str(tmp_path / "m.pt2")]) == 0
+    program = torch.export.load(tmp_path / "m.pt2").module()
+    rows = torch.randn(5, 4, 1, 1) * torch.tensor([1.0, 1.0, 1.0, 10.0]).view(1, 4, 1, 1) + 1
+    # the same float32 operations in the same order: equal bit for bit
+    assert torch.equal(program(rows), model.predict_proba(rows))
+    with pytest.raises(ValueError, match=r"float32 \(N, 4, 1, 1\)"):
+        model.predict_proba(torch.zeros(5, 3, 1, 1))
