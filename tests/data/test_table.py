@@ -234,6 +234,13 @@ def test_the_set_errors_name_the_key_and_the_fix(tmp_path: Path) -> None:
     narrow = write_csv(tmp_path / "narrow.csv", ["id", "label", "f0"], [["a", "cat", "1"]])
     with pytest.raises(DatasetError, match=r"narrow.csv \(data.table.test_path\) has 1 features"):
         prepare(table_config(path, f"data.table.test_path={narrow}").data, 0)
+    # too few rows for a carved meta set (synthetic noise) or a validation split
+    carve = ("data.table.trusted_column=null", "data.noise=uniform", "data.noise_rate=0.2")
+    few = table_config(path, *carve, "data.meta_per_class=20")
+    with pytest.raises(ConfigError, match=r"class 'cat' has \d+ training samples, fewer than the"):
+        prepare(few.data, 0, meta_reader="mwnet")
+    with pytest.raises(ConfigError, match=r"data.val_size=48 holds out all 48 training samples"):
+        prepare(table_config(path, "data.val_size=48").data, 0)
     with pytest.raises(ConfigError, match=r"data\.table\.path=FILE"):
         load_config(None, ["data.dataset=table"])
     with pytest.raises(ConfigError, match=r"data\.normalize=imagenet holds image constants"):

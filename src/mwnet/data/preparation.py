@@ -142,7 +142,7 @@ def _meta_split(
     if short:
         c = short[0]
         raise ConfigError(
-            f"class {classes[c]!r} has {int(counts[c])} training images, fewer than the "
+            f"class {classes[c]!r} has {int(counts[c])} training samples, fewer than the "
             f"{per_class} per class the clean meta set takes (data.meta_per_class); set "
             f"data.meta_per_class to at most {int(counts.min())}, or give a trusted set"
         )
