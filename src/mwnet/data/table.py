@@ -273,6 +273,13 @@ def _number(value: Any) -> float | None:
 
 
 def _numeric(values: Sequence[Any], name: str, path: Path, csv_lines: bool, fix: str) -> np.ndarray:
+    if not any(isinstance(v, bool) or v is None for v in values):
+        try:  # numpy's parser first; a cell it refuses is found and named below
+            fast = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            fast = None
+        if fast is not None and fast.ndim == 1 and np.isfinite(fast).all():
+            return fast
     out = np.empty(len(values), dtype=np.float64)
     for i, value in enumerate(values):
         x = _number(value)

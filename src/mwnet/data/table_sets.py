@@ -47,21 +47,17 @@ def _path(d: Any, value: str) -> Path:
 
 
 def table_classes(labels: tuple[str, ...]) -> list[str]:
-    """The class names of ``labels``: sorted as integers when every one is, else as text."""
+    """The class names of ``labels``: sorted as integers when every one is an integer
+    written plainly (``"2" < "10"``), else sorted as text."""
     distinct = set(labels)
-    try:
-        return (
-            [str(v) for v in sorted({int(y) for y in distinct})]
-            if _all_ints(distinct)
-            else (sorted(distinct))
-        )
-    except ValueError:
-        return sorted(distinct)
+    if all(_plain_int(y) for y in distinct):
+        return sorted(distinct, key=int)
+    return sorted(distinct)
 
 
-def _all_ints(labels: set[str]) -> bool:
+def _plain_int(text: str) -> bool:
     try:
-        return all(str(int(y)) == y for y in labels)
+        return str(int(text)) == text
     except ValueError:
         return False
 
