@@ -138,7 +138,8 @@ class DataConfig:
     """A class whose every training sample data.exclude lists keeps its samples (with a
     warning) instead of being refused: for pipelines that drop a run's flags unattended"""
     normalize: str = "auto"
-    """auto (CIFAR constants for CIFAR, training-set statistics otherwise) | imagenet | none"""
+    """auto (CIFAR constants for CIFAR, training-set statistics otherwise: per channel for
+    images, per feature for tables) | imagenet | none"""
     augment: bool = True
     padding: int = 4
     pad_mode: str = "reflect"

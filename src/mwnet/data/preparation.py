@@ -191,8 +191,8 @@ def prepare(d: Any, seed: int, *, meta_reader: str | None = None) -> TrainData:
         d: the run's ``data.*`` config.
         seed: the run's seed.
         meta_reader: the name of the run's method if it reads a trusted meta set, else
-            None: a user's own images (``data.dataset`` folder or list) without one are
-            refused for such a method, and trained on whole for the others.
+            None: a user's own data (``data.dataset`` folder, list or table) without one
+            is refused for such a method, and trained on whole for the others.
 
     Raises:
         ConfigError: a ``data.*`` value these files cannot be used with (named, with the fix).
