@@ -300,3 +300,29 @@ def test_table_batches_are_the_tensors_the_loop_shards(tmp_path: Path) -> None:
         from mwnet.data import Augment
 
         DeviceBatches(data.train_images, data.train_labels, 8, "cpu", augment=Augment())
+
+
+def test_rows_to_predict_need_no_labels_and_their_features_by_name(tmp_path: Path) -> None:
+    from mwnet.predict.inputs import open_table_inputs
+
+    trained_on = {
+        "feature_names": ["X[0]", "X[1]"],
+        "label_column": "label",
+        "feature_columns": None,
+        "embedding_column": None,
+        "id_column": None,
+        "trusted_column": None,
+    }
+    np.savez(tmp_path / "new.npz", X=X, ids=np.array(IDS))  # no labels
+    rows = open_table_inputs(str(tmp_path / "new.npz"), trained_on)
+    assert rows.column == "id" and [item.name for item in rows.items] == IDS
+    assert not rows.labelled
+    assert torch.equal(rows.images, torch.tensor(X, dtype=torch.float32).view(6, 2, 1, 1))
+    # a CSV whose embedding has another length than the model's
+    emb = {**trained_on, "feature_names": ["e[0]", "e[1]"], "embedding_column": "e"}
+    path = write_csv(tmp_path / "e.csv", ["e", "label"], [["1 2 3", "dog"]])
+    with pytest.raises(DatasetError, match=r"not the 2 the model was trained on \(extra e\[2\]\)"):
+        open_table_inputs(str(path), emb)
+    path = write_csv(tmp_path / "ok.csv", ["label", "e"], [["dog", "1 2"], ["", "3 4"]])
+    some = open_table_inputs(str(path), emb)  # an empty label cell: that row is unlabelled
+    assert [item.label for item in some.items] == ["dog", None] and some.labelled

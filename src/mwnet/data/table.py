@@ -99,7 +99,7 @@ def read_table(
 
     With ``labels_required=False`` (rows to predict) a table without its label column
     (or a ``.npz`` without labels, a ``.npy`` without ``labels_path``) is read with every
-    label ``""``; a label column that is there must still be filled in.
+    label ``""``, and so is an empty label cell.
 
     Raises:
         DatasetError: one line naming the file (row, column) and the fix, for a missing
@@ -230,7 +230,10 @@ def _from_columns(
             "data.table.feature_columns=[...] or data.table.embedding_column=COLUMN"
         )
     features = np.concatenate(blocks, axis=1)
-    labels = _labels(data[cols.label], cols.label, path, csv_lines) if labelled else ("",) * n
+    if labels_required:
+        labels = _labels(data[cols.label], cols.label, path, csv_lines)
+    else:  # rows to predict: an empty label cell is an unlabelled row
+        labels = tuple(_text(v) for v in data[cols.label]) if labelled else ("",) * n
     if cols.id:
         ids = tuple(_text(v) for v in data[cols.id])
         _check_ids(ids, path, csv_lines)
