@@ -112,6 +112,7 @@ BAD_TABLES = [
     (H, [["r0", "dog", "1", "x"]], C, r"t.csv:2: column 'b' holds 'x', not a number"),
     (H, [*ROWS, ["r2", "eel", "nan", "1"]], C, r"t.csv:4: column 'a' is nan \(not finite\)"),
     (H, [*ROWS, ["r2", "eel", "1", "inf"]], C, r"t.csv:4: column 'b' is inf"),
+    (H, [*ROWS, ["r2", "eel", "", "1"]], C, r"t.csv:4: column 'a' is empty \(a missing value\)"),
     (H, [*ROWS, ["r2", "eel", "1"]], C, r"t.csv:4: 3 cells for the 4 columns .*ragged"),
     (H, [*ROWS, ["r0", "eel", "1", "2"]], C, r"t.csv:4: id 'r0' repeats the id of .*t.csv:2"),
     (H, [], C, r"a header but no rows"),

@@ -286,6 +286,11 @@ def _numeric(values: Sequence[Any], name: str, path: Path, csv_lines: bool, fix:
     out = np.empty(len(values), dtype=np.float64)
     for i, value in enumerate(values):
         x = _number(value)
+        if x is None and not _text(value):
+            raise DatasetError(
+                f"{_row_name(path, i, csv_lines)}: column {name!r} is empty (a missing value); "
+                "fill it in or drop the row"
+            )
         if x is None:
             raise DatasetError(
                 f"{_row_name(path, i, csv_lines)}: column {name!r} holds {_text(value)!r}, not a "
