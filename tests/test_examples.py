@@ -99,3 +99,26 @@ def test_lightning_quickstart_separates_wrong_labels(capsys, tmp_path, monkeypat
     assert wrong < 0.5 * clean, weights
     assert _numbers(accuracy)[0] > 0.9, accuracy
     assert list(tmp_path.iterdir()) == []  # the example leaves no files behind
+
+
+def test_table_embeddings_example_flags_the_wrong_rows_by_id(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["table_embeddings.py", str(tmp_path)])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(EXAMPLES / "table_embeddings.py"), run_name="__main__")
+    assert done.value.code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("[")]
+    rows, wrong = (
+        int(v) for v in re.search(r"\((\d+) rows, .*, (\d+) labels wrong", lines[0]).groups()
+    )
+    methods = [line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ")]
+    assert methods[1:] == ["ce", "mwnet", "ce, mwnet's flagged labels removed"]
+    top = next(line for line in lines if line.startswith("most suspicious rows: "))
+    assert re.findall(r"item-\d{5}", top) and int(re.search(r"\((\d) of 5", top)[1]) >= 4, top
+    found = next(line for line in lines if line.startswith("flagged rows that were"))
+    precision, recall = _numbers(found)
+    # flagging at random would be right at the noise rate (wrong / rows, about 0.3)
+    assert precision > 2 * wrong / rows and recall > 0.8, found
+    accuracy = _numbers(lines[-1])
+    assert len(accuracy) == 3 and min(accuracy) > 50, lines[-1]
+    with (tmp_path / "compare" / "mwnet" / "label_issues.csv").open() as f:
+        assert f.readline().startswith("index,id,given_label")

@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+from rounding import gamma
 from torch import nn
 
 import mwnet
@@ -34,6 +35,7 @@ FORWARD_CASES: list[tuple[str, dict]] = [
     ("wrn", {"depth": 10, "width": 2, "dropout": 0.3}),
     ("cnn_small", {}),
     ("mlp", {"hidden": (32, 16), "dropout": 0.1}),
+    ("linear", {}),
     ("preact_resnet18", {"width": 16}),
 ]
 
@@ -391,6 +393,22 @@ def test_in_channels_and_defaults() -> None:
     wide_mlp = build("mlp", 10, in_channels=3, image_size=32)
     assert wide_mlp(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert mlp(in_features=5, hidden=())(torch.randn(2, 5)).shape == (2, 10)
+
+
+def test_table_rows_give_the_flat_models_their_width() -> None:
+    """A table's rows are D channels of one pixel: the flat models take D inputs."""
+    torch.manual_seed(0)
+    rows = torch.randn(4, 7, 1, 1)
+    model = build("linear", 3, in_channels=7, image_size=1)
+    assert n_params(model) == 7 * 3 + 3  # one affine map, no hidden layer
+    layer = model.net[-1]
+    expected = rows.flatten(1).double() @ layer.weight.double().T + layer.bias.double()
+    # 7-term float32 dot products plus a bias: within gamma_8 of their sums of |terms|
+    terms = rows.flatten(1).double().abs() @ layer.weight.double().abs().T + layer.bias.abs()
+    assert ((model(rows).double() - expected).abs() <= gamma(8, torch.float32) * terms).all()
+    assert build("mlp", 3, in_channels=7, image_size=1)(rows).shape == (4, 3)
+    with pytest.raises(RuntimeError):  # a width taken from elsewhere does not fit
+        build("linear", 3, in_channels=1, image_size=7)(rows)
 
 
 def test_unknown_name_lists_available() -> None:

@@ -50,9 +50,48 @@ from mwnet.methods.registry import method_descriptor, method_names, option_group
 
 
 @dataclass
+class TableConfig:
+    """``data.table.*``: a table of features and labels (``data.dataset=table``): CSV,
+    Parquet (``mwnet[parquet]``), ``.npz`` (arrays X/features, y/labels, optional ids and
+    trusted) or ``.npy`` (features, with data.table.labels_path). Relative paths are read
+    under data.root when it is set. Each row is one sample; its features are standardised
+    with the training set's mean and standard deviation per feature (data.normalize=auto;
+    none: used as they are), which the saved model keeps, so that predict applies the same:
+    embeddings and tabular columns come on scales that differ by orders of magnitude, and
+    SGD at one learning rate needs them on one. data.augment does not apply to tables."""
+
+    path: str | None = None
+    """The table of the training rows (with the trusted rows, when trusted_column marks them)"""
+    label_column: str = "label"
+    """The column of the given labels: class names (sorted into classes) or integers"""
+    feature_columns: list[str] | None = None
+    """The feature columns, in order; null: every column but the label, id, trusted and
+    embedding columns (each must hold numbers)"""
+    embedding_column: str | None = None
+    """A column holding each row's vector, as JSON ([0.1, 0.2]) or numbers separated by
+    spaces; its entries come first among the features"""
+    id_column: str | None = None
+    """A column naming each row (unique): label_issues.csv names rows by it, and
+    data.exclude / data.relabel may list ids; null: rows are named by their number"""
+    trusted_column: str | None = None
+    """A column of 1/0 flags marking rows known to be labelled right: they form the clean
+    meta set instead of a split carved from the training rows"""
+    trusted_path: str | None = None
+    """A separate table of rows known to be labelled right (the clean meta set), with the
+    same columns"""
+    test_path: str | None = None
+    """A separate table of test rows; null: test_fraction of the rows is held out"""
+    test_fraction: float = 0.2
+    """Without test_path: the share of the (untrusted) rows held out as the test set, drawn
+    under the seed; their labels are as noisy as the rest"""
+    labels_path: str | None = None
+    """For a .npy table: the 1-D .npy array of its labels"""
+
+
+@dataclass
 class DataConfig:
     dataset: str = "fashion-mnist"
-    """fashion-mnist | mnist | cifar10 | cifar100 | folder | list"""
+    """fashion-mnist | mnist | cifar10 | cifar100 | folder | list | table (data.table.*)"""
     root: str | None = None
     """Where the files are; None searches $MWNET_DATA, system locations and the cache."""
     download: bool = True
@@ -99,7 +138,8 @@ class DataConfig:
     """A class whose every training sample data.exclude lists keeps its samples (with a
     warning) instead of being refused: for pipelines that drop a run's flags unattended"""
     normalize: str = "auto"
-    """auto (CIFAR constants for CIFAR, training-set statistics otherwise) | imagenet | none"""
+    """auto (CIFAR constants for CIFAR, training-set statistics otherwise: per channel for
+    images, per feature for tables) | imagenet | none"""
     augment: bool = True
     padding: int = 4
     pad_mode: str = "reflect"
@@ -107,6 +147,8 @@ class DataConfig:
     batch_size: int = 100
     meta_batch_size: int = 100
     eval_batch_size: int = 500
+    table: TableConfig = field(default_factory=TableConfig)
+    """For dataset=table: the table files and their columns."""
 
 
 @dataclass
@@ -257,7 +299,7 @@ class TrainConfig:
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.dataset": (*DATASET_NAMES, "folder", "list"),
+    "data.dataset": (*DATASET_NAMES, "folder", "list", "table"),
     "data.noise": ("none", *NOISE_KINDS),
     "data.imbalance_profile": PROFILES,
     "data.meta_source": ("clean", "auto"),
@@ -839,6 +881,16 @@ def validate(cfg: Any) -> None:
         ),
         (d.noise != "matrix" or d.noise_matrix, "data.noise=matrix needs data.noise_matrix=PATH"),
         (d.dataset != "list" or d.train_list, "data.dataset=list needs data.train_list=PATH"),
+        (d.dataset != "table" or d.table.path, "data.dataset=table needs data.table.path=FILE"),
+        (
+            0.0 < d.table.test_fraction < 1.0,
+            "data.table.test_fraction must lie strictly between 0 and 1",
+        ),
+        (
+            d.dataset != "table" or d.normalize != "imagenet",
+            "data.normalize=imagenet holds image constants; a table is standardised with "
+            "data.normalize=auto (its own statistics) or used as it is with none",
+        ),
     ]
     for ok, message in checks:
         if not ok:

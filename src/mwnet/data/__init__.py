@@ -26,7 +26,7 @@ from mwnet.data.corruption import (
     corrupt_labels,
     transition_matrix,
 )
-from mwnet.data.dataset import ImageDataset
+from mwnet.data.dataset import ImageDataset, is_features
 from mwnet.data.download import download_file, md5_of
 from mwnet.data.errors import DataError, DatasetError
 from mwnet.data.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
@@ -40,6 +40,7 @@ from mwnet.data.paths import cache_dir, search_dirs
 from mwnet.data.preparation import prepare
 from mwnet.data.pseudo_meta import PseudoMeta, pseudo_meta_precision, select_pseudo_meta
 from mwnet.data.sources import DATASET_NAMES, load_dataset
+from mwnet.data.table import TABLE_EXTENSIONS, Table, TableColumns, read_table
 from mwnet.data.train_data import TrainData
 from mwnet.data.val_split import val_split
 
@@ -59,6 +60,7 @@ __all__ = [
     "MNIST",
     "NOISE_KINDS",
     "NOISE_TYPES",
+    "TABLE_EXTENSIONS",
     "Augment",
     "Corruption",
     "DataError",
@@ -68,6 +70,8 @@ __all__ = [
     "ImageDataset",
     "Normalize",
     "PseudoMeta",
+    "Table",
+    "TableColumns",
     "TrainData",
     "cache_dir",
     "corrupt",
@@ -77,6 +81,7 @@ __all__ = [
     "default_meta_per_class",
     "download_file",
     "gather_augmented",
+    "is_features",
     "load_cifar",
     "load_dataset",
     "load_idx_dataset",
@@ -89,6 +94,7 @@ __all__ = [
     "prepare",
     "pseudo_meta_precision",
     "read_idx",
+    "read_table",
     "safe_extract",
     "search_dirs",
     "select_pseudo_meta",

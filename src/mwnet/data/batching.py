@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from mwnet.data.dataset import is_features
 from mwnet.data.errors import DataError
 
 Batch = tuple[torch.Tensor, ...]
@@ -27,7 +28,8 @@ PAD_MODES = ("reflect", "zero")
 
 @dataclass(frozen=True)
 class Normalize:
-    """Per-channel ``(x - mean) / std`` with ``x`` in ``[0, 1]`` units."""
+    """Per-channel ``(x - mean) / std`` with ``x`` in ``[0, 1]`` units for ``uint8``
+    images, in the features' own units for table rows (one channel per feature)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -42,9 +44,19 @@ class Normalize:
 
     @classmethod
     def from_images(cls, images: torch.Tensor) -> Normalize:
-        """Per-channel mean and std of a ``uint8`` ``(N, C, H, W)`` dataset."""
-        x = images.double().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
-        return cls(tuple(x.mean(1).tolist()), tuple(x.std(1).tolist()))
+        """Per-channel mean and std of a ``uint8`` ``(N, C, H, W)`` dataset, or per feature
+        of table rows (``float32`` ``(N, D, 1, 1)``), in float64.
+
+        A feature that is constant over the training rows has no spread to divide by; its
+        std is taken as 1, so it is only centred (it carries nothing the model could use).
+        """
+        x = images.double()
+        if not is_features(images):
+            x = x.div_(255)
+        x = x.transpose(0, 1).reshape(images.shape[1], -1)
+        std = x.std(1) if x.shape[1] > 1 else torch.zeros(x.shape[0], dtype=x.dtype)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        return cls(tuple(x.mean(1).tolist()), tuple(std.tolist()))
 
 
 @dataclass(frozen=True)
@@ -139,17 +151,21 @@ def gather_augmented(
 
 
 def to_float(batch: torch.Tensor, normalize: Normalize | None) -> torch.Tensor:
-    """``uint8`` -> ``float32`` in ``[0, 1]``, then normalised; in place after the cast."""
-    x = batch.float()
+    """``uint8`` -> ``float32`` in ``[0, 1]``, then normalised; in place after the cast.
+
+    Table rows (``float32`` ``(N, D, 1, 1)``) are already numbers in their own units: they
+    are only normalised (a copy, never the stored rows)."""
+    scale = 1.0 if is_features(batch) else 255.0
+    x = batch.float() if scale == 255.0 else batch.clone()
     if normalize is None:
-        return x.mul_(1 / 255)
+        return x if scale == 1.0 else x.mul_(1 / 255)
     if len(normalize.mean) != batch.shape[1]:
         raise DataError(
             f"normalize has {len(normalize.mean)} channels, images have {batch.shape[1]}"
         )
     std = torch.tensor(normalize.std, device=x.device).view(1, -1, 1, 1)
     mean = torch.tensor(normalize.mean, device=x.device).view(1, -1, 1, 1)
-    return x.mul_(1 / (255 * std)).sub_(mean / std)
+    return x.mul_(1 / (scale * std)).sub_(mean / std)
 
 
 class _OnDevice:
@@ -167,8 +183,17 @@ class _OnDevice:
         seed: int,
         indices_too: bool,
     ) -> None:
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-            raise DataError("images must be a uint8 tensor of shape (N, C, H, W)")
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dim() != 4
+            or not (images.dtype == torch.uint8 or is_features(images))
+        ):
+            raise DataError(
+                "images must be a uint8 tensor of shape (N, C, H, W), or float32 table rows "
+                "(N, D, 1, 1)"
+            )
+        if augment is not None and is_features(images):
+            raise DataError("table rows are not augmented: pass augment=None")
         labels = torch.as_tensor(labels)
         if labels.is_floating_point() or labels.is_complex():
             raise DataError(f"labels must be integers, got {labels.dtype}")

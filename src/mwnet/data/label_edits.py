@@ -3,9 +3,11 @@ other labels for them (``data.exclude=FILE``, ``data.relabel=FILE``).
 
 A file names samples by their index in the dataset's training split (the ``index`` column
 of ``label_issues.csv``), which does not depend on the meta split, long tail or subset of
-a run. A report's file also carries each sample's ``given_label``: if it differs from the
-label this run gives the sample, the file was made on another dataset, noise or seed, and
-applying it would drop or relabel the wrong samples, so that is an error, not a warning.
+a run; or, for a table (``data.dataset=table``), by the rows' ids (an ``id`` column),
+which do not depend on the test split either, and may come from any tool. A report's
+file also carries each sample's ``given_label``: if it differs from the label this run
+gives the sample, the file was made on another dataset, noise or seed, and applying it
+would drop or relabel the wrong samples, so that is an error, not a warning.
 
 A report also goes stale: the run it was made from may be resumed and train on, and its
 flags then describe an older model. ``label_issues.json`` records the fingerprint of the
@@ -37,6 +39,8 @@ SOURCE_KEY = "source"
 ``signals_file``, ``signals_crc`` (:func:`record_fingerprint`), the run's ``epoch`` then
 and its ``run_dir``."""
 INDEX_COLUMN = "index"
+ID_COLUMN = "id"
+"""A table's row ids, in ``label_issues.csv`` and in edit files of a table's rows."""
 GIVEN_COLUMN = "given_label"
 LIKELY_COLUMN = "likely_label"
 FLAG_COLUMN = "flagged"
@@ -52,6 +56,11 @@ class LabelEdits:
     """For relabelling: the new label of each listed sample."""
     given: torch.Tensor | None
     """The label each sample had where the file was made (to check it fits this run)."""
+    ids: tuple[str, ...] | None = None
+    """The samples' ids (a file with an ``id`` column), which :func:`edits_by_id` turns
+    into training-split indices; ``index`` is then empty until it has."""
+    label_names: tuple[str, ...] | None = None
+    """For relabelling by id: the new labels as written (class names or numbers)."""
 
 
 def _resolve(path: str | os.PathLike[str], key: str) -> Path:
@@ -71,8 +80,10 @@ def read_label_edits(path: str | os.PathLike[str], relabel: bool) -> LabelEdits:
 
     Accepted forms: a ``label_issues.csv`` (or the run directory holding one; only rows
     with ``flagged`` = 1 count when that column exists, and the new labels are the
-    ``likely_label`` column), any CSV with an ``index`` column (and ``likely_label`` or
-    ``label`` for relabelling), or lines of ``index`` (exclusion) / ``index label``.
+    ``likely_label`` column), any CSV with an ``index`` or ``id`` column (and
+    ``likely_label`` or ``label`` for relabelling: with ids, a class name or number), or
+    lines of ``index`` (exclusion) / ``index label``. A CSV with an ``id`` column names its
+    samples by id (:func:`edits_by_id`).
     """
     key = "data.relabel" if relabel else "data.exclude"
     path = _resolve(path, key)
@@ -84,6 +95,8 @@ def read_label_edits(path: str | os.PathLike[str], relabel: bool) -> LabelEdits:
         raise DataError(f"{key}={path}: the file lists no samples")
     first = lines[0].replace(",", " ").split()
     if first and not first[0].lstrip("-").isdigit():
+        if ID_COLUMN in (csv.DictReader(lines[:1]).fieldnames or []):
+            return _id_rows(path, lines, key, relabel)
         rows = _csv_rows(path, lines, key, relabel)
     else:
         rows = _plain_rows(path, lines, key, relabel)
@@ -118,6 +131,89 @@ def _csv_rows(
         except (TypeError, ValueError):
             raise DataError(f"{path}:{number}: not a row of integers: {row}") from None
     return index, labels, (given if GIVEN_COLUMN in columns else None)
+
+
+def _id_rows(path: Path, lines: list[str], key: str, relabel: bool) -> LabelEdits:
+    """A CSV naming samples by ``id``: their ids, and (relabelling) the new labels as
+    written, resolved against the run's table by :func:`edits_by_id`."""
+    reader = csv.DictReader(lines)
+    columns = reader.fieldnames or []
+    label_column = next((c for c in (LIKELY_COLUMN, "label") if c in columns), None)
+    if relabel and label_column is None:
+        raise DataError(
+            f"{key}={path}: a CSV of ids needs a 'likely_label' or 'label' column to relabel "
+            f"by; got {columns}"
+        )
+    ids, names, given = [], [], []
+    for number, row in enumerate(reader, start=2):
+        try:
+            if FLAG_COLUMN in columns and int(row[FLAG_COLUMN]) == 0:
+                continue
+            if GIVEN_COLUMN in columns:
+                given.append(int(row[GIVEN_COLUMN]))
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{path}:{number}: {FLAG_COLUMN} or {GIVEN_COLUMN} is not an integer"
+            ) from None
+        name = (row[ID_COLUMN] or "").strip()
+        if not name:
+            raise DataError(f"{path}:{number}: empty id")
+        ids.append(name)
+        if relabel:
+            names.append((row[label_column] or "").strip())
+    return LabelEdits(
+        path=path,
+        index=torch.zeros(0, dtype=torch.int64),
+        labels=None,
+        given=torch.tensor(given, dtype=torch.int64) if GIVEN_COLUMN in columns else None,
+        ids=tuple(ids),
+        label_names=tuple(names) if relabel else None,
+    )
+
+
+def edits_by_id(
+    edits: LabelEdits, ids: Sequence[str] | None, classes: Sequence[str], key: str
+) -> LabelEdits:
+    """``edits`` with the samples its ``id`` column names as training-split indices
+    (``ids``: the id of each sample of the training split, None for data without ids),
+    and its new labels (class names or numbers) as class numbers; ``edits`` itself when
+    it names samples by index.
+
+    Raises:
+        DataError: ids for data without ids, an id that is no training row (a test or
+            trusted row, or another table's), a label that is no class.
+    """
+    if edits.ids is None:
+        return edits
+    if ids is None:
+        raise DataError(
+            f"{key}={edits.path} names samples by id (an 'id' column), but this data has no "
+            "ids (only tables do: data.dataset=table); name them by their 'index'"
+        )
+    position = {name: i for i, name in enumerate(ids)}
+    unknown = [name for name in edits.ids if name not in position]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:3])
+        raise DataError(
+            f"{key}={edits.path}: {len(unknown)} listed id(s) ({shown}) are not training rows "
+            "of this table (test or trusted rows, or another table's); list training rows only"
+        )
+    labels = None
+    if edits.label_names is not None:
+        numbers = []
+        for name, label in zip(edits.ids, edits.label_names, strict=True):
+            if label in classes:
+                numbers.append(list(classes).index(label))
+            elif label.isdigit() and int(label) < len(classes):
+                numbers.append(int(label))
+            else:
+                raise DataError(
+                    f"{key}={edits.path}: id {name!r}: new label {label!r} is neither a class "
+                    f"({', '.join(list(classes)[:10])}) nor a class number below {len(classes)}"
+                )
+        labels = torch.tensor(numbers, dtype=torch.int64)
+    index = torch.tensor([position[name] for name in edits.ids], dtype=torch.int64)
+    return LabelEdits(edits.path, index, labels, edits.given)
 
 
 def _plain_rows(

@@ -21,11 +21,12 @@ import torch
 from mwnet.data.dataset import ImageDataset
 from mwnet.data.errors import ConfigError
 from mwnet.data.image_folder import load_image_folder, load_image_list
-from mwnet.data.label_edits import apply_label_edits, read_label_edits
+from mwnet.data.label_edits import apply_label_edits, edits_by_id, read_label_edits
 from mwnet.data.long_tail import long_tail_counts, long_tail_indices
 from mwnet.data.meta_split import default_meta_per_class, meta_split
 from mwnet.data.noise import corrupt
 from mwnet.data.sources import load_dataset
+from mwnet.data.table_sets import load_table_sets
 from mwnet.data.train_data import TrainData
 from mwnet.data.val_split import val_split
 
@@ -35,8 +36,15 @@ def _list_path(cfg_data: Any, name: str) -> Path:
     return path if path.is_absolute() else Path(cfg_data.root) / path
 
 
-def _load_sources(d: Any) -> tuple[ImageDataset, ImageDataset, ImageDataset | None]:
+OWN_DATA = ("folder", "list", "table")
+"""The datasets of a user's own labels: how many are wrong is unknown, and a meta set is
+never carved from them (only given: a meta folder, list or trusted rows)."""
+
+
+def _load_sources(d: Any, seed: int = 0) -> tuple[ImageDataset, ImageDataset, ImageDataset | None]:
     """(train, test, explicit meta set or None) for the configured dataset."""
+    if d.dataset == "table":
+        return load_table_sets(d, seed)
     if d.dataset in ("folder", "list") and not d.root:
         raise ConfigError(
             f"data.dataset={d.dataset} needs data.root=PATH (the folder holding the images)"
@@ -76,6 +84,8 @@ def _training_source(d: Any) -> str:
         return str(Path(d.root) / "train")
     if d.dataset == "list":
         return f"data.train_list={d.train_list}"
+    if d.dataset == "table":
+        return f"data.table.path={d.table.path}"
     return f"data.dataset={d.dataset}"
 
 
@@ -110,9 +120,13 @@ def _carve_from_own_labels(d: Any, meta_reader: str | None) -> bool:
     (``meta_reader``, its name) is refused; the others train on every image."""
     if meta_reader is None:
         return False
-    where = f"{d.root}/meta/<class>/..." if d.dataset == "folder" else "data.meta_list=FILE"
+    where = {
+        "folder": f"{d.root}/meta/<class>/...",
+        "list": "data.meta_list=FILE",
+        "table": "data.table.trusted_column=COLUMN (a 1/0 flag) or data.table.trusted_path=FILE",
+    }[d.dataset]
     raise ConfigError(
-        f"method.name={meta_reader} needs a trusted set of correctly labelled images, "
+        f"method.name={meta_reader} needs a trusted set of correctly labelled samples, "
         f"and data.dataset={d.dataset} gives none: put some in {where}, or train without "
         "one with data.meta_source=auto (a pseudo-meta set picked from the training data; "
         "see the README). The training labels themselves are never taken as trusted"
@@ -128,7 +142,7 @@ def _meta_split(
     if short:
         c = short[0]
         raise ConfigError(
-            f"class {classes[c]!r} has {int(counts[c])} training images, fewer than the "
+            f"class {classes[c]!r} has {int(counts[c])} training samples, fewer than the "
             f"{per_class} per class the clean meta set takes (data.meta_per_class); set "
             f"data.meta_per_class to at most {int(counts.min())}, or give a trusted set"
         )
@@ -177,21 +191,21 @@ def prepare(d: Any, seed: int, *, meta_reader: str | None = None) -> TrainData:
         d: the run's ``data.*`` config.
         seed: the run's seed.
         meta_reader: the name of the run's method if it reads a trusted meta set, else
-            None: a user's own images (``data.dataset`` folder or list) without one are
-            refused for such a method, and trained on whole for the others.
+            None: a user's own data (``data.dataset`` folder, list or table) without one
+            is refused for such a method, and trained on whole for the others.
 
     Raises:
         ConfigError: a ``data.*`` value these files cannot be used with (named, with the fix).
         DataError: a file that cannot be read or a label edit that does not fit.
     """
     seed = int(seed)
-    train, test, meta = _load_sources(d)
+    train, test, meta = _load_sources(d, seed)
     _check_training_classes(train, d)
     num_classes = len(train.classes)
     labels = train.labels
     no_clean_set = d.meta_source == "auto"
     carve = meta is None and (not no_clean_set or d.holdout_meta)
-    if carve and d.dataset in ("folder", "list") and d.noise == "none":
+    if carve and d.dataset in OWN_DATA and d.noise == "none":
         carve = _carve_from_own_labels(d, meta_reader)
     if carve:
         setting = "imbalance" if d.imbalance_factor > 1 else "noise"
@@ -235,6 +249,10 @@ def prepare(d: Any, seed: int, *, meta_reader: str | None = None) -> TrainData:
     if d.exclude or d.relabel:
         exclude = read_label_edits(d.exclude, relabel=False) if d.exclude else None
         relabel = read_label_edits(d.relabel, relabel=True) if d.relabel else None
+        if exclude is not None:
+            exclude = edits_by_id(exclude, train.ids, train.classes, "data.exclude")
+        if relabel is not None:
+            relabel = edits_by_id(relabel, train.ids, train.classes, "data.relabel")
         keep, observed = apply_label_edits(
             train_idx,
             observed,
@@ -260,9 +278,11 @@ def prepare(d: Any, seed: int, *, meta_reader: str | None = None) -> TrainData:
         test_images=test.images,
         test_labels=test.labels,
         classes=list(train.classes),
-        realized_noise_rate=None if d.dataset in ("folder", "list") and d.noise == "none" else rate,
+        realized_noise_rate=None if d.dataset in OWN_DATA and d.noise == "none" else rate,
         source_index=train_idx,
         paths=None if paths is None else tuple(paths[i] for i in train_idx.tolist()),
+        ids=None if train.ids is None else tuple(train.ids[i] for i in train_idx.tolist()),
+        feature_names=train.feature_names,
         noise_known=d.noise != "none",
         val_images=val_images,
         val_labels=val_labels,

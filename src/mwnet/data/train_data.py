@@ -34,6 +34,11 @@ class TrainData:
     any meta split, long tail or subset); None: the training samples are that split."""
     paths: tuple[str, ...] | None = None
     """Each training sample's image file, for datasets read from files."""
+    ids: tuple[str, ...] | None = None
+    """Each training sample's id, for tables (``data.dataset=table``): reports name rows
+    by it, and ``data.exclude`` / ``data.relabel`` may list ids."""
+    feature_names: tuple[str, ...] | None = None
+    """For tables: the name of each feature, in the order the model takes them."""
     noise_known: bool = False
     """The labels were corrupted synthetically, so ``true_labels`` and ``corrupted`` are
     the truth; otherwise they only repeat the given labels."""

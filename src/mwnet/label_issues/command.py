@@ -87,7 +87,7 @@ def write_report(
     issues.write_csv(out / ISSUES_FILE)
     issues.write_summary(out / SUMMARY_FILE)
     written = [out / ISSUES_FILE, out / SUMMARY_FILE]
-    if montage:
+    if montage and issues.ids is None:  # a table's rows are no pictures
         try:
             positions, images = suspicious_images(issues, cfg, montage)
             written.append(write_montage(out / MONTAGE_FILE, issues, positions, images))

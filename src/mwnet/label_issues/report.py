@@ -22,6 +22,7 @@ import numpy as np
 from mwnet.data.label_edits import (
     FLAG_COLUMN,
     GIVEN_COLUMN,
+    ID_COLUMN,
     INDEX_COLUMN,
     ISSUES_FILE,
     LIKELY_COLUMN,
@@ -66,6 +67,8 @@ class LabelIssues:
     num_classes: int
     classes: list[str] | None = None
     paths: list[str] | None = None
+    ids: list[str] | None = None
+    """Each sample's id, for a table (``data.dataset=table``); None otherwise."""
     corrupted: np.ndarray | None = None
     """The truth, where the noise was synthetic; used only by :meth:`evaluation`."""
     true: np.ndarray | None = None
@@ -132,10 +135,12 @@ class LabelIssues:
     # -- files ------------------------------------------------------------------------
     def write_csv(self, path: str | os.PathLike[str]) -> None:
         """One row per training sample, most suspicious first: ``index`` (training-split
-        index), ``given_label``, ``likely_label``, ``score``, ``flagged``, the class names,
-        the image ``path`` for file datasets, and ``true_label``/``corrupted`` where the
-        noise was synthetic. ``data.exclude=`` / ``data.relabel=`` read this file."""
-        columns = [INDEX_COLUMN, GIVEN_COLUMN, LIKELY_COLUMN, "score", FLAG_COLUMN]
+        index), the row's ``id`` for tables, ``given_label``, ``likely_label``, ``score``,
+        ``flagged``, the class names, the image ``path`` for file datasets, and
+        ``true_label``/``corrupted`` where the noise was synthetic. ``data.exclude=`` /
+        ``data.relabel=`` read this file."""
+        columns = [INDEX_COLUMN, *([ID_COLUMN] if self.ids is not None else [])]
+        columns += [GIVEN_COLUMN, LIKELY_COLUMN, "score", FLAG_COLUMN]
         columns += ["given_class", "likely_class"]
         if self.paths is not None:
             columns.append("path")
@@ -147,8 +152,10 @@ class LabelIssues:
             writer.writerow(columns)
             for i in self.ranked().tolist():
                 likely = int(self.likely[i])
-                row: list[Any] = [
-                    int(self.index[i]),
+                row: list[Any] = [int(self.index[i])]
+                if self.ids is not None:
+                    row.append(self.ids[i])
+                row += [
                     int(self.given[i]),
                     likely if likely >= 0 else "",
                     f"{self.score[i]:.6g}",
@@ -313,6 +320,7 @@ def find_label_issues(
         num_classes=signals.num_classes,
         classes=classes,
         paths=paths,
+        ids=None if "ids" not in extra else [str(v) for v in extra["ids"].tolist()],
         corrupted=None if corrupted is None else corrupted.astype(bool),
         true=extra.get("true_label"),
         warnings=tuple(notes),

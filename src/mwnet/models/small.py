@@ -103,3 +103,18 @@ def _mlp_from_images(
     """Registry entry: ``in_features`` defaults to in_channels x image_size², like the CNNs."""
     features = in_channels * image_size * image_size if in_features is None else in_features
     return mlp(num_classes, features, hidden, dropout)
+
+
+@register("linear", input_shape=MNIST_SHAPE)
+def linear(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    in_features: int | None = None,
+) -> MLP:
+    """Multinomial logistic regression on flattened inputs (an MLP without hidden layers):
+    the usual model on precomputed embeddings, whose classes are often linearly separable.
+    ``in_features`` defaults to in_channels x image_size², so on a table (``D`` features
+    held as ``D`` channels of one pixel) it is ``D``."""
+    features = in_channels * image_size * image_size if in_features is None else in_features
+    return mlp(num_classes, features, (), 0.0)

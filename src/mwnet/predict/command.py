@@ -227,7 +227,12 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"exported {export_model(model, args.export)} (torch.export)", file=sys.stderr)
         if args.inputs is None:
             return 0
-    inputs = open_inputs(args.inputs, model.classes, args.data_root, args.image_root)
+    if model.input.table is not None:
+        from mwnet.predict.inputs import open_table_inputs
+
+        inputs = open_table_inputs(args.inputs, model.input.table)
+    else:
+        inputs = open_inputs(args.inputs, model.classes, args.data_root, args.image_root)
     if args.output is None:
         writing: contextlib.AbstractContextManager[IO[str]] = contextlib.nullcontext(sys.stdout)
     else:
@@ -238,7 +243,8 @@ def run_predict(args: argparse.Namespace) -> int:
         )
     report = sys.stdout if args.output is not None else sys.stderr
     where = f" -> {args.output}" if args.output is not None else ""
-    print(f"predicted {tally.predicted} image(s) of {args.inputs}{where}", file=report)
+    unit = "row" if inputs.kind == "table" else "image"
+    print(f"predicted {tally.predicted} {unit}(s) of {args.inputs}{where}", file=report)
     _report_skipped(tally, args.output)
     if not tally.predicted:
         raise ValueError(
@@ -251,7 +257,7 @@ def run_predict(args: argparse.Namespace) -> int:
         names = ", ".join(repr(n) for n in list(tally.unknown)[:3])
         count = sum(tally.unknown.values())
         print(
-            f"warning: {count} image(s) are labelled with a class the model does not know "
+            f"warning: {count} {unit}(s) are labelled with a class the model does not know "
             f"({names}); the accuracy leaves them out",
             file=sys.stderr,
         )
@@ -259,7 +265,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if acc is not None:
         right = sum(int(p == g) for p, g in zip(tally.pred, tally.given, strict=True))
         print(
-            f"accuracy {acc:.2f} % ({right} of {len(tally.given)} labelled images)",
+            f"accuracy {acc:.2f} % ({right} of {len(tally.given)} labelled {unit}s)",
             file=report,
         )
     return 0

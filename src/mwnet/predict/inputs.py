@@ -13,6 +13,10 @@ or a split of a named dataset, with the labels the input carries.
 - ``NAME:SPLIT``, e.g. ``fashion-mnist:test``: the split of a named dataset, read by
   mwnet's own loader from ``--data-root`` or the usual places (never downloaded), with its
   labels.
+- For a model trained on a table (``data.dataset=table``): a table file (CSV, Parquet,
+  ``.npz``, ``.npy``) read with the columns the model was trained on
+  (:func:`open_table_inputs`); rows are named by their id, and labelled when the table
+  has the label column.
 
 A class named with a ``/`` (Fashion-MNIST's ``T-shirt/top``) cannot name a folder: a
 folder or a dataset class matches it with the ``/`` written ``_`` too, as
@@ -51,12 +55,14 @@ class Inputs:
     """The images of one input, in the order they are predicted."""
 
     kind: str
-    """``folder``, ``list``, ``image`` or ``split``."""
+    """``folder``, ``list``, ``image``, ``split`` or ``table``."""
     items: list[Item]
     column: str = "path"
-    """The output column naming each image: ``path``, or ``index`` for a dataset split."""
+    """The output column naming each image: ``path``, ``index`` for a dataset split, ``id``
+    for a table's rows."""
     images: torch.Tensor | None = None
-    """A dataset split's images, ``uint8`` ``(N, C, H, W)``; None for files."""
+    """A dataset split's images, ``uint8`` ``(N, C, H, W)``, or a table's rows, ``float32``
+    ``(N, D, 1, 1)``; None for files."""
     skipped: list[tuple[str, str]] | None = None
     """Entries left out before any image is read (a listed file that does not exist)."""
 
@@ -175,3 +181,49 @@ def _split(name: str, split: str, data_root: str | os.PathLike[str] | None) -> I
     labels = dataset.labels.tolist()
     items = [Item(str(i), None, dataset.classes[y], i) for i, y in enumerate(labels)]
     return Inputs("split", items, column="index", images=dataset.images)
+
+
+def open_table_inputs(text: str, table: dict) -> Inputs:
+    """The rows of the table file ``text`` for a model trained on a table; ``table`` is the
+    model file's ``input.table`` (the columns the run read, and its feature names).
+
+    Raises:
+        DatasetError: what :func:`~mwnet.data.table.read_table` refuses, and a table whose
+            features are not the ones the model was trained on (named).
+    """
+    import numpy as np
+
+    from mwnet.data.table import TableColumns, read_table
+
+    expected = tuple(table["feature_names"])
+    embedding = table.get("embedding_column")
+    # The columns by the names the model was trained on, in its order, whatever order
+    # the file has them in and whatever else it holds (an embedding's entries excepted).
+    named = tuple(f for f in expected if not (embedding and f.startswith(f"{embedding}[")))
+    trusted = table.get("trusted_column")
+    columns = TableColumns(
+        label=str(table["label_column"]),
+        features=named,
+        embedding=embedding,
+        id=table.get("id_column"),
+        ignore=() if trusted is None else (str(trusted),),
+    )
+    rows = read_table(text, columns, labels_required=False)
+    if rows.feature_names != expected:  # an embedding of another length
+        missing = [f for f in expected if f not in rows.feature_names]
+        extra = [f for f in rows.feature_names if f not in expected]
+        detail = (
+            (f"missing {', '.join(missing[:5])}" if missing else f"extra {', '.join(extra[:5])}")
+            if missing or extra
+            else "in another order"
+        )
+        raise DatasetError(
+            f"{text}: its features are not the {len(expected)} the model was trained on "
+            f"({detail}); give a table with the training table's feature columns"
+        )
+    items = [
+        Item(name, None, label or None, i)
+        for i, (name, label) in enumerate(zip(rows.ids, rows.labels, strict=True))
+    ]
+    x = torch.from_numpy(rows.features.astype(np.float32)).reshape(len(rows), -1, 1, 1)
+    return Inputs("table", items, column="id", images=x.contiguous())

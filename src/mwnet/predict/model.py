@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from mwnet import models
-from mwnet.data import Normalize, to_float
+from mwnet.data import Normalize, is_features, to_float
 from mwnet.data.image_folder import cover_crop, grey8, read_image
 from mwnet.run.checkpoint import CHECKPOINT_FORMAT, read_torch_file
 from mwnet.run.model_file import (
     COLORS,
+    FEATURES,
     MODEL_FILE,
     MODEL_FILE_KIND,
     MODEL_FORMAT,
@@ -55,6 +56,10 @@ class InputSpec:
     width: int
     resize: bool
     normalize: Normalize | None
+    table: dict[str, Any] | None = None
+    """For a model trained on a table: its rows' features (``float32`` ``(N, D, 1, 1)``,
+    ``D`` = ``channels``) replace the images, and this is how a table file is read
+    (the model file's ``input.table``)."""
 
     @classmethod
     def from_fields(cls, spec: dict[str, Any]) -> InputSpec:
@@ -65,15 +70,19 @@ class InputSpec:
             width=int(spec["width"]),
             resize=spec["resize"] == "cover-crop",
             normalize=None if norm is None else Normalize(norm["mean"], norm["std"]),
+            table=spec.get("table"),
         )
 
     @property
     def color(self) -> str:
-        """``gray`` or ``rgb``."""
-        return COLORS[self.channels]
+        """``gray``, ``rgb`` or ``features``."""
+        return FEATURES if self.table is not None else COLORS[self.channels]
 
     def describe(self) -> str:
         """``1x28x28 greyscale images, used at that size, normalised``: for messages."""
+        if self.table is not None:
+            norm = "standardised" if self.normalize is not None else "used as they are"
+            return f"table rows of {self.channels} features, {norm}"
         kind = "greyscale" if self.channels == 1 else "RGB"
         how = "files resized and centre-cropped to it" if self.resize else "used at that size"
         norm = "normalised" if self.normalize is not None else "scaled to [0, 1]"
@@ -146,8 +155,10 @@ class LoadedModel:
             ValueError: images of another size for a model that was not trained on
                 resized files, or of a channel count other than 1 or 3.
         """
-        _check_uint8(images)
         spec = self.input
+        if spec.table is not None:
+            return self._check_rows(images)
+        _check_uint8(images)
         n, c, h, w = images.shape
         if (c, h, w) == (spec.channels, spec.height, spec.width):
             return images
@@ -172,8 +183,10 @@ class LoadedModel:
             ValueError: not ``uint8`` ``(N, C, H, W)`` of the model's channels and size
                 (:meth:`convert` makes other images fit; :meth:`read_image` reads files).
         """
-        _check_uint8(images)
         spec = self.input
+        if spec.table is not None:
+            return to_float(self._check_rows(images).to(self.device), spec.normalize)
+        _check_uint8(images)
         if tuple(images.shape[1:]) != (spec.channels, spec.height, spec.width):
             raise ValueError(
                 f"images of shape {tuple(images.shape[1:])}, but the model takes "
@@ -181,6 +194,17 @@ class LoadedModel:
                 "with convert()"
             )
         return to_float(images.to(self.device), spec.normalize)
+
+    def _check_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Table rows as the model takes them: ``float32`` ``(N, D, 1, 1)`` of its ``D``."""
+        d = self.input.channels
+        if not is_features(rows) or rows.shape[1] != d:
+            got = f"{rows.dtype} {tuple(rows.shape)}" if isinstance(rows, torch.Tensor) else rows
+            raise ValueError(
+                f"expected table rows as float32 (N, {d}, 1, 1) (the model takes "
+                f"{self.input.describe()}), got {got}"
+            )
+        return rows
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,11 @@ lists them):
   ``resize`` (``cover-crop``: files are scaled to cover the size and centre-cropped, as
   ``data.dataset=folder`` reads them; ``none``: images must have the size) and
   ``normalize`` (``{"mean": [...], "std": [...]}`` per channel, in ``[0, 1]`` units, or
-  None);
+  None). A model trained on a table (``data.dataset=table``) has ``color`` ``features``:
+  one channel per feature, of 1x1 pixel, normalised in the features' own units, and a
+  ``table`` entry saying how a table file becomes its input (``feature_names``, and the
+  ``label_column``, ``feature_columns``, ``embedding_column`` and ``id_column`` it was
+  read with);
 - ``training``: what it came from (``dataset``, ``method``, ``seed``, ``epochs``,
   ``test_acc``), for people.
 """
@@ -48,6 +52,8 @@ MODEL_FORMAT_VERSION = 1
 
 RESIZE_MODES = ("cover-crop", "none")
 COLORS = {1: "gray", 3: "rgb"}
+FEATURES = "features"
+"""The ``color`` of a model trained on table rows: any number of channels, 1x1 pixel."""
 
 
 class ModelFileError(CheckpointError):
@@ -168,7 +174,8 @@ def check_fields(file: dict[str, Any], path: Path) -> None:
         raise _damaged(path, "its classes are not a list of names")
     if model["num_classes"] != len(classes):
         raise _damaged(path, f"{len(classes)} class names for {model['num_classes']} outputs")
-    if spec["channels"] != model["in_channels"] or COLORS.get(spec["channels"]) != spec["color"]:
+    color = FEATURES if spec.get("table") is not None else COLORS.get(spec["channels"])
+    if spec["channels"] != model["in_channels"] or color != spec["color"]:
         raise _damaged(
             path,
             f"input of {spec['channels']} channel(s), {spec['color']!r}, for a model of "

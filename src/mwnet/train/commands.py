@@ -123,8 +123,9 @@ def _one_line(trainer: Any) -> str:
     else:
         noise = "clean labels"
     meta = f", {len(d.meta_labels):,} trusted" if len(d.meta_labels) else ""
+    samples = "rows" if d.feature_names is not None else "images"
     return (
-        f"training {cfg.method.name} on {cfg.data.dataset} ({len(d.train_labels):,} images, "
+        f"training {cfg.method.name} on {cfg.data.dataset} ({len(d.train_labels):,} {samples}, "
         f"{noise}{meta}), model {cfg.model.name}, {_epochs(trainer.exp.total_epochs)}, "
         f"on {trainer.exp.device}"
     )

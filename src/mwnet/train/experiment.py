@@ -25,6 +25,7 @@ from mwnet.data import (
     EndlessBatches,
     Normalize,
     TrainData,
+    is_features,
     prepare,
 )
 from mwnet.distributed import DataParallel, ShardedStream
@@ -93,7 +94,7 @@ def model_options(cfg: Any, data: TrainData) -> dict[str, Any]:
     if OmegaConf.is_config(options):
         options = OmegaConf.to_container(options, resolve=True)
     options = dict(options)
-    if cfg.model.name in ("cnn_small", "mlp"):
+    if cfg.model.name in ("cnn_small", "mlp", "linear"):
         options.setdefault("image_size", int(data.train_images.shape[2]))
     return options
 
@@ -347,7 +348,9 @@ def build_experiment(
     normalize = _normalization(cfg, data)
     check_model_fits(model, data, normalize, device, cfg.model.name)
     d = cfg.data
-    augment = Augment(d.padding, d.pad_mode, d.flip) if d.augment else None
+    # Table rows have no pixels to shift or flip: data.augment applies to images only.
+    features = is_features(data.train_images)
+    augment = Augment(d.padding, d.pad_mode, d.flip) if d.augment and not features else None
     seed = int(cfg.seed)
     # The meta batches get the training augmentation too, as in the paper.
     shared = {"device": device, "shuffle": True, "augment": augment, "normalize": normalize}

@@ -237,6 +237,8 @@ class Trainer:
         epoch it is a record of (checked by ``mwnet issues`` against the run directory)."""
         d = self.exp.data
         columns = {"index": d.train_index, "classes": np.array(d.classes)}
+        if d.ids is not None:  # a table's rows, named in the report by their ids
+            columns["ids"] = np.array(d.ids, dtype=str)
         if d.noise_known:
             columns |= {"true_label": d.true_labels, "corrupted": d.corrupted}
         if getattr(self, "_config_crc", None) is None:

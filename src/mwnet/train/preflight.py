@@ -47,6 +47,12 @@ def check_model_fits(
             out = model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        if getattr(data, "feature_names", None) is not None:
+            raise ConfigError(
+                f"model {model_name!r} cannot take this table's rows of {shape[0]} features "
+                f"({detail}); use model.name=linear or model.name=mlp, which take their input "
+                "width from the table"
+            ) from None
         raise ConfigError(
             f"model {model_name!r} cannot take this data's {'x'.join(map(str, shape))} images "
             f"({detail}); choose a model for this input size (for cnn_small and mlp, "

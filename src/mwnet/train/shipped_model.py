@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from mwnet._version import __version__ as MWNET_VERSION
-from mwnet.run.model_file import COLORS
+from mwnet.run.model_file import COLORS, FEATURES
 from mwnet.train.experiment import Experiment, model_options
 
 RESIZED_DATASETS = ("folder", "list")
@@ -46,11 +46,12 @@ def model_fields(exp: Experiment, epochs: int, test_acc: float | None) -> dict[s
             "channels": channels,
             "height": height,
             "width": width,
-            "color": COLORS[channels],
+            "color": FEATURES if data.feature_names is not None else COLORS[channels],
             "resize": "cover-crop" if cfg.data.dataset in RESIZED_DATASETS else "none",
             "normalize": None
             if normalize is None
             else {"mean": list(normalize.mean), "std": list(normalize.std)},
+            **table_fields(cfg, data),
         },
         "training": {
             "dataset": str(cfg.data.dataset),
@@ -59,4 +60,23 @@ def model_fields(exp: Experiment, epochs: int, test_acc: float | None) -> dict[s
             "epochs": int(epochs),
             "test_acc": None if test_acc is None else float(test_acc),
         },
+    }
+
+
+def table_fields(cfg: Any, data: Any) -> dict[str, Any]:
+    """For a model trained on a table: how ``mwnet predict`` reads a table file into its
+    input, the columns as the run read them (an empty dict for images)."""
+    if data.feature_names is None:
+        return {}
+    t = cfg.data.table
+    columns = None if t.feature_columns is None else [str(c) for c in t.feature_columns]
+    return {
+        "table": {
+            "feature_names": list(data.feature_names),
+            "label_column": str(t.label_column),
+            "feature_columns": columns,
+            "embedding_column": t.embedding_column,
+            "id_column": t.id_column,
+            "trusted_column": t.trusted_column,
+        }
     }
