@@ -65,8 +65,9 @@ def test_beats_cross_entropy_under_40_percent_noise_by_more_than_the_seed_spread
 
     The claim is the paired gain's mean exceeding t(0.95, 2 dof) = 2.92 standard errors
     of the mean over the seeds: the seeds' own spread sets the margin. Measured: gains
-    0.33, 0.19, 0.14 (mean 0.22, s.e. 0.06). A weighting that did nothing would be CE
-    (gain 0); the weights must also favour the right labels on every seed."""
+    0.280, 0.308, 0.275 (mean 0.29, s.e. 0.01; accuracies 0.90 to 0.94 against 0.63 to
+    0.65). A weighting that did nothing would be CE (gain 0); the weights must also favour
+    the right labels on every seed."""
     gains = []
     for seed in range(3):
         X, noisy, truth = noisy_problem(seed, n=1200)
@@ -169,7 +170,8 @@ def test_weights_and_label_issues_point_at_the_wrong_labels() -> None:
     clf = MetaWeightClassifier(random_state=0, epochs=20).fit(X, noisy)
     issues = clf.label_issues_
     assert clf.weights_.shape == (len(X),) and ((clf.weights_ > 0) & (clf.weights_ < 1)).all()
-    assert auroc(-clf.weights_, wrong) > 0.8
+    # measured: AUROC 0.98 for both, 0.92 of the flagged wrong; chance is 0.5 and 0.4
+    assert auroc(-clf.weights_, wrong) > 0.9
     assert auroc(-issues.score, wrong) > 0.9
     assert (issues.flagged & wrong).sum() > 0.8 * issues.flagged.sum()
     ce = MetaWeightClassifier(method="ce", random_state=0, **FAST).fit(X, noisy)
@@ -222,7 +224,7 @@ def test_pipeline_with_a_scaler_is_the_classifier_on_scaled_features() -> None:
     scaled = StandardScaler().fit_transform(X)
     alone = MetaWeightClassifier(random_state=0, **FAST).fit(scaled, noisy)
     np.testing.assert_array_equal(pipe.predict_proba(X), alone.predict_proba(scaled))
-    assert pipe.score(X, truth) > 0.5  # chance is 0.25; measured 0.69
+    assert pipe.score(X, truth) > 0.5  # chance is 0.25; measured 0.67 (8 epochs only)
 
 
 def test_cross_val_predict_with_a_trusted_set_in_the_constructor() -> None:
@@ -232,7 +234,7 @@ def test_cross_val_predict_with_a_trusted_set_in_the_constructor() -> None:
     assert proba.shape == (450, 4)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=8 * np.finfo(np.float64).eps)
     # Out-of-fold predictions against the truth: rows put back in the wrong order would
-    # score near chance (0.25); measured 0.70 (CE: 0.68; 300 samples a fold, 40 % noise).
+    # score near chance (0.25); measured 0.77 (CE: 0.66; 300 samples a fold, 40 % noise).
     assert (proba.argmax(1) == truth[50:]).mean() > 0.5
 
 
@@ -258,7 +260,9 @@ def test_a_dataframe_gives_feature_names() -> None:
 
 def test_verbose_prints_one_line_per_epoch(capsys) -> None:
     X, noisy, _ = noisy_problem(12, n=100)
-    MetaWeightClassifier(random_state=0, epochs=3, verbose=True).fit(X, noisy)
+    MetaWeightClassifier(random_state=0, epochs=3, pseudo_meta_per_class=10, verbose=True).fit(
+        X, noisy
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == [f"epoch {e}/3" for e in (1, 2, 3)]
     assert "no weighting" in lines[1] and "meta set 40" in lines[2]  # warm-up, then 10 x 4
