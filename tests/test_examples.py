@@ -99,3 +99,15 @@ def test_lightning_quickstart_separates_wrong_labels(capsys, tmp_path, monkeypat
     assert wrong < 0.5 * clean, weights
     assert _numbers(accuracy)[0] > 0.9, accuracy
     assert list(tmp_path.iterdir()) == []  # the example leaves no files behind
+
+
+def test_sklearn_quickstart_beats_cross_entropy_and_finds_the_wrong_labels(capsys):
+    pytest.importorskip("sklearn")
+    runpy.run_path(str(EXAMPLES / "sklearn_quickstart.py"), run_name="__main__")
+    ce, mw, weights, flagged, likely = capsys.readouterr().out.strip().splitlines()
+    assert _numbers(mw)[0] > _numbers(ce)[0] + 0.1 and _numbers(mw)[0] > 0.85, (ce, mw)
+    clean, wrong = _numbers(weights)
+    assert wrong < 0.5 * clean, weights
+    estimated, true, precision = _numbers(flagged)
+    assert abs(estimated - true) < 0.05 and precision > 0.85, flagged
+    assert _numbers(likely)[0] > 0.85, likely
