@@ -122,3 +122,15 @@ def test_table_embeddings_example_flags_the_wrong_rows_by_id(tmp_path, monkeypat
     assert len(accuracy) == 3 and min(accuracy) > 50, lines[-1]
     with (tmp_path / "compare" / "mwnet" / "label_issues.csv").open() as f:
         assert f.readline().startswith("index,id,given_label")
+
+
+def test_sklearn_quickstart_beats_cross_entropy_and_finds_the_wrong_labels(capsys):
+    pytest.importorskip("sklearn")
+    runpy.run_path(str(EXAMPLES / "sklearn_quickstart.py"), run_name="__main__")
+    ce, mw, weights, flagged, likely = capsys.readouterr().out.strip().splitlines()
+    assert _numbers(mw)[0] > _numbers(ce)[0] + 0.1 and _numbers(mw)[0] > 0.85, (ce, mw)
+    clean, wrong = _numbers(weights)
+    assert wrong < 0.5 * clean, weights
+    estimated, true, precision = _numbers(flagged)
+    assert abs(estimated - true) < 0.05 and precision > 0.85, flagged
+    assert _numbers(likely)[0] > 0.85, likely
