@@ -84,7 +84,7 @@ def test_fit_trains_chooses_and_ships(fmnist_root, tmp_path, capsys) -> None:
         answers = loaded.logits(held.val_images).argmax(1) == held.val_labels
     np.testing.assert_array_equal(answers.numpy(), right[usable[decision.chosen]])
 
-    assert "| candidate | val acc (37 noisy-label images) | test acc |" in out
+    assert "| candidate | val acc (37 held out, noisy labels) | test acc |" in out
     assert "**chosen**" in out and f"model: {shipped}" in out
     assert "label issues, from the MW-Net run" in out
     assert "MW-Net → fine-tune" in out and "MW-Net → CE without flagged labels" in out
@@ -125,3 +125,18 @@ def test_fit_bad_input(tmp_path, capsys) -> None:
     assert main([*base, "optim.lrr=1"]) == 2
     assert "did you mean 'optim.lr'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing trained, no directory made
+
+
+def test_fit_on_a_table_ships_a_model_that_reads_rows(tmp_path, capsys) -> None:
+    from test_table_runs import overrides, write_table
+
+    table = write_table(tmp_path / "rows.csv", n=120, trusted=12, flip=12)
+    shared = [o for o in overrides(table, tmp_path, "x") if not o.startswith(("method.", "name="))]
+    result = mwnet.fit(None, [*shared, "data.val_size=20"], candidates=["mwnet", "ce"], montage=0)
+    capsys.readouterr()
+    assert result.model_path is not None
+    # the shipped file scores the held-out rows as the run scored them
+    chosen = result.chosen
+    summary = read_json(chosen.run_dir / "summary.json")
+    assert chosen.val_acc == pytest.approx(summary["last_val_acc"], abs=0.005)
+    assert mwnet.load_model(result.model_path).input.channels == 4  # the table's features

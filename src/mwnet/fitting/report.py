@@ -15,7 +15,7 @@ def table(result: Any) -> str:
     chose nothing), its training time, and why a candidate could not be chosen."""
     chosen = result.chosen
     lines = [
-        f"| candidate | val acc ({result.val_samples} noisy-label images) | test acc | "
+        f"| candidate | val acc ({result.val_samples} held out, noisy labels) | test acc | "
         "train time | |",
         "|---|---|---|---|---|",
     ]
@@ -35,7 +35,7 @@ def print_result(result: Any, stream: IO[str]) -> None:
     print(f"\nchosen: {result.rule}", file=stream)
     if result.model_path is not None:
         print(
-            f"model: {result.model_path} (apply it: mwnet predict {result.model_path} IMAGES)",
+            f"model: {result.model_path} (apply it: mwnet predict {result.model_path} INPUTS)",
             file=stream,
         )
     if result.label_issues is not None:
