@@ -29,7 +29,7 @@ candidate was ahead beyond the paired error of 190 validation rows); logistic re
 0.971 ± 0.006 from the MW-Net run and 0.971 ± 0.005 from the CE run, cleanlab 0.969 ±
 0.003; flags: precision / recall 0.68 / 0.97 (mwnet, MW-Net run) against 0.74 / 0.89
 (cleanlab). On uniform noise over a linear model's embedding, the two rank the wrong rows
-equally well; mwnet flags more (its estimated noise rate, 44 %, is above the true 29 %:
+equally well; mwnet flags more (its estimated noise rate, 44 %, is above the true 30 %:
 8 evaluation passes make a coarse agreement score), cleanlab fewer and more precisely.
 """
 
