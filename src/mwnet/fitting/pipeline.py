@@ -229,7 +229,9 @@ def fit(
         base: a saved config to start from (another run's ``config.yaml``).
         candidates: names from :mod:`mwnet.fitting.candidates` or method names, in order
             of preference; None: the defaults for the data (with or without a trusted set).
-        jobs: runs trained at a time, in worker processes with one thread each.
+        jobs: runs trained at a time, in worker processes with one thread each (started
+            fresh, "spawn": a script that calls ``fit`` with ``jobs`` > 1 must call it
+            under ``if __name__ == "__main__":``, as for any multiprocessing pool).
         name: the directory under ``out_dir`` (default ``<preset>-fit-seed<seed>``).
         montage: images in the label-issue picture (0: none).
         stream: where the table goes (default standard output).
