@@ -59,6 +59,10 @@ def test_fit_trains_chooses_and_ships(fmnist_root, tmp_path, capsys) -> None:
     assert {c.data.val_size for c in cfgs.values()} == {record["val_samples"]} == {37}
     source = record["label_issues_from"]
     assert source == "MW-Net"  # the only weighting run, not flagged on 3 epochs
+    # a continuation's directory names the run it continues: a rerun whose source changed
+    # (one that failed before finishes now) trains its own instead of refusing the old one
+    assert runs["retrain"].name == "mwnet-then-retrain"
+    assert runs["finetune-best"].name == "mwnet-then-finetune"
     retrain, tuned = run_config(runs["retrain"]), run_config(runs["finetune-best"])
     assert retrain.data.exclude == str(runs["mwnet"]) and retrain.method.name == "ce"
     assert tuned.model.init_from == str(runs["mwnet"]) and tuned.optim.epochs == 0

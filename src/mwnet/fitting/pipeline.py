@@ -128,13 +128,15 @@ def candidate_config(
     base: Path | None,
     out: Path,
     extra: Sequence[str] = (),
+    run_name: str | None = None,
 ) -> Any:
     """The run config of one candidate: the user's config, the candidate's method, its
-    own directory under ``out``; ``extra`` are strict overrides (validation size, stage)."""
+    own directory under ``out`` (``run_name``, default the candidate's name); ``extra``
+    are strict overrides (validation size, stage)."""
     hard, soft = _split_overrides(candidate)
     return load_config(
         preset,
-        [*hard, *extra, f"out_dir={out}", f"name={candidate.name}"],
+        [*hard, *extra, f"out_dir={out}", f"name={run_name or candidate.name}"],
         base=base,
         defaults=[*soft, *overrides],
     )
@@ -278,9 +280,17 @@ def fit(
 
         issues, _ = write_report(source.run_dir, source.run_dir, montage=montage)
         source_title = titles[source.run_dir.name]
+        # named after the run they continue: a rerun whose source changed (a run that
+        # failed before finished now) trains its own, never resumes another source's
         follow = [
             candidate_config(
-                c, preset, overrides, base, out, [*val, *_continuation_overrides(c, source.run_dir)]
+                c,
+                preset,
+                overrides,
+                base,
+                out,
+                [*val, *_continuation_overrides(c, source.run_dir)],
+                run_name=f"{source.run_dir.name}-then-{c.stage}",
             )
             for c in later
         ]
