@@ -17,17 +17,9 @@ from torch.func import functional_call
 
 import mwnet
 from mwnet.core import weight_inputs
+from mwnet.core.weight_inputs import WEIGHT_INPUTS
 
-INPUTS = (
-    "loss",
-    "class",
-    "loss_ema",
-    "margin",
-    "confidence",
-    "agreement",
-    "loss_history",
-    "loss_rank",
-)
+INPUTS = WEIGHT_INPUTS  # every input; the reference below computes each by hand
 CLASSES, SAMPLES, DECAY, LR, HISTORY = 4, 24, 0.8, 0.5, 3
 H = 1e-4
 """Finite-difference step: the truncation h²·|f⁽³⁾|/6 and the rounding gamma_1000·|f|/h

@@ -22,16 +22,7 @@ from mwnet.core.weight_inputs import (
 )
 from mwnet.core.weight_net_spec import build_weight_net, weight_net_spec
 
-ALL = (
-    "loss",
-    "class",
-    "loss_ema",
-    "margin",
-    "confidence",
-    "agreement",
-    "loss_history",
-    "loss_rank",
-)
+ALL = WEIGHT_INPUTS
 
 
 def test_margin_confidence_and_agreement_by_hand():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mwnet.fitting.candidates import WITH_TRUSTED_SET, WITHOUT_TRUSTED_SET, select
-from mwnet.fitting.choice import choose, paired_error
+from mwnet.fitting.choice import choose, paired_error, rule
 from mwnet.fitting.pipeline import _excluded, issue_source
 from mwnet.suite.selection import sampling_error
 from mwnet.train.compare import Compared
@@ -52,7 +52,7 @@ def test_a_near_tie_keeps_the_default() -> None:
     a, b = _pair(1000, 750, 32, 29)
     decision = choose([a, b])
     assert decision.best == 1 and not decision.switched and decision.chosen == 0
-    assert "within the split's paired sampling error" in decision.rule(["A", "B"])
+    assert "within the split's paired sampling error" in rule(decision, ["A", "B"])
 
 
 def test_unusable_candidates_are_skipped_and_none_is_none() -> None:

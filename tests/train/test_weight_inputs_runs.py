@@ -13,23 +13,13 @@ import torch
 from fake_data import write_idx
 
 import mwnet
+from mwnet.core.weight_inputs import WEIGHT_INPUTS
 from mwnet.run import load_checkpoint, read_jsonl
 from mwnet.train import loop
 from mwnet.train.config import ConfigError, load_config
 
-EVERY = (
-    "method.mwnet.inputs=[loss,class,loss_ema,margin,confidence,agreement,loss_history,loss_rank]"
-)
-INPUTS = [
-    "loss",
-    "class",
-    "loss_ema",
-    "margin",
-    "confidence",
-    "agreement",
-    "loss_history",
-    "loss_rank",
-]
+INPUTS = list(WEIGHT_INPUTS)
+EVERY = f"method.mwnet.inputs=[{','.join(INPUTS)}]"
 TIMING = ("epoch_time", "wall_time")
 
 

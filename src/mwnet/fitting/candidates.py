@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mwnet.methods import method_names
+from mwnet.suite.grid import LABEL_CORRECTION  # as the CMW-Net-SL authors run it
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,6 @@ WEIGHTING_SOURCE = "weighting"
 """``after`` of a continuation: the label-issue source run, a weighting run where one is
 usable (see :func:`mwnet.fit.pipeline.issue_source`)."""
 
-# Label correction on a pseudo-meta set, as the CMW-Net-SL authors run it (mixup, mean
-# normalisation, a weighting-net update every 10th step by Adam 1e-4).
-_LABEL_CORRECTION = (
-    "method.label_correction.mixup=true",
-    "method.mwnet.normalize=mean",
-    "method.mwnet.meta_interval=10",
-    "method.mwnet.net_optimizer=adam",
-    "method.mwnet.net_lr=0.0001",
-    "method.mwnet.net_decay=0.0001",
-)
-
 WITH_TRUSTED_SET: tuple[Candidate, ...] = (
     Candidate(
         "finetune-best",
@@ -106,7 +96,7 @@ WITH_TRUSTED_SET: tuple[Candidate, ...] = (
 default the margin rule keeps; the rest break exact ties)."""
 
 WITHOUT_TRUSTED_SET: tuple[Candidate, ...] = (
-    Candidate("cmwnet-sl", "CMW-Net-SL", ("method.name=cmwnet-sl", FAST, *_LABEL_CORRECTION)),
+    Candidate("cmwnet-sl", "CMW-Net-SL", ("method.name=cmwnet-sl", FAST, *LABEL_CORRECTION)),
     Candidate("elr", "ELR", ("method.name=elr",)),
     Candidate(
         "retrain",

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
+
+from mwnet.suite.selection import Margin
 
 
 def paired_error(right_a: np.ndarray, right_b: np.ndarray) -> float:
@@ -39,44 +40,28 @@ def paired_error(right_a: np.ndarray, right_b: np.ndarray) -> float:
     return 100.0 * float(d.std(ddof=1)) / math.sqrt(n)
 
 
-@dataclass(frozen=True)
-class Choice:
-    """How ``fit`` chose: positions in the candidates' order."""
+Choice = Margin
+"""How ``fit`` chose: the suite's :class:`~mwnet.suite.selection.Margin` (positions in the
+usable candidates' order; ``threshold`` is the paired error here)."""
 
-    default: int
-    """The first usable candidate."""
-    best: int
-    """The highest validation accuracy (the first of equals)."""
-    margin: float
-    """Best minus default, in points."""
-    threshold: float
-    """The paired sampling error of that difference, in points."""
 
-    @property
-    def switched(self) -> bool:
-        return self.best != self.default and self.margin > self.threshold
-
-    @property
-    def chosen(self) -> int:
-        return self.best if self.switched else self.default
-
-    def rule(self, names: Sequence[str]) -> str:
-        """One sentence: why the chosen candidate."""
-        d, b = names[self.default], names[self.best]
-        if self.best == self.default:
-            return f"{d}: the highest validation accuracy"
-        if self.switched:
-            return (
-                f"{b}: ahead of the default {d} by {self.margin:.2f} points on validation, "
-                f"more than the split's paired sampling error ({self.threshold:.2f})"
-            )
+def rule(choice: Margin, names: Sequence[str]) -> str:
+    """One sentence: why the chosen candidate."""
+    d, b = names[choice.default], names[choice.best]
+    if choice.best == choice.default:
+        return f"{d}: the highest validation accuracy"
+    if choice.switched:
         return (
-            f"{d}, the default: {b} is ahead by {self.margin:.2f} points on validation, "
-            f"within the split's paired sampling error ({self.threshold:.2f})"
+            f"{b}: ahead of the default {d} by {choice.margin:.2f} points on validation, "
+            f"more than the split's paired sampling error ({choice.threshold:.2f})"
         )
+    return (
+        f"{d}, the default: {b} is ahead by {choice.margin:.2f} points on validation, "
+        f"within the split's paired sampling error ({choice.threshold:.2f})"
+    )
 
 
-def choose(right: Sequence[np.ndarray | None]) -> Choice | None:
+def choose(right: Sequence[np.ndarray | None]) -> Margin | None:
     """The margin rule over candidates in preference order; ``right[k]`` is candidate k's
     per-image correctness on the validation split, None where it is not usable (failed,
     diverged, or its weights flagged). None when no candidate is usable."""
@@ -90,4 +75,4 @@ def choose(right: Sequence[np.ndarray | None]) -> Choice | None:
         if acc[k] > acc[best]:
             best = k
     threshold = paired_error(right[default], right[best])  # type: ignore[arg-type]
-    return Choice(default, best, acc[best] - acc[default], threshold)
+    return Margin(default, best, acc[best] - acc[default], threshold)

@@ -36,7 +36,7 @@ import torch
 
 from mwnet.config import check_groups_read, check_run_name, load_config, to_yaml
 from mwnet.fitting.candidates import Candidate, select
-from mwnet.fitting.choice import Choice, choose
+from mwnet.fitting.choice import Choice, choose, rule
 from mwnet.run.model_file import MODEL_FILE
 from mwnet.run.records import write_json
 
@@ -339,18 +339,18 @@ def fit(
         )
     usable = [e for e in entries if e.usable]
     decision = choose([e.right for e in usable])
-    model_path = rule = None
+    model_path = why = None
     if decision is None:
-        rule = "no candidate is usable: every run failed, diverged or was flagged"
+        why = "no candidate is usable: every run failed, diverged or was flagged"
     else:
-        rule = decision.rule([e.title for e in usable])
+        why = rule(decision, [e.title for e in usable])
         model_path = out / MODEL_FILE
         _copy_atomically(usable[decision.chosen].run_dir / MODEL_FILE, model_path)
     result = FitResult(
         directory=out,
         entries=entries,
         choice=decision,
-        rule=rule,
+        rule=why,
         model_path=model_path,
         issues_from=None if source is None else titles[source.run_dir.name],
         label_issues=issues,

@@ -127,10 +127,10 @@ def this_machine(device: str | None = None) -> dict[str, Any]:
 def these_versions() -> dict[str, str]:
     import torch
 
-    import mwnet
+    from mwnet._version import __version__ as mwnet_version
 
     return {
-        "mwnet": mwnet.__version__,
+        "mwnet": mwnet_version,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
