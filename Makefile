@@ -7,6 +7,10 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PRESET ?= fmnist-flip2-40-mlp
+# pytest-xdist workers: one per core of CI's 2-core machine (each computes on one torch
+# thread, see tests/conftest.py); worksteal hands a worker that ran dry the far end of the
+# other's queue, so each file's tests mostly stay on one worker (module fixtures build once)
+TEST_WORKERS ?= 2
 
 .PHONY: test setup-test lint train setup-train suite
 
@@ -19,7 +23,7 @@ lint:
 	$(PYTHON) -m ruff format --check .
 
 test: setup-test lint
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 setup-train:
 	command -v apt-get >/dev/null && (apt-get install -y -q dataset-fashion-mnist || \
