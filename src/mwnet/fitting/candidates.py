@@ -68,7 +68,15 @@ own wins over it."""
 
 WEIGHTING_SOURCE = "weighting"
 """``after`` of a continuation: the label-issue source run, a weighting run where one is
-usable (see :func:`mwnet.fit.pipeline.issue_source`)."""
+usable (see :func:`mwnet.fitting.pipeline.issue_source`)."""
+
+RETRAIN = Candidate(
+    "retrain", "CE without flagged labels", ("method.name=ce",), WEIGHTING_SOURCE, "retrain"
+)
+"""CE again without the labels the source run's report flags (with or without a trusted
+set)."""
+ELR = Candidate("elr", "ELR", ("method.name=elr",))
+CE = Candidate("ce", "CE", ("method.name=ce",))
 
 WITH_TRUSTED_SET: tuple[Candidate, ...] = (
     Candidate(
@@ -81,32 +89,20 @@ WITH_TRUSTED_SET: tuple[Candidate, ...] = (
     Candidate("l2rw", "L2RW", ("method.name=l2rw", L2RW_LR)),
     Candidate("finetune", "fine-tune", ("method.name=finetune",)),
     Candidate("glc", "GLC", ("method.name=glc",)),
-    Candidate(
-        "retrain",
-        "CE without flagged labels",
-        ("method.name=ce",),
-        after=WEIGHTING_SOURCE,
-        stage="retrain",
-    ),
-    Candidate("elr", "ELR", ("method.name=elr",)),
+    RETRAIN,
+    ELR,
     Candidate("mwnet", "MW-Net", ("method.name=mwnet", FAST)),
-    Candidate("ce", "CE", ("method.name=ce",)),
+    CE,
 )
 """Candidates with a trusted set, in order of preference (the first usable one is the
 default the margin rule keeps; the rest break exact ties)."""
 
 WITHOUT_TRUSTED_SET: tuple[Candidate, ...] = (
     Candidate("cmwnet-sl", "CMW-Net-SL", ("method.name=cmwnet-sl", FAST, *LABEL_CORRECTION)),
-    Candidate("elr", "ELR", ("method.name=elr",)),
-    Candidate(
-        "retrain",
-        "CE without flagged labels",
-        ("method.name=ce",),
-        after=WEIGHTING_SOURCE,
-        stage="retrain",
-    ),
+    ELR,
+    RETRAIN,
     Candidate("gce", "GCE", ("method.name=gce",)),
-    Candidate("ce", "CE", ("method.name=ce",)),
+    CE,
 )
 """Candidates without a trusted set (``data.meta_source=auto``), in order of preference."""
 
