@@ -75,6 +75,34 @@ def tiny_config(root: Path, out: Path, method: str, *extra: str):
     )
 
 
+def tiny_compare_args(root: Path, out: Path, methods: str, *extra: str) -> list[str]:
+    """``mwnet compare`` of ``methods`` (a comma list) on the tiny uniform-noise Fashion-MNIST
+    of :func:`write_fmnist`, one job, no montage; ``extra`` overrides come last."""
+    return [
+        "compare",
+        "--jobs",
+        "1",
+        "--top",
+        "0",
+        "--methods",
+        methods,
+        f"data.root={root}",
+        "data.download=false",
+        "data.subset=100",
+        "data.meta_per_class=2",
+        "data.batch_size=25",
+        "data.meta_batch_size=10",
+        "data.noise=uniform",
+        "data.noise_rate=0.4",
+        "model.name=mlp",
+        "model.options.hidden=[8]",
+        "threads=1",
+        "device=cpu",
+        f"out_dir={out}",
+        *extra,
+    ]
+
+
 def metrics(run_dir: Path) -> list[dict]:
     """metrics.jsonl without its timings."""
     rows = read_jsonl(run_dir / "metrics.jsonl")

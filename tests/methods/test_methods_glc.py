@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from corruption_helpers import FixedPass, assert_same_end, tiny_config, write_fmnist
+from corruption_helpers import (
+    FixedPass,
+    assert_same_end,
+    tiny_compare_args,
+    tiny_config,
+    write_fmnist,
+)
 from method_nets import CLASSES, TinyMlp
 from rounding import central_difference_error, gamma, relative_sum_bound
 
@@ -346,31 +352,14 @@ def test_through_the_loop_the_model_restarts_and_resumes_exactly(fmnist_root, tm
 
 
 def test_compare_trains_ce_glc_and_s_model_on_the_same_data(fmnist_root, tmp_path, capsys):
-    args = [
-        "compare",
-        "--jobs",
-        "1",
-        "--top",
-        "0",
-        "--methods",
+    args = tiny_compare_args(
+        fmnist_root,
+        tmp_path,
         "ce,glc,s-model",
-        f"data.root={fmnist_root}",
-        "data.download=false",
-        "data.subset=100",
-        "data.meta_per_class=2",
-        "data.batch_size=25",
-        "data.meta_batch_size=10",
-        "data.noise=uniform",
-        "data.noise_rate=0.4",
-        "model.name=mlp",
-        "model.options.hidden=[8]",
         "optim.epochs=1",
         "method.glc.estimate_epochs=1",
         "method.s_model.estimate_epochs=1",
-        "threads=1",
-        "device=cpu",
-        f"out_dir={tmp_path}",
-    ]
+    )
     assert main(args) == 0
     out = capsys.readouterr().out
     record = json.loads(next(tmp_path.glob("*/comparison.json")).read_text())

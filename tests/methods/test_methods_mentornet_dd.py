@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from corruption_helpers import FixedPass, assert_same_end, tiny_config, write_fmnist
+from corruption_helpers import (
+    FixedPass,
+    assert_same_end,
+    tiny_compare_args,
+    tiny_config,
+    write_fmnist,
+)
 from method_nets import CLASSES, batch
 from plain_checks import LR, assert_step_matches, batch64, model64, reference_update
 
@@ -468,30 +474,14 @@ def test_a_run_resumes_bit_for_bit_across_the_end_of_the_burn_in(
 
 
 def test_compare_trains_ce_and_both_mentornets_on_the_same_data(fmnist_root, tmp_path, capsys):
-    args = [
-        "compare",
-        "--jobs",
-        "1",
-        "--top",
-        "0",
-        "--methods",
+    args = tiny_compare_args(
+        fmnist_root,
+        tmp_path,
         "ce,mentornet-pd,mentornet-dd",
-        f"data.root={fmnist_root}",
-        "data.download=false",
-        "data.subset=100",
-        "data.meta_per_class=2",
-        "data.batch_size=25",
-        "data.noise=uniform",
-        "data.noise_rate=0.4",
-        "model.name=mlp",
-        "model.options.hidden=[8]",
         "optim.epochs=2",
         "method.mentornet.burn_in_epochs=1",
         "method.mentornet_dd.mentor_steps=20",
-        "threads=1",
-        "device=cpu",
-        f"out_dir={tmp_path}",
-    ]
+    )
     assert main(args) == 0
     out = capsys.readouterr().out
     record = json.loads(next(tmp_path.glob("*/comparison.json")).read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from corruption_helpers import assert_same_end, tiny_config, write_fmnist
+from corruption_helpers import assert_same_end, tiny_compare_args, tiny_config, write_fmnist
 from method_nets import CLASSES, TinyMlp, assert_same, batch, make_model, state
 from rounding import (
     ORDER_FACTOR,
@@ -502,30 +502,9 @@ def test_a_resumed_run_is_the_uninterrupted_one_bit_for_bit(fmnist_root, tmp_pat
 
 
 def test_compare_trains_ce_mlc_and_mwnet_on_the_same_data(fmnist_root, tmp_path, capsys):
-    args = [
-        "compare",
-        "--jobs",
-        "1",
-        "--top",
-        "0",
-        "--methods",
-        "ce,mlc,mwnet",
-        f"data.root={fmnist_root}",
-        "data.download=false",
-        "data.subset=100",
-        "data.meta_per_class=2",
-        "data.batch_size=25",
-        "data.meta_batch_size=10",
-        "data.noise=uniform",
-        "data.noise_rate=0.4",
-        "model.name=mlp",
-        "model.options.hidden=[8]",
-        "optim.epochs=1",
-        "method.mlc.hidden=16",
-        "threads=1",
-        "device=cpu",
-        f"out_dir={tmp_path}",
-    ]
+    args = tiny_compare_args(
+        fmnist_root, tmp_path, "ce,mlc,mwnet", "optim.epochs=1", "method.mlc.hidden=16"
+    )
     assert main(args) == 0
     out = capsys.readouterr().out
     record = json.loads(next(tmp_path.glob("*/comparison.json")).read_text())
