@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -66,6 +65,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from mwnet.machine import cpu_model
 
 FOLDS = 5
 NOISE = 0.4
@@ -212,7 +213,7 @@ def main() -> None:
     MetaWeightClassifier(epochs=3, random_state=0).fit(warm[0], warm[1])
 
     print(
-        f"CPU: {_cpu()}, {args.threads} torch thread(s); torch {torch.__version__}, "
+        f"CPU: {cpu_model()}, {args.threads} torch thread(s); torch {torch.__version__}, "
         f"scikit-learn {sklearn.__version__}, cleanlab {cleanlab.__version__}; "
         f"seeds {args.seeds}; mean ± sd over the seeds"
     )
@@ -221,17 +222,6 @@ def main() -> None:
         print(f"\n## {kind} noise, {NOISE:.0%} of 5,000 training labels\n")
         for side, metrics in summarise(runs).items():
             print(f"{side:22s} " + "  ".join(f"{k} {v}" for k, v in metrics.items()))
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

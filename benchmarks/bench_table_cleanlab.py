@@ -40,13 +40,14 @@ import contextlib
 import csv
 import importlib
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from mwnet.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(tempfile.gettempdir()) / "mwnet-bench-peers"
@@ -200,7 +201,7 @@ def main() -> None:
                 if "(chose" in name:
                     print(f"seed {seed}: {name}", file=sys.stderr)
     print(
-        f"# {platform.processor() or platform.machine()}, seeds {args.seeds}, cleanlab "
+        f"# {cpu_model()}, seeds {args.seeds}, cleanlab "
         f"{cleanlab.__version__}, scikit-learn {sklearn.__version__}"
     )
     print("| row | mean ± sd over seeds |")

@@ -40,7 +40,6 @@ import importlib
 import importlib.util
 import itertools
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,13 +47,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mwnet import MetaReweighter, WeightNet
+from mwnet.machine import cpu_model
 from mwnet.models import build, input_shape
 
 LR, MOMENTUM, DECAY = 0.1, 0.9, 5e-4
@@ -393,16 +392,6 @@ def timings(model_name: str, names: list[str], rows: dict[str, Row], repeats: in
         rows[name].ratio = median / plain_median
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -453,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += list(by_name.values())
     versions = {m: _version(m) for m in ("torch", *PEERS)}
     print(
-        f"CPU: {cpu_name()}; torch threads {torch.get_num_threads()}; "
+        f"CPU: {cpu_model()}; torch threads {torch.get_num_threads()}; "
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
     )

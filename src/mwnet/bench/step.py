@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -222,13 +221,9 @@ def device_name(device: torch.device) -> str:
     """A human name for the machine: the GPU's name, or the CPU model."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    from mwnet.machine import cpu_model
+
+    return cpu_model()
 
 
 def _sync(device: torch.device) -> None:

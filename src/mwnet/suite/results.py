@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mwnet.machine import cpu_model
 from mwnet.run.records import read_json, read_jsonl, read_sample_weights, read_weight_function
 
 WF = "weight_function.csv"
@@ -88,16 +89,6 @@ def _issues_auroc(run_dir: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return None if evaluation is None else float(evaluation["auroc"])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 @cache
