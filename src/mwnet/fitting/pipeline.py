@@ -264,12 +264,12 @@ def fit(
     for candidate in later:  # a bad override fails now, not after an hour of training
         candidate_config(candidate, preset, overrides, base, out, [*val, "model.init_from=x"])
 
-    from mwnet.train.compare import _announce, run_comparison
+    from mwnet.train.compare import announce, run_comparison
 
     out.mkdir(parents=True, exist_ok=True)
     earlier_cpu = _recorded_cpu(out / FIT_FILE)
     start = time.perf_counter()
-    _announce(configs, out, jobs)
+    announce(configs, out, jobs)
     first = run_comparison(configs, jobs)
     source = issue_source(first)
     issues = None
@@ -295,7 +295,7 @@ def fit(
             for c in later
         ]
         if follow:
-            _announce(follow, out, jobs)
+            announce(follow, out, jobs)
         for candidate, result in zip(later, run_comparison(follow, jobs), strict=True):
             compared[candidate.name] = result
             how = "fine-tune" if candidate.stage == "finetune" else "CE without flagged labels"

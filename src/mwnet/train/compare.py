@@ -240,7 +240,7 @@ def without_flagged(cfg: Any, issues_csv: Path) -> Any:
     return cleaned
 
 
-def _announce(configs: list[Any], out: Path, jobs: int) -> None:
+def announce(configs: list[Any], out: Path, jobs: int) -> None:
     """What is about to happen: which methods train, and which are only read."""
     from mwnet.train.loop import finished
 
@@ -313,7 +313,7 @@ def compare(
 
     out.mkdir(parents=True, exist_ok=True)
     earlier = _earlier_record(out)
-    _announce(configs, out, jobs)
+    announce(configs, out, jobs)
     start = time.perf_counter()
     results = run_comparison(configs, jobs)
     chosen, rule = report_run(results)
