@@ -120,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     traceback); Ctrl-C and SIGTERM exit 130 and 143; anything else is a bug in mwnet and
     prints its traceback and a line asking to report it (exit 1).
     """
+    from mwnet.machine import keep_freed_memory
     from mwnet.run import sigterm_as_interrupt
 
+    keep_freed_memory()
     parser = build_parser()
     args = parse_args(parser, argv)
     command = " ".join(a for a in (argv if argv is not None else sys.argv[1:])[:1])

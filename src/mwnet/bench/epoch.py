@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from mwnet.bench.step import device_name, load_average
+from mwnet.machine import allocator_note
 from mwnet.config import load_config
 from mwnet.data import DatasetError
 from mwnet.methods import method_descriptor
@@ -109,6 +110,8 @@ class EpochRow:
     torch_version: str
     threads: int
     load_average: list[float] | None
+    allocator: str = ""
+    """How CPU memory was allocated (:func:`mwnet.machine.allocator_note`)."""
 
 
 def variant_overrides(
@@ -259,6 +262,7 @@ def _time(config: EpochBenchConfig, trainers: dict[str, Trainer]) -> list[EpochR
                 torch_version=torch.__version__,
                 threads=torch.get_num_threads(),
                 load_average=loads,
+                allocator=allocator_note(),
             )
         )
     return rows
@@ -285,7 +289,8 @@ def format_table(rows: list[EpochRow]) -> str:
         f"median of {len(first.epoch_s_all)} epoch(s) per variant; 'x ce total': summed "
         "over the rounds (epochs 1, 2, ... of each variant's run)",
         f"machine: {first.device} ({first.device_name}), torch {first.torch_version}, "
-        f"threads {first.threads}{load}",
+        f"threads {first.threads}{load}"
+        + (f", {first.allocator}" if first.allocator and first.device == "cpu" else ""),
         "",
         f"{'variant':<26}{'epoch s':>9}{'ms/step':>9}{'x ce':>7}{'x ce total':>12}",
     ]

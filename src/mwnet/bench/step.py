@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from mwnet.core import MetaReweighter, WeightNet
 from mwnet.core.famus import LayerSampling
 from mwnet.core.partial import modules_from
+from mwnet.machine import allocator_note
 from mwnet.models import build, input_shape
 
 PLAIN = "plain"
@@ -205,6 +206,9 @@ class BenchRow:
     load_average: list[float] | None = None
     """1-minute load average before and after the timing (Unix), next to every figure: on a
     shared machine it says how much the clock was competing."""
+    allocator: str = ""
+    """How CPU memory was allocated (:func:`mwnet.machine.allocator_note`): reusing freed
+    memory or not changes a CPU step's time, a meta step's more than a plain one's."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -446,6 +450,7 @@ def _run(config: StepBenchConfig) -> list[BenchRow]:
                 torch_version=torch.__version__,
                 threads=torch.get_num_threads(),
                 load_average=loads,
+                allocator=allocator_note(),
             )
         )
     return rows
@@ -463,7 +468,8 @@ def format_table(rows: list[BenchRow], warmup: int) -> str:
         f"mwnet bench step: {first.model}, batch {first.batch}, meta batch {first.meta_batch}, "
         f"median of {first.repeats} steps after {warmup} warm-up rounds",
         f"machine: {first.device} ({first.device_name}), torch {first.torch_version}, "
-        f"threads {first.threads}{_load_text(first.load_average)}",
+        f"threads {first.threads}{_load_text(first.load_average)}"
+        + (f", {first.allocator}" if first.allocator and first.device == "cpu" else ""),
         "",
         f"{'mode':<32}{'median ms':>10}{'x plain':>9}{'peak MB':>10}{'x plain':>9}",
     ]

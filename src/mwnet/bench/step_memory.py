@@ -22,6 +22,7 @@ import sys
 import torch
 
 from mwnet.bench.step import MODES, PLAIN, StepBenchConfig, make_inputs, make_runner, mode_spec
+from mwnet.machine import keep_freed_memory
 
 
 def _status_bytes(key: str) -> int | None:
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as the timing process, the ``mwnet`` command, does
     if args.threads:
         torch.set_num_threads(args.threads)
     config = StepBenchConfig(
