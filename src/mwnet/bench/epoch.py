@@ -31,9 +31,9 @@ from typing import Any
 import torch
 
 from mwnet.bench.step import device_name, load_average
-from mwnet.machine import allocator_note
 from mwnet.config import load_config
 from mwnet.data import DatasetError
+from mwnet.machine import allocator_note
 from mwnet.methods import method_descriptor
 from mwnet.suite.grid import FULL, METHOD_NAMES, cells
 from mwnet.train.experiment import build_experiment, prepare_data
