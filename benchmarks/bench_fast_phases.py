@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import mwnet.core.hypergrad as hypergrad
 from mwnet.bench.step import StepBenchConfig, make_inputs
 from mwnet.core import MetaReweighter, WeightNet
+from mwnet.machine import allocator_note, keep_freed_memory
 
 GRADS = ("virtual-step gradient (first-order backward)", "meta backward", "weighting net")
 
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
+    keep_freed_memory()  # as ``mwnet bench step`` and every ``mwnet`` command do
     torch.set_num_threads(1)
     model, (x, y, x_meta, y_meta) = make_inputs(
         StepBenchConfig(model=args.model), torch.device("cpu")
@@ -123,7 +125,8 @@ def main() -> None:
     rest = total - sum(median[k] for k in named)
     print(
         f"{args.hypergrad} step, {args.model}, batch 100 + meta batch 100, 1 thread, median of "
-        f"{args.repeats}; load average {load[0]:.2f} before, {load[1]:.2f} after"
+        f"{args.repeats}; load average {load[0]:.2f} before, {load[1]:.2f} after; "
+        f"{allocator_note()}"
     )
     forward, backward = median["plain forward"], median["plain backward"]
     print(f"plain forward {forward:.0f} ms, backward {backward:.0f} ms")

@@ -132,3 +132,39 @@ def test_a_forward_that_changes_is_an_error():
     record.calls.append(record.calls[-1])
     with pytest.raises(RuntimeError, match=r"made 9 of the 10 recorded calls"):
         _jvp(model, x, y, tangents, record)
+
+
+def test_recording_leaves_the_forward_as_it_was():
+    """The record runs a train-mode batch norm through the kernel ``F.batch_norm`` runs, to
+    keep its statistics: outputs, gradients and running statistics are bit for bit those of
+    the unrecorded forward."""
+    runs = []
+    for record in (False, True):
+        model, x, y, *_ = _setup()
+        torch.manual_seed(5)
+        if record:
+            with ForwardRecord() as rec:
+                out = model(x)
+            saved = [c.statistics for c in rec.calls if c.func is F.batch_norm]
+            # the three train-mode norms keep theirs; the eval-mode one has none
+            assert [s is not None for s in saved] == [True, True, False, True]
+        else:
+            out = model(x)
+        grads = torch.autograd.grad(F.cross_entropy(out, y), list(model.parameters()))
+        runs.append((out, grads, [b.clone() for b in model.buffers()]))
+    (out0, grads0, buffers0), (out1, grads1, buffers1) = runs
+    assert torch.equal(out0, out1)
+    assert all(torch.equal(a, b) for a, b in zip(grads0, grads1, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(buffers0, buffers1, strict=True))
+
+
+def test_the_recorded_statistics_are_what_the_tangent_uses():
+    """Planted: shifting one recorded batch mean changes the JVP, so the replay reads the
+    record's statistics (and the equality above is the rule's, not a recomputation's)."""
+    model, x, y, tangents, record = _setup()
+    right = _jvp(model, x, y, tangents, record)
+    first = next(c for c in record.calls if c.statistics is not None)
+    mean, invstd = first.statistics
+    first.statistics = (mean + 0.1, invstd)
+    torch.testing.assert_close(right, _jvp(model, x, y, tangents), rtol=1e-11, atol=1e-13)
+    assert (_jvp(model, x, y, tangents, record) - right).abs().max() > 1e-6

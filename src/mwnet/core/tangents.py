@@ -8,13 +8,18 @@ replay reuses what the training forward computed:
 
 * :class:`ForwardRecord`, a torch function mode around the training forward, keeps the
   outputs of its convolutions, linear layers and batch norms (references to tensors the
-  autograd graph holds anyway, not copies);
+  autograd graph holds anyway, not copies), and a train-mode batch norm's batch mean and
+  inverse standard deviation, which its kernel computes anyway: the forward calls the
+  kernel ``F.batch_norm`` calls, ``torch._batch_norm_impl_index``, with the same arguments,
+  so the output, the graph and the running statistics are the ones ``F.batch_norm`` makes;
 * :class:`TangentReplay`, around the JVP's forward, answers each of those calls with the
   recorded output as the primal and a tangent computed from the primal input and the
   tangents, so the primal of these ops is never computed again: a convolution or linear
   layer costs conv(ẋ, W) + conv(x, Ẇ) (+ ḃ); a train-mode batch norm's tangent is
   γσ⁻¹(ẋ − mean ẋ − x̂·mean(ẋx̂)) + γ̇x̂ + β̇, which is batch norm's own backward kernel
-  applied to ẋ (its Jacobian in the input is symmetric) plus one affine pass.
+  applied to ẋ (its Jacobian in the input is symmetric) plus one affine pass: the recorded
+  statistics make that pass an eval-mode batch norm (x − mean)·(γ̇σ⁻¹) + β̇, which on a CPU
+  costs a tenth of recomputing the statistics (a train-mode batch norm's kernel).
 
 Every other op (activations, pooling, additions, dropout with the replayed RNG, the loss)
 runs as ordinary forward-mode AD on the replayed primals, which are bit for bit the
@@ -35,6 +40,7 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 _BILINEAR: tuple[Callable[..., Any], ...] = (
@@ -59,6 +65,47 @@ class _Call:
     version: int
     """The output's version counter when recorded: an in-place change after the call
     means the recorded tensor no longer holds that call's output."""
+    statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+    """A train-mode batch norm's batch mean and inverse standard deviation (per channel),
+    where its kernel saved them; None elsewhere."""
+
+
+_SAVES_MEAN_AND_INVSTD = (0, 1)
+"""``_batch_norm_impl_index``'s implementations (native, cuDNN) whose saved tensors are the
+batch mean and 1/sqrt(var + eps); for another (MIOpen) the replay recomputes them."""
+
+
+def _recorded_batch_norm(args, kwargs) -> tuple[torch.Tensor, Any] | None:
+    """A train-mode ``F.batch_norm`` call run as ``F.batch_norm`` runs it, keeping the saved
+    statistics; None for a call this does not apply to (eval mode, tensor subclasses)."""
+    bound = _BATCH_NORM.bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    tensors = [a["input"], a["running_mean"], a["running_var"], a["weight"], a["bias"]]
+    if not a["training"] or any(
+        t is not None and type(t) is not torch.Tensor and not isinstance(t, nn.Parameter)
+        for t in tensors
+    ):
+        return None
+    F._verify_batch_size(a["input"].size())
+    out, saved_mean, saved_invstd, _, impl = torch._batch_norm_impl_index(
+        a["input"],
+        a["weight"],
+        a["bias"],
+        a["running_mean"],
+        a["running_var"],
+        True,
+        a["momentum"],
+        a["eps"],
+        torch.backends.cudnn.enabled,
+    )
+    channels = a["input"].shape[1]
+    usable = (
+        impl in _SAVES_MEAN_AND_INVSTD
+        and saved_mean.shape == (channels,)
+        and saved_invstd.shape == (channels,)
+    )
+    return out, (saved_mean.detach(), saved_invstd.detach()) if usable else None
 
 
 class ForwardRecord(TorchFunctionMode):
@@ -72,7 +119,15 @@ class ForwardRecord(TorchFunctionMode):
         self.paused = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        recorded = None
+        if func is F.batch_norm and not self.paused:
+            recorded = _recorded_batch_norm(args, kwargs)
+        if recorded is not None:
+            out, statistics = recorded
+            self.calls.append(_Call(func, out, out._version, statistics))
+            return out
+        out = func(*args, **kwargs)
         if func in _RECORDED and not self.paused and isinstance(out, torch.Tensor):
             self.calls.append(_Call(func, out, out._version))
         return out
@@ -96,7 +151,7 @@ class TangentReplay(TorchFunctionMode):
             return _tangent_in_primal_dtype(func(*args, **kwargs))
         primal = call.output.detach()
         if func is F.batch_norm:
-            tangent = _batch_norm_tangent(args, kwargs)
+            tangent = _batch_norm_tangent(args, kwargs, call.statistics)
         else:
             tangent = _bilinear_tangent(func, args, kwargs)
         if tangent is NotImplemented:
@@ -181,7 +236,9 @@ def _bilinear_tangent(func, args, kwargs) -> torch.Tensor | None:
     return terms[0] if len(terms) == 1 else terms[0].add_(terms[1])
 
 
-def _batch_norm_tangent(args, kwargs) -> torch.Tensor | None:
+def _batch_norm_tangent(
+    args, kwargs, statistics: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor | None:
     bound = _BATCH_NORM.bind(*args, **kwargs)
     bound.apply_defaults()
     a = bound.arguments
@@ -193,18 +250,15 @@ def _batch_norm_tangent(args, kwargs) -> torch.Tensor | None:
     eps = float(a["eps"])
     if x_t is None and w_t is None and b_t is None:
         return None
-    # one batch-norm kernel gives γ̇x̂ + β̇ and the batch statistics together
     zero = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
-    affine, mean, invstd = torch.native_batch_norm(
-        x,
-        w_t if w_t is not None else zero,
-        b_t if b_t is not None else zero,
-        None,
-        None,
-        True,
-        0.0,
-        eps,
-    )
+    slope = w_t if w_t is not None else zero
+    shift = b_t if b_t is not None else zero
+    if statistics is None:  # one train-mode kernel gives γ̇x̂ + β̇ and the statistics
+        affine, mean, invstd = torch.native_batch_norm(x, slope, shift, None, None, True, 0.0, eps)
+    else:  # (x − mean)·(γ̇σ⁻¹) + β̇ as an eval-mode batch norm of unit variance, no eps
+        mean, invstd = statistics
+        unit = torch.ones_like(zero)
+        affine = torch.native_batch_norm(x, slope * invstd, shift, mean, unit, False, 0.0, 0.0)[0]
     if x_t is None:
         return affine
     weight = w if w is not None else torch.ones_like(zero)
