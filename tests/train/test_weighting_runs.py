@@ -220,8 +220,39 @@ def test_a_curve_that_trusts_no_sample_is_reported(fmnist_root, tmp_path, capsys
     trainer.fit(stop_after=1)
     (record,) = read_jsonl(run_dir / "metrics.jsonl")
     assert record["zero_weight_steps"] == len(trainer.exp.train_batches) > 0
+    assert record["largest_weight_share"] is None  # no step had any weight to share
     assert record["train_loss"] == 0.0
     assert "WARNING: every weight was 0 on" in capsys.readouterr().err
 
     working = _train(fmnist_root, tmp_path, "alive", "mwnet")
     assert all(r["zero_weight_steps"] == 0 for r in read_jsonl(working / "metrics.jsonl"))
+
+
+def test_each_epoch_records_the_largest_share_of_a_step(fmnist_root, tmp_path):
+    """A flat curve (every weight sigmoid(0) = 0.5) shares each step equally: the largest
+    share is 1 / the smallest batch's size, exactly (a sum of equal halves is exact)."""
+    from mwnet.core import WeightNet
+    from mwnet.run.weight_net_file import save_weight_net
+
+    flat = WeightNet()
+    with torch.no_grad():
+        last = [m for m in flat.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.zero_()
+    save_weight_net(tmp_path / "flat.pt", flat, normalize="sum")
+    frozen = ("method.mwnet.meta=false", f"method.mwnet.net_from={tmp_path / 'flat.pt'}")
+    overrides = [*tiny_overrides(fmnist_root, tmp_path, "flat", "mwnet"), "threads=1", *frozen]
+    trainer, run_dir = loop.start(load_config("fmnist-lt-10", overrides), quiet=True)
+    trainer.fit(stop_after=1)
+    (record,) = read_jsonl(run_dir / "metrics.jsonl")
+    n, size = len(trainer.exp.train_batches.images), trainer.exp.cfg.data.batch_size
+    smallest = n - size * ((n - 1) // size)  # the epoch's last batch
+    assert smallest < size  # so the record is the last batch's share, not a full one's
+    assert record["largest_weight_share"] == 1 / smallest
+
+
+def test_largest_share_by_hand():
+    from mwnet.train.loop import largest_share
+
+    assert largest_share(torch.tensor([0.0, 0.0, 3.0, 1.0])) == 0.75
+    assert largest_share(torch.tensor([0.0, 0.0])) is None

@@ -84,10 +84,25 @@ class EpochStats:
     weighted_steps: int = 0
     zero_weight_steps: int = 0
     """Steps whose every weight was 0: the weighted loss was 0, nothing learned from the data."""
+    largest_share: float | None = None
+    """The most of one step's total weight any one sample carried (max_i w_i / Σ_i w_i over
+    the global batch), over the epoch's steps with some weight: 1/n when every sample weighs
+    the same, 1 when one sample makes the whole step, as it does in the collapse that
+    ``zero_weight_steps`` ends in."""
     weight_corrupted: float = 0.0
     n_corrupted: int = 0
     loss_min: float = float("inf")
     loss_max: float = float("-inf")
+
+
+def largest_share(weights: torch.Tensor) -> float | None:
+    """max_i w_i / Σ_i w_i of one step's weights; None when they sum to 0 (no step taken)."""
+    total = float(weights.sum())
+    return float(weights.max()) / total if total > 0 else None
+
+
+def _larger(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _autocast(exp: Experiment):
@@ -310,6 +325,7 @@ class Trainer:
                     w, bad = weights.float(), corrupted[idx]
                     stats.weighted_steps += 1
                     stats.zero_weight_steps += int(not bool((w != 0).any()))
+                    stats.largest_share = _larger(stats.largest_share, largest_share(w))
                     stats.weight_corrupted += float(w[bad].sum())
                     stats.n_corrupted += int(bad.sum())
                     stats.weight_clean += float(w[~bad].sum())
@@ -458,6 +474,7 @@ class Trainer:
                 stats.weight_clean + stats.weight_corrupted, stats.n_clean + stats.n_corrupted
             ),
             "zero_weight_steps": stats.zero_weight_steps if stats.weighted_steps else None,
+            "largest_weight_share": stats.largest_share,
             **(
                 {
                     "mean_weight_clean": mean(stats.weight_clean, stats.n_clean),
