@@ -202,20 +202,27 @@ def test_warmup_resumes_into_the_meta_phase(fmnist_root, tmp_path):
     assert got == want
 
 
-def test_a_curve_that_trusts_no_sample_is_reported(fmnist_root, tmp_path, capsys):
-    """A weighting net whose every weight is 0 trains nothing from the data: each epoch
-    counts those steps and its line warns; a working curve counts none."""
+def _constant_curve(fmnist_root, tmp_path, name: str, logit: float) -> list[str]:
+    """Overrides of a tiny MW-Net run with a frozen weighting net whose every weight is
+    sigmoid(logit), whatever the loss."""
     from mwnet.core import WeightNet
     from mwnet.run.weight_net_file import save_weight_net
 
-    dead = WeightNet()
+    net = WeightNet()
     with torch.no_grad():
-        last = [m for m in dead.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
         last.weight.zero_()
-        last.bias.fill_(-1e4)  # sigmoid(-1e4) is exactly 0 in float32
-    save_weight_net(tmp_path / "dead.pt", dead, normalize="sum")
-    frozen = ("method.mwnet.meta=false", f"method.mwnet.net_from={tmp_path / 'dead.pt'}")
-    overrides = [*tiny_overrides(fmnist_root, tmp_path, "dead", "mwnet"), "threads=1", *frozen]
+        last.bias.fill_(logit)
+    save_weight_net(tmp_path / f"{name}.pt", net, normalize="sum")
+    frozen = ("method.mwnet.meta=false", f"method.mwnet.net_from={tmp_path / f'{name}.pt'}")
+    return [*tiny_overrides(fmnist_root, tmp_path, name, "mwnet"), "threads=1", *frozen]
+
+
+def test_a_curve_that_trusts_no_sample_is_reported(fmnist_root, tmp_path, capsys):
+    """A weighting net whose every weight is 0 trains nothing from the data: each epoch
+    counts those steps and its line warns; a working curve counts none."""
+    # sigmoid(-1e4) is exactly 0 in float32
+    overrides = _constant_curve(fmnist_root, tmp_path, "dead", -1e4)
     trainer, run_dir = loop.start(load_config("fmnist-lt-10", overrides), quiet=False)
     trainer.fit(stop_after=1)
     (record,) = read_jsonl(run_dir / "metrics.jsonl")
@@ -231,17 +238,7 @@ def test_a_curve_that_trusts_no_sample_is_reported(fmnist_root, tmp_path, capsys
 def test_each_epoch_records_the_largest_share_of_a_step(fmnist_root, tmp_path):
     """A flat curve (every weight sigmoid(0) = 0.5) shares each step equally: the largest
     share is 1 / the smallest batch's size, exactly (a sum of equal halves is exact)."""
-    from mwnet.core import WeightNet
-    from mwnet.run.weight_net_file import save_weight_net
-
-    flat = WeightNet()
-    with torch.no_grad():
-        last = [m for m in flat.modules() if isinstance(m, torch.nn.Linear)][-1]
-        last.weight.zero_()
-        last.bias.zero_()
-    save_weight_net(tmp_path / "flat.pt", flat, normalize="sum")
-    frozen = ("method.mwnet.meta=false", f"method.mwnet.net_from={tmp_path / 'flat.pt'}")
-    overrides = [*tiny_overrides(fmnist_root, tmp_path, "flat", "mwnet"), "threads=1", *frozen]
+    overrides = _constant_curve(fmnist_root, tmp_path, "flat", 0.0)
     trainer, run_dir = loop.start(load_config("fmnist-lt-10", overrides), quiet=True)
     trainer.fit(stop_after=1)
     (record,) = read_jsonl(run_dir / "metrics.jsonl")
