@@ -417,6 +417,9 @@ def _timing(res: Results, suite_info: dict[str, Any]) -> str:
     full = suite_info.get("full_train_elapsed_seconds")
     if full:
         text += f"; the full-training-set regime took {full / 3600:.2f} h more"
+    regime = suite_info.get("regime_elapsed_seconds")
+    if regime:
+        text += f"; the small-CNN regime took {regime / 3600:.2f} h more"
     return text + ". Wall time per run counts training and per-epoch evaluation, not start-up."
 
 
