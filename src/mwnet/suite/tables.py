@@ -520,12 +520,14 @@ def regime_table(res: Results) -> str:
     settings = [s for s in settings if any(r.setting == s.name for r in res.runs)]
     if not settings:
         return ""
-    names = {r.method for r in res.runs} | {m for _, m in res.diverged}
+    shown = {s.name for s in settings}
+    names = {r.method for r in res.runs if r.setting in shown}
+    names |= {m for s, m in res.diverged if s in shown}
     listed = dict.fromkeys(m for s in settings for m in s.methods or ())
     methods = [method_named(m) for m in listed if m in names]
     head = ["method"]
     for setting in settings:
-        head += [f"{setting.title}", "gap to MW-Net (fast)"]
+        head += [setting.title.split(",")[0], "gap to MW-Net (fast)"]
     head.append("run time x CE (these runs)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in methods:
