@@ -188,11 +188,18 @@ def target_line(
 ) -> str:
     met = meets_target(runs, epoch_rows, total, settings, gap, cost)
     what = "run" if total else "epoch"
-    return (
+    text = (
         f"Target (within {gap:g} points of {REFERENCE} in each of {', '.join(settings)}, no "
         f"seed collapsed, at <= {cost:g}x CE's {what}): "
         + (f"met by {', '.join(met)}." if met else "met by none.")
     )
+    ce = gaps_to_reference(runs, settings, "ce")
+    if ce and min(ce) >= -gap:  # then losing the weighting's gain costs nothing here
+        text += (
+            f" But ce is within {gap:g} points of {REFERENCE} too: these settings cannot tell "
+            "a variant that keeps the weighting's gain from one that loses it."
+        )
+    return text
 
 
 def main() -> None:

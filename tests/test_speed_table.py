@@ -124,6 +124,10 @@ def test_the_target_needs_every_setting_no_collapse_and_the_cost(sources) -> Non
         "Target (within 0.5 points of mwnet-fast in each of cnn-flip2-40, cnn-pair-40, no "
         "seed collapsed, at <= 1.5x CE's run): met by mwnet-head."
     )
+    # ce is 11 and 18 points behind: no warning; at a gap it meets, the line warns
+    assert "But ce is within 18 points" in st.target_line(
+        ledger, EPOCH_ROWS, True, SETTINGS, gap=18.0
+    )
 
 
 def test_the_command_line_reads_the_ledger(

@@ -184,8 +184,11 @@ def test_the_regime_target_needs_both_noises_and_no_collapse(results: Results) -
     assert "famus" not in text
     # a stricter cost bound keeps head close but not cheap
     assert regime_target(results, cost=1.3).endswith("in these runs: none.")
-    # a looser gap admits nobody else here but famus's pair gap (-2.0) at 2.0
+    # a looser gap admits famus (pair: -2.0); CE is 11 and 18 points behind: no warning
     assert "famus" in regime_target(results, gap=2.0)
+    assert "CE itself" not in regime_target(results, gap=2.0)
+    # where CE is as close as the gap allows, the verdict says the settings cannot judge
+    assert "CE itself is within 18 points" in regime_target(results, gap=18.0)
 
 
 def test_the_page_has_a_regime_section_with_its_command(results: Results) -> None:
