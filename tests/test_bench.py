@@ -296,3 +296,59 @@ def test_suite_variants_are_the_suite_cells() -> None:
     assert list(chosen) == ["ce", "head", "head+interval(5)", "mwnet-fast-k5"]
     with pytest.raises(ValueError, match="suite method names need a suite setting"):
         variant_overrides(["mwnet-fast-k5"], 1)
+
+
+def test_the_small_cnn_regime_times_its_own_cells() -> None:
+    """``--suite cnn-flip2-40``: the regime's methods are its cells (the small CNN on 6,000
+    images), famus and partial among them."""
+    from mwnet.suite.grid import FULL, REGIME_METHODS, cells
+
+    chosen = variant_overrides(list(REGIME_METHODS), 1, "cnn-flip2-40")
+    assert list(chosen) == list(REGIME_METHODS)
+    for method in REGIME_METHODS:
+        (cell,) = [c for c in cells(FULL, ("cnn-flip2-40",), (method,)) if c.seed == 0]
+        # "ce" is also a bench variant: its own override follows the cell's (the same)
+        tail = ["method.name=ce"] if method == "ce" else []
+        assert chosen[method] == [*cell.overrides, *tail]
+    assert {"model.name=cnn_small", "data.subset=7000", "data.val_size=1000"} <= set(chosen["ce"])
+    assert "method.mwnet.hypergrad=famus" in chosen["mwnet-famus"]
+
+
+def test_under_a_suite_cell_the_bench_options_come_last() -> None:
+    """A suite cell sets its own device, threads and data size: the bench's explicit
+    choices must follow it to hold (before it, the cell's ``threads=1`` and
+    ``data.subset=7000`` would win), and ``--subset N`` keeps N training images beside the
+    cell's validation split."""
+    from mwnet.bench.epoch import EpochBenchConfig, _base_overrides, _ordered
+
+    cell = variant_overrides(["ce"], 1, "cnn-flip2-40")["ce"]
+    config = EpochBenchConfig(suite_setting="cnn-flip2-40", subset=500, threads=2)
+    merged = _ordered(config, _base_overrides(config), cell)
+    assert merged[: len(cell)] == cell
+    assert merged[-1] == "data.subset=1500" and "threads=2" in merged[len(cell) :]
+    # "auto" leaves the cell's device; no subset given: the cell's own 7,000
+    auto = EpochBenchConfig(suite_setting="cnn-flip2-40")
+    assert _ordered(auto, _base_overrides(auto), cell)[len(cell) :] == ["data.download=false"]
+    # on a preset the variant's overrides still come last
+    preset = EpochBenchConfig()
+    assert _ordered(preset, _base_overrides(preset), ["x=1"])[-1] == "x=1"
+    assert "data.subset=5000" in _base_overrides(preset)
+
+
+def test_bench_epoch_on_a_regime_cell(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """End to end on fake data: the regime's cells, shrunk by the bench's own options."""
+    root = _fake_data().write_idx(tmp_path / "fmnist", per_class=12, test_per_class=1)
+    args = ["bench", "epoch", "--suite", "cnn-pair-40", "--subset", "60", "--repeats", "2"]
+    args += ["--warmup-steps", "1", "--threads", "1", "--meta-interval", "1", "--json"]
+    args += ["--variants", "ce,mwnet-famus,mwnet-partial-k5"]
+    tiny = ["data.val_size=10", *TINY_DATA]
+    assert main([*args, f"data.root={root}", *tiny]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == ["ce", "mwnet-famus", "mwnet-partial-k5"]
+    for row in rows.values():
+        assert (row["train_samples"], row["steps"], row["model"]) == (60, 3, "cnn_small")
+        assert row["preset"] == "suite:cnn-pair-40" and len(row["epoch_s_all"]) == 2
+    assert rows["ce"]["ratio_total"] == 1.0
+    assert (rows["mwnet-famus"]["hypergrad"], rows["mwnet-famus"]["meta_interval"]) == ("famus", 1)
+    k5 = rows["mwnet-partial-k5"]
+    assert (k5["hypergrad"], k5["meta_interval"]) == ("partial", 5)

@@ -88,7 +88,7 @@ def _run_bench_epoch(args: argparse.Namespace) -> int:
         suite_setting=args.suite,
     )
     n = len(variant_overrides(config.variants, config.meta_interval, config.suite_setting))
-    what = f"the suite's {args.suite} cells" if args.suite else f"{config.subset} images"
+    what = f"the suite's {args.suite} cells" if args.suite else f"{config.subset or 5000} images"
     print(
         f"timing one epoch of {what}: {n} variants x {config.repeats} round(s)...",
         file=sys.stderr,
@@ -115,8 +115,9 @@ def _add_bench_epoch(benches) -> None:
         choices=SETTING_NAMES,
         default=None,
         metavar="SETTING",
-        help="time the evidence suite's cells of this setting (its MLP, 12,000 images, seed "
-        "0) instead of --preset's; --variants may then name suite methods (mwnet-fast, ...). "
+        help="time the evidence suite's cells of this setting (seed 0: its model and training "
+        "images, e.g. the MLP on 12,000, the cnn-* settings' small CNN on 6,000) instead of "
+        "--preset's; --variants may then name suite methods (mwnet-fast, ...). "
         f"Settings: {', '.join(SETTING_NAMES)}",
     )
     epoch.add_argument(
@@ -135,7 +136,11 @@ def _add_bench_epoch(benches) -> None:
         "(default 5; 1 to skip)",
     )
     epoch.add_argument(
-        "--subset", type=positive_int, default=5000, help="training images (default 5000)"
+        "--subset",
+        type=positive_int,
+        default=None,
+        help="training images (default 5000; with --suite the setting's own, given: that "
+        "many beside its validation split, for a quick try)",
     )
     epoch.add_argument("--model", default=None, help="model name (default: the preset's)")
     epoch.add_argument(

@@ -14,7 +14,9 @@ from epoch to epoch (a schedule of meta updates, a weighting net frozen after a 
 epochs) is timed as it trains: with as many rounds as the run has epochs, ``ratio_total``
 (its summed epoch times over CE's) is the cost of the whole run. ``suite_setting`` times
 the evidence suite's cells instead of a preset's: the suite's model, data size and
-setting, and its method names as variants (``mwnet-fast``, ...).
+setting, and its method names as variants (``mwnet-fast``, ...); the bench's own choices
+(device, threads, a smaller ``subset``, ``key=value`` overrides) are applied after the
+cell's, so that they hold there too.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ learned elsewhere without any meta step: the net of ``method.mwnet.net_from`` wh
 overrides name one, else a fresh MW-Net net (its cost does not depend on what it learned)."""
 INTERVAL_VARIANTS = ("fast", "head")
 """Variants that are also timed with ``method.mwnet.meta_interval=K`` when K > 1."""
+DEFAULT_SUBSET = 5000
+"""Training images of a preset's epoch unless ``subset`` says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,10 @@ class EpochBenchConfig:
     variants: tuple[str, ...] = (CE, "fast", "head")
     meta_interval: int = 5
     """K > 1 adds ``fast+interval(K)`` and ``head+interval(K)`` for those variants asked."""
-    subset: int = 5000
+    subset: int | None = None
+    """Training images; None: :data:`DEFAULT_SUBSET` with a preset, the cell's own with
+    ``suite_setting`` (given there: that many training images beside the cell's validation
+    split, for a quick try; the cost of a suite run needs the cell's own size)."""
     model: str | None = None
     """A model name for ``model.name``; None keeps the preset's."""
     repeats: int = 1
@@ -149,9 +156,11 @@ def _suite_overrides(setting: str, method: str) -> list[str]:
 
 
 def _base_overrides(config: EpochBenchConfig) -> list[str]:
-    base = [f"device={config.device}"]
+    # a suite cell names its device (cpu): "auto" leaves it, an explicit choice holds
+    auto_in_suite = config.suite_setting is not None and config.device == "auto"
+    base = [] if auto_in_suite else [f"device={config.device}"]
     if config.suite_setting is None:
-        base.append(f"data.subset={config.subset}")
+        base.append(f"data.subset={config.subset or DEFAULT_SUBSET}")
     if config.model is not None:
         base.append(f"model.name={config.model}")
     if config.threads is not None:
@@ -180,7 +189,7 @@ def run_epoch_bench(config: EpochBenchConfig) -> list[EpochRow]:
 
     Changes torch's thread count only for the run (``config.threads``; restored after).
     """
-    if config.repeats < 1 or config.warmup_steps < 0 or config.subset < 1:
+    if config.repeats < 1 or config.warmup_steps < 0 or (config.subset or 1) < 1:
         raise ValueError("repeats and subset must be >= 1 and warmup_steps >= 0")
     overrides = variant_overrides(config.variants, config.meta_interval, config.suite_setting)
     base = _base_overrides(config)
@@ -190,7 +199,10 @@ def run_epoch_bench(config: EpochBenchConfig) -> list[EpochRow]:
         with tempfile.TemporaryDirectory() as tmp:
             if "frozen" in overrides and not any("net_from=" in o for o in base):
                 overrides["frozen"].append(f"method.mwnet.net_from={_fresh_weight_net(tmp)}")
-            cfgs = {name: load_config(preset, [*base, *o]) for name, o in overrides.items()}
+            cfgs = {
+                name: load_config(preset, _ordered(config, base, o))
+                for name, o in overrides.items()
+            }
             data = _load_data(next(iter(cfgs.values())))
             trainers = {
                 name: Trainer(build_experiment(cfg, data), Path(tmp) / name, quiet=True)
@@ -199,6 +211,20 @@ def run_epoch_bench(config: EpochBenchConfig) -> list[EpochRow]:
             return _time(config, trainers)
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _ordered(config: EpochBenchConfig, base: list[str], variant: list[str]) -> list[str]:
+    """A variant's overrides: on a preset, the bench's then the variant's; on a suite cell,
+    which sets its own device, threads and data size, the cell's then the bench's (and a
+    ``subset`` given: that many training images plus the cell's validation split)."""
+    if config.suite_setting is None:
+        return [*base, *variant]
+    sized = []
+    if config.subset is not None:
+        given = dict(o.split("=", 1) for o in [*variant, *base] if "=" in o)
+        val = int(given.get("data.val_size") or 0)
+        sized.append(f"data.subset={config.subset + val}")
+    return [*variant, *base, *sized]
 
 
 def _fresh_weight_net(directory: str) -> Path:

@@ -23,6 +23,7 @@ from mwnet.suite.grid import (
 EXTRA_SETTINGS = tuple(n for n in SETTING_NAMES if n not in DEFAULT_SETTINGS)
 """Settings run only when named: milder variants, 300 clean images, the full training set."""
 FULL_TRAIN = tuple(s.name for s in SETTINGS if s.group == "full-train")
+REGIME = tuple(s.name for s in SETTINGS if s.group == "regime")
 
 
 def add_suite(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,8 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
         "recorded in the ledger are skipped, interrupted runs resumed. Then write "
         "RESULTS.md and plots to --docs from the ledger. The default grid takes "
         "about 3 hours on a 2-core CPU; --quick is a tiny version for smoke tests; "
-        f"--settings {','.join(FULL_TRAIN)} is the full-training-set regime (hours more).",
+        f"--settings {','.join(FULL_TRAIN)} is the full-training-set regime (hours more); "
+        f"--settings {','.join(REGIME)} the cheap MW-Net modes on the small CNN (about 1 h).",
     )
     p.add_argument("--quick", action="store_true", help="tiny cells: 2 epochs, tiny grids")
     p.add_argument(
@@ -82,11 +84,14 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
 
 def time_key(settings: tuple[str, ...], methods: tuple[str, ...]) -> str:
     """Which clock of ``suite.json`` an invocation adds to: the default grid's (what the
-    3-hour budget is about), the full-training-set regime's, or the extra runs'."""
+    3-hour budget is about), the full-training-set regime's, the small-CNN regime's, or the
+    extra runs'."""
     if set(settings) == set(DEFAULT_SETTINGS) and set(methods) == set(DEFAULT_METHODS):
         return "elapsed_seconds"
     if set(settings) <= set(FULL_TRAIN):
         return "full_train_elapsed_seconds"
+    if set(settings) <= set(REGIME):
+        return "regime_elapsed_seconds"
     return "extra_elapsed_seconds"
 
 

@@ -81,7 +81,8 @@ class Setting:
     """Some training labels are wrong (a clean-vs-corrupted split exists)."""
     imbalanced: bool
     group: str = "main"
-    """``main`` (the headline), ``clean-size`` (the clean-set size axis) or ``small``."""
+    """``main`` (the headline), ``clean-size`` (the clean-set size axis), ``small``,
+    ``full-train`` or ``regime`` (the small CNN on 6,000 images: the cheap modes' cost)."""
     methods: tuple[str, ...] | None = None
     """The methods this setting runs (None: every method asked for)."""
     clean_per_class: int | None = None
@@ -346,6 +347,51 @@ SECONDS_PER_COST = 31.0
 full scale, measured: the default grid's 302 runs (486 cost units) took 4.22 h summed over
 runs, two at a time on 2 cores (start-up and plotting, about 7-10 s a run, not counted)."""
 
+REGIME_METHODS = (
+    "ce",
+    "mwnet-fast",
+    "mwnet-famus",
+    "mwnet-partial",
+    "mwnet-head",
+    "mwnet-fast-k5",
+    "mwnet-partial-k5",
+    "mwnet-head-k5",
+)
+"""The cheap MW-Net modes against the exact step and CE where a step's time is arithmetic
+(the small CNN), not the MLP's Python overhead: each mode alone, and every 5th step."""
+REGIME_SUBSET = 7000
+"""6,000 training images and the scale's 1,000-image validation split (the clean set, the
+usual 1,000 images, is carved before the subset is drawn)."""
+REGIME_COST_FACTOR = 2.4
+"""A CE run's time against a main-setting CE run's (31 s, :data:`SECONDS_PER_COST`),
+measured: one epoch of the small CNN on the 6,000 images, its test and validation passes
+included, took 7.2 s on one thread (75 s a run); a guide for the time estimate only."""
+
+
+def _regime_settings() -> tuple[Setting, ...]:
+    """The small CNN at its preset's values on 6,000 noisy images, under the two noises the
+    cheap modes were judged on in docs/PERFORMANCE.md (at the MLP): no search, three seeds."""
+    out = []
+    for base in (s for s in SETTINGS if s.name in ("flip2-40", "pair-40")):
+        out.append(
+            Setting(
+                f"cnn-{base.name}",
+                f"{base.title}, 6,000 training images, small CNN",
+                (*base.overrides, *CNN_OVERRIDES, f"data.subset={REGIME_SUBSET}"),
+                True,
+                False,
+                group="regime",
+                methods=REGIME_METHODS,
+                seeds=(0, 1, 2),
+                varies=base.name,
+                fixed=True,
+                in_default=False,
+                cost_factor=REGIME_COST_FACTOR,
+            )
+        )
+    return tuple(out)
+
+
 SMALL_SEEDS = (0, 1, 2, 3, 4)
 SETTINGS += (
     *_clean_size_settings(),
@@ -361,6 +407,7 @@ SETTINGS += (
         cost_factor=0.15,  # a twelfth of the training, the same 10,000-image test pass
     ),
     *_full_train_settings(),
+    *_regime_settings(),
 )
 
 
@@ -594,6 +641,35 @@ METHODS: tuple[MethodSpec, ...] = (
     _mwnet_fast("k5-wlr0.003", "k=5, weight lr x3", ("meta_interval=5",), 1.4, weight_lr=0.003),
     _mwnet_fast("k10-wlr0.003", "k=10, weight lr x3", ("meta_interval=10",), 1.3, weight_lr=0.003),
     _mwnet("head", "k3", "k=3", ("meta_interval=3",), 1.3),
+    # The other cheap modes at the library's defaults. FaMUS: 4 layers drawn uniformly at
+    # each meta update, the kept terms not rescaled (the paper's Eq. 9); on cnn_small, 4 of
+    # its 5 layers (conv, bn, conv, bn, linear), so the meta gradient's expectation is
+    # 4/5 of the exact one. Partial: the default top, the last stage and the classifier
+    # (cnn_small: features.1, the second conv-bn block, and the linear head).
+    MethodSpec(
+        "mwnet-famus",
+        "MW-Net (famus: 4 random layers, not rescaled)",
+        ("method.name=mwnet", "method.mwnet.hypergrad=famus"),
+        3.0,
+        default=False,
+        knob=WEIGHT_LR,
+    ),
+    MethodSpec(
+        "mwnet-partial",
+        "MW-Net (partial: top = last stage + classifier)",
+        ("method.name=mwnet", "method.mwnet.hypergrad=partial"),
+        2.5,
+        default=False,
+        knob=WEIGHT_LR,
+    ),
+    MethodSpec(
+        "mwnet-partial-k5",
+        "MW-Net (partial, k=5)",
+        ("method.name=mwnet", "method.mwnet.hypergrad=partial", "method.mwnet.meta_interval=5"),
+        1.3,
+        default=False,
+        knob=WEIGHT_LR,
+    ),
     _mwnet("head", "k5-wlr0.003", "k=5, weight lr x3", ("meta_interval=5",), 1.2, weight_lr=0.003),
     _mwnet_fast("freeze3", "frozen after epoch 3", ("freeze_epoch=3",), 1.3),
     _mwnet_fast("k1to20", "k=1 for 2 epochs, then k=20", ("meta_interval_schedule=20@2",), 1.4),

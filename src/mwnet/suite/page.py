@@ -21,6 +21,7 @@ from typing import Any
 
 from mwnet.run.atomic import atomic_write
 from mwnet.suite.grid import (
+    CNN_OVERRIDES,
     PSEUDO_META_METHODS,
     SETTINGS,
     WEIGHT_LRS,
@@ -43,6 +44,8 @@ from mwnet.suite.tables import (
     grid_table,
     headline_table,
     no_clean_table,
+    regime_table,
+    regime_target,
     seeds_table,
     selection_table,
     setting_table,
@@ -293,7 +296,44 @@ def _axis_sections(res: Results, scale: Scale) -> list[str]:
             verdict_table(res, group="full-train"),
             "",
         ]
+    lines += _regime_section(res)
     return lines
+
+
+def _regime_section(res: Results) -> list[str]:
+    """The cheap MW-Net modes where a step's time is arithmetic (the small CNN), not the
+    MLP's Python overhead, against the exact step and CE."""
+    table = regime_table(res)
+    if not table:
+        return []
+    regime = [s for s in SETTINGS if s.group == "regime"]
+    overrides = " ".join(o for o in CNN_OVERRIDES if o != "model.options={}")
+    seeds = sorted({seed for s in regime for seed in (s.seeds or ())})
+    return [
+        "## The cheap modes on a small CNN",
+        "",
+        "MW-Net's cheap modes judged where a step is dominated by arithmetic: the small CNN "
+        f"(`{overrides}`, each method at its defaults, nothing searched) on 6,000 noisy "
+        "training images (`data.subset=7000` less the 1,000-image validation split; the "
+        "usual 1,000 clean images), seeds "
+        f"{', '.join(map(str, seeds))}; run with `mwnet suite --settings "
+        + ",".join(s.name for s in regime)
+        + " --methods "
+        + ",".join(dict.fromkeys(m for s in regime for m in s.methods or ()))
+        + "`. *famus* sums the meta gradient over 4 of the CNN's 5 layers drawn at random "
+        "each update (not rescaled); *partial* takes the virtual step in the last conv "
+        "block and the classifier only; *k=5* updates the weighting net every 5th step. "
+        "Each cell: last-epoch test accuracy, mean ± std over the seeds, then each seed; "
+        "the gap is the mean of the per-seed differences to MW-Net (fast). The run-time "
+        "column is these runs' wall time (two at a time on 2 cores, per-epoch evaluation "
+        "included, which narrows every ratio); `benchmarks/speed_table.py` gives the cost "
+        "measured epoch by epoch (`mwnet bench epoch --suite`).",
+        "",
+        table,
+        "",
+        regime_target(res),
+        "",
+    ]
 
 
 def _group_sections(res: Results, scale: Scale) -> list[str]:
@@ -417,6 +457,9 @@ def _timing(res: Results, suite_info: dict[str, Any]) -> str:
     full = suite_info.get("full_train_elapsed_seconds")
     if full:
         text += f"; the full-training-set regime took {full / 3600:.2f} h more"
+    regime = suite_info.get("regime_elapsed_seconds")
+    if regime:
+        text += f"; the small-CNN regime took {regime / 3600:.2f} h more"
     return text + ". Wall time per run counts training and per-epoch evaluation, not start-up."
 
 

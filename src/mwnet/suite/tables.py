@@ -39,6 +39,9 @@ MWNET_FAMILY = (
     "mwnet-auto",
     "mwnet-fast-k5",
     "mwnet-head-k5",
+    "mwnet-famus",
+    "mwnet-partial",
+    "mwnet-partial-k5",
     "cmwnet-lt",
     "mwnet-lt",
     "mwnet-fast-retrain",
@@ -460,6 +463,125 @@ def _wall_text(mwnet: Sequence[Run], ce: Sequence[Run]) -> str:
         r.summary["wall_time"] / ce_by_seed[r.seed] for r in mwnet if ce_by_seed.get(r.seed, 0) > 0
     ]
     return f"{minutes:.0f} min" + (f" ({np.mean(ratios):.1f}x)" if ratios else "")
+
+
+REGIME_REFERENCE = "mwnet-fast"
+"""What the regime's cheap modes are measured against: the exact hypergradient."""
+REGIME_TARGET_GAP = 0.5
+"""Points of last-epoch accuracy a cheap mode may lose to :data:`REGIME_REFERENCE`, in
+every setting of the regime."""
+REGIME_TARGET_COST = 1.5
+"""A cheap mode's run time, in CE runs, at most."""
+
+
+def _seed_values(runs: Sequence[Run], lost: Sequence[int]) -> str:
+    """Each seed's last-epoch accuracy in seed order; a seed left out as collapsed says so."""
+    values = {r.seed: f"{r.last:.1f}" for r in runs}
+    values.update({seed: "collapsed" for seed in lost})
+    return ", ".join(values[seed] for seed in sorted(values))
+
+
+def _regime_cell(res: Results, setting: str, method: str) -> tuple[str, str]:
+    """A method's accuracy text (mean ± std over the finished seeds, each seed, collapsed
+    ones marked and left out) and its gap to MW-Net (fast), paired by seed."""
+    runs = sorted(res.select(setting, method), key=lambda r: r.seed)
+    lost = sorted(res.diverged.get((setting, method), []))
+    if not runs and not lost:
+        return "n/a", "n/a"
+    text = f"{_fmt([r.last for r in runs], 1)} ({_seed_values(runs, lost)})" if runs else ""
+    if lost:
+        text += f"{' ' if text else ''}**{len(lost)} of {len(lost) + len(runs)} collapsed**"
+    if method == REGIME_REFERENCE:
+        return text, "0"
+    diffs = _paired(runs, res.select(setting, REGIME_REFERENCE))
+    return text, (f"{np.mean(diffs):+.1f}" if diffs else "n/a")
+
+
+def _run_time_ratio(res: Results, settings: Sequence[Setting], method: str) -> float | None:
+    """A run's wall time over CE's on the same setting and seed, averaged over both."""
+    ratios = []
+    for setting in settings:
+        ce = {r.seed: r.summary["wall_time"] for r in res.select(setting.name, "ce")}
+        ratios += [
+            r.summary["wall_time"] / ce[r.seed]
+            for r in res.select(setting.name, method)
+            if ce.get(r.seed, 0) > 0
+        ]
+    return float(np.mean(ratios)) if ratios else None
+
+
+def regime_table(res: Results) -> str:
+    """The cheap MW-Net modes on the small CNN: per method and setting, last-epoch test
+    accuracy (mean ± std over the seeds, then each seed), its gap to MW-Net (fast) (the
+    mean of the per-seed differences) and the runs' wall time over CE's. A collapsed run
+    (at chance on the validation split, or stopped on a non-finite loss) is marked and left
+    out of the mean, as everywhere in the report."""
+    settings = [s for s in SETTINGS if s.group == "regime"]
+    settings = [s for s in settings if any(r.setting == s.name for r in res.runs)]
+    if not settings:
+        return ""
+    shown = {s.name for s in settings}
+    names = {r.method for r in res.runs if r.setting in shown}
+    names |= {m for s, m in res.diverged if s in shown}
+    listed = dict.fromkeys(m for s in settings for m in s.methods or ())
+    methods = [method_named(m) for m in listed if m in names]
+    head = ["method"]
+    for setting in settings:
+        head += [setting.title.split(",")[0], "gap to MW-Net (fast)"]
+    head.append("run time x CE (these runs)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in methods:
+        row = [method.title]
+        for setting in settings:
+            row += list(_regime_cell(res, setting.name, method.name))
+        ratio = _run_time_ratio(res, settings, method.name)
+        row.append("n/a" if ratio is None else f"{ratio:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def regime_target(
+    res: Results, gap: float = REGIME_TARGET_GAP, cost: float = REGIME_TARGET_COST
+) -> str:
+    """Which cheap modes are within ``gap`` points of MW-Net (fast) in every regime setting
+    (mean of the per-seed differences; no collapsed seed), and which of those take at most
+    ``cost`` CE runs of wall time in these runs; and whether CE itself is that close, in
+    which case the settings cannot tell a mode that keeps the weighting from one that lost
+    it."""
+    settings = [s for s in SETTINGS if s.group == "regime"]
+    settings = [s for s in settings if res.select(s.name, REGIME_REFERENCE)]
+    if not settings:
+        return ""
+
+    def close_to_fast(method: str) -> bool:
+        diffs = [
+            _paired(res.select(s.name, method), res.select(s.name, REGIME_REFERENCE))
+            for s in settings
+        ]
+        lost = any(res.diverged.get((s.name, method)) for s in settings)
+        return not lost and all(diffs) and min(np.mean(d) for d in diffs) >= -gap
+
+    close, cheap = [], []
+    for method in dict.fromkeys(m for s in settings for m in s.methods or ()):
+        if method in ("ce", REGIME_REFERENCE) or not close_to_fast(method):
+            continue
+        close.append(method_named(method).title)
+        ratio = _run_time_ratio(res, settings, method)
+        if ratio is not None and ratio <= cost:
+            cheap.append(f"{method_named(method).title} ({ratio:.2f}x)")
+    text = (
+        f"Within {gap:g} points of MW-Net (fast) under "
+        f"{' and '.join(s.title.split(',')[0] for s in settings)}, no seed collapsed: "
+        f"{', '.join(close) or 'none'}; of these, at most {cost:g}x CE's run time in these "
+        f"runs: {', '.join(cheap) or 'none'}."
+    )
+    if close_to_fast("ce"):
+        text += (
+            f" CE itself is within {gap:g} points of MW-Net (fast) in every setting here: "
+            "these settings do not tell a mode that keeps the weighting's gain from one "
+            "that loses it."
+        )
+    return text
 
 
 def cost_table(res: Results, setting: str = "flip2-40") -> str:
