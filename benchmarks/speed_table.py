@@ -50,6 +50,9 @@ STEP_MODE = {
     "mwnet-head": "head",
     "mwnet-fast-k5": "fast+interval(5)",
     "mwnet-head-k5": "head+interval(5)",
+    "mwnet-famus": "famus",
+    "mwnet-partial": "partial",
+    "mwnet-partial-k5": "partial+interval(5)",
 }
 """Suite methods whose hypergradient mode and interval have a ResNet-32 step row."""
 
