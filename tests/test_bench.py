@@ -352,3 +352,13 @@ def test_bench_epoch_on_a_regime_cell(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (rows["mwnet-famus"]["hypergrad"], rows["mwnet-famus"]["meta_interval"]) == ("famus", 1)
     k5 = rows["mwnet-partial-k5"]
     assert (k5["hypergrad"], k5["meta_interval"]) == ("partial", 5)
+
+
+def test_a_suite_setting_without_ce_times_its_own_methods() -> None:
+    """The clean-set-size axis runs no CE: its methods are timed on their own cells, and
+    asking for a variant that needs the CE cell says which methods the setting runs."""
+    chosen = variant_overrides(["mwnet-fast"], 1, "flip2-40-clean100")
+    assert list(chosen) == ["mwnet-fast"]
+    assert "method.name=mwnet" in chosen["mwnet-fast"]
+    with pytest.raises(ValueError, match=r"has no 'ce' cell to time; it runs .*mwnet-fast"):
+        variant_overrides(["ce"], 1, "flip2-40-clean100")

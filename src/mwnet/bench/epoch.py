@@ -142,8 +142,9 @@ def variant_overrides(
                     f"method.mwnet.meta_interval={meta_interval}",
                 ]
     if suite_setting is not None:
-        base = _suite_overrides(suite_setting, CE)
-        chosen = {name: [*base, *o] for name, o in chosen.items()}
+        if chosen:  # the bench's own variants run on the setting's CE cell
+            base = _suite_overrides(suite_setting, CE)
+            chosen = {name: [*base, *o] for name, o in chosen.items()}
         for name in (v for v in variants if v not in VARIANTS):
             chosen[name] = _suite_overrides(suite_setting, name)
     return chosen
@@ -151,8 +152,14 @@ def variant_overrides(
 
 def _suite_overrides(setting: str, method: str) -> list[str]:
     """The suite's full-scale cell of ``setting`` x ``method``, seed 0, as overrides."""
-    (cell,) = [c for c in cells(FULL, (setting,), (method,)) if c.seed == 0]
-    return list(cell.overrides)
+    found = [c for c in cells(FULL, (setting,), (method,)) if c.seed == 0]
+    if not found:
+        runs = sorted({c.method.name for c in cells(FULL, (setting,), METHOD_NAMES)})
+        raise ValueError(
+            f"the suite's setting {setting!r} has no {method!r} cell to time; it runs "
+            f"{', '.join(runs) or 'no method'} (variants: suite method names of the setting)"
+        )
+    return list(found[0].overrides)
 
 
 def _base_overrides(config: EpochBenchConfig) -> list[str]:
