@@ -313,3 +313,20 @@ def test_wall_time_ratio_skips_runs_too_short_to_time() -> None:
         "2 min (2.0x)"
     )
     assert _wall_text([run(0, 120.0)], [run(0, 0.0)]) == "2 min"
+
+
+def test_a_partial_run_reports_beside_its_runs(tmp_path):
+    """Without --docs only the default grid writes docs/RESULTS.md; a run of named settings
+    or methods writes its report in --out, so it cannot replace the whole page with a part."""
+    from mwnet.cli import build_parser
+    from mwnet.suite.command import report_folder
+
+    parser = build_parser()
+    out = tmp_path / "runs"
+    default = parser.parse_args(["suite", "--out", str(out)])
+    assert report_folder(default, out) == Path("docs")
+    for named in (["--settings", "instance-40"], ["--methods", "ce,mlc"]):
+        args = parser.parse_args(["suite", "--out", str(out), *named])
+        assert report_folder(args, out) == out
+    given = parser.parse_args(["suite", "--settings", "pair-40", "--docs", str(tmp_path / "d")])
+    assert given.docs == tmp_path / "d"

@@ -48,7 +48,13 @@ def add_suite(sub: argparse._SubParsersAction) -> None:
         help="runs in parallel, one CPU thread each (default: 2, or 1 on a 1-core machine)",
     )
     p.add_argument("--out", type=Path, help="run directories (default runs/suite[-quick])")
-    p.add_argument("--docs", type=Path, default=Path("docs"), help="where RESULTS.md goes")
+    p.add_argument(
+        "--docs",
+        type=Path,
+        help="where RESULTS.md goes (default: docs for the default grid; a run of named "
+        "settings or methods writes its report beside its runs, in --out, so that it does not "
+        "replace the default grid's page with a part of it)",
+    )
     p.add_argument(
         "--readme", type=Path, help="also refresh this README's suite-headline table block"
     )
@@ -93,6 +99,17 @@ def time_key(settings: tuple[str, ...], methods: tuple[str, ...]) -> str:
     if set(settings) <= set(REGIME):
         return "regime_elapsed_seconds"
     return "extra_elapsed_seconds"
+
+
+def report_folder(args: argparse.Namespace, out: Path) -> Path:
+    """Where the report goes without ``--docs``: ``docs`` for the default grid, else ``out``.
+
+    The page in ``docs`` is the default grid's; written after a run of a few settings or
+    methods from a ledger that holds only those, it would lose every other section."""
+    default = set(args.settings) == set(DEFAULT_SETTINGS) and set(args.methods) == set(
+        DEFAULT_METHODS
+    )
+    return Path("docs") if default else out
 
 
 def run_suite(args: argparse.Namespace) -> int:
@@ -163,7 +180,8 @@ def run_suite(args: argparse.Namespace) -> int:
     command = "mwnet suite" + (" --quick" if args.quick else "")
     if args.readme:
         command += f" --readme {shlex.quote(str(args.readme))}"
-    written = write_report(out, args.docs, command, scale, info, args.readme, ledger)
+    docs = args.docs or report_folder(args, out)
+    written = write_report(out, docs, command, scale, info, args.readme, ledger)
     for path in written:
         print(path)
     return 0
