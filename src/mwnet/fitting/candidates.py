@@ -4,7 +4,7 @@ A candidate is a method run with the user's config (same data, split, noise and 
 a continuation of another candidate's finished run: trained again without the labels that
 run's record flags (``retrain``), or its model fine-tuned on the trusted set
 (``finetune``). The lists come from the suite (docs/RESULTS.md and
-docs/RESULTS_INSTANCE_NOISE.md, Fashion-MNIST, three seeds): no single method is best
+docs/RESULTS_LEDGER.md, Fashion-MNIST, three seeds): no single method is best
 under every kind of noise, but each kind has a winner among a few.
 
 With a trusted set, in order of preference (the first usable one is the default that the
