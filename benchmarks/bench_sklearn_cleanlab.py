@@ -56,30 +56,19 @@ comes from a run whose weights had already set most wrong labels aside.
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from bench_label_issues import ensure_cleanlab  # the benchmark beside this one
 
 from mwnet.machine import cpu_model
 
 FOLDS = 5
 NOISE = 0.4
 CLASSES = 10
-
-
-def ensure_cleanlab() -> Any:
-    try:
-        return importlib.import_module("cleanlab")
-    except ImportError:
-        print("installing cleanlab for this benchmark...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "cleanlab"], check=True)
-        return importlib.import_module("cleanlab")
 
 
 def noisy_table(seed: int, kind: str, train: int = 5000, test: int = 2000, trusted: int = 100):

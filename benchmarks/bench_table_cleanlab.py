@@ -105,23 +105,7 @@ def mwnet_side(example, out: Path, seed: int) -> dict[str, dict]:
     from mwnet.cli import main
 
     items, test, wrong, _ = example.write_tables(out, seed=seed)
-    shared = [
-        "data.dataset=table",
-        f"data.table.path={items}",
-        f"data.table.test_path={test}",
-        "data.table.id_column=id",
-        "data.table.label_column=label",
-        "data.table.trusted_column=checked",
-        "data.table.embedding_column=embedding",
-        "model.name=linear",
-        "optim.lr=0.1",
-        "optim.epochs=8",
-        "optim.milestones=[]",
-        "data.meta_batch_size=50",
-        f"seed={seed}",
-        "threads=1",
-        f"out_dir={out}",
-    ]
+    shared = [*example.table_settings(items, test, out), f"seed={seed}"]
     with contextlib.redirect_stdout(sys.stderr):  # the runs' own tables: progress, not results
         assert main(["compare", "--retrain", "--jobs=1", "--name=compare", "--top=0", *shared]) == 0
         assert main(["issues", str(out / "compare" / "ce")]) == 0

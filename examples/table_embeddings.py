@@ -88,6 +88,26 @@ def write_tables(out: Path, seed: int = 0) -> tuple[Path, Path, set[str], str]:
     return paths[0], paths[1], wrong, source
 
 
+def table_settings(items: Path, test: Path, out: Path) -> list[str]:
+    """The runs' settings: the table's columns, a linear model, 8 epochs, one thread."""
+    return [
+        "data.dataset=table",
+        f"data.table.path={items}",
+        f"data.table.test_path={test}",
+        "data.table.id_column=id",
+        "data.table.label_column=label",
+        "data.table.trusted_column=checked",
+        "data.table.embedding_column=embedding",
+        "model.name=linear",
+        "optim.lr=0.1",
+        "optim.epochs=8",
+        "optim.milestones=[]",
+        "data.meta_batch_size=50",
+        "threads=1",
+        f"out_dir={out}",
+    ]
+
+
 def run(out: Path) -> int:
     items, test, wrong, source = write_tables(out)
     print(f"table: {items} ({TRAIN_ROWS} rows, vectors: {source}, {len(wrong)} labels wrong)")
@@ -97,20 +117,7 @@ def run(out: Path) -> int:
             "--retrain",
             "--jobs=1",
             "--name=compare",
-            "data.dataset=table",
-            f"data.table.path={items}",
-            f"data.table.test_path={test}",
-            "data.table.id_column=id",
-            "data.table.label_column=label",
-            "data.table.trusted_column=checked",
-            "data.table.embedding_column=embedding",
-            "model.name=linear",
-            "optim.lr=0.1",
-            "optim.epochs=8",
-            "optim.milestones=[]",
-            "data.meta_batch_size=50",
-            "threads=1",
-            f"out_dir={out}",
+            *table_settings(items, test, out),
         ]
     )
     if code:
