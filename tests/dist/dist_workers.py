@@ -325,13 +325,24 @@ def torchrun(ranks: int, args: list[str], env: dict[str, str], timeout: float):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def rank_failure(stderr: str) -> str:
+    """What a failed torchrun printed, for an assertion message: the ranks' own lines (where
+    the cause is, e.g. an abort's message) before torchrun's summary of the failure."""
+    lines = [
+        line
+        for line in stderr.splitlines()
+        if "torch/distributed/elastic" not in line and not line.startswith(("  File", "    "))
+    ]
+    return "\n".join(lines[:40]) + "\n...\n" + stderr[-1500:]
+
+
 def train_on_two_ranks_and_one(args: list[str], out: Path, timeout: float = 180) -> None:
     """``mwnet ARGS`` under torchrun on 2 ranks (run ``out/two``), then in this process
     (``out/one``): the two run directories an equivalence test compares."""
     from mwnet.cli import main
 
     two = torchrun(2, [*args, "name=two"], source_env(), timeout)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, rank_failure(two.stderr)
     assert main([*args, "name=one"]) == 0
     assert (out / "one").is_dir() and (out / "two").is_dir()
 
